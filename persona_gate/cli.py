@@ -1,0 +1,123 @@
+"""The ``persona-gate`` command: thin wrappers that parse, call one library function, save, print.
+
+Logging set-up and environment handling live in :func:`main` only; the library itself logs and
+never prints.
+
+Example::
+
+    persona-gate directions                      # bundled organism, offline
+    persona-gate directions --model path/to/model.gguf --chat-template gemma --n 32
+    persona-gate organism train --out data/organism --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import PersonaGateError
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="organism", help="'organism' (default), a local folder, a .gguf file or a hub name")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text, for tokenizers without one")
+
+
+def _cmd_directions(args: argparse.Namespace) -> int:
+    from .contrasts import fit_persona_and_refusal, format_summary
+    from .models import load_chat_model
+
+    t0 = time.perf_counter()
+    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    pr = fit_persona_and_refusal(
+        model,
+        layers=args.layers,
+        kind=args.kind,
+        refusal_position=args.refusal_position,
+        persona_position=args.persona_position,
+        n_per_group=args.n,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        seed=args.seed,
+    )
+    print(format_summary(pr))
+    if args.out is not None:
+        out = Path(args.out)
+        pr.refusal.save(out / "refusal")
+        pr.persona.save(out / "persona")
+        pr.persona_last.save(out / "persona_last")
+        from .io import atomic_write_text
+
+        atomic_write_text(
+            out / "summary.json",
+            json.dumps({"model": args.model, "rows": pr.rows(), "counts": pr.means.counts,
+                        "wall_s": round(time.perf_counter() - t0, 2)}, indent=1),
+        )
+        print(f"\nsaved directions to {out}/ (refusal, persona, persona_last, summary.json)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persona-gate",
+        description="Does this chat model's persona gate its refusal, and at which layers?",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("directions", help="fit per-layer persona and refusal directions and print a summary")
+    _add_model_args(d)
+    d.add_argument("--layers", type=_layers, default=None, help="comma-separated layers (default: all)")
+    d.add_argument("--kind", default="resid_pre", help="resid_pre (default), resid_mid or resid_post")
+    d.add_argument("--refusal-position", default="last", help="position selector for refusal (default: last)")
+    d.add_argument("--persona-position", default="mean:system", help="position selector for persona (default: mean:system)")
+    d.add_argument("--n", type=int, default=None, help="requests per group (default: the whole train split)")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default=None, help="folder to save the direction sets and summary.json")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.set_defaults(func=_cmd_directions)
+
+    try:
+        from .organism import cli as organism_cli
+    except ImportError:  # the organism package is optional at import time
+        organism_cli = None
+    if organism_cli is not None:
+        o = sub.add_parser("organism", help="the bundled chat-model organism")
+        organism_cli.add_subcommands(o)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # transformers/TransformerLens chatter would bury the one table a user asked for.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        return int(args.func(args) or 0)
+    except PersonaGateError as e:
+        print(f"persona-gate: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Named errors: every message says what went wrong *and* what to do about it.
+
+All errors derive from :class:`PersonaGateError` so a notebook can catch the family at once,
+and from the closest builtin (``ValueError``, ``FileNotFoundError`` ...) so generic handlers
+keep working.
+
+Example::
+
+    try: load_chat_model("no/such/dir")
+    except ModelNotFoundError as e: print(e)   # says which sources were tried and how to fix it
+"""
+
+from __future__ import annotations
+
+
+class PersonaGateError(Exception):
+    """Base class of every error persona_gate raises on purpose."""
+
+
+class ModelNotFoundError(PersonaGateError, FileNotFoundError):
+    """A model name or path could not be resolved to weights."""
+
+
+class ChatTemplateError(PersonaGateError, ValueError):
+    """The tokenizer has no chat template, or the template does not render as expected."""
+
+
+class LayerOutOfRangeError(PersonaGateError, IndexError):
+    """A layer index outside ``0 .. n_layers - 1``."""
+
+
+class UnknownHookSiteError(PersonaGateError, ValueError):
+    """A hook-site kind that persona_gate does not know, or the model does not expose."""
+
+
+class EmptyGroupError(PersonaGateError, ValueError):
+    """A prompt group with too few prompts to estimate a mean or a direction."""
+
+
+class NonFiniteError(PersonaGateError, ValueError):
+    """NaN or inf in activations or directions."""
+
+
+class SchemaVersionError(PersonaGateError, ValueError):
+    """A saved artefact written by a newer (or unknown) persona_gate schema."""
+
+
+class DModelMismatchError(PersonaGateError, ValueError):
+    """Directions and a model (or two direction sets) with different residual widths."""
+
+
+class ArtefactError(PersonaGateError, ValueError):
+    """A saved folder that is missing files, truncated, or of the wrong kind."""
+
+
+class DatasetError(PersonaGateError, ValueError):
+    """A prompt set that cannot be found, parsed, or verified."""
+
+
+class PositionError(PersonaGateError, ValueError):
+    """A position selector that selects no token for some prompt."""

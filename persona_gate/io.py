@@ -1,0 +1,117 @@
+"""Saved artefacts: a folder of ``manifest.json`` + ``tensors.safetensors``, written atomically.
+
+The manifest carries the artefact's ``kind``, a ``schema_version``, the tensors' shapes and the
+provenance; the tensors go to safetensors (no pickle is ever loaded). A folder is written next to
+its destination under a temporary name and renamed into place, so a reader sees either the old
+complete folder or the new complete one, never a half-written file.
+
+Example::
+
+    save_artefact("runs/x/directions", "direction_set", {"vectors": v}, {"name": "persona"})
+    manifest, tensors = load_artefact("runs/x/directions", "direction_set")
+    manifest["schema_version"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtefactError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a file through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
+    """Write ``path/manifest.json`` and ``path/tensors.safetensors`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    body = {
+        "kind": kind,
+        "schema_version": SCHEMA_VERSION,
+        **manifest,
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+    }
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
+        (tmp / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=False), encoding="utf-8")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise ArtefactError(f"{path} is not a saved persona_gate folder (no such directory); check the path.")
+    if not mpath.is_file():
+        raise ArtefactError(f"{path} has no {MANIFEST}; the folder is incomplete, save it again.")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{mpath} is corrupt ({e}); save the artefact again.") from None
+    if not isinstance(manifest, dict) or "kind" not in manifest or "schema_version" not in manifest:
+        raise ArtefactError(f"{mpath} lacks 'kind' or 'schema_version'; it was not written by persona_gate.")
+    if manifest["kind"] != kind:
+        raise ArtefactError(f"{path} holds a {manifest['kind']!r}, not a {kind!r}; load it with the matching class.")
+    version = manifest["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise SchemaVersionError(
+            f"{path} has schema version {version!r} but this persona_gate reads versions 1..{SCHEMA_VERSION}; "
+            "upgrade persona_gate (pip install -U persona_gate)."
+        )
+    return manifest
+
+
+def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and check a folder written by :func:`save_artefact`."""
+    path = Path(path)
+    manifest = read_manifest(path, kind)
+    tpath = path / TENSORS
+    if not tpath.is_file():
+        raise ArtefactError(f"{path} has no {TENSORS}; the folder is incomplete, save it again.")
+    try:
+        tensors = load_file(str(tpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtefactError(f"{tpath} is corrupt or truncated ({e}); save the artefact again.") from None
+    expected = manifest.get("tensors", {})
+    for key, meta in expected.items():
+        if key not in tensors or list(tensors[key].shape) != meta["shape"]:
+            raise ArtefactError(
+                f"{tpath} does not match its manifest at {key!r}; the folder is inconsistent, save it again."
+            )
+    return manifest, tensors
