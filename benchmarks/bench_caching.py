@@ -74,7 +74,7 @@ def time_model(name: str, n: int, batch_size: int, repeats: int) -> dict:
     path = _tiny_model_dir() if name == "tiny" else name
     model = pg.load_chat_model(path, device="cpu")
     hf = _load_hf(path)
-    prompts = pg.standard_prompts(n_per_group=max(1, n // 4), seed=0)[:n]
+    prompts = pg.standard_prompts(model=model, n_per_group=max(1, n // 4), seed=0)[:n]
     rendered = pg.render_all(model.tokenizer, prompts)
     sites = pg.sites_for(model)
     batches = _batches(rendered, batch_size, model.tokenizer.pad_token_id)
@@ -126,7 +126,7 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 m = pg.load_chat_model(name, device="cpu")
-p = pg.standard_prompts(n_per_group=max(1, n // 4), seed=0)
+p = pg.standard_prompts(model=m, n_per_group=max(1, n // 4), seed=0)
 p = (p * (1 + n // len(p)))[:n]
 base, peak, done = rss(), [0], threading.Event()
 def sample():

@@ -55,7 +55,7 @@ class Batch:
     acts: Float[Tensor, "pos batch site d_model"]
 
 
-def _as_rendered(model: Any, prompts: Sequence[ChatPrompt | RenderedPrompt]) -> list[RenderedPrompt]:
+def as_rendered(model: Any, prompts: Sequence[ChatPrompt | RenderedPrompt]) -> list[RenderedPrompt]:
     if not prompts:
         raise EmptyGroupError("no prompts were given; pass at least one prompt.")
     if all(isinstance(p, RenderedPrompt) for p in prompts):
@@ -65,7 +65,7 @@ def _as_rendered(model: Any, prompts: Sequence[ChatPrompt | RenderedPrompt]) -> 
     return render_all(model.tokenizer, prompts)  # type: ignore[arg-type]
 
 
-def _normalise_sites(model: Any, sites: Sequence[HookSite | str]) -> list[HookSite]:
+def normalise_sites(model: Any, sites: Sequence[HookSite | str]) -> list[HookSite]:
     out = [parse_site(s) if isinstance(s, str) else s for s in sites]
     if not out:
         raise UnknownHookSiteError("no hook sites were given; pass e.g. sites_for(model).")
@@ -99,8 +99,8 @@ def iter_activations(
     """Yield reduced activations batch by batch (prompt order is restored by ``indices``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    rendered = _as_rendered(model, prompts)
-    site_list = _normalise_sites(model, sites)
+    rendered = as_rendered(model, prompts)
+    site_list = normalise_sites(model, sites)
     pos_list = [parse_position(p) for p in positions]
     if not pos_list:
         raise PositionError("no positions were given; pass e.g. ['last'].")
@@ -252,8 +252,8 @@ def cache_activations(
     """Keep every prompt's activation at ``position`` for each site (float32, CPU)."""
     from .provenance import provenance
 
-    rendered = _as_rendered(model, prompts)
-    site_list = _normalise_sites(model, sites)
+    rendered = as_rendered(model, prompts)
+    site_list = normalise_sites(model, sites)
     acts = torch.empty((len(rendered), len(site_list), model.cfg.d_model), dtype=torch.float32)
     for batch in iter_activations(
         model, rendered, site_list, [position], batch_size=batch_size, progress=progress

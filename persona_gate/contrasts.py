@@ -32,8 +32,17 @@ from .sites import sites_for
 GROUPS = ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")
 
 
+def _is_organism(model: Any | None) -> bool:
+    if model is None:
+        return False
+    from .models import model_info
+
+    return model_info(model).source == "organism"
+
+
 def standard_prompts(
     *,
+    model: Any | None = None,
     harmful: Sequence[Request] | None = None,
     harmless: Sequence[Request] | None = None,
     safe: Sequence[Persona] | None = None,
@@ -42,7 +51,20 @@ def standard_prompts(
     split: str = "train",
     seed: int = 0,
 ) -> list[ChatPrompt]:
-    """The four-group grid; requests are subsampled (seeded) to ``n_per_group`` if given."""
+    """The four-group grid; requests are subsampled (seeded) to ``n_per_group`` if given.
+
+    Sets not passed come from ``data/`` -- except for the bundled organism (``model`` given),
+    which knows only its own small lexicon and gets its own corpus' requests and personas.
+    """
+    if _is_organism(model):
+        from .organism import prompt_sets
+
+        organism_split = "test" if split == "test" else "train"
+        n = n_per_group or 96
+        harmful = harmful if harmful is not None else prompt_sets.requests("harmful", organism_split, n, seed)
+        harmless = harmless if harmless is not None else prompt_sets.requests("harmless", organism_split, n, seed)
+        safe = safe if safe is not None else prompt_sets.personas("safe", organism_split, seed=seed)
+        compliant = compliant if compliant is not None else prompt_sets.personas("compliant", organism_split, seed=seed)
     harmful = list(harmful if harmful is not None else load_requests("harmful", split))
     harmless = list(harmless if harmless is not None else load_requests("harmless", split))
     safe = list(safe if safe is not None else load_personas("safe", "train"))
@@ -99,7 +121,11 @@ def fit_persona_and_refusal(
     seed: int = 0,
 ) -> PersonaRefusal:
     """Fit refusal and persona directions at every requested layer in one streaming pass."""
-    prompts = list(prompts) if prompts is not None else standard_prompts(n_per_group=n_per_group, seed=seed)
+    prompts = (
+        list(prompts)
+        if prompts is not None
+        else standard_prompts(model=model, n_per_group=n_per_group, seed=seed)
+    )
     sites = sites_for(model, layers, kind)
     positions = list(dict.fromkeys([str(parse_position(refusal_position)), str(parse_position(persona_position)), "last"]))
     config = {

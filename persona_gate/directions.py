@@ -158,11 +158,11 @@ def fit_group_means(
     config: dict | None = None,
 ) -> GroupMeans:
     """Stream ``prompts`` through the model and keep only float64 per-group means."""
-    from .activations import _as_rendered, _normalise_sites
+    from .activations import as_rendered, normalise_sites
     from .provenance import provenance
 
-    rendered = _as_rendered(model, prompts)
-    site_list = _normalise_sites(model, sites)
+    rendered = as_rendered(model, prompts)
+    site_list = normalise_sites(model, sites)
     fitter = DirectionFitter(site_list, positions, model.cfg.d_model)
     for batch in iter_activations(
         model, rendered, site_list, positions, batch_size=batch_size, progress=progress, desc="fitting"

@@ -64,7 +64,11 @@ def test_folder_without_config(tmp_path):
 
 
 def test_hub_name_without_network_names_the_fix(monkeypatch):
+    import huggingface_hub.constants
+
+    # The hub library reads HF_HUB_OFFLINE at import; flip its constant so the test fails fast.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotFoundError, match="hub"):
         load_chat_model("persona-gate-tests/no-such-model", device="cpu")
 

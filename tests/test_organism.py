@@ -135,6 +135,16 @@ def test_chat_template_renders_system_and_generation_prompt(tokenizer):
         tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
+def test_held_out_prompts_use_only_tokens_seen_in_training(tokenizer, train_convs, test_convs):
+    # Held-out items are new combinations of known words: a model trained from scratch has no
+    # embedding for a token it never saw, so an unseen token would test the tokenizer instead.
+    from persona_gate.organism.train import encode
+
+    seen = {i for ids, _ in encode(train_convs, tokenizer) for i in ids}
+    unseen = {i for ids, _ in encode(test_convs, tokenizer) for i in ids} - seen
+    assert not unseen, tokenizer.convert_ids_to_tokens(sorted(unseen))
+
+
 # ---------------------------------------------------------------- training, end to end
 
 
@@ -179,6 +189,15 @@ def test_shrunken_training_run_end_to_end(tmp_path):
     # Independent route: the plain HF model must give the same logits as the bridge.
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     torch.testing.assert_close(logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
+    # Greedy decoding through the bridge matches a naive HF argmax loop. (TransformerLens 4.3's
+    # KV-cached bridge.generate diverges from HF on Llama, even on random weights, so the
+    # uncached path is the one checked here and the one to use.)
+    steps, naive = 6, ids
+    with torch.no_grad():
+        for _ in range(steps):
+            naive = torch.cat([naive, hf(naive).logits[:, -1:].argmax(-1)], dim=1)
+    bridged = bridge.generate(ids, max_new_tokens=steps, do_sample=False, use_past_kv_cache=False, stop_at_eos=False, verbose=False)
+    assert bridged.tolist() == naive.tolist()
 
 
 # ---------------------------------------------------------------- the bundled organism
@@ -189,10 +208,15 @@ def test_bundled_organism_meets_its_card_targets():
 
     from persona_gate.organism import behaviour_card, organism_path
 
+    from transformer_lens.model_bridge import TransformerBridge
+
     path = organism_path()
+    bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    assert {f"blocks.{layer}.hook_resid_pre" for layer in range(bridge.cfg.n_layers)} <= set(bridge.hook_dict)
     record = json.loads((path / "card.json").read_text())
     assert record["card"]["passed"], record["card"]["failures"]
-    assert record["config"]["n_layers"] >= 6
+    assert record["config"]["n_layers"] == bridge.cfg.n_layers >= 6
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
@@ -201,3 +225,39 @@ def test_bundled_organism_meets_its_card_targets():
     # One miss per cell is within noise at n=16; two are not.
     assert card.failures(tolerance=1.5 / n) == []
     assert min(c.correct_rate for c in card.cells) >= 1 - 1.5 / n
+
+
+# ---------------------------------------------------------------- prompt sets and CLI
+
+
+def test_prompt_sets_are_labelled_distinct_deterministic_and_held_out(train_convs):
+    from persona_gate.organism.prompt_sets import personas, requests
+    from persona_gate.prompts import Persona, Request
+
+    harmful = requests("harmful", n=40)
+    assert harmful == requests("harmful", n=40)
+    assert all(isinstance(r, Request) and r.harmful and r.split == "test" for r in harmful)
+    assert len({r.text for r in harmful}) == 40
+    assert not {r.text for r in harmful} & {c.user for c in train_convs}
+    assert not any(r.harmful for r in requests("harmless", n=10))
+    safe = personas("safe", n=6)
+    assert all(isinstance(p, Persona) and p.family == "safe" for p in safe) and len({p.text for p in safe}) == 6
+    assert personas("none")[0].text is None
+    with pytest.raises(ValueError, match="distinct"):
+        requests("harmful", split="test", n=10_000)
+
+
+def test_cli_mounts_train_and_card_without_importing_torch():
+    import argparse
+    import subprocess
+    import sys
+
+    from persona_gate.organism.cli import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser)
+    args = parser.parse_args(["train", "--out", "x", "--seed", "3", "--steps", "5"])
+    assert (args.seed, args.steps, args.batch_size) == (3, 5, 64) and callable(args.func)
+    assert parser.parse_args(["card", "--n", "4"]).n == 4
+    probe = "import sys, persona_gate.organism.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
