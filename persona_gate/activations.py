@@ -76,7 +76,7 @@ def normalise_sites(model: Any, sites: Sequence[HookSite | str]) -> list[HookSit
     return out
 
 
-def _check_context(model: Any, rendered: Sequence[RenderedPrompt]) -> None:
+def check_context(model: Any, rendered: Sequence[RenderedPrompt]) -> None:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max(len(r) for r in rendered)
     if n_ctx and longest > n_ctx:
@@ -84,6 +84,39 @@ def _check_context(model: Any, rendered: Sequence[RenderedPrompt]) -> None:
             f"a prompt has {longest} tokens but the model's context is {n_ctx}; shorten or drop "
             "the longest prompts."
         )
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Left-padded token ids of one length-sorted batch; ``offsets[b]`` = pads before row b."""
+
+    indices: list[int]
+    input_ids: Tensor
+    attention_mask: Tensor
+    offsets: list[int]
+
+
+def padded_batches(rendered: Sequence[RenderedPrompt], batch_size: int, pad_id: int) -> Iterator[PaddedBatch]:
+    """Batches of similar length (longest first, so memory peaks at once), left-padded.
+
+    Left padding puts every prompt's last token at index -1; the bridge derives position ids
+    from the attention mask, so padded rows equal unpadded ones (tested).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        L = max(len(rendered[i]) for i in idx)
+        ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), L), dtype=torch.long)
+        offsets = []
+        for b, i in enumerate(idx):
+            n = len(rendered[i])
+            ids[b, L - n :] = torch.tensor(rendered[i].input_ids)
+            mask[b, L - n :] = 1
+            offsets.append(L - n)
+        yield PaddedBatch(indices=idx, input_ids=ids, attention_mask=mask, offsets=offsets)
 
 
 def iter_activations(
@@ -97,38 +130,34 @@ def iter_activations(
     desc: str = "caching",
 ) -> Iterator[Batch]:
     """Yield reduced activations batch by batch (prompt order is restored by ``indices``)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     rendered = as_rendered(model, prompts)
     site_list = normalise_sites(model, sites)
     pos_list = [parse_position(p) for p in positions]
     if not pos_list:
         raise PositionError("no positions were given; pass e.g. ['last'].")
-    _check_context(model, rendered)
+    check_context(model, rendered)
     # Selector weights are computed up front so a bad selector fails before any forward.
     all_weights = [[weights(p, r) for p in pos_list] for r in rendered]
 
     device = model_device(model)
-    pad_id = model.tokenizer.pad_token_id
     names = [resolve(s, model) for s in site_list]
     last_site = max(range(len(site_list)), key=lambda i: (site_list[i].layer, _KIND_ORDER[site_list[i].kind]))
-    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
 
     bar = tqdm(total=len(rendered), desc=desc, unit="prompt", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            L = max(len(rendered[i]) for i in idx)
-            ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), L), dtype=torch.long)
-            W = torch.zeros((len(pos_list), len(idx), L), dtype=torch.float32)
-            for b, i in enumerate(idx):
-                n = len(rendered[i])
-                ids[b, L - n :] = torch.tensor(rendered[i].input_ids)
-                mask[b, L - n :] = 1
-                for p, w in enumerate(all_weights[i]):
-                    for t, v in w.items():
-                        W[p, b, L - n + t] = v
+        for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id):
+            idx = pb.indices
+            W = torch.zeros((len(pos_list), len(idx), pb.input_ids.shape[1]), dtype=torch.float32)
+            # One indexed write per batch: per-element tensor writes cost more than the forward
+            # on small models.
+            coords = [
+                (p, b, pb.offsets[b] + t, v)
+                for b, i in enumerate(idx)
+                for p, w in enumerate(all_weights[i])
+                for t, v in w.items()
+            ]
+            p_i, b_i, t_i, vals = zip(*coords)
+            W[list(p_i), list(b_i), list(t_i)] = torch.tensor(vals, dtype=torch.float32)
             W = W.to(device)
             out = torch.empty((len(pos_list), len(idx), len(site_list), model.cfg.d_model), dtype=torch.float32)
             fired: set[int] = set()
@@ -146,7 +175,7 @@ def iter_activations(
             fwd_hooks = [(name, make_hook(k)) for k, name in enumerate(names)]
             with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
                 try:
-                    model(ids.to(device), attention_mask=mask.to(device), return_type=None)
+                    model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device), return_type=None)
                 except _StopForward:
                     pass
             missing = [names[k] for k in range(len(names)) if k not in fired]

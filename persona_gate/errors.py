@@ -59,3 +59,7 @@ class DatasetError(PersonaGateError, ValueError):
 
 class PositionError(PersonaGateError, ValueError):
     """A position selector that selects no token for some prompt."""
+
+
+class HookNotFiredError(PersonaGateError, RuntimeError):
+    """An intervention's hook never ran, so the intervention silently did nothing."""

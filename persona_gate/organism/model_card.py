@@ -42,6 +42,11 @@ def render_model_card(record: dict[str, Any]) -> str:
     """The model card text for one ``card.json`` record."""
     cfg, arch, train, card = record["config"], record["architecture"], record["training"], record["card"]
     verdict = "meets every target" if card["passed"] else "**misses targets**: " + "; ".join(card["failures"])
+    mechanism = ""
+    if "mechanism" in record:
+        from .mechanism import markdown
+
+        mechanism = "\n## Mechanistic sanity\n" + markdown(record["mechanism"]) + "\n"
     examples = "\n".join(
         f"- *{cell}*: \"{user}\" -> \"{reply}\"" for cell, pairs in card["examples"].items() for user, reply in pairs[:1]
     )
@@ -112,7 +117,7 @@ Well-formed replies: {card['well_formed_rate']:.3f}. Verdict: {verdict}.
 
 Examples:
 {examples}
-
+{mechanism}
 ## Versions
 {", ".join(f"{k} {v}" for k, v in record['versions'].items())}
 """

@@ -254,6 +254,10 @@ def train_organism(
     }
     (out / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(render_model_card(record), encoding="utf-8")
+    # Measured through the toolkit's own loading path, on the saved folder, like any user would.
+    from .mechanism import add_to_card
+
+    add_to_card(out, seed=seed)
     log.info("organism written to %s (card %s)", out, "passes" if card.passed else "FAILS")
     return out
 

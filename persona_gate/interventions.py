@@ -1,0 +1,143 @@
+"""Interventions on the residual stream: steering and directional ablation, as one context manager.
+
+With ``v`` the unit direction and ``r`` its raw norm (both from a :class:`DirectionSet`):
+
+* :class:`Steer` adds ``alpha * r * v`` (``units="raw"``: alpha = 1 moves the activation by one
+  mean difference) or ``alpha * v`` (``units="unit"``) at each chosen layer;
+* :class:`Ablate` projects the direction out, ``x <- x - (x . v) v``, at every layer of a window,
+  so afterwards the projection onto ``v`` is 0 there.
+
+Both act at the direction set's site kind (``resid_pre`` by default) and at every position of the
+forward. By default layer ``l`` uses the direction fitted at layer ``l``; ``source_layer`` uses one
+layer's direction everywhere (the usual choice for ablation over a window).
+
+:func:`apply` installs the hooks of any number of specs inside ``model.hooks``, so they are
+removed when the block exits, also when it raises; it records how often each hook fired and
+raises :class:`~persona_gate.errors.HookNotFiredError` if a requested hook never fired -- an
+intervention that silently did nothing would fake a null result.
+
+Example::
+
+    with apply(model, Ablate(persona, layers=range(2, 6), source_layer=1)) as report:
+        logits = model(tokens)
+    report.calls          # {'blocks.2.hook_resid_pre': 1, ...}
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .directions import DirectionSet
+from .errors import HookNotFiredError
+from .sites import HookSite, check_layer, resolve
+
+
+def _layers(direction: DirectionSet, layers: Sequence[int] | None, model: Any) -> list[int]:
+    n = int(model.cfg.n_layers)
+    chosen = direction.layers if layers is None else [check_layer(layer, n) for layer in layers]
+    if not chosen:
+        raise ValueError("no layers were chosen for the intervention; pass at least one layer.")
+    return list(dict.fromkeys(chosen))
+
+
+def _vector(direction: DirectionSet, layer: int, source_layer: int | None) -> tuple[Tensor, float]:
+    i = direction.site_index(layer if source_layer is None else source_layer)
+    return direction.vectors[i], float(direction.raw_norms[i])
+
+
+def _site(direction: DirectionSet, layer: int) -> HookSite:
+    return HookSite(layer, direction.sites[0].kind)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``alpha`` times the direction at each of ``layers`` (default: the set's own layers)."""
+
+    direction: DirectionSet
+    alpha: float
+    layers: Sequence[int] | None = None
+    units: str = "raw"
+    source_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.units not in ("raw", "unit"):
+            raise ValueError(f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}.")
+        if not torch.isfinite(torch.tensor(float(self.alpha))):
+            raise ValueError(f"alpha must be finite, got {self.alpha}.")
+
+    def hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        self.direction.check_model(model)
+        out = []
+        for layer in _layers(self.direction, self.layers, model):
+            v, r = _vector(self.direction, layer, self.source_layer)
+            shift = v * (self.alpha * (r if self.units == "raw" else 1.0))
+
+            def hook(x: Tensor, hook: Any, shift: Tensor = shift) -> Tensor:
+                return x + shift.to(device=x.device, dtype=x.dtype)
+
+            out.append((resolve(_site(self.direction, layer), model), hook))
+        return out
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Project the direction out at every layer in ``layers`` (default: the set's own layers)."""
+
+    direction: DirectionSet
+    layers: Sequence[int] | None = None
+    source_layer: int | None = None
+
+    def hooks(self, model: Any) -> list[tuple[str, Callable]]:
+        self.direction.check_model(model)
+        out = []
+        for layer in _layers(self.direction, self.layers, model):
+            v, r = _vector(self.direction, layer, self.source_layer)
+            if r == 0:
+                continue  # a zero direction: nothing to project out
+
+            def hook(x: Tensor, hook: Any, v: Tensor = v) -> Tensor:
+                u = v.to(device=x.device, dtype=torch.float32)
+                # float32 for the projection: in bf16 the residual's large norm swamps x.v.
+                xf = x.float()
+                return (xf - (xf @ u)[..., None] * u).to(x.dtype)
+
+            out.append((resolve(_site(self.direction, layer), model), hook))
+        return out
+
+
+@dataclass
+class InterventionReport:
+    """Which hooks an :func:`apply` block installed and how often each fired."""
+
+    requested: list[str]
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def apply(model: Any, *specs: Steer | Ablate) -> Iterator[InterventionReport]:
+    """Install every spec's hooks for the duration of the block; always remove them."""
+    hooks: list[tuple[str, Callable]] = []
+    for spec in specs:
+        hooks.extend(spec.hooks(model))
+    report = InterventionReport(requested=[name for name, _ in hooks])
+
+    def counted(name: str, fn: Callable) -> Callable:
+        def wrapper(x: Tensor, hook: Any) -> Tensor:
+            report.calls[name] = report.calls.get(name, 0) + 1
+            return fn(x, hook)
+
+        return wrapper
+
+    with model.hooks(fwd_hooks=[(name, counted(name, fn)) for name, fn in hooks]):
+        yield report
+    missing = sorted({name for name in report.requested if name not in report.calls})
+    if missing:
+        raise HookNotFiredError(
+            f"intervention hooks {missing} never fired inside the block; run the model inside the "
+            "`with apply(...)` block, and check that the layers exist in this forward."
+        )
