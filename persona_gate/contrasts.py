@@ -154,7 +154,11 @@ def fit_persona_and_refusal(
 def format_summary(pr: PersonaRefusal) -> str:
     """A fixed-width per-layer table for terminals and notebooks."""
     head = f"{'site':<14}{'|refusal|':>11}{'|persona|':>11}{'cos(p,r)':>10}{'cos(p@last,r)':>15}"
+    model = pr.means.provenance.get("model", {})
+    counts = ", ".join(f"{g} {n}" for g, n in sorted(pr.means.counts.items()))
     lines = [
+        f"model: {model.get('name', '?')} ({model.get('n_layers', '?')} layers, d_model {model.get('d_model', '?')}, "
+        f"{model.get('dtype', '?')}); prompts: {counts}",
         f"refusal = {pr.refusal.positive} - {pr.refusal.negative} at {pr.refusal.position}",
         f"persona = {pr.persona.positive} - {pr.persona.negative} at {pr.persona.position}",
         head,

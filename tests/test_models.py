@@ -76,3 +76,47 @@ def test_hub_name_without_network_names_the_fix(monkeypatch):
 def test_device_and_device_map_are_exclusive(tiny_model_dirs):
     with pytest.raises(ValueError, match="either device or device_map"):
         load_chat_model(tiny_model_dirs["qwen2"], device="cpu", device_map="auto")
+
+
+class _Wrapped:
+    """Not a TransformerBridge: only TransformerLens's surface, delegated (as a user's own model)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.tokenizer = inner.tokenizer
+        self.hook_dict = inner.hook_dict
+
+    @property
+    def cfg(self):
+        return self._inner.cfg
+
+    def hooks(self, *a, **k):
+        return self._inner.hooks(*a, **k)
+
+    def run_with_hooks(self, *a, **k):
+        return self._inner.run_with_hooks(*a, **k)
+
+    def run_with_cache(self, *a, **k):
+        return self._inner.run_with_cache(*a, **k)
+
+    def to_tokens(self, *a, **k):
+        return self._inner.to_tokens(*a, **k)
+
+    def parameters(self):
+        return self._inner.parameters()
+
+    def __call__(self, *a, **k):
+        return self._inner(*a, **k)
+
+
+def test_any_model_with_the_transformer_lens_surface_works(tiny_models):
+    from persona_gate import fit_persona_and_refusal, standard_prompts
+
+    inner = tiny_models["llama"]
+    wrapped = _Wrapped(inner)
+    assert isinstance(wrapped, ChatModel)
+    assert model_info(wrapped).source == "external"
+    grid = standard_prompts(n_per_group=3)
+    a = fit_persona_and_refusal(wrapped, grid, progress=False)
+    b = fit_persona_and_refusal(inner, grid, progress=False)
+    assert torch.equal(a.refusal.vectors, b.refusal.vectors) and torch.equal(a.persona.vectors, b.persona.vectors)
