@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PersonaGateError as e:
         print(f"persona-gate: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `persona-gate ... | head` closed the pipe: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
