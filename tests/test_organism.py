@@ -189,15 +189,16 @@ def test_shrunken_training_run_end_to_end(tmp_path):
     # Independent route: the plain HF model must give the same logits as the bridge.
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     torch.testing.assert_close(logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
-    # Greedy decoding through the bridge matches a naive HF argmax loop. (TransformerLens 4.3's
-    # KV-cached bridge.generate diverges from HF on Llama, even on random weights, so the
-    # uncached path is the one checked here and the one to use.)
+    # Greedy decoding through the bridge, with and without its KV cache, matches a naive HF
+    # argmax loop. (The KV-cached path needs transformers < 5.24, whose attention modules still
+    # receive `past_key_values`; pyproject pins it. This is the test that would catch a regression.)
     steps, naive = 6, ids
     with torch.no_grad():
         for _ in range(steps):
             naive = torch.cat([naive, hf(naive).logits[:, -1:].argmax(-1)], dim=1)
-    bridged = bridge.generate(ids, max_new_tokens=steps, do_sample=False, use_past_kv_cache=False, stop_at_eos=False, verbose=False)
-    assert bridged.tolist() == naive.tolist()
+    for kv in (False, True):
+        bridged = bridge.generate(ids, max_new_tokens=steps, do_sample=False, use_past_kv_cache=kv, stop_at_eos=False, verbose=False)
+        assert bridged.tolist() == naive.tolist(), f"use_past_kv_cache={kv}"
 
 
 # ---------------------------------------------------------------- the bundled organism

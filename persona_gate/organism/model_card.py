@@ -101,9 +101,9 @@ ids = tok.apply_chat_template(
 print(tok.decode(model.generate(**ids)[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 In TransformerLens 4 it loads with `TransformerBridge.boot_transformers("data/organism")`
-(hooks `blocks.{{l}}.hook_resid_pre`, l = 0..{cfg['n_layers'] - 1}). Generate through the bridge with
-`use_past_kv_cache=False`: TransformerLens 4.3's KV-cached `generate` drifts from the model's own
-decoding on Llama weights (the uncached path and plain forward passes match it exactly).
+(hooks `blocks.{{l}}.hook_resid_pre`, l = 0..{cfg['n_layers'] - 1}). KV-cached generation through the
+bridge needs transformers < 5.24 (5.24 renamed the attention modules' cache argument, which
+TransformerLens 4.3 does not read yet); persona_gate pins that range.
 
 ## Behaviour card (held-out prompts, greedy decoding)
 Refusal rate per persona family and request family. Every prompt combines a held-out request
