@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .chat import RenderedPrompt, render_all
 from .errors import EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
+from .layout import prompt_layout
 from .models import model_device
 from .positions import Position, parse_position, weights
 from .prompts import ChatPrompt
@@ -173,7 +174,7 @@ def iter_activations(
                 return hook
 
             fwd_hooks = [(name, make_hook(k)) for k, name in enumerate(names)]
-            with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+            with torch.no_grad(), prompt_layout(pb.attention_mask), model.hooks(fwd_hooks=fwd_hooks):
                 try:
                     model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device), return_type=None)
                 except _StopForward:

@@ -43,6 +43,7 @@ class RenderedPrompt:
     user: Span
     post_instruction: Span
     folded_system: bool
+    response: Span | None = None
 
     @property
     def group(self) -> str:
@@ -54,9 +55,16 @@ class RenderedPrompt:
     def span(self, name: str) -> Span | None:
         if name == "prompt":
             return (0, len(self.input_ids))
-        if name in ("system", "user", "post_instruction"):
+        if name in ("system", "user", "post_instruction", "response"):
             return getattr(self, name)
-        raise ValueError(f"unknown span {name!r}; use system, user, post_instruction or prompt.")
+        raise ValueError(f"unknown span {name!r}; use system, user, post_instruction, response or prompt.")
+
+    def with_response(self, token_ids: Sequence[int]) -> "RenderedPrompt":
+        """This prompt followed by a reply's tokens, with the reply as the ``response`` span."""
+        from dataclasses import replace
+
+        n = len(self.input_ids)
+        return replace(self, input_ids=self.input_ids + tuple(token_ids), response=(n, n + len(token_ids)))
 
 
 def _messages(system: str | None, user: str, fold: bool) -> list[dict[str, str]]:

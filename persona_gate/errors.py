@@ -63,3 +63,11 @@ class PositionError(PersonaGateError, ValueError):
 
 class HookNotFiredError(PersonaGateError, RuntimeError):
     """An intervention's hook never ran, so the intervention silently did nothing."""
+
+
+class InterventionError(PersonaGateError, ValueError):
+    """An intervention that cannot be built: non-finite alpha, empty or inverted window, bad scope."""
+
+
+class LabelTokenError(PersonaGateError, ValueError):
+    """A classifier label word that the tokenizer does not encode as a single token."""

@@ -7,9 +7,17 @@ With ``v`` the unit direction and ``r`` its raw norm (both from a :class:`Direct
 * :class:`Ablate` projects the direction out, ``x <- x - (x . v) v``, at every layer of a window,
   so afterwards the projection onto ``v`` is 0 there.
 
-Both act at the direction set's site kind (``resid_pre`` by default) and at every position of the
-forward. By default layer ``l`` uses the direction fitted at layer ``l``; ``source_layer`` uses one
-layer's direction everywhere (the usual choice for ablation over a window).
+* :class:`AddBack` is a :class:`Steer` of a *second* direction (e.g. refusal added back while the
+  compliant persona is active), named apart so a result says which is which.
+
+All act at the direction set's site kind (``resid_pre`` by default). By default layer ``l`` uses
+the direction fitted at layer ``l``; ``source_layer`` uses one layer's direction everywhere (the
+usual choice for ablation over a window). ``scope`` picks the positions: ``"prompt"`` (Steer's
+default: steering generated tokens at late layers tends to make the reply degenerate),
+``"generated"`` or ``"both"`` (Ablate's default, as in directional ablation). persona_gate's runners (caching, scoring, :func:`generate`)
+publish the padded batch's attention mask, so pad positions are never touched and prompt and
+generated tokens are told apart, with or without a KV cache; in a plain ``model(...)`` call every
+position counts as a prompt position.
 
 :func:`apply` installs the hooks of any number of specs inside ``model.hooks``, so they are
 removed when the block exits, also when it raises; it records how often each hook fired and
@@ -33,15 +41,21 @@ import torch
 from torch import Tensor
 
 from .directions import DirectionSet
-from .errors import HookNotFiredError
+from .errors import HookNotFiredError, InterventionError
+from .layout import SCOPES, position_mask, prompt_layout  # noqa: F401  (re-exported)
 from .sites import HookSite, check_layer, resolve
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise InterventionError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}.")
 
 
 def _layers(direction: DirectionSet, layers: Sequence[int] | None, model: Any) -> list[int]:
     n = int(model.cfg.n_layers)
     chosen = direction.layers if layers is None else [check_layer(layer, n) for layer in layers]
     if not chosen:
-        raise ValueError("no layers were chosen for the intervention; pass at least one layer.")
+        raise InterventionError("no layers were chosen for the intervention (an empty window?); pass at least one layer.")
     return list(dict.fromkeys(chosen))
 
 
@@ -63,12 +77,14 @@ class Steer:
     layers: Sequence[int] | None = None
     units: str = "raw"
     source_layer: int | None = None
+    scope: str = "prompt"
 
     def __post_init__(self) -> None:
+        _check_scope(self.scope)
         if self.units not in ("raw", "unit"):
-            raise ValueError(f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}.")
+            raise InterventionError(f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}.")
         if not torch.isfinite(torch.tensor(float(self.alpha))):
-            raise ValueError(f"alpha must be finite, got {self.alpha}.")
+            raise InterventionError(f"alpha must be a finite number, got {self.alpha}; pick a value such as 1.0.")
 
     def hooks(self, model: Any) -> list[tuple[str, Callable]]:
         self.direction.check_model(model)
@@ -78,7 +94,9 @@ class Steer:
             shift = v * (self.alpha * (r if self.units == "raw" else 1.0))
 
             def hook(x: Tensor, hook: Any, shift: Tensor = shift) -> Tensor:
-                return x + shift.to(device=x.device, dtype=x.dtype)
+                delta = shift.to(device=x.device, dtype=x.dtype)
+                m = position_mask(x, self.scope)
+                return x + (delta if m is None else m * delta)
 
             out.append((resolve(_site(self.direction, layer), model), hook))
         return out
@@ -91,6 +109,10 @@ class Ablate:
     direction: DirectionSet
     layers: Sequence[int] | None = None
     source_layer: int | None = None
+    scope: str = "both"
+
+    def __post_init__(self) -> None:
+        _check_scope(self.scope)
 
     def hooks(self, model: Any) -> list[tuple[str, Callable]]:
         self.direction.check_model(model)
@@ -104,10 +126,17 @@ class Ablate:
                 u = v.to(device=x.device, dtype=torch.float32)
                 # float32 for the projection: in bf16 the residual's large norm swamps x.v.
                 xf = x.float()
-                return (xf - (xf @ u)[..., None] * u).to(x.dtype)
+                proj = (xf @ u)[..., None] * u
+                m = position_mask(x, self.scope)
+                return (xf - (proj if m is None else m.float() * proj)).to(x.dtype)
 
             out.append((resolve(_site(self.direction, layer), model), hook))
         return out
+
+
+@dataclass(frozen=True)
+class AddBack(Steer):
+    """Add a second direction back (e.g. refusal under compliant-persona steering); a Steer."""
 
 
 @dataclass
@@ -119,7 +148,7 @@ class InterventionReport:
 
 
 @contextmanager
-def apply(model: Any, *specs: Steer | Ablate) -> Iterator[InterventionReport]:
+def apply(model: Any, *specs: Steer | Ablate | AddBack) -> Iterator[InterventionReport]:
     """Install every spec's hooks for the duration of the block; always remove them."""
     hooks: list[tuple[str, Callable]] = []
     for spec in specs:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .activations import as_rendered, check_context, padded_batches
 from .chat import RenderedPrompt
 from .errors import EmptyGroupError
+from .layout import prompt_layout
 from .models import model_device
 from .prompts import ChatPrompt
 
@@ -62,7 +63,7 @@ def first_token_logprobs(
     bar = tqdm(total=len(rendered), desc="scoring", unit="prompt", disable=not progress)
     try:
         for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id):
-            with torch.no_grad():
+            with torch.no_grad(), prompt_layout(pb.attention_mask):
                 logits = model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device))
             lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
             if out is None:
@@ -87,3 +88,48 @@ def refusal_rate(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[in
     """Fraction of prompts whose greedy first token is a refusal-start token."""
     ids = torch.tensor(list(token_ids))
     return float(torch.isin(logprobs.argmax(-1), ids).float().mean())
+
+
+def kl_divergence(
+    clean: Float[Tensor, "prompt vocab"], intervened: Float[Tensor, "prompt vocab"]
+) -> Float[Tensor, " prompt"]:
+    """``KL(p_clean || p_intervened)`` of the first response token, per prompt (nats).
+
+    Measured on harmless prompts it says how much an intervention changes normal behaviour;
+    Arditi et al. keep a direction only if this stays below 0.1.
+    """
+    if clean.shape != intervened.shape:
+        raise ValueError(f"log-prob tensors differ in shape: {tuple(clean.shape)} vs {tuple(intervened.shape)}.")
+    p = clean.double().exp()
+    return (p * (clean.double() - intervened.double())).sum(-1).clamp_min(0).float()
+
+
+def derive_refusal_tokens(
+    model: Any,
+    harmful: Sequence[ChatPrompt | RenderedPrompt],
+    *,
+    max_new_tokens: int = 12,
+    min_count: int = 2,
+    batch_size: int = 16,
+) -> list[int]:
+    """The model's own refusal-start tokens: first tokens of its replies labelled refusal.
+
+    Generates greedily on harmful prompts (under its default persona), labels each reply with
+    :func:`persona_gate.labels.label_response`, and keeps first tokens that open at least
+    ``min_count`` refusals. Raises if the model refused none: pass phrases to
+    :func:`refusal_token_ids` instead.
+    """
+    from collections import Counter
+
+    from .generation import generate
+    from .labels import label_response
+
+    outs = generate(model, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    counts = Counter(g.token_ids[0] for g in outs if g.token_ids and label_response(g.text) == "refusal")
+    ids = sorted(t for t, c in counts.items() if c >= min_count) or sorted(counts)
+    if not ids:
+        raise EmptyGroupError(
+            f"the model refused none of {len(outs)} harmful prompts, so no refusal tokens can be derived; "
+            "pass refusal phrases to refusal_token_ids(tokenizer, [...]) instead."
+        )
+    return ids

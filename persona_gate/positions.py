@@ -10,7 +10,9 @@ Spellings (also accepted by the CLI):
 * ``post_instruction[-k]``: the k-th template token from the end after the user's text
   (``post_instruction[-1]`` == ``last`` under a generation prompt);
 * ``mean:system`` / ``mean:user`` / ``mean:post_instruction`` / ``mean:prompt``: the mean over
-  that span. The persona direction that ablation can use lives in ``mean:system``.
+  that span. The persona direction that ablation can use lives in ``mean:system``;
+* ``mean:response``: the mean over a generated reply appended to the prompt
+  (:meth:`RenderedPrompt.with_response`), as persona-vector methods read traits.
 
 Example::
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from .chat import RenderedPrompt
 from .errors import PositionError
 
-SPANS: tuple[str, ...] = ("system", "user", "post_instruction", "prompt")
+SPANS: tuple[str, ...] = ("system", "user", "post_instruction", "prompt", "response")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def weights(position: Position, rp: RenderedPrompt) -> dict[int, float]:
     """Token index -> weight for one rendered prompt (weights sum to 1)."""
     n = len(rp)
     if position.kind == "last":
-        return {n - 1: 1.0}
+        return {n - 1: 1.0} if rp.response is None else {rp.response[0] - 1: 1.0}
     if position.kind == "post_instruction":
         start, end = rp.post_instruction
         idx = end + position.offset  # type: ignore[operator]

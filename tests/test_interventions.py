@@ -115,3 +115,25 @@ def test_projection_properties(d, seed, alpha):
     assert (ablate(x, None) @ v).abs().max() <= 1e-5
     assert torch.allclose(ablate(ablate(x, None), None), ablate(x, None), atol=1e-5)  # idempotent
     assert torch.allclose(steer(x, None) @ v - x @ v, torch.full((3, 5), alpha * float(ds.raw_norms[0])), atol=1e-3)
+
+
+def test_steering_is_linear_in_alpha_at_the_hooked_site(tiny, fitted):
+    pr, grid = next(iter(fitted[0].values())), fitted[1]
+    sites = sites_for(tiny, [2])
+    base = cache_activations(tiny, grid, sites, "mean:user", progress=False).acts
+    deltas = {}
+    for a in (0.5, 1.0, -2.0):
+        with apply(tiny, Steer(pr.persona, alpha=a, layers=[2])):
+            deltas[a] = cache_activations(tiny, grid, sites, "mean:user", progress=False).acts - base
+    assert torch.allclose(deltas[1.0], 2 * deltas[0.5], atol=1e-5)
+    assert torch.allclose(deltas[-2.0], -2 * deltas[1.0], atol=1e-5)
+
+
+def test_intervention_then_removal_is_bit_identical_to_a_clean_run(tiny, fitted):
+    pr = next(iter(fitted[0].values()))
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    clean = tiny(tokens)
+    with apply(tiny, Steer(pr.persona, alpha=3.0, layers=[1]), Ablate(pr.refusal, layers=[2])):
+        steered = tiny(tokens)
+    assert not torch.equal(clean, steered)
+    assert torch.equal(tiny(tokens), clean)

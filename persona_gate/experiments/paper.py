@@ -1,0 +1,231 @@
+"""The paper's causal experiments (arXiv 2606.26161), each returning a :class:`LabelledResult`.
+
+All score refusal at the first response token (:class:`RefusalScorer`) on held-out prompts, so
+an experiment is a loop of forwards under interventions; every parameter lands in ``config``.
+
+1. :func:`steering_sweep` -- add the persona direction (``alpha`` x its raw norm) at one layer
+   under the safe persona: refusal vs alpha per layer, on harmful and harmless requests.
+2. :func:`reintroduction` -- while the compliant persona is active (by prompt, or by steering),
+   add the refusal direction back at one layer at a time: restored refusal per layer.
+3. :func:`window_projection` -- while the compliant persona is active, project the persona
+   direction out over a window of layers [start, end]; matched-norm random directions over the
+   same windows are the control band.
+
+Restoration is normalised so 0 = the compliant state and 1 = the safe baseline:
+``(rate - compliant) / (baseline - compliant)``.
+
+Example::
+
+    sweep = steering_sweep(model, pr.persona, alphas=(0, 1, 2, 4))
+    sweep.sel(request="harmful").mean("example")["refused"]     # [layer, alpha]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..directions import DirectionSet
+from ..errors import InterventionError
+from ..interventions import Ablate, AddBack, Steer
+from ..provenance import provenance
+from ..results import LabelledResult
+from ..sites import check_layer
+from .scoring import RefusalScorer, eval_groups
+
+
+def _setup(model: Any, n: int, seed: int, scorer: RefusalScorer | None, groups: dict | None):
+    groups = groups if groups is not None else eval_groups(model, n, seed=seed)
+    return groups, scorer if scorer is not None else RefusalScorer.for_model(model)
+
+
+def _rate(refused: torch.Tensor) -> float:
+    return round(float(refused.float().mean()), 4)
+
+
+def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    n = int(model.cfg.n_layers)
+    # resid_pre.0 is the token embedding, where a last-token direction is exactly zero.
+    return list(range(1, n)) if layers is None else [check_layer(layer, n) for layer in layers]
+
+
+def compliant_state(
+    persona: DirectionSet,
+    groups: dict[str, list],
+    mode: str,
+    steer_layer: int | None,
+    steer_alpha: float | None,
+) -> tuple[list, list]:
+    """Harmful prompts and specs that make the model compliant: by persona prompt or by steering."""
+    if mode == "prompt":
+        return groups["compliant/harmful"], []
+    if mode == "steer":
+        if steer_layer is None or steer_alpha is None:
+            raise InterventionError("mode='steer' needs steer_layer and steer_alpha (see select_steering).")
+        return groups["safe/harmful"], [Steer(persona, alpha=steer_alpha, layers=[steer_layer])]
+    raise InterventionError(f"unknown mode {mode!r}; use 'prompt' (compliant system prompt) or 'steer'.")
+
+
+def steering_sweep(
+    model: Any,
+    persona: DirectionSet,
+    *,
+    layers: Sequence[int] | None = None,
+    alphas: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0),
+    units: str = "raw",
+    n: int = 32,
+    seed: int = 0,
+    scorer: RefusalScorer | None = None,
+    groups: dict | None = None,
+    progress: bool = True,
+) -> LabelledResult:
+    """Refusal under the safe persona vs persona-steering strength, per layer."""
+    groups, scorer = _setup(model, n, seed, scorer, groups)
+    layers = _layers(model, layers)
+    requests = ("harmful", "harmless")
+    prompts = {r: groups[f"safe/{r}"] for r in requests}
+    m = len(prompts["harmful"])
+    logodds = torch.full((2, len(layers), len(alphas), m), float("nan"))
+    refused = torch.zeros((2, len(layers), len(alphas), m), dtype=torch.bool)
+    bar = tqdm(total=2 * len(layers) * len(alphas), desc="steering sweep", disable=not progress)
+    for ri, r in enumerate(requests):
+        for li, layer in enumerate(layers):
+            for ai, a in enumerate(alphas):
+                lo, rf = scorer.score(prompts[r], Steer(persona, alpha=a, layers=[layer], units=units))
+                logodds[ri, li, ai], refused[ri, li, ai] = lo, rf
+                bar.update()
+    bar.close()
+    base = {r: scorer.score(prompts[r]) for r in requests}
+    return LabelledResult(
+        kind="steering_sweep",
+        dims=("request", "layer", "alpha", "example"),
+        coords={"request": requests, "layer": tuple(layers), "alpha": tuple(float(a) for a in alphas), "example": tuple(range(m))},
+        values={"logodds": logodds, "refused": refused},
+        baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in requests}
+        | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in requests},
+        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
+        config={"direction": persona.name, "position": persona.position, "units": units, "n": m, "seed": seed,
+                "persona": "safe", "refusal_tokens": list(scorer.token_ids)},
+        provenance=provenance(model, seed=seed),
+    )
+
+
+def reintroduction(
+    model: Any,
+    persona: DirectionSet,
+    refusal: DirectionSet,
+    *,
+    layers: Sequence[int] | None = None,
+    alpha_back: float = 1.0,
+    mode: str = "prompt",
+    steer_layer: int | None = None,
+    steer_alpha: float | None = None,
+    n: int = 32,
+    seed: int = 0,
+    scorer: RefusalScorer | None = None,
+    groups: dict | None = None,
+    progress: bool = True,
+) -> LabelledResult:
+    """Under the compliant state, add the refusal direction back at each layer in turn."""
+    groups, scorer = _setup(model, n, seed, scorer, groups)
+    layers = _layers(model, layers)
+    prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
+    m = len(prompts)
+    logodds = torch.empty((len(layers), m))
+    refused = torch.zeros((len(layers), m), dtype=torch.bool)
+    for li, layer in enumerate(tqdm(layers, desc="re-introduction", disable=not progress)):
+        logodds[li], refused[li] = scorer.score(prompts, *specs, AddBack(refusal, alpha=alpha_back, layers=[layer]))
+    base_lo, base_rf = scorer.score(groups["safe/harmful"])
+    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    return LabelledResult(
+        kind="reintroduction",
+        dims=("layer", "example"),
+        coords={"layer": tuple(layers), "example": tuple(range(m))},
+        values={"logodds": logodds, "refused": refused},
+        baselines={
+            "baseline_refusal_rate": _rate(base_rf),
+            "baseline_logodds": round(float(base_lo.mean()), 4),
+            "compliant_refusal_rate": _rate(comp_rf),
+            "compliant_logodds": round(float(comp_lo.mean()), 4),
+        },
+        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
+        config={"persona": persona.name, "refusal": refusal.name, "alpha_back": alpha_back, "mode": mode,
+                "steer_layer": steer_layer, "steer_alpha": steer_alpha, "n": m, "seed": seed},
+        provenance=provenance(model, seed=seed),
+    )
+
+
+def window_projection(
+    model: Any,
+    persona: DirectionSet,
+    *,
+    width: int | None = None,
+    windows: Sequence[tuple[int, int]] | None = None,
+    source_layer: int | None = None,
+    random_seeds: int = 5,
+    mode: str = "prompt",
+    steer_layer: int | None = None,
+    steer_alpha: float | None = None,
+    n: int = 32,
+    seed: int = 0,
+    scorer: RefusalScorer | None = None,
+    groups: dict | None = None,
+    progress: bool = True,
+) -> LabelledResult:
+    """Project the persona direction out over windows [start, end] (inclusive) of layers.
+
+    ``windows`` lists them; else ``width`` gives every window of that width; else the full
+    start x end grid. Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
+    random directions, ``random_seeds`` of them) are ablated over the same windows.
+    """
+    groups, scorer = _setup(model, n, seed, scorer, groups)
+    L = int(model.cfg.n_layers)
+    if windows is None:
+        windows = [(a, a + width - 1) for a in range(L - width + 1)] if width else [(a, b) for a in range(L) for b in range(a, L)]
+    if not windows:
+        raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
+    windows = [(check_layer(a, L), check_layer(b, L)) for a, b in windows]
+    for a, b in windows:
+        if b < a:
+            raise InterventionError(f"window [{a}, {b}] ends before it starts; pass (start, end) with start <= end.")
+    if random_seeds < 1:
+        raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
+    prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
+    directions = {"persona": persona} | {f"random{k}": persona.random_like(seed + k) for k in range(random_seeds)}
+    m = len(prompts)
+    shape = (len(directions), L, L, m)
+    logodds, refused = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+    bar = tqdm(total=len(directions) * len(windows), desc="window projection", disable=not progress)
+    for di, d in enumerate(directions.values()):
+        for a, b in windows:
+            lo, rf = scorer.score(prompts, *specs, Ablate(d, layers=range(a, b + 1), source_layer=source_layer))
+            logodds[di, a, b], refused[di, a, b] = lo, rf.float()
+            bar.update()
+    bar.close()
+    base_lo, base_rf = scorer.score(groups["safe/harmful"])
+    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    return LabelledResult(
+        kind="window_projection",
+        dims=("direction", "start", "end", "example"),
+        coords={"direction": tuple(directions), "start": tuple(range(L)), "end": tuple(range(L)), "example": tuple(range(m))},
+        values={"logodds": logodds, "refused": refused},
+        baselines={
+            "baseline_refusal_rate": _rate(base_rf),
+            "baseline_logodds": round(float(base_lo.mean()), 4),
+            "compliant_refusal_rate": _rate(comp_rf),
+            "compliant_logodds": round(float(comp_lo.mean()), 4),
+        },
+        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
+        config={"persona": persona.name, "windows": [list(w) for w in windows], "width": width, "source_layer": source_layer,
+                "random_seeds": random_seeds, "mode": mode, "steer_layer": steer_layer, "steer_alpha": steer_alpha,
+                "n": m, "seed": seed},
+        provenance=provenance(model, seed=seed),
+    )
+
+
+def restoration(rate: float, baseline: float, compliant: float) -> float:
+    """0 = the compliant state, 1 = the safe baseline (NaN if the two coincide)."""
+    gap = baseline - compliant
+    return float("nan") if abs(gap) < 1e-9 else (rate - compliant) / gap
