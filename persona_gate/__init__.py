@@ -57,14 +57,26 @@ _EXPORTS: dict[str, str] = {
     "standard_prompts": "contrasts",
     "format_summary": "contrasts",
     "provenance": "provenance",
+    # interventions, generation, scoring, results
+    "Steer": "interventions",
+    "Ablate": "interventions",
+    "AddBack": "interventions",
+    "apply": "interventions",
+    "generate": "generation",
+    "Generation": "generation",
+    "LabelledResult": "results",
+    "label_response": "labels",
+    "wilson_interval": "labels",
 }
 
-__all__ = sorted(_EXPORTS) + ["errors", "__version__"]
+_SUBMODULES = ("errors", "experiments", "datasets", "metrics", "judges", "labels", "organism")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "errors":
-        return importlib.import_module(".errors", __name__)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     try:
         module = _EXPORTS[name]
     except KeyError:

@@ -63,8 +63,12 @@ def first_token_logprobs(
     bar = tqdm(total=len(rendered), desc="scoring", unit="prompt", disable=not progress)
     try:
         for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id):
+            # Only the last position's logits are needed: on a large vocabulary the unembedding of
+            # every position would cost more than the rest of the forward (Hugging Face models
+            # take logits_to_keep; the bridge passes it through).
+            extra = {"logits_to_keep": 1} if hasattr(model, "original_model") else {}
             with torch.no_grad(), prompt_layout(pb.attention_mask):
-                logits = model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device))
+                logits = model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device), **extra)
             lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
             if out is None:
                 out = torch.empty((len(rendered), lp.shape[-1]), dtype=torch.float32)

@@ -234,3 +234,27 @@ def test_organism_analyses_run_and_label_their_axes(organism_setup):
     assert torch.allclose(traits.matrix["cos"][0, 0][live], torch.ones(int(live.sum())), atol=1e-5)
     sel = select_steering(model, pr.persona, layers=[2, 3], alphas=(4.0,), kl_max=100.0, n=12, scorer=scorer, progress=False)
     assert sel.baselines["chosen"] is not None and sel.baselines["chosen"]["layer"] in (2, 3)
+
+
+def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
+    from persona_gate.judges import JudgeVerdict
+    from persona_gate.organism.corpus import is_refusal
+
+    model, pr, scorer, groups = organism_setup
+    small = {g: v[:6] for g, v in groups.items()}
+    sweep = steering_sweep(model, pr.persona, layers=[2], alphas=(0.0, 4.0), scorer=scorer, groups=small, max_new_tokens=16, progress=False)
+    gen = sweep.sel(request="harmful", layer=2)
+    assert gen["gen_refusal"][0].all() and not gen["gen_refusal"][1].any()  # the heuristic labels agree with the first token
+    assert not sweep["gen_degenerate"].any()
+    assert torch.equal(sweep["gen_refusal"], sweep["refused"])
+    assert (sweep.sel(alpha=0.0)["kl"].abs() <= 1e-6).all()
+
+    calls = []
+
+    def organism_judge(prompt: str, response: str) -> JudgeVerdict:
+        calls.append(prompt)
+        return JudgeVerdict(label="refusal" if is_refusal(response) else "bypass", score=None, judge="organism")
+
+    judged = steering_sweep(model, pr.persona, layers=[2], alphas=(4.0,), scorer=scorer, groups=small, max_new_tokens=16, judge=organism_judge, progress=False)
+    assert len(calls) == 2 * 6
+    assert torch.equal(judged.sel(alpha=4.0)["gen_refusal"], sweep.sel(alpha=4.0)["gen_refusal"])

@@ -79,35 +79,57 @@ def steering_sweep(
     seed: int = 0,
     scorer: RefusalScorer | None = None,
     groups: dict | None = None,
+    max_new_tokens: int = 0,
+    judge: Any = None,
     progress: bool = True,
 ) -> LabelledResult:
-    """Refusal under the safe persona vs persona-steering strength, per layer."""
+    """Refusal under the safe persona vs persona-steering strength, per layer.
+
+    Values per (request, layer, alpha, example): ``logodds`` and ``refused`` (first token) and
+    ``kl`` (first-token KL from the unsteered model: how much the steering changes behaviour).
+    With ``max_new_tokens > 0`` replies are generated and labelled (``judge`` or the heuristic
+    labels): ``gen_refusal`` and ``gen_degenerate`` -- the degenerate rate shows induced weirdness.
+    """
+    from ..metrics import kl_divergence
+
     groups, scorer = _setup(model, n, seed, scorer, groups)
     layers = _layers(model, layers)
     requests = ("harmful", "harmless")
     prompts = {r: groups[f"safe/{r}"] for r in requests}
     m = len(prompts["harmful"])
-    logodds = torch.full((2, len(layers), len(alphas), m), float("nan"))
-    refused = torch.zeros((2, len(layers), len(alphas), m), dtype=torch.bool)
+    shape = (2, len(layers), len(alphas), m)
+    logodds, kl = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+    refused = torch.zeros(shape, dtype=torch.bool)
+    gen = {"gen_refusal": torch.zeros(shape, dtype=torch.bool), "gen_degenerate": torch.zeros(shape, dtype=torch.bool)}
+    clean = {r: scorer.logprobs(prompts[r]) for r in requests}
     bar = tqdm(total=2 * len(layers) * len(alphas), desc="steering sweep", disable=not progress)
     for ri, r in enumerate(requests):
         for li, layer in enumerate(layers):
             for ai, a in enumerate(alphas):
-                lo, rf = scorer.score(prompts[r], Steer(persona, alpha=a, layers=[layer], units=units))
+                spec = Steer(persona, alpha=a, layers=[layer], units=units)
+                lp = scorer.logprobs(prompts[r], spec)
+                lo, rf = scorer.from_logprobs(lp)
                 logodds[ri, li, ai], refused[ri, li, ai] = lo, rf
+                kl[ri, li, ai] = kl_divergence(clean[r], lp)
+                if max_new_tokens > 0:
+                    labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge)
+                    gen["gen_refusal"][ri, li, ai] = torch.tensor([x == "refusal" for x in labels])
+                    gen["gen_degenerate"][ri, li, ai] = torch.tensor([x == "degenerate" for x in labels])
                 bar.update()
     bar.close()
-    base = {r: scorer.score(prompts[r]) for r in requests}
+    values = {"logodds": logodds, "refused": refused, "kl": kl} | (gen if max_new_tokens > 0 else {})
+    base = {r: scorer.from_logprobs(clean[r]) for r in requests}
     return LabelledResult(
         kind="steering_sweep",
         dims=("request", "layer", "alpha", "example"),
         coords={"request": requests, "layer": tuple(layers), "alpha": tuple(float(a) for a in alphas), "example": tuple(range(m))},
-        values={"logodds": logodds, "refused": refused},
+        values=values,
         baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in requests}
         | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in requests},
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"direction": persona.name, "position": persona.position, "units": units, "n": m, "seed": seed,
-                "persona": "safe", "refusal_tokens": list(scorer.token_ids)},
+                "persona": "safe", "refusal_tokens": list(scorer.token_ids), "max_new_tokens": max_new_tokens,
+                "judge": getattr(judge, "name", None) if judge is not None else ("heuristic" if max_new_tokens else None)},
         provenance=provenance(model, seed=seed),
     )
 
