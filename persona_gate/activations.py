@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .chat import RenderedPrompt, render_all
 from .errors import EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
-from .layout import prompt_layout
+from .layout import note_early_stop, prompt_layout
 from .models import model_device
 from .positions import Position, parse_position, weights
 from .prompts import ChatPrompt
@@ -178,7 +178,7 @@ def iter_activations(
                 try:
                     model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device), return_type=None)
                 except _StopForward:
-                    pass
+                    note_early_stop(site_list[last_site].layer)
             missing = [names[k] for k in range(len(names)) if k not in fired]
             if missing:
                 raise UnknownHookSiteError(

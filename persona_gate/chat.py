@@ -54,7 +54,7 @@ class RenderedPrompt:
 
     def span(self, name: str) -> Span | None:
         if name == "prompt":
-            return (0, len(self.input_ids))
+            return (0, len(self.input_ids) if self.response is None else self.response[0])
         if name in ("system", "user", "post_instruction", "response"):
             return getattr(self, name)
         raise ValueError(f"unknown span {name!r}; use system, user, post_instruction, response or prompt.")

@@ -114,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except PersonaGateError as e:
-        print(f"persona-gate: error: {e}", file=sys.stderr)
+    except (PersonaGateError, OSError, ValueError) as e:
+        # Named errors carry their fix; OSError/ValueError from below are still one line.
+        print(f"persona-gate: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `persona-gate ... | head` closed the pipe: not an error
         import os

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .directions import DirectionSet, GroupMeans, fit_group_means
+from .errors import DatasetError
 from .positions import LAST, SYSTEM_MEAN, Position, parse_position
 from .prompts import ChatPrompt, Persona, Request, load_personas, load_requests, paired_grid
 from .sites import sites_for
@@ -59,7 +60,9 @@ def standard_prompts(
     if _is_organism(model):
         from .organism import prompt_sets
 
-        organism_split = "test" if split == "test" else "train"
+        if split not in ("train", "test"):
+            raise DatasetError(f"the organism has train and test prompt sets, not {split!r}; use one of those.")
+        organism_split = split
         n = n_per_group or 96
         harmful = harmful if harmful is not None else prompt_sets.requests("harmful", organism_split, n, seed)
         harmless = harmless if harmless is not None else prompt_sets.requests("harmless", organism_split, n, seed)
@@ -67,8 +70,10 @@ def standard_prompts(
         compliant = compliant if compliant is not None else prompt_sets.personas("compliant", organism_split, seed=seed)
     harmful = list(harmful if harmful is not None else load_requests("harmful", split))
     harmless = list(harmless if harmless is not None else load_requests("harmless", split))
-    safe = list(safe if safe is not None else load_personas("safe", "train"))
-    compliant = list(compliant if compliant is not None else load_personas("compliant", "train"))
+    # Personas have train and test paraphrases only; validation uses the training ones.
+    persona_split = "test" if split == "test" else "train"
+    safe = list(safe if safe is not None else load_personas("safe", persona_split))
+    compliant = list(compliant if compliant is not None else load_personas("compliant", persona_split))
     if n_per_group is not None:
         rng = random.Random(seed)
         harmful = rng.sample(harmful, min(n_per_group, len(harmful)))

@@ -46,19 +46,25 @@ def _names(groups: str | Sequence[str]) -> tuple[str, ...]:
     return (groups,) if isinstance(groups, str) else tuple(groups)
 
 
+def _label(names: tuple[str, ...]) -> str:
+    """'a' or '(a+b)': a union of groups reads unambiguously in 'positive - negative'."""
+    return names[0] if len(names) == 1 else "(" + "+".join(names) + ")"
+
+
 class DirectionFitter:
     """Mutable accumulator of float64 per-group sums at each (position, site)."""
 
     def __init__(self, sites: Sequence[HookSite], positions: Sequence[Position | str], d_model: int):
         self.sites = tuple(sites)
-        self.positions = tuple(str(parse_position(p)) for p in positions)
+        # Repeated positions would add each batch twice into one sum (doubling every mean).
+        self.positions = tuple(dict.fromkeys(str(parse_position(p)) for p in positions))
         self.d_model = int(d_model)
         self._sums: dict[tuple[str, str], Tensor] = {}
         self.counts: dict[str, int] = {}
 
     def update(self, groups: Sequence[str], acts: Float[Tensor, "pos batch site d_model"]) -> None:
         """Add one batch: ``acts[position, sample, site, d]`` with the samples' group names."""
-        if acts.shape[0] != len(self.positions) or acts.shape[1] != len(groups):
+        if acts.shape[0] != len(self.positions) or acts.shape[1] != len(groups):  # noqa: SIM102
             raise ValueError(
                 f"acts of shape {tuple(acts.shape)} do not match {len(self.positions)} positions x "
                 f"{len(groups)} samples."
@@ -138,9 +144,9 @@ class GroupMeans:
             sites=self.sites,
             pos_mean=mu_pos,
             neg_mean=mu_neg,
-            positive="+".join(pos_names),
-            negative="+".join(neg_names),
-            counts={"+".join(pos_names): n_pos, "+".join(neg_names): n_neg},
+            positive=_label(pos_names),
+            negative=_label(neg_names),
+            counts={_label(pos_names): n_pos, _label(neg_names): n_neg},
             position=str(parse_position(position)),
             provenance=self.provenance,
         )
@@ -163,6 +169,7 @@ def fit_group_means(
 
     rendered = as_rendered(model, prompts)
     site_list = normalise_sites(model, sites)
+    positions = list(dict.fromkeys(str(parse_position(p)) for p in positions))
     fitter = DirectionFitter(site_list, positions, model.cfg.d_model)
     for batch in iter_activations(
         model, rendered, site_list, positions, batch_size=batch_size, progress=progress, desc="fitting"

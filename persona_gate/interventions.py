@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .directions import DirectionSet
 from .errors import HookNotFiredError, InterventionError
-from .layout import SCOPES, position_mask, prompt_layout  # noqa: F401  (re-exported)
+from .layout import SCOPES, position_mask, prompt_layout, record_early_stops  # noqa: F401  (re-exported)
 from .sites import HookSite, check_layer, resolve
 
 
@@ -118,8 +118,8 @@ class Ablate:
         self.direction.check_model(model)
         out = []
         for layer in _layers(self.direction, self.layers, model):
-            v, r = _vector(self.direction, layer, self.source_layer)
-            if r == 0:
+            v, _ = _vector(self.direction, layer, self.source_layer)
+            if float(v.norm()) == 0:
                 continue  # a zero direction: nothing to project out
 
             def hook(x: Tensor, hook: Any, v: Tensor = v) -> Tensor:
@@ -131,6 +131,11 @@ class Ablate:
                 return (xf - (proj if m is None else m.float() * proj)).to(x.dtype)
 
             out.append((resolve(_site(self.direction, layer), model), hook))
+        if not out:
+            raise InterventionError(
+                f"direction set {self.direction.name!r} is zero at every chosen layer, so ablating it would "
+                "do nothing; choose layers where it has a direction (raw norm > 0)."
+            )
         return out
 
 
@@ -162,11 +167,20 @@ def apply(model: Any, *specs: Steer | Ablate | AddBack) -> Iterator[Intervention
 
         return wrapper
 
-    with model.hooks(fwd_hooks=[(name, counted(name, fn)) for name, fn in hooks]):
+    with record_early_stops() as stops, model.hooks(fwd_hooks=[(name, counted(name, fn)) for name, fn in hooks]):
         yield report
-    missing = sorted({name for name in report.requested if name not in report.calls})
+    # Hooks past a layer where a runner stopped the forward on purpose (caching) never run.
+    limit = min(stops) if stops else None
+    missing = sorted(
+        {name for name in report.requested if name not in report.calls and (limit is None or _layer_of(name) <= limit)}
+    )
     if missing:
         raise HookNotFiredError(
             f"intervention hooks {missing} never fired inside the block; run the model inside the "
             "`with apply(...)` block, and check that the layers exist in this forward."
         )
+
+
+def _layer_of(hook_name: str) -> int:
+    parts = hook_name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else -1

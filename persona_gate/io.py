@@ -2,8 +2,9 @@
 
 The manifest carries the artefact's ``kind``, a ``schema_version``, the tensors' shapes and the
 provenance; the tensors go to safetensors (no pickle is ever loaded). A folder is written next to
-its destination under a temporary name and renamed into place, so a reader sees either the old
-complete folder or the new complete one, never a half-written file.
+its destination under a temporary name and renamed into place, so a reader never sees a
+half-written file: the old complete folder, the new complete one, or (for the instant between
+two renames, when replacing) none; a failed replace puts the old folder back.
 
 Example::
 
@@ -64,12 +65,19 @@ def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor],
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
         (tmp / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=False), encoding="utf-8")
+        moved = False
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+            moved = True
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if moved:  # put the previous complete artefact back before giving up
+                os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

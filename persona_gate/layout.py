@@ -23,6 +23,27 @@ from torch import Tensor
 
 SCOPES = ("prompt", "generated", "both")
 
+# Layers at which persona_gate's runners stopped a forward early (caching needs no later
+# blocks); intervention hooks beyond such a stop legitimately never fire.
+_EARLY_STOPS: ContextVar[list[int] | None] = ContextVar("persona_gate_early_stops", default=None)
+
+
+@contextmanager
+def record_early_stops() -> Iterator[list[int]]:
+    """Collect the layers at which runners stop forwards early, inside the block."""
+    stops: list[int] = []
+    token = _EARLY_STOPS.set(stops)
+    try:
+        yield stops
+    finally:
+        _EARLY_STOPS.reset(token)
+
+
+def note_early_stop(layer: int) -> None:
+    stops = _EARLY_STOPS.get()
+    if stops is not None:
+        stops.append(layer)
+
 # The attention mask [batch, prompt_len] of the batch being run by a persona_gate runner.
 _LAYOUT: ContextVar[Tensor | None] = ContextVar("persona_gate_prompt_layout", default=None)
 

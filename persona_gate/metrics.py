@@ -82,9 +82,12 @@ def first_token_logprobs(
 def refusal_logodds(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
     """``log p_refuse - log(1 - p_refuse)`` per prompt, computed stably in log space."""
     lp = logprobs.double()
-    log_p = torch.logsumexp(lp[:, list(token_ids)], dim=-1)
-    # log(1 - p) via log1p(-exp(log p)), clamped so p == 1 gives a large finite score.
-    log_q = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-12))
+    mask = torch.zeros(lp.shape[-1], dtype=torch.bool, device=lp.device)
+    mask[list(token_ids)] = True
+    # Both sides by logsumexp: 1 - p computed as a sum of the other tokens keeps its precision
+    # when refusal is nearly certain (log1p(-p) would cancel to 0).
+    log_p = torch.logsumexp(lp[:, mask], dim=-1)
+    log_q = torch.logsumexp(lp[:, ~mask], dim=-1)
     return (log_p - log_q).float()
 
 
@@ -130,7 +133,14 @@ def derive_refusal_tokens(
 
     outs = generate(model, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     counts = Counter(g.token_ids[0] for g in outs if g.token_ids and label_response(g.text) == "refusal")
-    ids = sorted(t for t, c in counts.items() if c >= min_count) or sorted(counts)
+    ids = sorted(t for t, c in counts.items() if c >= min_count)
+    if not ids and counts:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no refusal-start token opened %d or more refusals; using all %d seen (%s)", min_count, len(counts), sorted(counts)
+        )
+        ids = sorted(counts)
     if not ids:
         raise EmptyGroupError(
             f"the model refused none of {len(outs)} harmful prompts, so no refusal tokens can be derived; "

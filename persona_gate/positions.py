@@ -101,9 +101,13 @@ def weights(position: Position, rp: RenderedPrompt) -> dict[int, float]:
         return {idx: 1.0}
     span = rp.span(position.span)  # type: ignore[arg-type]
     if span is None or span[1] <= span[0]:
+        fix = {
+            "system": "give it a system prompt",
+            "response": "append a generated reply with RenderedPrompt.with_response",
+        }.get(position.span or "", "check the prompt")
         raise PositionError(
             f"{position} selects no token: this prompt has no {position.span} span (persona "
-            f"{rp.prompt.persona_id or 'none'}); give it a system prompt or choose another position."
+            f"{rp.prompt.persona_id or 'none'}); {fix}, or choose another position."
         )
     w = 1.0 / (span[1] - span[0])
     return {i: w for i in range(*span)}

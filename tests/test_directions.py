@@ -63,7 +63,7 @@ def test_streaming_means_and_directions_equal_naive_hf(tiny, tiny_model_dirs, ar
         unit = diff[ok] / diff[ok].norm(dim=-1, keepdim=True)
         assert (ds.vectors[ok].double() - unit).abs().max() <= 1e-5
     assert pr.refusal.counts == {"safe/harmful": 6, "safe/harmless": 6}
-    assert pr.persona.counts == {"compliant/harmful+compliant/harmless": 12, "safe/harmful+safe/harmless": 12}
+    assert pr.persona.counts == {"(compliant/harmful+compliant/harmless)": 12, "(safe/harmful+safe/harmless)": 12}
     # resid_pre.0 at the last token is one template token's embedding for every prompt: no direction.
     assert pr.refusal.raw_norms[0] == 0 and torch.all(pr.refusal.vectors[0] == 0)
 
@@ -183,3 +183,34 @@ def test_direction_properties(d, scale, seed):
     assert float(ds.project(pos.float()[None]) - ds.project(neg.float()[None])) > 0
     assert torch.allclose(flipped.vectors, -ds.vectors)
     assert torch.allclose(scaled.vectors, ds.vectors, atol=1e-5)
+
+
+def test_repeated_positions_do_not_double_the_means(tiny, grid):
+    once = fit_group_means(tiny, grid, sites_for(tiny), ["last"], progress=False)
+    twice = fit_group_means(tiny, grid, sites_for(tiny), ["last", "mean:system", "last"], progress=False)
+    assert twice.positions == ("last", "mean:system")
+    for g in once.groups:
+        assert torch.allclose(once.means[("last", g)], twice.means[("last", g)])
+
+
+def test_a_failed_replace_keeps_the_previous_artefact(tmp_path, monkeypatch):
+    import os
+
+    from persona_gate import io as pg_io
+
+    path = _toy(seed=0).save(tmp_path / "d")
+    real = os.replace
+    calls = []
+
+    def flaky(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # the new folder's move into place fails
+            raise OSError("disk full")
+        return real(a, b)
+
+    monkeypatch.setattr(pg_io.os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        _toy(seed=1).save(path)
+    monkeypatch.setattr(pg_io.os, "replace", real)
+    assert DirectionSet.load(path).provenance == {"seed": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -256,5 +256,5 @@ def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
         return JudgeVerdict(label="refusal" if is_refusal(response) else "bypass", score=None, judge="organism")
 
     judged = steering_sweep(model, pr.persona, layers=[2], alphas=(4.0,), scorer=scorer, groups=small, max_new_tokens=16, judge=organism_judge, progress=False)
-    assert len(calls) == 2 * 6
+    assert len(calls) == 6  # the judge sees harmful requests only; harmless get the heuristics
     assert torch.equal(judged.sel(alpha=4.0)["gen_refusal"], sweep.sel(alpha=4.0)["gen_refusal"])

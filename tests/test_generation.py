@@ -46,6 +46,9 @@ def test_kv_cache_on_and_off_give_identical_greedy_tokens(organism, organism_dir
         uncached = generate(organism, prompts, max_new_tokens=12, batch_size=5, use_kv_cache=False, progress=False)
     assert [g.token_ids for g in cached] == [g.token_ids for g in uncached]
     assert all(g.token_ids for g in cached)
+    if specs:  # and the intervention really acted on the replies
+        plain = generate(organism, prompts, max_new_tokens=12, batch_size=5, progress=False)
+        assert [g.token_ids for g in cached] != [g.token_ids for g in plain]
 
 
 class _null:

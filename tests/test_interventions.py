@@ -137,3 +137,19 @@ def test_intervention_then_removal_is_bit_identical_to_a_clean_run(tiny, fitted)
         steered = tiny(tokens)
     assert not torch.equal(clean, steered)
     assert torch.equal(tiny(tokens), clean)
+
+
+def test_caching_inside_apply_stops_early_without_a_false_alarm(tiny, fitted):
+    pr, grid = next(iter(fitted[0].values())), fitted[1]
+    with apply(tiny, Ablate(pr.persona, layers=[1, 2], source_layer=1)):
+        store = cache_activations(tiny, grid, sites_for(tiny, [1]), "last", progress=False)  # stops before layer 2
+    assert (store.acts[:, 0].double() @ pr.persona.at(1).double()).abs().max() <= 1e-4
+
+
+def test_ablating_a_zero_direction_is_an_error(tiny, fitted):
+    from persona_gate.errors import InterventionError
+
+    pr = next(iter(fitted[0].values()))
+    assert float(pr.refusal.raw_norms[0]) == 0  # the last token at resid_pre.0 is always the same embedding
+    with pytest.raises(InterventionError, match="zero at every chosen layer"):
+        Ablate(pr.refusal, layers=[0]).hooks(tiny)

@@ -70,7 +70,7 @@ def extraction_sites(
     sites = sites_for(model, layers)
     pos = [str(parse_position(p)) for p in positions]
     plain = [p for p in pos if p != "mean:response"]
-    means = fit_group_means(model, train, sites, plain + ["last"], progress=False, seed=seed)
+    means = fit_group_means(model, train, sites, list(dict.fromkeys(plain + ["last"])), progress=False, seed=seed)
     refusal = means.direction("refusal", "safe/harmful", "safe/harmless", "last")
     dirs = {p: means.direction(f"persona@{p}", *_PERSONA_GROUPS, p) for p in plain}
     if "mean:response" in pos:
@@ -85,8 +85,9 @@ def extraction_sites(
         for li, layer in enumerate(layers):
             steer = [scorer.score(groups["safe/harmful"], Steer(d, alpha=a, layers=[layer]))[1].float().mean() for a in alphas]
             rate[pi, li, 0] = min(steer)
-            rate[pi, li, 1] = scorer.score(groups["compliant/harmful"], Ablate(d, source_layer=layer))[1].float().mean()
-            rate[pi, li, 2] = scorer.score(groups["compliant/harmless"], Ablate(d, source_layer=layer))[1].float().mean()
+            every = range(int(model.cfg.n_layers))
+            rate[pi, li, 1] = scorer.score(groups["compliant/harmful"], Ablate(d, layers=every, source_layer=layer))[1].float().mean()
+            rate[pi, li, 2] = scorer.score(groups["compliant/harmless"], Ablate(d, layers=every, source_layer=layer))[1].float().mean()
             rate[pi, li, 3] = float(d.at(layer) @ refusal.at(layer))
             bar.update()
     bar.close()

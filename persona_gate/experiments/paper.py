@@ -112,7 +112,9 @@ def steering_sweep(
                 logodds[ri, li, ai], refused[ri, li, ai] = lo, rf
                 kl[ri, li, ai] = kl_divergence(clean[r], lp)
                 if max_new_tokens > 0:
-                    labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge)
+                    # A safety classifier says whether a reply is harmful; on harmless requests
+                    # that is no refusal judgement, so those get the heuristic labels.
+                    labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
                     gen["gen_refusal"][ri, li, ai] = torch.tensor([x == "refusal" for x in labels])
                     gen["gen_degenerate"][ri, li, ai] = torch.tensor([x == "degenerate" for x in labels])
                 bar.update()
