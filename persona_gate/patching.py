@@ -205,6 +205,18 @@ def _render_pairs(model: Any, source: Sequence, target: Sequence) -> list[tuple[
     return list(zip(rendered(source), rendered(target)))
 
 
+def _slot_sets(model: Any, pairs: list, positions: str) -> tuple[list[list[Slot]], list[str]]:
+    """Aligned slots per pair; every pair must share the same slot labels (one result grid)."""
+    slot_sets = [align(model.tokenizer, s, t, positions) for s, t in pairs]
+    labels = [sl.label for sl in slot_sets[0]]
+    if any([sl.label for sl in slots] != labels for slots in slot_sets):
+        raise PositionError(
+            "the examples' position slots differ (different templates or, with positions='tokens', "
+            "different lengths); patch them separately or use positions='roles'."
+        )
+    return slot_sets, labels
+
+
 def activation_patching(
     model: Any,
     source: Sequence[ChatPrompt | RenderedPrompt],
@@ -228,13 +240,7 @@ def activation_patching(
     sites = sites_for(model, layers, kind)
     if direction is not None:
         direction.check_model(model)
-    slot_sets = [align(model.tokenizer, s, t, positions) for s, t in pairs]
-    labels = [sl.label for sl in slot_sets[0]]
-    if any([sl.label for sl in slots] != labels for slots in slot_sets):
-        raise PositionError(
-            "the examples' position slots differ (different templates or, with positions='tokens', "
-            "different lengths); patch them separately or use positions='roles'."
-        )
+    slot_sets, labels = _slot_sets(model, pairs, positions)
     device = model_device(model)
     raw = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64, device=device)
     effect = torch.empty_like(raw)
@@ -326,10 +332,7 @@ def attribution_patching(
     """
     pairs = _render_pairs(model, source, target)
     sites = sites_for(model, layers, kind)
-    slot_sets = [align(model.tokenizer, s, t, positions) for s, t in pairs]
-    labels = [sl.label for sl in slot_sets[0]]
-    if any([sl.label for sl in slots] != labels for slots in slot_sets):
-        raise PositionError("the examples' position slots differ; patch them separately or use positions='roles'.")
+    slot_sets, labels = _slot_sets(model, pairs, positions)
     est = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64)
     for e, ((src_rp, tgt_rp), slots) in enumerate(tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)):
         src = _Runner(model, src_rp, sites, token_ids)
@@ -348,7 +351,7 @@ def attribution_patching(
             logits = model(ids, use_cache=False)
             metric = src.metric_from_logits(logits[:, -1].float())[0]
             metric.backward()
-        m_tgt = float(metric)
+        m_tgt = float(metric.detach())
         gap = float(src.metric) - m_tgt
         for si, site in enumerate(sites):
             x_t, g = acts[site].detach()[0].double(), acts[site].grad[0].double()

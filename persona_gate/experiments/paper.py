@@ -51,6 +51,18 @@ def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
     return list(range(1, n)) if layers is None else [check_layer(layer, n) for layer in layers]
 
 
+def _compliant_baselines(scorer: RefusalScorer, groups: dict, prompts: list, specs: list) -> dict[str, float]:
+    """The two ends that restoration is measured between: the safe baseline and the compliant state."""
+    base_lo, base_rf = scorer.score(groups["safe/harmful"])
+    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    return {
+        "baseline_refusal_rate": _rate(base_rf),
+        "baseline_logodds": round(float(base_lo.mean()), 4),
+        "compliant_refusal_rate": _rate(comp_rf),
+        "compliant_logodds": round(float(comp_lo.mean()), 4),
+    }
+
+
 def compliant_state(
     persona: DirectionSet,
     groups: dict[str, list],
@@ -161,19 +173,13 @@ def reintroduction(
     refused = torch.zeros((len(layers), m), dtype=torch.bool)
     for li, layer in enumerate(tqdm(layers, desc="re-introduction", disable=not progress)):
         logodds[li], refused[li] = scorer.score(prompts, *specs, AddBack(refusal, alpha=alpha_back, layers=[layer]))
-    base_lo, base_rf = scorer.score(groups["safe/harmful"])
-    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    baselines = _compliant_baselines(scorer, groups, prompts, specs)
     return LabelledResult(
         kind="reintroduction",
         dims=("layer", "example"),
         coords={"layer": tuple(layers), "example": tuple(range(m))},
         values={"logodds": logodds, "refused": refused},
-        baselines={
-            "baseline_refusal_rate": _rate(base_rf),
-            "baseline_logodds": round(float(base_lo.mean()), 4),
-            "compliant_refusal_rate": _rate(comp_rf),
-            "compliant_logodds": round(float(comp_lo.mean()), 4),
-        },
+        baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"persona": persona.name, "refusal": refusal.name, "alpha_back": alpha_back, "mode": mode,
                 "steer_layer": steer_layer, "steer_alpha": steer_alpha, "n": m, "seed": seed},
@@ -228,19 +234,13 @@ def window_projection(
             logodds[di, a, b], refused[di, a, b] = lo, rf.float()
             bar.update()
     bar.close()
-    base_lo, base_rf = scorer.score(groups["safe/harmful"])
-    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    baselines = _compliant_baselines(scorer, groups, prompts, specs)
     return LabelledResult(
         kind="window_projection",
         dims=("direction", "start", "end", "example"),
         coords={"direction": tuple(directions), "start": tuple(range(L)), "end": tuple(range(L)), "example": tuple(range(m))},
         values={"logodds": logodds, "refused": refused},
-        baselines={
-            "baseline_refusal_rate": _rate(base_rf),
-            "baseline_logodds": round(float(base_lo.mean()), 4),
-            "compliant_refusal_rate": _rate(comp_rf),
-            "compliant_logodds": round(float(comp_lo.mean()), 4),
-        },
+        baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"persona": persona.name, "windows": [list(w) for w in windows], "width": width, "source_layer": source_layer,
                 "random_seeds": random_seeds, "mode": mode, "steer_layer": steer_layer, "steer_alpha": steer_alpha,
