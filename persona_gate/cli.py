@@ -71,6 +71,43 @@ def _cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(summary: dict, out: Path) -> None:
+    print(f"model {summary['model']} ({summary['n_layers']} layers)")
+    print(f"  refusal, safe persona + harmful:      {summary['baseline_refusal_rate']:.2f}")
+    print(f"  refusal, compliant persona + harmful: {summary['compliant_persona_refusal_rate']:.2f}")
+    at = summary["steered_at"]
+    print(f"  refusal, persona steering (layer {at['layer']}, alpha {at['alpha']}): {summary['steered_refusal_rate']:.2f}")
+    print(f"  refusal, harmless requests:           {summary['harmless_refusal_rate']:.2f}")
+    back = ", ".join(f"{k}: {v:.2f}" for k, v in summary["reintroduction_refusal_by_layer"].items())
+    print(f"  refusal added back per layer:         {back}")
+    best = max(summary["window_refusal"].items(), key=lambda kv: kv[1]["persona"])
+    print(f"  best persona window {best[0]}: {best[1]['persona']:.2f} (random max {best[1]['random_max']:.2f})")
+    print(f"  gate layers (patching >= 0.5):        {summary['gate_layers'] or 'none'}")
+    print(f"  {summary['seconds'].get('total', 0):.1f} s; results in {out}/ (summary.json)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import DEMO, RunConfig, run_pipeline
+
+    overrides = {"model": args.model, "dtype": args.dtype, "device": args.device, "chat_template": args.chat_template}
+    if args.command == "demo":
+        cfg = RunConfig.from_dict({**dataclass_dict(DEMO), **{k: v for k, v in overrides.items() if v is not None}})
+    elif args.config is not None:
+        cfg = RunConfig.from_toml(args.config, **overrides)
+    else:
+        cfg = RunConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    out = Path(args.out)
+    summary = run_pipeline(cfg, out, progress=not args.no_progress)
+    _print_summary(summary, out)
+    return 0
+
+
+def dataclass_dict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persona-gate",
@@ -91,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="folder to save the direction sets and summary.json")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_cmd_directions)
+
+    for name, help_text, default_out in (
+        ("demo", "the whole pipeline on the bundled organism, offline, in about a minute", "runs/demo"),
+        ("run", "the whole pipeline on any model (resumable: finished stages are skipped)", None),
+    ):
+        r = sub.add_parser(name, help=help_text)
+        r.add_argument("--model", default=None, help="'organism' (default), a local folder, a .gguf file or a hub name")
+        r.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+        r.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+        r.add_argument("--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text")
+        if name == "run":
+            r.add_argument("--config", default=None, help="TOML file with RunConfig keys (see README)")
+            r.add_argument("--out", required=True, help="run folder (re-running resumes it)")
+        else:
+            r.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
+        r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        r.set_defaults(func=_cmd_run)
 
     try:
         from .organism import cli as organism_cli

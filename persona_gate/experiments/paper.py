@@ -217,9 +217,16 @@ def window_projection(
     if not windows:
         raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
     windows = [(check_layer(a, L), check_layer(b, L)) for a, b in windows]
+    have = set(persona.layers)
     for a, b in windows:
         if b < a:
             raise InterventionError(f"window [{a}, {b}] ends before it starts; pass (start, end) with start <= end.")
+        missing = [layer for layer in range(a, b + 1) if layer not in have]
+        if source_layer is None and missing:
+            raise InterventionError(
+                f"window [{a}, {b}] needs the persona direction at layers {missing}, which the set lacks; "
+                "fit directions at every layer, or pass source_layer= to use one layer's direction throughout."
+            )
     if random_seeds < 1:
         raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)

@@ -1,0 +1,193 @@
+"""The whole analysis as one resumable run: directions -> steering -> re-introduction -> windows -> patching.
+
+Each stage writes its result folder atomically into the run directory and is skipped when that
+folder already loads, so a killed run resumes where it stopped and never recomputes a finished
+stage. ``summary.json`` (machine-readable, documented in the README) is rewritten after every
+stage from what is on disk.
+
+Example::
+
+    cfg = RunConfig(model="organism", n_eval=32)
+    summary = run_pipeline(cfg, "runs/organism")
+    summary["baseline_refusal_rate"], summary["gate_layers"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ArtefactError, PersonaGateError
+from .io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
+
+
+class ConfigError(PersonaGateError, ValueError):
+    """A run configuration with unknown keys or values of the wrong type."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; recorded in summary.json."""
+
+    model: str = "organism"
+    dtype: str = "float32"
+    device: str | None = None
+    chat_template: str | None = None
+    n_fit: int = 96  # requests per group for fitting directions
+    n_eval: int = 32  # held-out prompts per group for the experiments
+    layers: list[int] | None = None
+    alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0])
+    alpha_back: float = 1.0
+    window_width: int | None = None  # None: the full start x end grid
+    random_seeds: int = 5
+    patch_examples: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; check the path.") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax.") from None
+        return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**raw)
+
+
+def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        loader(path)
+        return True
+    except (ArtefactError, OSError, ValueError, KeyError):
+        log.warning("stage folder %s is incomplete or corrupt; recomputing it", path)
+        return False
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished stage into ``out`` and return the summary (also in summary.json)."""
+    from . import experiments as ex
+    from .contrasts import fit_persona_and_refusal
+    from .directions import DirectionSet
+    from .models import load_chat_model
+    from .patching import activation_patching, gate_layers
+    from .results import LabelledResult
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    times_path = out / "stage_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    t0 = time.perf_counter()
+    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=cfg.device, chat_template=cfg.chat_template)
+    times["load_model"] = round(time.perf_counter() - t0, 2)
+
+    def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
+        if _stage_done(path, loader):
+            log.info("stage %s already done", name)
+            return loader(path)
+        t = time.perf_counter()
+        result = compute()
+        if isinstance(result, tuple):  # several artefacts in one stage folder
+            for sub, r in result:
+                r.save(path / sub)
+        else:
+            result.save(path)
+        times[name] = round(time.perf_counter() - t, 2)
+        atomic_write_text(times_path, json.dumps(times, indent=1))
+        return loader(path)
+
+    def load_dirs(p: Path) -> tuple[DirectionSet, DirectionSet]:
+        return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
+
+    def fit() -> tuple:
+        pr = fit_persona_and_refusal(model, layers=cfg.layers, n_per_group=cfg.n_fit, progress=progress, seed=cfg.seed)
+        return (("refusal", pr.refusal), ("persona", pr.persona))
+
+    refusal, persona = stage("directions", out / "directions", load_dirs, fit)
+    scorer = ex.RefusalScorer.for_model(model)
+    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed)
+    common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
+    sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
+                  lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas, **common))
+    back = stage("reintroduction", out / "reintroduction", LabelledResult.load,
+                 lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back, **common))
+    windows = stage("window_projection", out / "window_projection", LabelledResult.load,
+                    lambda: ex.window_projection(model, persona, width=cfg.window_width, random_seeds=cfg.random_seeds, **common))
+    k = min(cfg.patch_examples, len(groups["safe/harmful"]))
+    patch = stage("patching", out / "patching", LabelledResult.load,
+                  lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
+                                              scorer.token_ids, positions="roles", progress=progress))
+    times["total"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(times_path, json.dumps(times, indent=1))
+    summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any, back: Any, windows: Any,
+              patch: Any, gates: list[dict], times: dict) -> dict[str, Any]:
+    """summary.json: the run's headline numbers, each traceable to a result folder."""
+    import torch
+
+    from .provenance import versions
+
+    harmful = sweep.sel(request="harmful").mean("example")["refused"]  # [layer, alpha]
+    best = torch.nan_to_num(harmful, nan=2.0).argmin()
+    li, ai = divmod(int(best), harmful.shape[1])
+    wrate = windows.mean("example")["refused"]  # [direction, start, end]
+    names = list(windows.coords["direction"])
+    rand = wrate[[i for i, n in enumerate(names) if n != "persona"]]
+    per_window = {}
+    for a, b in windows.config["windows"]:
+        per_window[f"{a}-{b}"] = {
+            "persona": round(float(wrate[names.index("persona"), a, b]), 4),
+            "random_mean": round(float(rand[:, a, b].mean()), 4),
+            "random_max": round(float(rand[:, a, b].max()), 4),
+        }
+    cos = persona.cosine(refusal)
+    return {
+        "model": cfg.model,
+        "n_layers": int(model.cfg.n_layers),
+        "dtype": cfg.dtype,
+        "n_prompts_per_group": {"fit": cfg.n_fit, "eval": int(sweep.sizes["example"])},
+        "baseline_refusal_rate": sweep.baselines["unsteered_harmful_refusal_rate"],
+        "harmless_refusal_rate": sweep.baselines["unsteered_harmless_refusal_rate"],
+        "steered_refusal_rate": round(float(harmful[li, ai]), 4),
+        "steered_at": {"layer": sweep.coords["layer"][li], "alpha": sweep.coords["alpha"][ai]},
+        "compliant_persona_refusal_rate": back.baselines["compliant_refusal_rate"],
+        "reintroduction_refusal_by_layer": {
+            str(layer): round(float(v), 4) for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
+        },
+        "window_refusal": per_window,
+        "gate_layers": [g["layer"] for g in gates if g["gate"]],
+        "patching_by_layer": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
+        "cos_persona_refusal_by_layer": {str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},
+        "seconds": times,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+DEMO = RunConfig(model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=5, patch_examples=6)

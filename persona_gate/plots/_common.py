@@ -1,0 +1,133 @@
+"""Shared pieces of the figure builders: loading, kind checks, Wilson bands, baselines.
+
+Rates are computed from the per-example values (``k`` refusals of ``n`` finite examples) rather
+than from a stored mean, so every band is a Wilson 95% interval of the same ``k`` and ``n`` that
+gave the point -- a NaN cell (not run) has no point and no band.
+
+Example::
+
+    r = as_result("runs/sweep")                     # a LabelledResult or a saved result folder
+    rate, low, high = wilson_rates(r["refused"])    # over the last dim (examples)
+    add_band(fig, x, low, high, colour(0), name="layer 2")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+from ..errors import PersonaGateError
+from ..labels import wilson_interval
+from ..results import LabelledResult
+from .theme import BASELINE_DASH, rgba
+
+Z95 = 1.959963984540054
+
+
+class PlotError(PersonaGateError, ValueError):
+    """A result that a figure cannot be drawn from (wrong kind, missing dim or value)."""
+
+
+def as_result(result: LabelledResult | str | os.PathLike) -> LabelledResult:
+    """A result object as is; a path is loaded as a saved result folder (``LabelledResult.save``)."""
+    return result if isinstance(result, LabelledResult) else LabelledResult.load(result)
+
+
+def check(result: LabelledResult, kinds: Sequence[str], dims: Sequence[str], values: Sequence[str] = ()) -> None:
+    """Raise a :class:`PlotError` that names the fix when ``result`` is not what the figure draws."""
+    if result.kind not in kinds:
+        raise PlotError(f"this figure draws {list(kinds)} results, not {result.kind!r}; use figure_for(result) to pick the right one.")
+    missing = [d for d in dims if d not in result.dims]
+    if missing:
+        raise PlotError(f"the {result.kind} result lacks dims {missing} (it has {result.dims}); "
+                        "pass the result as the experiment returned it, not a sel()/mean() of it.")  # fmt: skip
+    absent = [v for v in values if v not in result.values]
+    if absent:
+        raise PlotError(f"the {result.kind} result lacks values {absent} (it has {list(result.values)}).")
+
+
+def wilson_rates(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rate, Wilson 95% low and high over the last axis; NaN examples are not counted.
+
+    ``t`` holds 0/1 (bool, or float with NaN for examples not run). Cells with no finite example
+    are NaN in all three arrays.
+    """
+    x = t.detach().cpu().double()
+    finite = torch.isfinite(x)
+    k = torch.where(finite, x, torch.zeros_like(x)).sum(-1)
+    n = finite.sum(-1)
+    rate, low, high = (np.full(tuple(k.shape), np.nan) for _ in range(3))
+    for idx in np.ndindex(*k.shape):
+        ni = int(n[idx])
+        if ni == 0:
+            continue
+        ki = int(round(float(k[idx])))
+        rate[idx] = ki / ni
+        low[idx], high[idx] = wilson_interval(ki, ni)
+    return rate, low, high
+
+
+def mean_ci(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NaN-aware mean over the last axis with a normal 95% interval (mean +- 1.96 sd/sqrt(n)).
+
+    The same estimate as :func:`persona_gate.patching.gate_layers`, so hover text and the gate
+    table agree. Returns mean, low, high and the count of finite examples; with n < 2 the interval
+    is NaN (one example has no spread).
+    """
+    x = t.detach().cpu().double()
+    n = torch.isfinite(x).sum(-1)
+    mean = torch.nanmean(x, dim=-1)
+    var = torch.nansum((x - mean[..., None]) ** 2, dim=-1) / (n - 1).clamp_min(1)
+    half = Z95 * var.sqrt() / n.clamp_min(1).double().sqrt()
+    half = torch.where(n > 1, half, torch.full_like(half, float("nan")))
+    return mean.numpy(), (mean - half).numpy(), (mean + half).numpy(), n.numpy()
+
+
+def add_band(fig: go.Figure, x: Sequence[Any], low: np.ndarray, high: np.ndarray, colour: str, *, name: str,
+             row: int | None = None, col: int | None = None, legendgroup: str | None = None) -> None:  # fmt: skip
+    """A translucent band between ``low`` and ``high``: two traces, the upper filled to the lower.
+
+    The traces are named ``"<name> low"`` and ``"<name> high"`` (hidden from the legend) so tests
+    and readers can find the band edges in ``fig.data``.
+    """
+    where = {"row": row, "col": col} if row is not None else {}
+    common = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False,
+              "hoverinfo": "skip", "legendgroup": legendgroup}  # fmt: skip
+    fig.add_trace(go.Scatter(x=list(x), y=np.asarray(low, dtype=float), name=f"{name} low", **common), **where)
+    fig.add_trace(go.Scatter(x=list(x), y=np.asarray(high, dtype=float), name=f"{name} high", fill="tonexty",
+                             fillcolor=rgba(colour), **common), **where)  # fmt: skip
+
+
+def add_baseline(fig: go.Figure, y: Any, label: str, *, colour: str = "#444444", row: int | None = None,
+                 col: int | None = None) -> None:  # fmt: skip
+    """A dashed horizontal reference line with its label; skipped when the baseline is absent/NaN."""
+    if not isinstance(y, (int, float)) or isinstance(y, bool) or not math.isfinite(y):
+        return
+    where = {"row": row, "col": col} if row is not None else {}
+    fig.add_hline(y=float(y), line_dash=BASELINE_DASH, line_color=colour, line_width=1.5,
+                  annotation_text=label, annotation_position="top left", annotation_font_size=11, **where)  # fmt: skip
+
+
+def numpy(t: Tensor) -> np.ndarray:
+    """float64 numpy copy (NaN kept), what plotly serialises."""
+    return t.detach().cpu().double().numpy()
+
+
+def symmetric_range(z: np.ndarray, at_least: float = 1.0) -> float:
+    """Half-width of a colour range centred at 0 that covers ``z`` and at least ``[-1, 1]``."""
+    finite = np.abs(z[np.isfinite(z)])
+    return float(max(at_least, finite.max() if finite.size else 0.0))
+
+
+def n_layers(result: LabelledResult, layers: Sequence[int]) -> int:
+    """The model's layer count: from provenance when recorded, else one past the largest layer."""
+    model = result.provenance.get("model") if isinstance(result.provenance, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("n_layers"), int):
+        return int(model["n_layers"])
+    return int(max(layers)) + 1

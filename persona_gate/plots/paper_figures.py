@@ -1,0 +1,194 @@
+"""Figures of the paper's three causal experiments: steering sweep, re-introduction, window projection.
+
+Refusal rates are ``k / n`` over the examples of a cell with Wilson 95% bands (see
+:mod:`persona_gate.plots._common`); reference points (unsteered, safe baseline, compliant state)
+are dashed horizontal lines taken from ``result.baselines``.
+
+Example::
+
+    fig = fig_steering_sweep(sweep)                 # refusal vs alpha, one line per layer
+    fig = fig_reintroduction(back)                  # restored refusal per layer, early/late shaded
+    fig = fig_window_projection(windows)            # start x end heatmap + fixed-width curve
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..results import LabelledResult
+from ._common import PlotError, add_band, add_baseline, as_result, check, n_layers, numpy, wilson_rates
+from .theme import SEQUENTIAL, TEMPLATE, colour, layer_ticks
+
+REFUSAL_AXIS = "refusal rate (fraction of prompts)"
+
+
+def fig_steering_sweep(
+    result: LabelledResult | str | os.PathLike,
+    *,
+    value: str = "refused",
+    requests: Sequence[str] = ("harmful", "harmless"),
+    layers: Sequence[int] | None = None,
+    degenerate: bool = True,
+    title: str | None = None,
+) -> go.Figure:
+    """Refusal rate vs steering strength, one line per layer, one panel per request kind.
+
+    ``value`` is a 0/1 value per example (``refused``: first token; ``gen_refusal``: generated
+    reply). With ``gen_degenerate`` present and ``degenerate=True`` the degenerate-reply rate is
+    drawn dotted in the layer's colour: steering that "removes refusal" by breaking the model shows
+    up there. Baselines ``unsteered_<request>_refusal_rate`` are dashed lines.
+    """
+    r = as_result(result)
+    check(r, ("steering_sweep",), ("request", "layer", "alpha", "example"), (value,))
+    requests = tuple(q for q in requests if q in r.coords["request"])
+    if not requests:
+        raise PlotError(f"none of the requested request kinds are in the result (it has {list(r.coords['request'])}).")
+    layers = r.coords["layer"] if layers is None else layers
+    alphas = list(r.coords["alpha"])
+    fig = make_subplots(rows=1, cols=len(requests), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{q} requests" for q in requests])  # fmt: skip
+    show_deg = degenerate and "gen_degenerate" in r.values
+    for ci, q in enumerate(requests, start=1):
+        for li, layer in enumerate(layers):
+            cell = r.sel(request=q, layer=layer)  # dims (alpha, example)
+            rate, low, high = wilson_rates(cell[value])
+            c, group = colour(li), f"layer {layer}"
+            add_band(fig, alphas, low, high, c, name=f"{q} layer {layer}", row=1, col=ci, legendgroup=group)
+            fig.add_trace(go.Scatter(x=alphas, y=rate, mode="lines+markers", name=group, legendgroup=group,
+                                     showlegend=ci == 1, line={"color": c, "width": 2},
+                                     meta={"request": q, "layer": layer, "value": value},
+                                     hovertemplate=f"layer {layer}<br>alpha %{{x}}<br>rate %{{y:.3f}}<extra>{q}</extra>"),
+                          row=1, col=ci)  # fmt: skip
+            if show_deg:
+                deg, _, _ = wilson_rates(cell["gen_degenerate"])
+                fig.add_trace(go.Scatter(x=alphas, y=deg, mode="lines", name=f"{group} degenerate", legendgroup=group,
+                                         showlegend=False, line={"color": c, "dash": "dot", "width": 1.5},
+                                         meta={"request": q, "layer": layer, "value": "gen_degenerate"}),
+                              row=1, col=ci)  # fmt: skip
+        add_baseline(fig, r.baselines.get(f"unsteered_{q}_refusal_rate"), "unsteered", row=1, col=ci)
+        fig.update_xaxes(title_text="steering strength alpha (x raw norm)", row=1, col=ci)
+    fig.update_yaxes(title_text=REFUSAL_AXIS, range=[-0.02, 1.02], row=1, col=1)
+    what = "first-token refusal" if value == "refused" else value
+    fig.update_layout(template=TEMPLATE, legend_title_text="layer" + (" (dotted: degenerate)" if show_deg else ""),
+                      title=title or f"Persona steering: {what} vs alpha (95% Wilson bands)")  # fmt: skip
+    return fig
+
+
+def fig_reintroduction(
+    result: LabelledResult | str | os.PathLike,
+    *,
+    value: str = "refused",
+    shade: bool = True,
+    title: str | None = None,
+) -> go.Figure:
+    """Refusal restored by adding the refusal direction back at each layer, with Wilson bands.
+
+    The first and last third of the model's layers are shaded (early vs late: the paper's claim is
+    that adding refusal back works late, not early); the safe baseline and the compliant state are
+    dashed lines -- restoration runs from the second (0) to the first (1).
+    """
+    r = as_result(result)
+    check(r, ("reintroduction",), ("layer", "example"), (value,))
+    layers = list(r.coords["layer"])
+    fig = go.Figure()
+    if shade:
+        L = n_layers(r, layers)
+        third = L / 3
+        # Layer l occupies [l - 0.5, l + 0.5]: "first third" = layers < L/3, "last third" = layers >= L - L/3.
+        for x0, x1, label in ((-0.5, third - 0.5, "early third"), (L - third - 0.5, L - 0.5, "late third")):
+            fig.add_vrect(x0=x0, x1=x1, fillcolor="#999999", opacity=0.12, line_width=0, layer="below",
+                          annotation_text=label, annotation_position="top left", annotation_font_size=11)  # fmt: skip
+    if value == "logodds":
+        y = numpy(r.mean("example")["logodds"])
+        fig.add_trace(go.Scatter(x=layers, y=y, mode="lines+markers", name="mean log-odds", line={"color": colour(4)}))
+        add_baseline(fig, r.baselines.get("baseline_logodds"), "safe baseline")
+        add_baseline(fig, r.baselines.get("compliant_logodds"), "compliant state", colour=colour(5))
+        ytitle = "refusal log-odds (first response token)"
+    else:
+        rate, low, high = wilson_rates(r[value])
+        add_band(fig, layers, low, high, colour(4), name="restored", legendgroup="restored")
+        fig.add_trace(go.Scatter(x=layers, y=rate, mode="lines+markers", name="refusal with refusal added back",
+                                 legendgroup="restored", line={"color": colour(4), "width": 2},
+                                 hovertemplate="layer %{x}<br>rate %{y:.3f}<extra></extra>"))  # fmt: skip
+        add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline")
+        add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(5))
+        fig.update_yaxes(range=[-0.02, 1.05])
+        ytitle = REFUSAL_AXIS
+    fig.update_xaxes(title_text="layer where refusal is added back", **layer_ticks(layers))
+    fig.update_yaxes(title_text=ytitle)
+    mode = r.config.get("mode", "prompt")
+    fig.update_layout(template=TEMPLATE, title=title or f"Re-introducing refusal under the compliant persona ({mode})")
+    return fig
+
+
+def _computed_windows(r: LabelledResult, direction: str, value: str) -> list[tuple[int, int]]:
+    """The (start, end) cells that hold at least one finite example for ``direction``."""
+    t = r.sel(direction=direction)[value].double()  # [start, end, example]
+    done = np.isfinite(t.numpy()).any(-1)
+    starts, ends = r.coords["start"], r.coords["end"]
+    return [(starts[i], ends[j]) for i, j in zip(*np.nonzero(done))]
+
+
+def fig_window_projection(
+    result: LabelledResult | str | os.PathLike,
+    *,
+    value: str = "refused",
+    direction: str = "persona",
+    width: int | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Left: mean refusal after projecting ``direction`` out over [start, end] (NaN = not run, blank).
+    Right: the windows of one width (default: the most common width run) by start layer, with the
+    min-max band of the random control directions (``random<k>``) over the same windows.
+    """
+    r = as_result(result)
+    check(r, ("window_projection",), ("direction", "start", "end", "example"), (value,))
+    if direction not in r.coords["direction"]:
+        raise PlotError(f"no direction {direction!r} in the result; it has {list(r.coords['direction'])}.")
+    mean = r.mean("example")  # dims (direction, start, end); NaN where no example ran
+    z = numpy(mean.sel(direction=direction)[value])
+    starts, ends = list(r.coords["start"]), list(r.coords["end"])
+    cells = _computed_windows(r, direction, value)
+    if not cells:
+        raise PlotError(f"no window was run for direction {direction!r} (every cell is NaN).")
+    widths = collections.Counter(b - a + 1 for a, b in cells)
+    if width is None:
+        top = max(widths.values())
+        width = min(w for w, c in widths.items() if c == top)  # ties: the narrower window is more local
+    elif width not in widths:
+        raise PlotError(f"no window of width {width} was run; widths run: {sorted(widths)}.")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.14,
+                        subplot_titles=[f"{direction}: mean refusal after projection over [start, end]",
+                                        f"windows of width {width}"])  # fmt: skip
+    fig.add_trace(go.Heatmap(x=ends, y=starts, z=z, colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, name=direction,
+                             colorbar={"title": {"text": "refusal rate"}, "x": 0.43, "len": 0.9},
+                             hovertemplate="start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>", hoverongaps=False),
+                  row=1, col=1)  # fmt: skip
+    fig.update_xaxes(title_text="last layer of the window (end)", **layer_ticks(ends), row=1, col=1)
+    fig.update_yaxes(title_text="first layer of the window (start)", **layer_ticks(starts), row=1, col=1)
+
+    xs = sorted(a for a, b in cells if b - a + 1 == width)
+    at = lambda d: np.array([float(mean.sel(direction=d, start=a, end=a + width - 1)[value]) for a in xs])  # noqa: E731
+    randoms = [d for d in r.coords["direction"] if str(d).startswith("random")]
+    if randoms:
+        rand = np.stack([at(d) for d in randoms])  # [random direction, start]
+        add_band(fig, xs, np.nanmin(rand, axis=0), np.nanmax(rand, axis=0), colour(7), name="random directions",
+                 row=1, col=2, legendgroup="random")  # fmt: skip
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"random directions (min-max of {len(randoms)})",
+                                 line={"color": colour(7), "width": 8}, opacity=0.3, legendgroup="random"), row=1, col=2)  # fmt: skip
+    fig.add_trace(go.Scatter(x=xs, y=at(direction), mode="lines+markers", name=f"{direction} projected out",
+                             line={"color": colour(5), "width": 2},
+                             hovertemplate="start %{x}<br>refusal %{y:.3f}<extra></extra>"), row=1, col=2)  # fmt: skip
+    add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline", row=1, col=2)
+    add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(4), row=1, col=2)
+    fig.update_xaxes(title_text=f"first layer of the window (width {width})", **layer_ticks(xs), row=1, col=2)
+    fig.update_yaxes(title_text=REFUSAL_AXIS, range=[-0.02, 1.05], row=1, col=2)
+    fig.update_layout(template=TEMPLATE, legend={"x": 1.02, "y": 1},
+                      title=title or "Projecting the persona direction out over windows of layers")  # fmt: skip
+    return fig
