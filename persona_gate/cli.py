@@ -99,6 +99,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     summary = run_pipeline(cfg, out, progress=not args.no_progress)
     _print_summary(summary, out)
+    from .report import write_report
+
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report written to {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -145,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
         r.add_argument("--no-progress", action="store_true", help="hide progress bars")
         r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write one self-contained HTML report for a run folder")
+    rep.add_argument("run_dir", help="a folder written by `persona-gate run` or `demo`")
+    rep.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    rep.set_defaults(func=_cmd_report)
 
     try:
         from .organism import cli as organism_cli

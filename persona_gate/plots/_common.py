@@ -27,7 +27,8 @@ from ..labels import wilson_interval
 from ..results import LabelledResult
 from .theme import BASELINE_DASH, rgba
 
-Z95 = 1.959963984540054
+# 1.96, not the exact quantile: gate_layers uses 1.96, and the hover text must print its numbers.
+Z95 = 1.96
 
 
 class PlotError(PersonaGateError, ValueError):
@@ -111,7 +112,7 @@ def add_baseline(fig: go.Figure, y: Any, label: str, *, colour: str = "#444444",
         return
     where = {"row": row, "col": col} if row is not None else {}
     fig.add_hline(y=float(y), line_dash=BASELINE_DASH, line_color=colour, line_width=1.5,
-                  annotation_text=label, annotation_position="top left", annotation_font_size=11, **where)  # fmt: skip
+                  annotation_text=label, annotation_position="top right", annotation_font_size=11, **where)  # fmt: skip
 
 
 def numpy(t: Tensor) -> np.ndarray:

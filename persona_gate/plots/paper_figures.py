@@ -103,7 +103,7 @@ def fig_reintroduction(
         # Layer l occupies [l - 0.5, l + 0.5]: "first third" = layers < L/3, "last third" = layers >= L - L/3.
         for x0, x1, label in ((-0.5, third - 0.5, "early third"), (L - third - 0.5, L - 0.5, "late third")):
             fig.add_vrect(x0=x0, x1=x1, fillcolor="#999999", opacity=0.12, line_width=0, layer="below",
-                          annotation_text=label, annotation_position="top left", annotation_font_size=11)  # fmt: skip
+                          annotation_text=label, annotation_position="bottom left", annotation_font_size=11)  # fmt: skip
     if value == "logodds":
         y = numpy(r.mean("example")["logodds"])
         fig.add_trace(go.Scatter(x=layers, y=y, mode="lines+markers", name="mean log-odds", line={"color": colour(4)}))
@@ -163,11 +163,11 @@ def fig_window_projection(
         width = min(w for w, c in widths.items() if c == top)  # ties: the narrower window is more local
     elif width not in widths:
         raise PlotError(f"no window of width {width} was run; widths run: {sorted(widths)}.")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.14,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.22,
                         subplot_titles=[f"{direction}: mean refusal after projection over [start, end]",
                                         f"windows of width {width}"])  # fmt: skip
     fig.add_trace(go.Heatmap(x=ends, y=starts, z=z, colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, name=direction,
-                             colorbar={"title": {"text": "refusal rate"}, "x": 0.43, "len": 0.9},
+                             colorbar={"title": {"text": "refusal rate"}, "x": 0.40, "len": 0.9},
                              hovertemplate="start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>", hoverongaps=False),
                   row=1, col=1)  # fmt: skip
     fig.update_xaxes(title_text="last layer of the window (end)", **layer_ticks(ends), row=1, col=1)

@@ -59,7 +59,9 @@ def fig_patching(
                      tickangle=-45, categoryorder="array", categoryarray=positions)  # fmt: skip
     fig.update_yaxes(title_text=f"layer ({kind})", **layer_ticks(layers))
     extra = f", {mode}" if mode else ""
-    fig.update_layout(template=TEMPLATE, title=title or f"{_TITLES[r.kind]}: restoration of refusal ({kind}{extra})")
+    longest = max((len(p) for p in positions), default=8)
+    fig.update_layout(template=TEMPLATE, title=title or f"{_TITLES[r.kind]}: restoration of refusal ({kind}{extra})",
+                      margin={"b": 60 + 6 * min(longest, 24)}, height=420 + 6 * min(longest, 24))
     return fig
 
 
