@@ -52,6 +52,10 @@ class RunConfig:
     random_seeds: int = 5
     patch_examples: int = 8
     seed: int = 0
+    # Evaluate on a public harmful set instead of persona_gate's own test split, e.g.
+    # harmful_dataset = "strongreject" with harmful_source = "path/to/strongreject_dataset.csv".
+    harmful_dataset: str | None = None
+    harmful_source: str | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
@@ -70,6 +74,27 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
         return cls(**raw)
+
+
+_LOADERS = {
+    "strongreject": "load_strongreject",
+    "advbench": "load_advbench",
+    "jailbreakbench": "load_jailbreakbench",
+    "harmbench": "load_harmbench",
+    "xstest": "load_xstest",
+}
+
+
+def _harmful_requests(cfg: RunConfig) -> list | None:
+    """The public harmful set named by the config (all of it; n_eval caps what is scored)."""
+    if cfg.harmful_dataset is None:
+        return None
+    if cfg.harmful_dataset not in _LOADERS:
+        raise ConfigError(f"unknown harmful_dataset {cfg.harmful_dataset!r}; use one of {sorted(_LOADERS)}.")
+    from . import datasets
+
+    requests = getattr(datasets, _LOADERS[cfg.harmful_dataset])(cfg.harmful_source)
+    return [r for r in requests if r.harmful is not False]
 
 
 def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
@@ -126,7 +151,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
 
     refusal, persona = stage("directions", out / "directions", load_dirs, fit)
     scorer = ex.RefusalScorer.for_model(model)
-    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed)
+    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=_harmful_requests(cfg))
     common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
     sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
                   lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas, **common))

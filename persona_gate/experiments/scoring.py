@@ -29,9 +29,14 @@ from ..metrics import derive_refusal_tokens, first_token_logprobs, refusal_logod
 from ..prompts import ChatPrompt
 
 
-def eval_groups(model: Any, n: int = 32, *, split: str = "test", seed: int = 0) -> dict[str, list[ChatPrompt]]:
-    """``n`` held-out prompts for each of the four persona x request groups."""
-    grid = standard_prompts(model=model, n_per_group=n, split=split, seed=seed)
+def eval_groups(
+    model: Any, n: int = 32, *, split: str = "test", seed: int = 0, harmful: Sequence[Any] | None = None
+) -> dict[str, list[ChatPrompt]]:
+    """``n`` held-out prompts for each of the four persona x request groups.
+
+    ``harmful`` replaces the harmful requests (e.g. ``datasets.load_strongreject(path)``).
+    """
+    grid = standard_prompts(model=model, n_per_group=n, split=split, seed=seed, harmful=harmful)
     groups = {g: [p for p in grid if p.group == g] for g in GROUPS}
     short = {g: len(v) for g, v in groups.items() if len(v) < 2}
     if short:
