@@ -229,9 +229,15 @@ def activation_patching(
     mode: str = "denoising",
     direction: DirectionSet | None = None,
     batch_size: int = 32,
+    min_gap: float = 0.5,
     progress: bool = True,
 ) -> LabelledResult:
-    """Restoration per (layer, position slot, example); see the module docstring."""
+    """Restoration per (layer, position slot, example); see the module docstring.
+
+    Pairs whose clean source and target log-odds differ by less than ``min_gap`` nats carry no
+    signal to restore (the ratio would amplify noise): their restoration is NaN (``effect`` and
+    ``logodds`` are kept).
+    """
     if mode not in ("denoising", "noising"):
         raise PositionError(f"unknown mode {mode!r}; use denoising (source into target) or noising.")
     pairs = _render_pairs(model, source, target)
@@ -279,7 +285,7 @@ def activation_patching(
     if mode == "noising":  # the run was of the target with source activations swapped: undo the swap
         m_src, m_tgt = clean[1], clean[0]
     gap = m_src - m_tgt
-    safe_gap = torch.where(gap.abs() > 1e-9, gap, torch.full_like(gap, float("nan")))
+    safe_gap = torch.where(gap.abs() >= max(min_gap, 1e-9), gap, torch.full_like(gap, float("nan")))
     # In noising the patched run starts from the source (restoration 1) and moves toward 0.
     restoration = effect / safe_gap + (1.0 if mode == "noising" else 0.0)
     return LabelledResult(
@@ -290,14 +296,15 @@ def activation_patching(
         baselines={"source_logodds": [float(x) for x in m_src], "target_logodds": [float(x) for x in m_tgt]},
         metric={"name": "restoration of first-token refusal log-odds", "higher_means": "more like the source (0 = target, 1 = source)"},
         config={"kind": kind, "mode": mode, "positions": positions, "direction": direction.name if direction is not None else None,
-                "token_ids": list(token_ids)},
+                "token_ids": list(token_ids), "min_gap": min_gap},
         provenance=provenance(model),
     )
 
 
 def gate_layers(result: LabelledResult, threshold: float = 0.5, exclude: Sequence[str] = ("[all]",)) -> list[dict[str, Any]]:
     """Per layer: the slot with the largest mean restoration, a 95% interval over examples, and
-    whether it passes ``threshold`` (the layers that gate refusal)."""
+    whether it gates refusal: mean >= ``threshold`` with the interval clear of 0 (a mean over
+    two noisy pairs whose interval spans 0 is no evidence)."""
     keep = [p for p in result.coords["position"] if p not in exclude]
     r = result.sel(position=keep)["restoration"].double()  # [layer, position, example]
     counts = torch.isfinite(r).sum(-1)  # examples with a defined restoration, per cell
@@ -310,7 +317,7 @@ def gate_layers(result: LabelledResult, threshold: float = 0.5, exclude: Sequenc
         half = 1.96 * float(var[li, best].sqrt()) / (n**0.5) if n > 1 else float("nan")
         m = float(mean[li, best])
         rows.append({"layer": layer, "position": keep[best], "restoration": m, "low": m - half, "high": m + half,
-                     "n": n, "gate": m >= threshold})
+                     "n": n, "gate": bool(m >= threshold and m - half > 0)})
     return rows
 
 

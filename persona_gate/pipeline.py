@@ -56,6 +56,9 @@ class RunConfig:
     # harmful_dataset = "strongreject" with harmful_source = "path/to/strongreject_dataset.csv".
     harmful_dataset: str | None = None
     harmful_source: str | None = None
+    # Refusal-start tokens from these phrases; default: derived from the model's own refusals
+    # (a base model that never refuses needs phrases).
+    refusal_phrases: list[str] | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
@@ -150,7 +153,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
         return (("refusal", pr.refusal), ("persona", pr.persona))
 
     refusal, persona = stage("directions", out / "directions", load_dirs, fit)
-    scorer = ex.RefusalScorer.for_model(model)
+    scorer = ex.RefusalScorer.for_model(model, phrases=cfg.refusal_phrases)
     groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=_harmful_requests(cfg))
     common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
     sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
