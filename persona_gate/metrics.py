@@ -91,10 +91,14 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence
     return (log_p - log_q).float()
 
 
+def refused(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> Tensor:
+    """Per prompt: whether the greedy first token is a refusal-start token."""
+    return torch.isin(logprobs.argmax(-1), torch.tensor(list(token_ids), device=logprobs.device))
+
+
 def refusal_rate(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> float:
     """Fraction of prompts whose greedy first token is a refusal-start token."""
-    ids = torch.tensor(list(token_ids))
-    return float(torch.isin(logprobs.argmax(-1), ids).float().mean())
+    return float(refused(logprobs, token_ids).float().mean())
 
 
 def kl_divergence(

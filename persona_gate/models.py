@@ -105,9 +105,9 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def organism_dir() -> Path:
     """The bundled organism's folder (``data/organism`` in a clone, ``_data`` in a wheel)."""
-    from .prompts import data_dir
+    from .organism.paths import ORGANISM_DIR
 
-    return data_dir() / "organism"
+    return ORGANISM_DIR
 
 
 def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:

@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor
 
 from ..contrasts import GROUPS, standard_prompts
 from ..errors import EmptyGroupError
 from ..interventions import apply
-from ..metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids
+from ..metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids, refused
 from ..prompts import ChatPrompt
 
 
@@ -83,7 +82,7 @@ class RefusalScorer:
 
     def from_logprobs(self, lp: Tensor) -> tuple[Tensor, Tensor]:
         """Refusal log-odds (float) and greedy-first-token refusal (bool) from first-token log-probs."""
-        return refusal_logodds(lp, self.token_ids), torch.isin(lp.argmax(-1), torch.tensor(self.token_ids))
+        return refusal_logodds(lp, self.token_ids), refused(lp, self.token_ids)
 
     def score(self, prompts: Sequence[ChatPrompt], *specs: Any) -> tuple[Tensor, Tensor]:
         """Per prompt: refusal log-odds (float) and greedy-first-token refusal (bool)."""

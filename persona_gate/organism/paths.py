@@ -17,17 +17,10 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
-_PACKAGE = Path(__file__).resolve().parent.parent
+from ..prompts import data_dir
 
-
-def _resolve() -> Path:
-    installed = _PACKAGE / "_data" / "organism"
-    if installed.is_dir():
-        return installed
-    return _PACKAGE.parent / "data" / "organism"
-
-
-ORGANISM_DIR: Path = _resolve()
+# One resolver for the data folder (wheel copy or checkout), shared with the prompt sets.
+ORGANISM_DIR: Path = data_dir() / "organism"
 
 
 def organism_path() -> Path:
