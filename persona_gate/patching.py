@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -231,8 +232,12 @@ def activation_patching(
     batch_size: int = 32,
     min_gap: float = 0.5,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> LabelledResult:
     """Restoration per (layer, position slot, example); see the module docstring.
+
+    ``checkpoint``: a folder keeping every finished example pair (see :mod:`persona_gate.checkpoint`),
+    so an interrupted run resumes at the pair it stopped in.
 
     Pairs whose clean source and target log-odds differ by less than ``min_gap`` nats carry no
     signal to restore (the ratio would amplify noise): their restoration is NaN (``effect`` and
@@ -251,8 +256,18 @@ def activation_patching(
     raw = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64, device=device)
     effect = torch.empty_like(raw)
     clean = torch.empty((2, len(pairs)), dtype=torch.float64)
+    from .checkpoint import open_checkpoint
+
+    cells = open_checkpoint(checkpoint, "activation_patching", pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
+                            sites=[str(s) for s in sites], labels=list(labels), tokens=list(token_ids), mode=mode,
+                            direction=direction)
     bar = tqdm(total=len(pairs) * len(sites), desc="patching", disable=not progress)
     for e, ((src_rp, tgt_rp), slots) in enumerate(zip(pairs, slot_sets)):
+        done = cells.get(f"example{e}")
+        if done is not None:
+            raw[:, :, e], effect[:, :, e], clean[:, e] = done["raw"].to(device), done["effect"].to(device), done["clean"]
+            bar.update(len(sites))
+            continue
         src = _Runner(model, src_rp, sites, token_ids)
         tgt = _Runner(model, tgt_rp, sites, token_ids)
         clean[0, e], clean[1, e] = float(src.metric), float(tgt.metric)
@@ -279,7 +294,9 @@ def activation_patching(
                 raw[si, c : c + len(chunk) - 1, e] = out[-1] + delta
                 effect[si, c : c + len(chunk) - 1, e] = delta
             bar.update()
+        cells.put(f"example{e}", {"raw": raw[:, :, e], "effect": effect[:, :, e], "clean": clean[:, e]})
     bar.close()
+    cells.report()
     raw, effect = raw.cpu(), effect.cpu()
     m_src, m_tgt = clean[0], clean[1]
     if mode == "noising":  # the run was of the target with source activations swapped: undo the swap

@@ -1,9 +1,13 @@
 """The whole analysis as one resumable run: directions -> steering -> re-introduction -> windows -> patching.
 
 Each stage writes its result folder atomically into the run directory and is skipped when that
-folder already loads, so a killed run resumes where it stopped and never recomputes a finished
-stage. ``summary.json`` (machine-readable, documented in the README) is rewritten after every
-stage from what is on disk.
+folder already loads; inside a stage every finished cell (one steering strength at one layer,
+one window, one patching pair) is kept under ``cells/<stage>/`` until the stage's folder is
+written. A killed run therefore resumes at the cell it stopped in and never recomputes a
+finished part; the result is bit-identical to an uninterrupted run. Re-running a folder with a
+different configuration is refused (the finished stages would not match it).
+``summary.json`` (machine-readable, documented in the README) is written at the end from what
+is on disk.
 
 Example::
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -111,6 +116,37 @@ def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
         return False
 
 
+# Settings that do not change any number a run computes: a run may resume under other values.
+_RESUMABLE_UNDER_CHANGE = ("device",)
+
+
+def check_resumable(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume ``out`` under a configuration other than the one that started it."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is corrupt; delete the run folder {out} or use a new --out.") from None
+    new = dataclasses.asdict(cfg)
+    changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_UNDER_CHANGE and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"run folder {out} was started with a different configuration (differs in {changed}); "
+            "use a new --out folder, or delete this one to start over."
+        )
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove temporaries left by a process killed mid-write (never visible as results)."""
+    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*"), *out.glob("*/.*.tmp-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run every unfinished stage into ``out`` and return the summary (also in summary.json)."""
     from . import experiments as ex
@@ -122,6 +158,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, out)
+    _clean_stale(out)
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     times_path = out / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
@@ -135,15 +173,19 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
             log.info("stage %s already done", name)
             return loader(path)
         t = time.perf_counter()
+        log.info("stage %s: computing", name)
         result = compute()
         if isinstance(result, tuple):  # several artefacts in one stage folder
             for sub, r in result:
                 r.save(path / sub)
         else:
             result.save(path)
+        shutil.rmtree(cells / name, ignore_errors=True)  # the stage folder now holds every cell
         times[name] = round(time.perf_counter() - t, 2)
         atomic_write_text(times_path, json.dumps(times, indent=1))
         return loader(path)
+
+    cells = out / "cells"
 
     def load_dirs(p: Path) -> tuple[DirectionSet, DirectionSet]:
         return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
@@ -157,15 +199,19 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=_harmful_requests(cfg))
     common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
     sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
-                  lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas, **common))
+                  lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas,
+                                            checkpoint=cells / "steering_sweep", **common))
     back = stage("reintroduction", out / "reintroduction", LabelledResult.load,
-                 lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back, **common))
+                 lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back,
+                                           checkpoint=cells / "reintroduction", **common))
     windows = stage("window_projection", out / "window_projection", LabelledResult.load,
-                    lambda: ex.window_projection(model, persona, width=cfg.window_width, random_seeds=cfg.random_seeds, **common))
+                    lambda: ex.window_projection(model, persona, width=cfg.window_width, random_seeds=cfg.random_seeds,
+                                                 checkpoint=cells / "window_projection", **common))
     k = min(cfg.patch_examples, len(groups["safe/harmful"]))
     patch = stage("patching", out / "patching", LabelledResult.load,
                   lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
-                                              scorer.token_ids, positions="roles", progress=progress))
+                                              scorer.token_ids, positions="roles", progress=progress,
+                                              checkpoint=cells / "patching"))
     times["total"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(times_path, json.dumps(times, indent=1))
     summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)

@@ -22,11 +22,13 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import open_checkpoint
 from ..directions import DirectionSet
 from ..errors import InterventionError
 from ..interventions import Ablate, AddBack, Steer
@@ -94,6 +96,7 @@ def steering_sweep(
     max_new_tokens: int = 0,
     judge: Any = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> LabelledResult:
     """Refusal under the safe persona vs persona-steering strength, per layer.
 
@@ -101,6 +104,8 @@ def steering_sweep(
     ``kl`` (first-token KL from the unsteered model: how much the steering changes behaviour).
     With ``max_new_tokens > 0`` replies are generated and labelled (``judge`` or the heuristic
     labels): ``gen_refusal`` and ``gen_degenerate`` -- the degenerate rate shows induced weirdness.
+    ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.checkpoint`);
+    a sweep interrupted by an exception or a kill resumes from it.
     """
     from ..metrics import kl_divergence
 
@@ -114,23 +119,34 @@ def steering_sweep(
     refused = torch.zeros(shape, dtype=torch.bool)
     gen = {"gen_refusal": torch.zeros(shape, dtype=torch.bool), "gen_degenerate": torch.zeros(shape, dtype=torch.bool)}
     clean = {r: scorer.logprobs(prompts[r]) for r in requests}
+    cells = open_checkpoint(checkpoint, "steering_sweep", direction=persona, prompts=prompts, layers=layers,
+                            alphas=[float(a) for a in alphas], units=units, tokens=list(scorer.token_ids),
+                            max_new_tokens=max_new_tokens, judge=getattr(judge, "name", None))
+
+    def compute(r: str, layer: int, a: float) -> dict[str, torch.Tensor]:
+        spec = Steer(persona, alpha=a, layers=[layer], units=units)
+        lp = scorer.logprobs(prompts[r], spec)
+        lo, rf = scorer.from_logprobs(lp)
+        out = {"logodds": lo, "refused": rf, "kl": kl_divergence(clean[r], lp)}
+        if max_new_tokens > 0:
+            # A safety classifier says whether a reply is harmful; on harmless requests
+            # that is no refusal judgement, so those get the heuristic labels.
+            labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
+            out["gen_refusal"] = torch.tensor([x == "refusal" for x in labels])
+            out["gen_degenerate"] = torch.tensor([x == "degenerate" for x in labels])
+        return out
+
     bar = tqdm(total=2 * len(layers) * len(alphas), desc="steering sweep", disable=not progress)
     for ri, r in enumerate(requests):
         for li, layer in enumerate(layers):
             for ai, a in enumerate(alphas):
-                spec = Steer(persona, alpha=a, layers=[layer], units=units)
-                lp = scorer.logprobs(prompts[r], spec)
-                lo, rf = scorer.from_logprobs(lp)
-                logodds[ri, li, ai], refused[ri, li, ai] = lo, rf
-                kl[ri, li, ai] = kl_divergence(clean[r], lp)
-                if max_new_tokens > 0:
-                    # A safety classifier says whether a reply is harmful; on harmless requests
-                    # that is no refusal judgement, so those get the heuristic labels.
-                    labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
-                    gen["gen_refusal"][ri, li, ai] = torch.tensor([x == "refusal" for x in labels])
-                    gen["gen_degenerate"][ri, li, ai] = torch.tensor([x == "degenerate" for x in labels])
+                c = cells.cell(f"{r}/layer{layer}/alpha{float(a)!r}", lambda: compute(r, layer, a))
+                logodds[ri, li, ai], refused[ri, li, ai], kl[ri, li, ai] = c["logodds"], c["refused"], c["kl"]
+                for name in gen if max_new_tokens > 0 else ():
+                    gen[name][ri, li, ai] = c[name]
                 bar.update()
     bar.close()
+    cells.report()
     values = {"logodds": logodds, "refused": refused, "kl": kl} | (gen if max_new_tokens > 0 else {})
     base = {r: scorer.from_logprobs(clean[r]) for r in requests}
     return LabelledResult(
@@ -163,16 +179,29 @@ def reintroduction(
     scorer: RefusalScorer | None = None,
     groups: dict | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> LabelledResult:
-    """Under the compliant state, add the refusal direction back at each layer in turn."""
+    """Under the compliant state, add the refusal direction back at each layer in turn.
+
+    ``checkpoint``: a folder keeping every finished layer (see :mod:`persona_gate.checkpoint`).
+    """
     groups, scorer = _setup(model, n, seed, scorer, groups)
     layers = _layers(model, layers)
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     m = len(prompts)
     logodds = torch.empty((len(layers), m))
     refused = torch.zeros((len(layers), m), dtype=torch.bool)
+    cells = open_checkpoint(checkpoint, "reintroduction", persona=persona, refusal=refusal, prompts=prompts, layers=layers,
+                            alpha_back=alpha_back, mode=mode, steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
+
+    def compute(layer: int) -> dict[str, torch.Tensor]:
+        lo, rf = scorer.score(prompts, *specs, AddBack(refusal, alpha=alpha_back, layers=[layer]))
+        return {"logodds": lo, "refused": rf}
+
     for li, layer in enumerate(tqdm(layers, desc="re-introduction", disable=not progress)):
-        logodds[li], refused[li] = scorer.score(prompts, *specs, AddBack(refusal, alpha=alpha_back, layers=[layer]))
+        c = cells.cell(f"layer{layer}", lambda: compute(layer))
+        logodds[li], refused[li] = c["logodds"], c["refused"]
+    cells.report()
     baselines = _compliant_baselines(scorer, groups, prompts, specs)
     return LabelledResult(
         kind="reintroduction",
@@ -203,12 +232,14 @@ def window_projection(
     scorer: RefusalScorer | None = None,
     groups: dict | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> LabelledResult:
     """Project the persona direction out over windows [start, end] (inclusive) of layers.
 
     ``windows`` lists them; else ``width`` gives every window of that width; else the full
     start x end grid. Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
     random directions, ``random_seeds`` of them) are ablated over the same windows.
+    ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.checkpoint`).
     """
     groups, scorer = _setup(model, n, seed, scorer, groups)
     L = int(model.cfg.n_layers)
@@ -234,13 +265,22 @@ def window_projection(
     m = len(prompts)
     shape = (len(directions), L, L, m)
     logodds, refused = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+    cells = open_checkpoint(checkpoint, "window_projection", directions=list(directions.values()), prompts=prompts,
+                            windows=[list(w) for w in windows], source_layer=source_layer, mode=mode,
+                            steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
+
+    def compute(d: DirectionSet, a: int, b: int) -> dict[str, torch.Tensor]:
+        lo, rf = scorer.score(prompts, *specs, Ablate(d, layers=range(a, b + 1), source_layer=source_layer))
+        return {"logodds": lo, "refused": rf.float()}
+
     bar = tqdm(total=len(directions) * len(windows), desc="window projection", disable=not progress)
-    for di, d in enumerate(directions.values()):
+    for di, (name, d) in enumerate(directions.items()):
         for a, b in windows:
-            lo, rf = scorer.score(prompts, *specs, Ablate(d, layers=range(a, b + 1), source_layer=source_layer))
-            logodds[di, a, b], refused[di, a, b] = lo, rf.float()
+            c = cells.cell(f"{name}/{a}-{b}", lambda: compute(d, a, b))
+            logodds[di, a, b], refused[di, a, b] = c["logodds"], c["refused"]
             bar.update()
     bar.close()
+    cells.report()
     baselines = _compliant_baselines(scorer, groups, prompts, specs)
     return LabelledResult(
         kind="window_projection",
