@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .chat import RenderedPrompt, render_all
-from .errors import EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
+from .errors import ConfigError, EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
 from .layout import note_early_stop, prompt_layout
 from .models import model_device
 from .positions import Position, parse_position, weights
@@ -57,12 +57,17 @@ class Batch:
 
 
 def as_rendered(model: Any, prompts: Sequence[ChatPrompt | RenderedPrompt]) -> list[RenderedPrompt]:
+    from .models import check_model
+
+    check_model(model)
+    if isinstance(prompts, (str, ChatPrompt, RenderedPrompt)):
+        raise PositionError(f"pass a list of prompts, not one {type(prompts).__name__}; wrap it: [prompt].")
     if not prompts:
         raise EmptyGroupError("no prompts were given; pass at least one prompt.")
     if all(isinstance(p, RenderedPrompt) for p in prompts):
         return list(prompts)  # type: ignore[arg-type]
     if any(isinstance(p, RenderedPrompt) for p in prompts):
-        raise TypeError("pass either ChatPrompts or RenderedPrompts, not a mix.")
+        raise PositionError("pass either ChatPrompts or RenderedPrompts, not a mix; render all of them or none.")
     return render_all(model.tokenizer, prompts)  # type: ignore[arg-type]
 
 
@@ -104,7 +109,7 @@ def padded_batches(rendered: Sequence[RenderedPrompt], batch_size: int, pad_id: 
     from the attention mask, so padded rows equal unpadded ones (tested).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}; pass a positive batch size.")
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

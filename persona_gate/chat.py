@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import ChatTemplateError
+from .errors import ChatTemplateError, DatasetError, PositionError
 from .prompts import ChatPrompt
 from .templates import TEMPLATES
 
@@ -57,7 +57,7 @@ class RenderedPrompt:
             return (0, len(self.input_ids) if self.response is None else self.response[0])
         if name in ("system", "user", "post_instruction", "response"):
             return getattr(self, name)
-        raise ValueError(f"unknown span {name!r}; use system, user, post_instruction, response or prompt.")
+        raise PositionError(f"unknown span {name!r}; use system, user, post_instruction, response or prompt.")
 
     def with_response(self, token_ids: Sequence[int]) -> "RenderedPrompt":
         """This prompt followed by a reply's tokens, with the reply as the ``response`` span."""
@@ -109,6 +109,8 @@ def _char_to_token_span(offsets: Sequence[tuple[int, int]], start: int, end: int
 def render(tokenizer: Any, prompt: ChatPrompt, fold_system: bool | None = None) -> RenderedPrompt:
     """Render one prompt with the tokenizer's template and locate its spans."""
     require_template(tokenizer)
+    if not isinstance(prompt.user, str) or not prompt.user.strip():
+        raise DatasetError(f"a prompt's user message is empty ({prompt.user!r}); give every prompt a non-empty request.")
     if not getattr(tokenizer, "is_fast", False):
         raise ChatTemplateError(
             "persona_gate needs a fast (Rust) tokenizer to map spans to tokens; load the model "

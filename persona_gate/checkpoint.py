@@ -5,7 +5,7 @@ cells. With ``checkpoint=DIR`` each finished cell is written to ``DIR/<key>.safe
 atomically (temporary sibling, fsync, rename): a reader, or a resumed run, sees a complete cell
 or none. ``DIR/fingerprint.json`` records what the cells were computed for (the experiment's
 parameters, a hash of its directions, prompts and refusal tokens); reopening the folder for a
-different computation raises :class:`CheckpointMismatchError` instead of mixing results.
+different computation raises :class:`ResumeMismatchError` instead of mixing results.
 
 An exception in the middle of a sweep (out of memory, Ctrl-C, a bug) leaves the finished cells
 in ``DIR``; calling the experiment again with the same ``checkpoint`` computes only the rest,
@@ -32,16 +32,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import PersonaGateError
+from .errors import ResumeMismatchError
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
-
-
-class CheckpointMismatchError(PersonaGateError, ValueError):
-    """A checkpoint folder written for a different computation than the one resuming it."""
 
 
 def fingerprint(**parts: Any) -> str:
@@ -92,7 +88,7 @@ class CellCheckpoint:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 stored = None
             if stored != fp:
-                raise CheckpointMismatchError(
+                raise ResumeMismatchError(
                     f"checkpoint {self.path} holds cells of a different {what} (other parameters, directions or "
                     "prompts); pass a fresh checkpoint folder, or delete this one to start over."
                 )

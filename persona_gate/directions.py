@@ -250,13 +250,15 @@ class DirectionSet:
             matches = [i for i, s in enumerate(self.sites) if s.layer == site]
             if len(matches) != 1:
                 raise UnknownHookSiteError(
-                    f"layer {site} matches {len(matches)} sites in {self.name!r}; pass a HookSite."
+                    f"layer {site} is not in the direction set {self.name!r} (layers {list(self.layers)}); use one of those, "
+                    "or fit the directions at that layer."
+                    if not matches else f"layer {site} matches {len(matches)} sites in {self.name!r}; pass a HookSite."
                 )
             return matches[0]
         s = parse_site(site) if isinstance(site, str) else site
         if s not in self.sites:
             raise UnknownHookSiteError(
-                f"{s} is not in direction set {self.name!r}; it holds {', '.join(map(str, self.sites))}."
+                f"{s} is not in direction set {self.name!r}; it holds {', '.join(map(str, self.sites))}: use one of those, or fit directions there."
             )
         return self.sites.index(s)
 
@@ -302,7 +304,8 @@ class DirectionSet:
             else:
                 acts = acts.acts
         if acts.shape[-1] != self.d_model:
-            raise DModelMismatchError(f"activations have d_model {acts.shape[-1]}, directions {self.d_model}.")
+            raise DModelMismatchError(f"activations have d_model {acts.shape[-1]}, directions {self.d_model}; "
+                                      "project activations of the model the directions were fitted on.")
         if acts.shape[-2] != len(self.sites):
             raise ValueError(f"activations hold {acts.shape[-2]} sites, the set {len(self.sites)}.")
         return (acts.double() * self.vectors.double()).sum(-1).float()

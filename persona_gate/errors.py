@@ -71,3 +71,30 @@ class InterventionError(PersonaGateError, ValueError):
 
 class LabelTokenError(PersonaGateError, ValueError):
     """A classifier label word that the tokenizer does not encode as a single token."""
+
+
+class CheckpointMismatchError(PersonaGateError, ValueError):
+    """Two checkpoints that cannot be compared: other layer counts, architectures or vocabularies."""
+
+
+class ConfigError(PersonaGateError, ValueError):
+    """A setting (a run-config key, a command-line option, a function argument) of the wrong type or value."""
+
+
+class NotAModelError(PersonaGateError, TypeError):
+    """Something other than a loaded chat model where one is needed (e.g. a name string)."""
+
+
+class ResultError(PersonaGateError, ValueError):
+    """A labelled result that cannot be built: shapes that do not match the coordinates, bad labels."""
+
+
+class SelectionError(PersonaGateError, KeyError):
+    """A ``sel()`` / ``mean()`` of a result by a dim or label it does not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ResumeMismatchError(PersonaGateError, ValueError):
+    """A checkpoint of finished cells written for a different computation than the one resuming it."""

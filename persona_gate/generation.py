@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .activations import as_rendered, check_context, padded_batches
 from .chat import RenderedPrompt
 from .layout import prompt_layout
+from .errors import ConfigError
 from .models import model_device
 from .prompts import ChatPrompt
 
@@ -91,7 +92,7 @@ def generate(
 ) -> list[Generation]:
     """Greedy replies for ``prompts`` (in prompt order)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}; pass a positive number of tokens.")
     rendered = as_rendered(model, prompts)
     check_context(model, rendered)
     device = model_device(model)

@@ -83,6 +83,8 @@ class Steer:
         _check_scope(self.scope)
         if self.units not in ("raw", "unit"):
             raise InterventionError(f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}.")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+            raise InterventionError(f"alpha must be a number, got {self.alpha!r}; pass e.g. alpha=4.0.")
         if not torch.isfinite(torch.tensor(float(self.alpha))):
             raise InterventionError(f"alpha must be a finite number, got {self.alpha}; pick a value such as 1.0.")
 

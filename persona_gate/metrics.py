@@ -79,8 +79,21 @@ def first_token_logprobs(
     return out  # type: ignore[return-value]  # as_rendered guarantees at least one batch
 
 
+def check_token_ids(token_ids: Sequence[int], vocab: int) -> None:
+    """Refusal-start token ids must be a non-empty list of ids inside the vocabulary."""
+    ids = list(token_ids)
+    if not ids:
+        raise EmptyGroupError("no refusal tokens were given; pass RefusalScorer.for_model(model).token_ids "
+                              "or refusal_token_ids(tokenizer, ['I cannot']).")  # fmt: skip
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+    if bad:
+        raise EmptyGroupError(f"refusal token ids {bad[:5]} are not ids of this model's {vocab}-token vocabulary; "
+                              "derive them with the model's own tokenizer (RefusalScorer.for_model(model)).")  # fmt: skip
+
+
 def refusal_logodds(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
     """``log p_refuse - log(1 - p_refuse)`` per prompt, computed stably in log space."""
+    check_token_ids(token_ids, logprobs.shape[-1])
     lp = logprobs.double()
     mask = torch.zeros(lp.shape[-1], dtype=torch.bool, device=lp.device)
     mask[list(token_ids)] = True
@@ -93,6 +106,7 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence
 
 def refused(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> Tensor:
     """Per prompt: whether the greedy first token is a refusal-start token."""
+    check_token_ids(token_ids, logprobs.shape[-1])
     return torch.isin(logprobs.argmax(-1), torch.tensor(list(token_ids), device=logprobs.device))
 
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .errors import ChatTemplateError, ModelNotFoundError
+from .errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAModelError
 from .templates import resolve_template, template_hash
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.") from None
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.") from None
 
 
 def organism_dir() -> Path:
@@ -223,7 +223,7 @@ def load_chat_model(
 
     torch_dtype = parse_dtype(dtype)
     if device is not None and device_map is not None:
-        raise ValueError("pass either device or device_map, not both.")
+        raise ConfigError("pass either device or device_map, not both.")
     if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     source, where = _resolve_source(name_or_path)
@@ -277,6 +277,21 @@ def load_chat_model(
     _INFO[bridge] = info
     log.info("loaded %s (%s) with %d layers, d_model %d", info.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
     return bridge
+
+
+def check_model(model: Any) -> Any:
+    """``model`` itself if it is a loaded chat model (``cfg``, ``tokenizer``, ``hooks``); else a named error."""
+    if isinstance(model, (str, Path)):
+        raise NotAModelError(
+            f"got the name {str(model)!r} where a loaded model is needed; load it first: "
+            f"model = load_chat_model({str(model)!r})."
+        )
+    missing = [a for a in ("cfg", "tokenizer", "hooks") if not hasattr(model, a)]
+    if missing:
+        raise NotAModelError(
+            f"a {type(model).__name__} is not a chat model (it lacks {missing}); pass a model from load_chat_model(...)."
+        )
+    return model
 
 
 def model_info(model: Any) -> ModelInfo:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 import tomllib
@@ -28,16 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ArtefactError, PersonaGateError
+from .errors import ArtefactError, ConfigError
 from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
-
-
-class ConfigError(PersonaGateError, ValueError):
-    """A run configuration with unknown keys or values of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,34 @@ class RunConfig:
     # Refusal-start tokens from these phrases; default: derived from the model's own refusals
     # (a base model that never refuses needs phrases).
     refusal_phrases: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        def bad(key: str, want: str) -> ConfigError:
+            return ConfigError(f"config key {key!r} must be {want}, got {getattr(self, key)!r}; fix it in the config file.")
+
+        num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+        count = lambda x, lo: isinstance(x, int) and not isinstance(x, bool) and x >= lo  # noqa: E731
+        for key in ("model", "dtype"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise bad(key, "a non-empty string")
+        for key in ("device", "chat_template", "harmful_dataset", "harmful_source"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise bad(key, "a string")
+        for key, lo in (("n_fit", 2), ("n_eval", 2), ("random_seeds", 1), ("patch_examples", 1), ("seed", 0)):
+            if not count(getattr(self, key), lo):
+                raise bad(key, f"an integer >= {lo}")
+        if self.window_width is not None and not count(self.window_width, 1):
+            raise bad("window_width", "an integer >= 1 (or absent for the full grid)")
+        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers
+                                        or not all(count(x, 0) for x in self.layers)):
+            raise bad("layers", "a non-empty list of layer indices such as [4, 8, 12]")
+        if not isinstance(self.alphas, (list, tuple)) or not self.alphas or not all(num(a) for a in self.alphas):
+            raise bad("alphas", "a non-empty list of finite numbers such as [0.0, 2.0, 4.0]")
+        if not num(self.alpha_back):
+            raise bad("alpha_back", "a finite number")
+        if self.refusal_phrases is not None and (not isinstance(self.refusal_phrases, (list, tuple)) or not self.refusal_phrases
+                                                 or not all(isinstance(x, str) and x for x in self.refusal_phrases)):
+            raise bad("refusal_phrases", "a non-empty list of strings such as [\"I cannot\"]")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":

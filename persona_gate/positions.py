@@ -71,6 +71,8 @@ _POST = re.compile(r"^post_instruction\[(-\d+)\]$")
 def parse_position(spec: str | Position) -> Position:
     if isinstance(spec, Position):
         return spec
+    if not isinstance(spec, str):
+        raise PositionError(f"a position selector is a string such as 'last' or 'mean:system', not {spec!r}.")
     s = spec.strip()
     if s == "last":
         return LAST

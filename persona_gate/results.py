@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from .errors import ArtefactError
+from .errors import ArtefactError, ResultError, SelectionError
 from .io import load_artefact, save_artefact
 
 KIND = "labelled_result"
@@ -48,19 +48,19 @@ def _label(x: Any, dim: str) -> Label:
         return int(x)
     if isinstance(x, numbers.Real):
         if math.isnan(x):
-            raise ValueError(f"coords[{dim!r}] holds NaN, which sel() can never match; use a label such as 'none'.")
+            raise ResultError(f"coords[{dim!r}] holds NaN, which sel() can never match; use a label such as 'none'.")
         return float(x)
-    raise ValueError(f"coords[{dim!r}] holds {x!r} ({type(x).__name__}); labels must be int, float, str or bool.")
+    raise ResultError(f"coords[{dim!r}] holds {x!r} ({type(x).__name__}); labels must be int, float, str or bool.")
 
 
 def _coord(raw: Any, dim: str) -> tuple[Label, ...]:
     if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
-        raise ValueError(f"coords[{dim!r}] must be a sequence with one label per index, not {raw!r}.")
+        raise ResultError(f"coords[{dim!r}] must be a sequence with one label per index, not {raw!r}.")
     labels = tuple(_label(x, dim) for x in (raw.tolist() if hasattr(raw, "tolist") else raw))
     # 1, 1.0 and True hash alike, so sel() could not tell them apart: they count as duplicates too.
     dup = [x for x, n in collections.Counter(labels).items() if n > 1]
     if dup:
-        raise ValueError(f"coords[{dim!r}] repeats the labels {dup}; each label must name exactly one index.")
+        raise ResultError(f"coords[{dim!r}] repeats the labels {dup}; each label must name exactly one index.")
     return labels
 
 
@@ -80,9 +80,9 @@ def _json(x: Any, where: str) -> Any:
     if isinstance(x, Mapping):
         bad = [k for k in x if not isinstance(k, str)]
         if bad:
-            raise ValueError(f"{where} has non-string keys {bad!r}; JSON keys must be strings, e.g. str(layer).")
+            raise ResultError(f"{where} has non-string keys {bad!r}; JSON keys must be strings, e.g. str(layer).")
         return {k: _json(v, f"{where}[{k!r}]") for k, v in x.items()}
-    raise ValueError(f"{where} holds a {type(x).__name__} ({x!r:.60}), which is not JSON-able; "
+    raise ResultError(f"{where} holds a {type(x).__name__} ({x!r:.60}), which is not JSON-able; "
                      "store plain numbers, strings, lists or dicts (e.g. float(t), t.tolist()).")  # fmt: skip
 
 
@@ -121,34 +121,34 @@ class LabelledResult:
         # Frozen: normalise once here (tuples, plain Python labels, own dict copies) so that every
         # derived result and every reloaded one has the same canonical form.
         if not isinstance(self.kind, str) or not self.kind:
-            raise ValueError(f"kind must be a non-empty string such as 'steering_sweep', not {self.kind!r}.")
+            raise ResultError(f"kind must be a non-empty string such as 'steering_sweep', not {self.kind!r}.")
         if isinstance(self.dims, str) or not all(isinstance(d, str) and d for d in self.dims):
-            raise ValueError(f"dims must be a tuple of non-empty names, e.g. ('layer', 'alpha'), not {self.dims!r}.")
+            raise ResultError(f"dims must be a tuple of non-empty names, e.g. ('layer', 'alpha'), not {self.dims!r}.")
         dims = tuple(self.dims)
         dup = sorted(d for d, n in collections.Counter(dims).items() if n > 1)
         if dup:
-            raise ValueError(f"dims {dims} repeat {dup}; give every dim a distinct name.")
+            raise ResultError(f"dims {dims} repeat {dup}; give every dim a distinct name.")
         extra, missing = [d for d in self.coords if d not in dims], [d for d in dims if d not in self.coords]
         if extra:
-            raise ValueError(f"coords name unknown dims {extra}; dims are {dims}: add them to dims or drop them.")
+            raise ResultError(f"coords name unknown dims {extra}; dims are {dims}: add them to dims or drop them.")
         if missing:
-            raise ValueError(f"dims {missing} have no coords; give coords[dim] one label per index.")
+            raise ResultError(f"dims {missing} have no coords; give coords[dim] one label per index.")
         coords = {d: _coord(self.coords[d], d) for d in dims}
         shape = tuple(len(coords[d]) for d in dims)
         values = dict(self.values)
         for name, v in values.items():
             if not isinstance(name, str) or not name or name in dims:
-                raise ValueError(f"value name {name!r} must be a non-empty string and not a dim name {dims}.")
+                raise ResultError(f"value name {name!r} must be a non-empty string and not a dim name {dims}.")
             if not isinstance(v, Tensor):
-                raise ValueError(f"values[{name!r}] is a {type(v).__name__}; pass a tensor (torch.as_tensor(x)).")
+                raise ResultError(f"values[{name!r}] is a {type(v).__name__}; pass a tensor (torch.as_tensor(x)).")
             if v.dtype not in _VALUE_DTYPES:
-                raise ValueError(f"values[{name!r}] is {v.dtype}; use float32/float64, bool or int (e.g. .float()).")
+                raise ResultError(f"values[{name!r}] is {v.dtype}; use float32/float64, bool or int (e.g. .float()).")
             if tuple(v.shape) != shape:
-                raise ValueError(f"values[{name!r}] has shape {tuple(v.shape)} but the coords give "
+                raise ResultError(f"values[{name!r}] has shape {tuple(v.shape)} but the coords give "
                                  f"{dict(zip(dims, shape))}; give one entry per label along each dim, in order.")
         for f in ("baselines", "metric", "config", "provenance"):
             if not isinstance(getattr(self, f), Mapping):
-                raise ValueError(f"{f} must be a dict, not {type(getattr(self, f)).__name__}.")
+                raise ResultError(f"{f} must be a dict, not {type(getattr(self, f)).__name__}.")
             object.__setattr__(self, f, _json(getattr(self, f), f))
         for f, v in (("dims", dims), ("coords", coords), ("values", values)):
             object.__setattr__(self, f, v)
@@ -159,7 +159,7 @@ class LabelledResult:
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.values:
-            raise KeyError(f"no value {name!r}; this result holds {list(self.values)}.")
+            raise SelectionError(f"no value {name!r}; this result holds {list(self.values)}.")
         return self.values[name]
 
     def __eq__(self, other: object) -> bool:
@@ -177,7 +177,7 @@ class LabelledResult:
 
     def _axis(self, dim: str) -> int:
         if dim not in self.dims:
-            raise KeyError(f"no dim {dim!r}; this result has dims {self.dims}.")
+            raise SelectionError(f"no dim {dim!r}; this result has dims {self.dims}.")
         return self.dims.index(dim)
 
     def _index(self, dim: str, i: Any) -> int:
@@ -217,7 +217,7 @@ class LabelledResult:
             keep = isinstance(lab, (list, tuple))
             unknown = [x for x in (lab if keep else [lab]) if x not in where]
             if unknown:
-                raise KeyError(f"{unknown} are not labels of dim {dim!r}; available labels: {list(self.coords[dim])}")
+                raise SelectionError(f"{unknown} are not labels of dim {dim!r}; available labels: {list(self.coords[dim])}")
             picks[dim] = [where[x] for x in lab] if keep else where[lab]
         return self.isel(**picks)
 
@@ -229,7 +229,7 @@ class LabelledResult:
             out, want = fn(v, ax), tuple(v.shape[:ax] + v.shape[ax + 1 :])
             if not isinstance(out, Tensor) or tuple(out.shape) != want:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"reduce over {dim!r} gave {got} for {name!r}, not {want}; fn must drop axis {ax}.")
+                raise ResultError(f"reduce over {dim!r} gave {got} for {name!r}, not {want}; fn must drop axis {ax}.")
             values[name] = out
         rest = tuple(d for d in self.dims if d != dim)
         return replace(self, dims=rest, coords={d: self.coords[d] for d in rest}, values=values)
@@ -259,7 +259,7 @@ class LabelledResult:
         """A JSON-able summary with values as nested lists (NaN -> None), for small results."""
         cells = math.prod(self.sizes.values()) * len(self.values)
         if cells > max_cells:
-            raise ValueError(f"{cells} cells exceed max_cells={max_cells}; use to_dataframe() or save() instead.")
+            raise ResultError(f"{cells} cells exceed max_cells={max_cells}; use to_dataframe() or save() instead.")
         values = {k: _nan_to_none(v.detach().cpu().tolist()) for k, v in self.values.items()}
         return {"kind": self.kind, **self._header(), "values": values}
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 
 import persona_gate.experiments.scoring as scoring
 import persona_gate.patching as patching
-from persona_gate.checkpoint import CheckpointMismatchError
+from persona_gate.errors import ResumeMismatchError
 from persona_gate.contrasts import fit_persona_and_refusal
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
 from persona_gate.io import MANIFEST, load_artefact
@@ -128,9 +127,9 @@ def test_a_checkpoint_of_another_computation_is_refused(setup, tmp_path):
     model, pr, scorer, groups = setup
     ck = tmp_path / "cells"
     steering_sweep(model, pr.persona, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
-    with pytest.raises(CheckpointMismatchError, match="fresh checkpoint folder"):
+    with pytest.raises(ResumeMismatchError, match="fresh checkpoint folder"):
         steering_sweep(model, pr.persona, layers=[2], alphas=[4.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
-    with pytest.raises(CheckpointMismatchError):
+    with pytest.raises(ResumeMismatchError):
         steering_sweep(model, pr.refusal, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
 
 

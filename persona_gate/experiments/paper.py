@@ -32,6 +32,7 @@ from ..checkpoint import open_checkpoint
 from ..directions import DirectionSet
 from ..errors import InterventionError
 from ..interventions import Ablate, AddBack, Steer
+from ..models import check_model
 from ..provenance import provenance
 from ..results import LabelledResult
 from ..sites import check_layer
@@ -39,6 +40,7 @@ from .scoring import RefusalScorer, eval_groups
 
 
 def _setup(model: Any, n: int, seed: int, scorer: RefusalScorer | None, groups: dict | None):
+    check_model(model)
     groups = groups if groups is not None else eval_groups(model, n, seed=seed)
     return groups, scorer if scorer is not None else RefusalScorer.for_model(model)
 

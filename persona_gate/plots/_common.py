@@ -37,7 +37,12 @@ class PlotError(PersonaGateError, ValueError):
 
 def as_result(result: LabelledResult | str | os.PathLike) -> LabelledResult:
     """A result object as is; a path is loaded as a saved result folder (``LabelledResult.save``)."""
-    return result if isinstance(result, LabelledResult) else LabelledResult.load(result)
+    if isinstance(result, LabelledResult):
+        return result
+    if not isinstance(result, (str, os.PathLike)):
+        raise PlotError(f"figures draw a persona_gate result or its saved folder, not a {type(result).__name__}; "
+                        "pass what an experiment returned (or the path it was saved to).")  # fmt: skip
+    return LabelledResult.load(result)
 
 
 def check(result: LabelledResult, kinds: Sequence[str], dims: Sequence[str], values: Sequence[str] = ()) -> None:
