@@ -35,6 +35,9 @@ def test_report_is_self_contained_and_holds_every_figure(run_dir):
     assert html.count('class="plotly-graph-div"') == 4
     for text in ("Refusal, safe persona + harmful (baseline)", "Gate layers", "Activation patching"):
         assert text in html
+    from importlib.metadata import version  # the footer records what reproduces the run
+
+    assert "seed 0;" in html and f"torch {version('torch')}" in html and f"transformer_lens {version('transformer_lens')}" in html
 
 
 def test_report_in_missing_stage_is_named(run_dir, tmp_path):
