@@ -126,6 +126,9 @@ def fit_persona_and_refusal(
     seed: int = 0,
 ) -> PersonaRefusal:
     """Fit refusal and persona directions at every requested layer in one streaming pass."""
+    from .models import check_model
+
+    check_model(model)
     prompts = (
         list(prompts)
         if prompts is not None
