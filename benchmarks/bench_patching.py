@@ -40,7 +40,7 @@ def _pair(model):
     return src, dataclasses.replace(src, input_ids=tuple(ids))
 
 
-def bench(name: str, tokens: list[int]) -> None:
+def bench(name: str, tokens: list[int] | None = None) -> dict:
     import persona_gate as pg
     from persona_gate.patching import activation_patching
     from transformer_lens.patching import get_act_patch_resid_pre
@@ -53,6 +53,8 @@ def bench(name: str, tokens: list[int]) -> None:
     else:
         path = name
     model = pg.load_chat_model(path, device="cpu")
+    if tokens is None:
+        tokens = [5, 17, 40] if name == "tiny" else _refusal_tokens(name)
     src, tgt = _pair(model)
     ids = torch.tensor(list(tokens))
 
@@ -75,6 +77,9 @@ def bench(name: str, tokens: list[int]) -> None:
         f"persona_gate {t_ours:8.2f} s   transformer_lens {t_tl:8.2f} s   speed-up {t_tl / t_ours:5.1f}x   max|diff| {diff:.2e}",
         flush=True,
     )
+    return {"model": name, "n_layers": int(model.cfg.n_layers), "seq": len(src), "cells": int(model.cfg.n_layers) * len(src),
+            "seconds": {"persona_gate": round(t_ours, 2), "transformer_lens": round(t_tl, 2)},
+            "speedup": round(t_tl / t_ours, 2), "max_abs_diff": diff}
 
 
 def main(argv=None) -> int:
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     for name in [m for m in args.models.split(",") if m]:
-        bench(name, [5, 17, 40] if name == "tiny" else _refusal_tokens(name))
+        bench(name)
     return 0
 
 

