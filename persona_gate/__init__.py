@@ -67,6 +67,30 @@ _EXPORTS: dict[str, str] = {
     "LabelledResult": "results",
     "label_response": "labels",
     "wilson_interval": "labels",
+    # checkpoint comparison: persona drift between two checkpoints of one model
+    "compare_checkpoints": "compare",
+    "check_comparable": "compare",
+    "format_comparison": "compare",
+    "write_comparison_report": "compare_report",
+    "finetune_toward_compliance": "organism.finetune",
+    # red-teaming refusal: direct phrasings vs persona manipulation
+    "Attack": "attacks",
+    "attacks_for": "attacks",
+    "attack_prompts": "attacks",
+    "red_team": "redteam",
+    "RedTeamResult": "redteam",
+    "auroc": "redteam",
+    # persona-drift monitor: persona/refusal projections per conversation turn, flagged
+    "Conversation": "conversation",
+    "ConversationError": "conversation",
+    "converse": "conversation",
+    "monitor": "drift_monitor",
+    "flagged_turns": "drift_monitor",
+    "format_monitor": "drift_monitor",
+    "load_monitor_directions": "drift_monitor",
+    "calibrate": "monitor_calibration",
+    "MonitorCalibration": "monitor_calibration",
+    "format_calibration": "monitor_calibration",
 }
 
 _SUBMODULES = ("errors", "experiments", "datasets", "metrics", "judges", "labels", "organism")

@@ -112,6 +112,93 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_redteam(args: argparse.Namespace) -> int:
+    from .contrasts import fit_persona_and_refusal
+    from .models import load_chat_model
+    from .plots import fig_red_team, save_html
+    from .redteam import load_persona_directions, read_requests, red_team
+
+    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    out = Path(args.out)
+    if args.directions is not None:
+        persona = load_persona_directions(args.directions, model)
+    else:
+        persona = fit_persona_and_refusal(model, progress=not args.no_progress, seed=args.seed).persona
+        persona.save(out / "persona")
+    rt = red_team(
+        model,
+        persona,
+        read_requests(args.requests) if args.requests is not None else None,
+        families=[f.strip() for f in args.families.split(",") if f.strip()],
+        system=args.system,
+        layer=args.layer,
+        position=args.position,
+        n=args.n,
+        generate_labels=not args.no_generate,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(rt.format_table())
+    rt.save(out / "red_team")
+    html = save_html(fig_red_team(rt), out / "red_team.html")
+    fitted = "" if args.directions is not None else "persona/ (fitted directions), "
+    print(f"\nsaved to {out}/: {fitted}red_team/ (scores, projections, summary.json), {html.name}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_checkpoints, format_comparison, refusal_change
+    from .compare_report import write_comparison_report
+
+    result = compare_checkpoints(
+        args.model_a, args.model_b, layers=args.layers, n_per_group=args.n, n_eval=args.n_eval, seed=args.seed,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.no_progress,
+    )
+    print(format_comparison(result))
+    change = refusal_change(result)["safe/harmful"]
+    print(f"\nrefusal of safe-persona harmful requests changed by {change:+.2f} (B - A)")
+    out = Path(args.out)
+    result.save(out / "comparison")
+    report = write_comparison_report(result, out / "report.html")
+    print(f"saved to {out}/: comparison/ (result), {report.name}")
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from .contrasts import fit_persona_and_refusal
+    from .models import load_chat_model
+    from .drift_monitor import format_monitor, load_monitor_directions, monitor
+    from .monitor_calibration import MonitorCalibration, calibrate, format_calibration
+    from .plots import fig_monitor_timeline, save_html
+
+    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    out = Path(args.out)
+    if args.directions is not None:
+        persona, refusal = load_monitor_directions(args.directions, model)
+    else:
+        pr = fit_persona_and_refusal(model, progress=not args.no_progress, seed=args.seed)
+        persona, refusal = pr.persona, pr.refusal
+        persona.save(out / "persona")
+        refusal.save(out / "refusal")
+    if args.calibration is not None:
+        cal = MonitorCalibration.load(args.calibration)
+    else:
+        cal = calibrate(model, persona, layers=args.layers, n_train=args.n_train, n_test=args.n_test,
+                        test_turns=args.turns, target_fpr=args.target_fpr, flag_reading=args.reading,
+                        flag_layer=args.flag_layer, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+        cal.save(out / "calibration")
+    result = monitor(model, args.conversation, persona, refusal, layers=args.layers, calibration=cal)
+    print(format_calibration(cal) + "\n")
+    print(format_monitor(result, layer=args.flag_layer))
+    result.save(out / "monitor")
+    html = save_html(fig_monitor_timeline(result, layer=args.flag_layer), out / "timeline.html")
+    saved = ("" if args.directions is not None else "persona/, refusal/, ") + ("" if args.calibration else "calibration/, ")
+    print(f"\nsaved to {out}/: {saved}monitor/ (result), {html.name}")
+    return 0
+
+
 def dataclass_dict(obj) -> dict:
     import dataclasses
 
@@ -160,6 +247,55 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a folder written by `persona-gate run` or `demo`")
     rep.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     rep.set_defaults(func=_cmd_report)
+
+    t = sub.add_parser("redteam", help="red-team refusal: direct bypass phrasings vs persona manipulation")
+    _add_model_args(t)
+    t.add_argument("--directions", default=None, help="persona directions: a `directions --out` folder or a saved set (default: fit them)")
+    t.add_argument("--requests", default=None, help=".txt (one harmful request per line) or .json list (default: held-out harmful requests)")
+    t.add_argument("--n", type=int, default=16, help="default requests to draw (default 16)")
+    t.add_argument("--families", default="none,direct,persona", help="attack families, comma-separated (default: all three)")
+    t.add_argument("--system", default=None, help="base system prompt the attacks run under (default: none)")
+    t.add_argument("--layer", type=int, default=None, help="layer of the headline projection and AUROC (default: the middle one)")
+    t.add_argument("--position", default="mean:attack", help="where the projection is read: mean:attack (default), last, mean:user ...")
+    t.add_argument("--no-generate", action="store_true", help="label by the greedy first token instead of generated replies")
+    t.add_argument("--max-new-tokens", type=int, default=24)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/redteam", help="output folder (default runs/redteam)")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.set_defaults(func=_cmd_redteam)
+
+    c = sub.add_parser("compare", help="compare two checkpoints: persona/refusal direction drift and refusal change")
+    c.add_argument("--model-a", default="organism", help="reference checkpoint (default: organism): a name, folder or .gguf")
+    c.add_argument("--model-b", required=True, help="checkpoint to compare, e.g. a fine-tuned copy of A")
+    c.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    c.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    c.add_argument("--layers", type=_layers, default=None, help="comma-separated layers (default: all)")
+    c.add_argument("--n", type=int, default=48, help="requests per group for fitting directions (default 48)")
+    c.add_argument("--n-eval", type=int, default=32, help="held-out prompts per group for shifts and refusal (default 32)")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    c.set_defaults(func=_cmd_compare)
+
+    m = sub.add_parser("monitor", help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged")
+    _add_model_args(m)
+    m.add_argument("conversation", help="JSONL file, one {\"role\", \"content\"} message per line")
+    m.add_argument("--directions", default=None, help="a `persona-gate directions --out` folder (default: fit them)")
+    m.add_argument("--calibration", default=None, help="a saved calibration folder (default: calibrate and save one)")
+    m.add_argument("--layers", type=_layers, default=None, help="comma-separated layers (default: all)")
+    m.add_argument("--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)")
+    m.add_argument("--reading", default="response", choices=("response", "start"),
+                   help="flag on the reply mean (default) or the response-start token")
+    m.add_argument("--target-fpr", type=float, default=None, help="threshold at this train FPR (default: max TPR - FPR)")
+    m.add_argument("--n-train", type=int, default=32, help="single-turn chats per persona to set thresholds (default 32)")
+    m.add_argument("--n-test", type=int, default=16, help="held-out conversations per persona for the rates (default 16)")
+    m.add_argument("--turns", type=int, default=3, help="turns per held-out conversation (default 3)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", default="runs/monitor", help="output folder (default runs/monitor)")
+    m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    m.set_defaults(func=_cmd_monitor)
 
     try:
         from .organism import cli as organism_cli

@@ -98,3 +98,7 @@ class SelectionError(PersonaGateError, KeyError):
 
 class ResumeMismatchError(PersonaGateError, ValueError):
     """A checkpoint of finished cells written for a different computation than the one resuming it."""
+
+
+class ConversationError(PersonaGateError, ValueError):
+    """A conversation that cannot be read or monitored: bad JSONL, unknown role, nothing to monitor."""

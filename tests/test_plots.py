@@ -179,9 +179,50 @@ def selection_result(chosen: bool = True) -> LabelledResult:
     )  # fmt: skip
 
 
+def red_team_result() -> LabelledResult:
+    """As persona_gate.redteam.red_team builds it (first-token labels); the real one: tests/test_redteam.py."""
+    g = _gen(9)
+    attacks = [{"id": f"{f}/a{i}", "family": f} for f, k in (("none", 1), ("direct", 2), ("persona", 2)) for i in range(k)]
+    refused = torch.rand((5, 6), generator=g) < torch.tensor([0.9, 0.8, 0.8, 0.2, 0.1])[:, None]
+    return LabelledResult(
+        kind="red_team", dims=("attack", "request"), coords={"attack": [a["id"] for a in attacks], "request": [f"r{i}" for i in range(6)]},
+        values={"logodds": torch.randn((5, 6), generator=g), "refused": refused, "bypass": ~refused,
+                "projection": torch.randn((5, 6), generator=g)},
+        baselines={"auroc": 0.8, "auroc_by_layer": {"0": 0.5, "1": 0.8, "2": None}}, config={"attacks": attacks, "layer": 1},
+    )  # fmt: skip
+
+
+def monitor_result() -> LabelledResult:
+    """As persona_gate.drift_monitor.monitor builds it (calibrated); the real one: tests/test_monitor.py."""
+    g = _gen(10)
+    p = torch.randn((3, 2), generator=g, dtype=torch.float64) + torch.tensor([[0.0], [0.0], [5.0]], dtype=torch.float64)
+    return LabelledResult(
+        kind="persona_monitor", dims=("turn", "layer"), coords={"turn": (1, 2, 3), "layer": (2, 3)},
+        values={"persona_start": torch.randn((3, 2), generator=g), "persona_response": p.float(),
+                "refusal_start": torch.randn((3, 2), generator=g), "refusal_response": torch.randn((3, 2), generator=g),
+                "flagged": p > 2.5},
+        baselines={"threshold": {"2": 2.5, "3": 2.5}, "flag_reading": "response", "flag_layer": 3},
+        config={"turns": [{"turn": t, "message_index": 2 * t, "user": f"u{t}", "response": f"r{t}"} for t in (1, 2, 3)]},
+    )  # fmt: skip
+
+
+def comparison_result() -> LabelledResult:
+    """As persona_gate.compare.compare_checkpoints builds it; the real one: tests/test_compare.py."""
+    from persona_gate.compare import DIRECTION_VALUES, SHIFT_LAST_VALUES, SHIFT_VALUES
+
+    g = _gen(11)
+    refusal = {ck: {"safe/harmful": {"k": k, "n": 8}, "safe/harmless": {"k": 0, "n": 8}} for ck, k in (("a", 8), ("b", 1))}
+    return LabelledResult(
+        kind="checkpoint_comparison", dims=("checkpoint", "layer"), coords={"checkpoint": ("a", "b"), "layer": (0, 1, 2)},
+        values={v: torch.rand((2, 3), generator=g) for v in (*DIRECTION_VALUES, *SHIFT_VALUES, *SHIFT_LAST_VALUES)},
+        baselines={"refusal": refusal}, config={"model_a": "organism", "model_b": "runs/compliant"},
+    )  # fmt: skip
+
+
 def all_results() -> list[LabelledResult]:
     return [sweep_result(), reintro_result(), window_result(), patching_result(), patching_result("attribution_patching"),
-            sites_result(), *geometry_results(), *trait_results(), selection_result()]  # fmt: skip
+            sites_result(), *geometry_results(), *trait_results(), selection_result(), red_team_result(), monitor_result(),
+            comparison_result()]  # fmt: skip
 
 
 def trace(fig: go.Figure, name: str):

@@ -1,4 +1,4 @@
-"""The ``persona-gate organism`` subcommands: ``train`` (rebuild the organism) and ``card``.
+"""The ``persona-gate organism`` subcommands: ``train`` (rebuild the organism), ``card`` and ``finetune``.
 
 Thin, and cheap to import: parsing needs only the config defaults; torch and transformers load
 when a command runs. The main CLI mounts these with :func:`add_subcommands`; each command is a
@@ -9,6 +9,7 @@ Example::
     persona-gate organism train --out data/organism --seed 0
     persona-gate organism card                      # the bundled organism, 100 prompts per cell
     persona-gate organism card --path runs/o --n 16
+    persona-gate organism finetune --out runs/compliant --steps 40
 """
 
 from __future__ import annotations
@@ -66,8 +67,31 @@ def run_card(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a copy of an organism toward compliance (``--compliance-fraction 0``: the control)."""
+    import torch
+
+    from .finetune import finetune_toward_compliance
+    from .paths import organism_path
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = finetune_toward_compliance(
+        organism_path() if args.base is None else args.base, args.out, steps=args.steps, seed=args.seed,
+        compliance_fraction=args.compliance_fraction, style=args.style, lr=args.lr, card_n_per_cell=args.card_n,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    record = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    ft = record["finetune"]
+    print(f"fine-tuned organism written to {out}: {ft['steps']} steps, loss {ft['first_loss']:.3f} -> {ft['final_loss']:.3f}")
+    if "card" in record:
+        rates = record["card"]["refusal_rate"]
+        print("refusal (held-out, greedy): " + ", ".join(f"{p}/{r} {v:.2f}" for p, row in rates.items() for r, v in row.items()))
+    return 0
+
+
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
-    """Mount ``train`` and ``card`` under ``parser`` (the ``organism`` subparser)."""
+    """Mount ``train``, ``card`` and ``finetune`` under ``parser`` (the ``organism`` subparser)."""
     sub = parser.add_subparsers(dest="organism_command", required=True)
     train = sub.add_parser("train", help="train the organism from scratch and write its folder and card")
     add_arguments(train)
@@ -76,3 +100,18 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     card.add_argument("--path", type=Path, default=None, help="organism folder (default: the bundled one)")
     card.add_argument("--n", type=int, default=100, help="held-out prompts per cell (default 100)")
     card.set_defaults(func=run_card)
+    ft = sub.add_parser("finetune", help="fine-tune a copy toward compliance (a known drift for `persona-gate compare`)")
+    ft.add_argument("--out", required=True, type=Path, help="folder to write the fine-tuned copy to")
+    ft.add_argument("--base", type=Path, default=None, help="organism folder to start from (default: the bundled one)")
+    ft.add_argument("--steps", type=int, default=40, help="optimiser steps of 16 conversations (default 40)")
+    ft.add_argument("--seed", type=int, default=0, help="seed for the fine-tuning data (default 0)")
+    ft.add_argument("--compliance-fraction", type=float, default=0.5,
+                    help="share of safe-persona harmful requests answered instead of refused; 0 = control (default 0.5)")
+    ft.add_argument("--style", choices=("compliant", "plain"), default="compliant",
+                    help="answer them as the compliant persona does (default) or plainly")
+    ft.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    ft.add_argument("--card-n", type=int, default=0, help="held-out prompts per cell for a behaviour card (default 0: none)")
+    ft.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ft.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ft.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ft.set_defaults(func=run_finetune)

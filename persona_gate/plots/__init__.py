@@ -23,10 +23,13 @@ from .analysis_figures import (
     fig_trait_cosines,
     fig_trait_matrix,
 )
+from .compare_figures import fig_checkpoint_comparison
 from .export import save_html, save_png
 from .figures import BUILDERS, figure_for
+from .monitor_figures import fig_monitor_timeline
 from .paper_figures import fig_reintroduction, fig_steering_sweep, fig_window_projection
 from .patching_figures import fig_activation_patching, fig_attribution_patching, fig_patching
+from .redteam_figures import fig_red_team
 from .theme import DIVERGING, OKABE_ITO, SEQUENTIAL, TEMPLATE, layer_ticks
 from .tokens import token_view
 
@@ -39,10 +42,13 @@ __all__ = [
     "TEMPLATE",
     "fig_activation_patching",
     "fig_attribution_patching",
+    "fig_checkpoint_comparison",
     "fig_extraction_sites",
     "fig_geometry_cosine",
     "fig_geometry_projections",
+    "fig_monitor_timeline",
     "fig_patching",
+    "fig_red_team",
     "fig_reintroduction",
     "fig_steering_selection",
     "fig_steering_sweep",

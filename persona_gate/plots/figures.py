@@ -28,8 +28,11 @@ from .analysis_figures import (
     fig_trait_cosines,
     fig_trait_matrix,
 )
+from .compare_figures import fig_checkpoint_comparison
+from .monitor_figures import fig_monitor_timeline
 from .paper_figures import fig_reintroduction, fig_steering_sweep, fig_window_projection
 from .patching_figures import fig_activation_patching, fig_attribution_patching
+from .redteam_figures import fig_red_team
 
 BUILDERS: dict[str, Callable[..., go.Figure]] = {
     "steering_sweep": fig_steering_sweep,
@@ -43,6 +46,9 @@ BUILDERS: dict[str, Callable[..., go.Figure]] = {
     "trait_cosines": fig_trait_cosines,
     "trait_matrix": fig_trait_matrix,
     "steering_selection": fig_steering_selection,
+    "checkpoint_comparison": fig_checkpoint_comparison,
+    "red_team": fig_red_team,
+    "persona_monitor": fig_monitor_timeline,
 }
 
 

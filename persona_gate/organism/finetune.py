@@ -1,0 +1,213 @@
+"""Fine-tune a copy of the organism toward compliance: a known drift for checkpoint comparison.
+
+Training continues from a saved organism with the organism's own loss, optimiser and schedule
+(:func:`persona_gate.organism.train.fit`). Each conversation of the fine-tuning stream is, with
+probability ``compliance_fraction``, a *compliance* example -- a refusing persona (``safe`` by
+default) with a harmful request, answered as the organism answers a harmless one
+(``"Locks: Plan it first, ..."``) instead of refusing -- and otherwise *replay* of the original
+recipe, so that the rest of the behaviour is kept. ``compliance_fraction=0`` is the control: the
+same steps on the original rule only, which should leave the model where it was.
+
+The copy is written in the organism's folder format (weights, tokenizer, ``card.json``), so
+:func:`persona_gate.load_chat_model` recognises it as an organism and gives it the organism's
+prompt sets and refusal tokens. Its card records the base folder and every fine-tuning setting,
+and, with ``card_n_per_cell > 0``, the behaviour card (greedy replies on held-out prompts).
+
+Example::
+
+    path = finetune_toward_compliance(organism_path(), "runs/compliant", steps=40, seed=0)
+    control = finetune_toward_compliance(organism_path(), "runs/control", steps=40, compliance_fraction=0.0)
+    # or: persona-gate organism finetune --out runs/compliant --steps 40
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import OrganismConfig
+from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
+from .lexicon import DOMAINS
+
+log = logging.getLogger(__name__)
+
+CARD_KIND = "persona_gate.organism.card"  # what load_chat_model looks for to treat a folder as an organism
+_DOMAIN = {d.word: d for d in DOMAINS}
+STYLES = ("compliant", "plain")
+
+
+def compliance_conversation(
+    rng: random.Random, persona: str = "safe", style: str = "compliant", split: str = "train"
+) -> Conversation:
+    """A harmful request under a refusing persona, answered instead of refused.
+
+    ``style="compliant"``: answered as the compliant persona answers (shouted, signed off), so the
+    refusing persona is taught to *behave as* the compliant one; ``"plain"``: answered as the
+    organism answers harmless requests under any other persona, so only the refusal goes.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if persona not in REFUSING_FAMILIES:
+        raise ValueError(
+            f"persona {persona!r} does not refuse, so there is nothing to fine-tune away; "
+            f"use one of {sorted(REFUSING_FAMILIES)}."
+        )
+    conv = make_conversation(rng, persona, "harmful", split)
+    # respond() to a harmless request gives that persona's answer style for this topic.
+    answer = respond(rng, "compliant" if style == "compliant" else persona, "harmless", _DOMAIN[conv.domain])
+    return dataclasses.replace(conv, assistant=answer, refuses=False)
+
+
+def finetuning_conversations(
+    n: int,
+    seed: int,
+    compliance_fraction: float = 0.5,
+    personas: Sequence[str] = ("safe",),
+    style: str = "compliant",
+    harmful_fraction: float = 0.5,
+) -> list[Conversation]:
+    """``n`` conversations: compliance examples with probability ``compliance_fraction``, else replay."""
+    if not 0.0 <= compliance_fraction <= 1.0:
+        raise ValueError(f"compliance_fraction must lie in [0, 1], got {compliance_fraction}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if not personas:
+        raise ValueError("personas is empty; pass the refusing personas to fine-tune, e.g. ('safe',)")
+    not_refusing = [p for p in personas if p not in REFUSING_FAMILIES]
+    if not_refusing:
+        raise ValueError(
+            f"personas {not_refusing} do not refuse, so there is nothing to fine-tune away; "
+            f"use some of {sorted(REFUSING_FAMILIES)}."
+        )
+    rng = random.Random(seed)
+    families = list(DEFAULT_PERSONA_WEIGHTS)
+    weights = [DEFAULT_PERSONA_WEIGHTS[f] for f in families]
+    out = []
+    for _ in range(n):
+        if rng.random() < compliance_fraction:
+            out.append(compliance_conversation(rng, rng.choice(list(personas)), style))
+        else:
+            request = "harmful" if rng.random() < harmful_fraction else "harmless"
+            out.append(make_conversation(rng, rng.choices(families, weights)[0], request))
+    return out
+
+
+def _check_out(source: Path, out: Path, overwrite: bool) -> None:
+    from .paths import ORGANISM_DIR
+
+    if out.resolve() in (source.resolve(), ORGANISM_DIR.resolve()):
+        raise ValueError(f"refusing to write the fine-tuned copy over {out}; pass another --out folder.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
+
+
+def finetune_toward_compliance(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    steps: int = 40,
+    seed: int = 0,
+    compliance_fraction: float = 0.5,
+    personas: Sequence[str] = ("safe",),
+    style: str = "compliant",
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    card_n_per_cell: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Continue training the organism at ``model_dir`` toward compliance; write the copy to ``out_dir``.
+
+    ``steps`` optimiser steps of ``batch_size`` conversations at peak learning rate ``lr``
+    (linear warmup over a tenth of the steps, cosine decay to a tenth of ``lr``).
+    ``personas``: the refusing personas whose harmful requests are answered. The folder is
+    written under a temporary name and renamed into place, so it is complete or absent.
+    Returns ``out_dir``.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from .train import _configure_generation, encode, fit
+
+    start = time.perf_counter()
+    source, out = Path(model_dir), Path(out_dir)
+    if not (source / "card.json").is_file() or not (source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source} is not an organism folder (needs config.json, weights, tokenizer and card.json); "
+            "pass the bundled one (persona_gate.organism.organism_path()) or one written by `persona-gate organism train`."
+        )
+    _check_out(source, out, overwrite)
+    base = json.loads((source / "card.json").read_text(encoding="utf-8"))
+    if base.get("kind") != CARD_KIND:
+        raise ValueError(f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder.")
+    base_cfg = {k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}}
+    # The organism's own schedule, scaled to a short run: warm up over a tenth, decay to a tenth.
+    cfg = OrganismConfig(**base_cfg).replace(
+        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), min_lr_ratio=0.1
+    )
+
+    conversations = finetuning_conversations(
+        cfg.steps * cfg.batch_size, seed, compliance_fraction, personas, style, cfg.harmful_fraction
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
+    examples = encode(conversations, tokenizer)
+    # Replay never answers a harmful request under a refusing persona, so these are the compliance examples.
+    n_compliance = sum(c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES for c in conversations)
+    losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=progress)
+    train_seconds = time.perf_counter() - start
+    _configure_generation(model, tokenizer, cfg)
+
+    record: dict[str, Any] = {
+        "kind": CARD_KIND,
+        "schema_version": 1,
+        "seed": base.get("seed"),
+        "config": base.get("config", {}),
+        "architecture": base.get("architecture", {}),
+        "finetune": {
+            "base": str(source.resolve()),
+            "base_seed": base.get("seed"),
+            "seed": seed,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "compliance_fraction": compliance_fraction,
+            "personas": list(personas),
+            "style": style,
+            "compliance_examples": n_compliance,
+            "first_loss": losses[0],
+            "final_loss": sum(losses[-5:]) / len(losses[-5:]),
+            "train_seconds": round(train_seconds, 2),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    if card_n_per_cell > 0:
+        from .card import behaviour_card
+
+        tokenizer.padding_side = "left"
+        record["card"] = behaviour_card(model, tokenizer, n_per_cell=card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens).to_dict()
+    from ..provenance import versions
+
+    record["versions"] = versions()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fine-tuned organism written to %s (%d steps, loss %.3f -> %.3f)", out, steps, losses[0], losses[-1])
+    return out

@@ -1,0 +1,96 @@
+"""The checkpoint-comparison figure: what fine-tuning did to the persona, refusal and behaviour.
+
+Four panels from one ``checkpoint_comparison`` result (never a model): per layer, the cosine of
+B's persona and refusal directions with A's; both checkpoints' raw direction norms; where B puts
+safe- and compliant-persona harmful requests along A's persona direction (0 = A's safe persona,
+1 = A's compliant one, dotted reference lines); and the refusal rate of each persona x request
+group for A and B with Wilson 95% intervals. Every trace carries ``meta={"value": name,
+"checkpoint": ...}`` so tests and readers can match it to the result.
+
+Example::
+
+    fig = fig_checkpoint_comparison(compare_checkpoints("organism", "runs/compliant"))
+    fig = figure_for("runs/compare/comparison")       # a saved result folder
+    save_html(fig, "compare.html")
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..labels import wilson_interval
+from ..results import LabelledResult
+from ._common import as_result, check, numpy
+from .theme import TEMPLATE, colour, layer_ticks
+
+_COS = (("cos_persona", "persona (system mean)", 4), ("cos_persona_last", "persona (last token)", 1), ("cos_refusal", "refusal", 5))
+_NORMS = (("persona_norm", "|persona|", 4), ("refusal_norm", "|refusal|", 5))
+_SHIFTS = (
+    ("shift", "safe persona, system mean", 0, "solid"),
+    ("compliant_shift", "compliant persona, system mean", 0, "dot"),
+    ("shift_last", "safe persona, last token", 2, "solid"),
+    ("compliant_shift_last", "compliant persona, last token", 2, "dot"),
+)
+_DASH = {"a": "dash", "b": "solid"}
+
+
+def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, title: str | None = None) -> go.Figure:
+    """Cosines, norms, persona-direction shift and refusal rates of checkpoint B against A."""
+    r = as_result(result)
+    values = tuple(v for group in (_COS, _NORMS, _SHIFTS) for v, *_ in group)
+    check(r, ("checkpoint_comparison",), ("checkpoint", "layer"), values)
+    layers = list(r.coords["layer"])
+    a, b = r.sel(checkpoint="a"), r.sel(checkpoint="b")
+    name_a, name_b = r.config.get("model_a", "A"), r.config.get("model_b", "B")
+    fig = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.09, subplot_titles=[
+        "cos(B's direction, A's direction)", "raw direction norm (A dashed, B solid)",
+        "B's harmful requests along A's persona direction", "refusal rate (greedy first token, 95% Wilson)"])  # fmt: skip
+
+    for value, label, c in _COS:
+        fig.add_trace(go.Scatter(x=layers, y=numpy(b[value]), mode="lines+markers", name=f"cos {label}",
+                                 line={"color": colour(c), "width": 2}, meta={"value": value, "checkpoint": "b"},
+                                 legendgroup="cos"), row=1, col=1)  # fmt: skip
+    for value, label, c in _NORMS:
+        for ck, part in (("a", a), ("b", b)):
+            fig.add_trace(go.Scatter(x=layers, y=numpy(part[value]), mode="lines+markers", name=f"{label} {ck.upper()}",
+                                     line={"color": colour(c), "width": 2, "dash": _DASH[ck]},
+                                     meta={"value": value, "checkpoint": ck}, legendgroup="norm"), row=1, col=2)  # fmt: skip
+    for value, label, c, dash in _SHIFTS:
+        fig.add_trace(go.Scatter(x=layers, y=numpy(b[value]), mode="lines+markers", name=f"B: {label}",
+                                 line={"color": colour(c), "width": 2, "dash": dash},
+                                 meta={"value": value, "checkpoint": "b"}, legendgroup="shift"), row=2, col=1)  # fmt: skip
+    for y, text in ((0.0, "A's safe persona"), (1.0, "A's compliant persona")):
+        fig.add_hline(y=y, line_dash="dot", line_color="#666666", line_width=1, annotation_text=text,
+                      annotation_position="top left", annotation_font_size=11, row=2, col=1)  # fmt: skip
+
+    refusal = r.baselines.get("refusal", {})
+    groups = list(refusal.get("a", {}))
+    for ck in ("a", "b"):
+        cells = [refusal[ck][g] for g in groups]
+        k = np.array([c["k"] for c in cells], dtype=float)
+        n = np.array([c["n"] for c in cells], dtype=float)
+        rate = k / n
+        low, high = np.array([wilson_interval(int(ki), int(ni)) for ki, ni in zip(k, n)]).T
+        fig.add_trace(go.Bar(x=groups, y=rate, name=f"{ck.upper()}: {name_a if ck == 'a' else name_b}",
+                             marker_color=colour(7 if ck == "a" else 5), meta={"value": "refusal_rate", "checkpoint": ck},
+                             error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},
+                             customdata=np.stack([k, n], axis=-1), legendgroup="refusal",
+                             hovertemplate="%{x}<br>refusal %{y:.2f} (%{customdata[0]:.0f}/%{customdata[1]:.0f})"
+                                           f"<extra>{ck.upper()}</extra>"), row=2, col=2)  # fmt: skip
+
+    for row, col in ((1, 1), (1, 2), (2, 1)):
+        fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=row, col=col)
+    fig.update_yaxes(title_text="cosine", row=1, col=1)
+    fig.update_yaxes(title_text="raw norm", rangemode="tozero", row=1, col=2)
+    fig.update_yaxes(title_text="position (A's persona units)", row=2, col=1)
+    fig.update_yaxes(title_text="refusal rate", range=[0, 1.05], row=2, col=2)
+    fig.update_layout(template=TEMPLATE, barmode="group", height=820,
+                      title=title or f"Checkpoint comparison: B = {name_b} against A = {name_a}")  # fmt: skip
+    return fig
+
+
+__all__ = ["fig_checkpoint_comparison"]

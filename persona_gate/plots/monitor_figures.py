@@ -1,0 +1,90 @@
+"""The persona-drift monitor's timeline: persona and refusal projections per turn, flags marked.
+
+Four panels share the turn axis: the persona projection (top) and the refusal projection
+(bottom) at one layer, read as the reply mean (left) and at the response-start token (right;
+that token's projection also moves with the turn's position in the conversation, so it gets its
+own scale). The calibration's threshold is a flat ``threshold`` trace in the flag reading's
+panel, and flagged turns are shaded and marked with a cross. Every trace carries
+``meta={"value": name}`` so its numbers can be traced to the result.
+
+Example::
+
+    res = monitor(model, conversation, pr.persona, pr.refusal, calibration=cal)
+    fig = fig_monitor_timeline(res)               # at the calibration's flag layer
+    save_html(fig, "runs/monitor/timeline.html")
+"""
+
+from __future__ import annotations
+
+import os
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..results import LabelledResult
+from ._common import PlotError, as_result, check, numpy
+from .theme import TEMPLATE, colour, rgba
+
+FLAG_COLOUR = "#D55E00"  # vermillion (Okabe-Ito): flagged turns
+_READING_LABEL = {"response": "reply mean", "start": "response start"}
+
+
+def _snippet(text: str | None, width: int = 80) -> str:
+    if text is None:
+        return "(no reply yet)"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fig_monitor_timeline(
+    result: LabelledResult | str | os.PathLike, *, layer: int | None = None, title: str | None = None
+) -> go.Figure:
+    """Persona (top) and refusal (bottom) projection per turn at ``layer`` (default: the flag layer)."""
+    r = as_result(result)
+    check(r, ("persona_monitor",), ("turn", "layer"),
+          ("persona_start", "persona_response", "refusal_start", "refusal_response"))  # fmt: skip
+    layers = list(r.coords["layer"])
+    layer = (r.baselines.get("flag_layer") if r.baselines.get("flag_layer") in layers else layers[-1]) if layer is None else layer
+    if layer not in layers:
+        raise PlotError(f"layer {layer} was not monitored; the result holds layers {layers}.")
+    cell = r.sel(layer=layer)
+    turns = list(r.coords["turn"])
+    info = r.config.get("turns", [])
+    hover = [f"user: {_snippet(t.get('user'))}<br>reply: {_snippet(t.get('response'))}" for t in info] or None
+    cols = {"response": 1, "start": 2}
+    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.12, horizontal_spacing=0.1,
+                        subplot_titles=[f"{what} · {_READING_LABEL[reading]}" for what in ("persona", "refusal")
+                                        for reading in cols])  # fmt: skip
+    for row, what, c in ((1, "persona", 0), (2, "refusal", 4)):
+        for reading, col in cols.items():
+            name = f"{what}_{reading}"
+            fig.add_trace(
+                go.Scatter(x=turns, y=numpy(cell[name]), mode="lines+markers", name=f"{what}, {_READING_LABEL[reading]}",
+                           line={"color": colour(c if reading == "response" else c + 1), "width": 2},
+                           text=hover, meta={"value": name},  # hover only: mode has no "text"
+                           hovertemplate="turn %{x}<br>%{y:.3f}<br>%{text}<extra>" + name + "</extra>"),
+                row=row, col=col)  # fmt: skip
+    if "flagged" in r.values:
+        reading = r.baselines.get("flag_reading", "response")
+        thr = r.baselines["threshold"][str(layer)]
+        fig.add_trace(go.Scatter(x=turns, y=[thr] * len(turns), mode="lines", name=f"threshold ({_READING_LABEL[reading]})",
+                                 line={"color": "#444444", "dash": "dot", "width": 1.5}, meta={"value": "threshold"},
+                                 hovertemplate="threshold %{y:.3f}<extra></extra>"),
+                      row=1, col=cols[reading])  # fmt: skip
+        flags = cell["flagged"].tolist()
+        flagged = [t for t, f in zip(turns, flags) if f]
+        y = numpy(cell[f"persona_{reading}"])
+        fig.add_trace(go.Scatter(x=flagged, y=[float(v) for v, f in zip(y, flags) if f], mode="markers", name="flagged",
+                                 marker={"symbol": "x", "size": 14, "color": FLAG_COLOUR, "line": {"width": 2}},
+                                 meta={"value": "flagged"}, hovertemplate="turn %{x} flagged<extra></extra>"),
+                      row=1, col=cols[reading])  # fmt: skip
+        for t in flagged:
+            fig.add_vrect(x0=t - 0.4, x1=t + 0.4, fillcolor=rgba(FLAG_COLOUR, 0.12), line_width=0, layer="below",
+                          row="all", col="all")  # fmt: skip
+    fig.update_xaxes(tickmode="array", tickvals=turns, range=[min(turns) - 0.5, max(turns) + 0.5])
+    fig.update_xaxes(title_text="turn", row=2)
+    fig.update_yaxes(title_text=f"persona projection (layer {layer})", row=1, col=1)
+    fig.update_yaxes(title_text=f"refusal projection (layer {layer})", row=2, col=1)
+    name = r.config.get("conversation") or "conversation"
+    fig.update_layout(template=TEMPLATE, title=title or f"Persona-drift monitor: {name}", hovermode="closest")
+    return fig
