@@ -112,19 +112,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_redteam(args: argparse.Namespace) -> int:
-    from .contrasts import fit_persona_and_refusal
+def _load_model(args: argparse.Namespace):
     from .models import load_chat_model
+
+    return load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+
+
+def _fit_and_save(model, args: argparse.Namespace, out: Path, *names: str) -> list:
+    """Fit the standard directions (no --directions given) and save the sets ``names`` under ``out``."""
+    from .contrasts import fit_persona_and_refusal
+
+    pr = fit_persona_and_refusal(model, progress=not args.no_progress, seed=args.seed)
+    sets = [getattr(pr, name) for name in names]
+    for name, ds in zip(names, sets):
+        ds.save(out / name)
+    return sets
+
+
+def _cmd_redteam(args: argparse.Namespace) -> int:
     from .plots import fig_red_team, save_html
     from .redteam import load_persona_directions, read_requests, red_team
 
-    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    model = _load_model(args)
     out = Path(args.out)
     if args.directions is not None:
         persona = load_persona_directions(args.directions, model)
     else:
-        persona = fit_persona_and_refusal(model, progress=not args.no_progress, seed=args.seed).persona
-        persona.save(out / "persona")
+        (persona,) = _fit_and_save(model, args, out, "persona")
     rt = red_team(
         model,
         persona,
@@ -167,21 +181,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from .contrasts import fit_persona_and_refusal
-    from .models import load_chat_model
     from .drift_monitor import format_monitor, load_monitor_directions, monitor
     from .monitor_calibration import MonitorCalibration, calibrate, format_calibration
     from .plots import fig_monitor_timeline, save_html
 
-    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    model = _load_model(args)
     out = Path(args.out)
     if args.directions is not None:
         persona, refusal = load_monitor_directions(args.directions, model)
     else:
-        pr = fit_persona_and_refusal(model, progress=not args.no_progress, seed=args.seed)
-        persona, refusal = pr.persona, pr.refusal
-        persona.save(out / "persona")
-        refusal.save(out / "refusal")
+        persona, refusal = _fit_and_save(model, args, out, "persona", "refusal")
     if args.calibration is not None:
         cal = MonitorCalibration.load(args.calibration)
     else:

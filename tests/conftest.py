@@ -113,3 +113,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of organism-sized work: a second thread buys nothing at
+    width 128, and on CPUs shared with other jobs its spin-waits slowed greedy generation up to
+    twenty-fold. Restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,14 +29,7 @@ from persona_gate.organism.finetune import finetune_toward_compliance, finetunin
 N_FIT, N_EVAL, STEPS, SEED = 32, 32, 40, 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny; on CPUs shared with other jobs, OpenMP worker threads spin-waiting for
-    # each other cost far more than the second core gains.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

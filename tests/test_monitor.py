@@ -33,14 +33,7 @@ def shouted(reply: str | None) -> bool:
     return reply is not None and any(reply.startswith(f"{d.word.upper()}!") for d in lexicon.DOMAINS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The organism is tiny; on CPUs shared with other jobs, OpenMP worker threads spin-waiting for
-    # each other cost far more than the second core gains.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,14 +47,7 @@ from persona_gate.redteam import RedTeamResult, auroc, read_requests, red_team
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The organism is 128 wide: a second intra-op thread buys nothing, and on shared cores its
-    # spin-waits slowed greedy generation here twenty-fold (57 s vs 2.9 s for one red team).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
