@@ -154,7 +154,7 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path} is corrupt; delete the run folder {out} or use a new --out.") from None
-    new = dataclasses.asdict(cfg)
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as saved: tuples become lists
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_UNDER_CHANGE and old.get(k) != new.get(k))
     if changed:
         raise ConfigError(

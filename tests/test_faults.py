@@ -269,3 +269,8 @@ def test_a_run_folder_refuses_another_configuration(tmp_path):
 
     with pytest.raises(ConfigError, match=r"differs in \['alphas'\].*new --out"):
         run_pipeline(KILL_CFG, out, progress=False)
+    # The same configuration on another device resumes (start on one GPU, finish on another).
+    from persona_gate.pipeline import check_resumable
+
+    (out / "config.json").write_text(json.dumps({**KILL_CFG.__dict__, "device": "cuda"}))
+    check_resumable(KILL_CFG, out)
