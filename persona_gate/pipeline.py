@@ -237,6 +237,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
                   lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
                                               scorer.token_ids, positions="roles", progress=progress,
                                               checkpoint=cells / "patching"))
+    if cells.is_dir() and not any(cells.iterdir()):
+        cells.rmdir()  # every stage is done: no cell is left to keep
     times["total"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(times_path, json.dumps(times, indent=1))
     summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)

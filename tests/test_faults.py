@@ -253,7 +253,7 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
             assert rc == 0, text
             break
     assert kills >= 3  # (a run may finish before its k-th new file when few are left)
-    assert not (out / "cells").exists() or not any((out / "cells").rglob("*.safetensors"))
+    assert not (out / "cells").exists()  # every stage finished: its cells went into the stage folder
     for s in ("steering_sweep", "reintroduction", "window_projection", "patching"):
         assert LabelledResult.load(out / s) == LabelledResult.load(tmp_path / "reference" / s)
     ref, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", out))
