@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -49,22 +49,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
-    """Write ``path/manifest.json`` and ``path/tensors.safetensors`` atomically."""
+def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Build a folder with ``fill(tmp)`` under a hidden temporary name, then rename it to ``path``.
+
+    A reader sees the old complete folder, the new complete one, or (for the instant between two
+    renames, when replacing) none -- never a mix; nothing of an old folder survives into the new
+    one. If ``fill`` or the rename fails, the old folder is put back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    body = {
-        "kind": kind,
-        "schema_version": SCHEMA_VERSION,
-        **manifest,
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
-    }
     try:
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-        (tmp / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=False), encoding="utf-8")
+        fill(tmp)
         moved = False
         if path.exists():
             os.replace(path, old)
@@ -72,13 +70,30 @@ def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor],
         try:
             os.replace(tmp, path)
         except BaseException:
-            if moved:  # put the previous complete artefact back before giving up
+            if moved:  # put the previous complete folder back before giving up
                 os.replace(old, path)
             raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
+    """``manifest.json`` + ``tensors.safetensors`` into an existing (temporary) folder."""
+    body = {
+        "kind": kind,
+        "schema_version": SCHEMA_VERSION,
+        **manifest,
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+    }
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
+    (folder / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=False), encoding="utf-8")
+
+
+def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
+    """Write ``path/manifest.json`` and ``path/tensors.safetensors`` atomically."""
+    return atomic_replace_dir(path, lambda tmp: write_artefact_files(tmp, kind, tensors, manifest))
 
 
 def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
