@@ -25,9 +25,12 @@ from .errors import PersonaGateError
 
 def _layers(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
+    if not layers:
+        raise argparse.ArgumentTypeError("--layers got no layer; pass comma-separated integers such as 4,8,12 (or omit it for all)")
+    return layers
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -133,6 +136,7 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     from .plots import fig_red_team, save_html
     from .redteam import load_persona_directions, read_requests, red_team
 
+    requests = read_requests(args.requests) if args.requests is not None else None  # bad input fails before any work
     model = _load_model(args)
     out = Path(args.out)
     if args.directions is not None:
@@ -142,7 +146,7 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     rt = red_team(
         model,
         persona,
-        read_requests(args.requests) if args.requests is not None else None,
+        requests,
         families=[f.strip() for f in args.families.split(",") if f.strip()],
         system=args.system,
         layer=args.layer,
@@ -185,6 +189,19 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from .monitor_calibration import MonitorCalibration, calibrate, format_calibration
     from .plots import fig_monitor_timeline, save_html
 
+    from .errors import ConfigError
+    from .turn_readings import as_conversation
+
+    # Bad input fails before minutes of fitting and calibrating.
+    conversation = as_conversation(args.conversation)
+    settings = {"n_train": args.n_train, "n_test": args.n_test, "test_turns": args.turns, "target_fpr": args.target_fpr,
+                "flag_reading": args.reading}  # fmt: skip
+    given = {k: v for k, v in settings.items() if v is not None}
+    if args.calibration is not None and given:
+        flags = {"n_train": "--n-train", "n_test": "--n-test", "test_turns": "--turns", "target_fpr": "--target-fpr",
+                 "flag_reading": "--reading"}  # fmt: skip
+        raise ConfigError(f"{', '.join(flags[k] for k in given)} set how a calibration is made, and --calibration loads a "
+                          "finished one; drop those options or drop --calibration.")  # fmt: skip
     model = _load_model(args)
     out = Path(args.out)
     if args.directions is not None:
@@ -194,11 +211,10 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.calibration is not None:
         cal = MonitorCalibration.load(args.calibration)
     else:
-        cal = calibrate(model, persona, layers=args.layers, n_train=args.n_train, n_test=args.n_test,
-                        test_turns=args.turns, target_fpr=args.target_fpr, flag_reading=args.reading,
-                        flag_layer=args.flag_layer, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+        cal = calibrate(model, persona, layers=args.layers, flag_layer=args.flag_layer, seed=args.seed,
+                        progress=not args.no_progress, **given)  # fmt: skip
         cal.save(out / "calibration")
-    result = monitor(model, args.conversation, persona, refusal, layers=args.layers, calibration=cal)
+    result = monitor(model, conversation, persona, refusal, layers=args.layers, calibration=cal)
     print(format_calibration(cal) + "\n")
     print(format_monitor(result, layer=args.flag_layer))
     result.save(out / "monitor")
@@ -295,12 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--calibration", default=None, help="a saved calibration folder (default: calibrate and save one)")
     m.add_argument("--layers", type=_layers, default=None, help="comma-separated layers (default: all)")
     m.add_argument("--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)")
-    m.add_argument("--reading", default="response", choices=("response", "start"),
+    # Calibration settings default to None here so that they can be told apart from "not given"
+    # (they conflict with --calibration); calibrate() holds the defaults named in the help.
+    m.add_argument("--reading", default=None, choices=("response", "start"),
                    help="flag on the reply mean (default) or the response-start token")
     m.add_argument("--target-fpr", type=float, default=None, help="threshold at this train FPR (default: max TPR - FPR)")
-    m.add_argument("--n-train", type=int, default=32, help="single-turn chats per persona to set thresholds (default 32)")
-    m.add_argument("--n-test", type=int, default=16, help="held-out conversations per persona for the rates (default 16)")
-    m.add_argument("--turns", type=int, default=3, help="turns per held-out conversation (default 3)")
+    m.add_argument("--n-train", type=int, default=None, help="single-turn chats per persona to set thresholds (default 32)")
+    m.add_argument("--n-test", type=int, default=None, help="held-out conversations per persona for the rates (default 16)")
+    m.add_argument("--turns", type=int, default=None, help="turns per held-out conversation (default 3)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default="runs/monitor", help="output folder (default runs/monitor)")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -328,15 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except (PersonaGateError, OSError, ValueError) as e:
-        # Named errors carry their fix; OSError/ValueError from below are still one line.
-        print(f"persona-gate: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `persona-gate ... | head` closed the pipe: not an error
+    except BrokenPipeError:  # `persona-gate ... | head` closed the pipe: not an error (before OSError: a subclass)
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (PersonaGateError, OSError, ValueError) as e:
+        # Named errors carry their fix; OSError/ValueError from below are still one line.
+        print(f"persona-gate: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -202,6 +202,8 @@ def test_api_bad_input_raises_a_named_error_that_says_what_to_do(ctx, case):
 
 def _cli_cases(root: Path) -> list:
     bad_keys = _write(root / "cli" / "bad_keys.toml", "n_evals = 8\n")
+    chat = _write(root / "cli" / "chat.jsonl", '{"role": "user", "content": "hello"}\n')
+    bad_chat = _write(root / "cli" / "bad_chat.jsonl", "{not json\n")
     return [
         ("cli: unknown config keys", ["run", "--config", str(bad_keys), "--out", str(root / "cli-a")], r"unknown keys \['n_evals'\]"),
         ("cli: missing model", ["directions", "--model", str(root / "nope")], r"error: .*(check|pass)"),
@@ -209,13 +211,16 @@ def _cli_cases(root: Path) -> list:
         ("cli: unknown dtype", ["directions", "--dtype", "float12"], r"use one of float32"),
         ("cli: report of a folder that is no run", ["report", str(root)], r"persona-gate run --out"),
         ("cli: missing config file", ["run", "--config", str(root / "none.toml"), "--out", str(root / "cli-c")], r"check the path"),
+        ("cli: calibration settings with a saved calibration", ["monitor", str(chat), "--calibration", str(root / "cal"), "--n-train", "8"],
+         r"--n-train set how a calibration is made.*drop those options or drop --calibration"),
+        ("cli: a conversation file that is not JSONL", ["monitor", str(bad_chat)], r"bad_chat.jsonl:1 is not valid JSON.*one JSON object per line"),
     ]
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(8))
 def test_cli_bad_input_exits_2_with_one_line_that_says_what_to_do(ctx, i, capsys):
     name, argv, fix = _cli_cases(ctx["root"])[i]
-    assert main([*argv, "--no-progress"] if argv[0] in ("run", "directions") else argv) == 2, name
+    assert main([*argv, "--no-progress"] if argv[0] in ("run", "directions", "monitor") else argv) == 2, name
     err = capsys.readouterr().err.strip()
     assert err.startswith("persona-gate: error:") and len(err.splitlines()) == 1, err
     assert __import__("re").search(fix, err), (name, err)
@@ -279,10 +284,21 @@ def test_wrong_types_raise_named_errors_outside_the_test_instrumentation(wrong_t
     assert re.search(fix, msg), msg
 
 
-def test_cli_malformed_option_is_an_argparse_error(capsys):
+@pytest.mark.parametrize("layers", ["a,b", ","])
+def test_cli_malformed_option_is_an_argparse_error(capsys, layers):
     with pytest.raises(SystemExit) as info:
-        main(["directions", "--layers", "a,b"])
+        main(["directions", "--layers", layers])
     assert info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """`persona-gate ... | head -1`: the reader leaves early; exit 0 and no error message."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m persona_gate.cli directions --n 4 --no-progress | head -1",
+                          shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() and "error" not in proc.stderr, proc.stderr[-1000:]
 
 
 def test_the_table_covers_at_least_thirty_inputs():
