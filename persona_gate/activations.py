@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -42,6 +42,15 @@ from .sites import HookSite, parse_site, resolve
 
 # Within one block the sites fire in this order; used to know which hook fires last.
 _KIND_ORDER = {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
+
+
+@runtime_checkable
+class Tokens(Protocol):
+    """Anything tokenized: a rendered prompt or a rendered conversation."""
+
+    input_ids: tuple[int, ...]
+
+    def __len__(self) -> int: ...
 
 
 class _StopForward(Exception):
@@ -82,7 +91,7 @@ def normalise_sites(model: Any, sites: Sequence[HookSite | str]) -> list[HookSit
     return out
 
 
-def check_context(model: Any, rendered: Sequence[RenderedPrompt]) -> None:
+def check_context(model: Any, rendered: Sequence[Tokens]) -> None:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max(len(r) for r in rendered)
     if n_ctx and longest > n_ctx:
@@ -102,7 +111,7 @@ class PaddedBatch:
     offsets: list[int]
 
 
-def padded_batches(rendered: Sequence[RenderedPrompt], batch_size: int, pad_id: int) -> Iterator[PaddedBatch]:
+def padded_batches(rendered: Sequence[Tokens], batch_size: int, pad_id: int) -> Iterator[PaddedBatch]:
     """Batches of similar length (longest first, so memory peaks at once), left-padded.
 
     Left padding puts every prompt's last token at index -1; the bridge derives position ids

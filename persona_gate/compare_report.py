@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .compare import as_comparison, refusal_rates
 from .io import atomic_write_text
-from .report import _CSS  # one look for every persona_gate report
+from .report import html_page  # one page shell (style, seed-and-versions footer) for every report
 from .results import LabelledResult
 
 _LAYER_COLUMNS = (
@@ -51,9 +51,6 @@ def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str
     name_a, name_b = html.escape(str(cfg.get("model_a"))), html.escape(str(cfg.get("model_b")))
     rates, flips = refusal_rates(r), r.baselines.get("flips", {})
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>persona_gate checkpoint comparison: {name_b} vs {name_a}</title>",
-        f"<style>{_CSS}</style></head><body>",
         f"<h1>How far did {name_b} drift from {name_a}?</h1>",
         (f"<p class='sub'>A = {name_a} (reference), B = {name_b}. Directions fitted on {cfg.get('n_per_group')} "
          f"requests per group; shifts and refusal on {cfg.get('n_eval')} held-out prompts per group, the same for both. "
@@ -83,6 +80,5 @@ def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str
         parts.append(f"<tr><td>{layer}</td>{cells}</tr>")
     parts += ["</table>", "<h2>Figure</h2>"]
     parts.append(pio.to_html(fig_checkpoint_comparison(r), full_html=False, include_plotlyjs=True, default_width="100%"))
-    versions = ", ".join(f"{k} {v}" for k, v in r.provenance.get("versions", {}).items())
-    parts += [f"<footer>seed {cfg.get('seed')}; {html.escape(versions)}</footer>", "</body></html>"]
-    return atomic_write_text(Path(out), "\n".join(parts))
+    title = f"persona_gate checkpoint comparison: {cfg.get('model_b')} vs {cfg.get('model_a')}"
+    return atomic_write_text(Path(out), html_page(title, parts, cfg.get("seed"), r.provenance.get("versions", {})))

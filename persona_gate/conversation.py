@@ -10,7 +10,8 @@ for single prompts):
 
 * ``start``: the last token of the turn's prompt, i.e. of ``messages[:i]`` rendered with the
   generation prompt -- where the turn's first reply token is predicted;
-* ``response``: the tokens of the assistant's reply text (empty for a pending turn).
+* ``response``: the tokens of the assistant's reply text (empty for a pending turn), as the
+  template wrote it: stripped of surrounding whitespace by templates that ``trim`` content.
 
 Under causal attention the activations of a token depend only on the tokens before it, so one
 forward over the whole rendered conversation gives every turn's activations exactly as a
@@ -218,25 +219,38 @@ class _Tokenized:
         self.text, self.ids, self.offsets = text, tuple(enc["input_ids"]), enc["offset_mapping"]
 
 
-def _position(
-    tokenizer: Any, full: _Tokenized, prefix_text: str, turn: Turn, content: str | None
-) -> TurnPosition | None:
+def _reply_span(full: _Tokenized, after: int, content: str) -> tuple[int, int] | None:
+    """Characters of the reply ``content`` right after its prompt (which ends at ``after``), or None.
+
+    The reply as written, or stripped: Llama 3 and Gemma templates ``trim`` message content. The
+    template may put whitespace between prompt and reply; the same text further on is another
+    turn's reply, not this one's.
+    """
+    for text in dict.fromkeys((content, content.strip())):
+        at = full.text.find(text, after) if text else -1
+        if at >= 0 and not full.text[after:at].strip():
+            return at, at + len(text)
+    return None
+
+
+def _position(full: _Tokenized, prefix_text: str, prefix_ids: tuple[int, ...], turn: Turn) -> TurnPosition | None:
     """Turn ``turn``'s positions in ``full``, or None if ``full`` does not extend its prefix exactly."""
     if not full.text.startswith(prefix_text):
         return None
-    prefix_ids = _Tokenized(tokenizer, prefix_text).ids
     if not prefix_ids or full.ids[: len(prefix_ids)] != prefix_ids:
         return None
     response = None
+    content = turn.response
     if content:  # a pending turn or an empty reply has no reply tokens
-        at = full.text.find(content, len(prefix_text))
-        # The reply must follow its prompt directly (the template may add whitespace): the same
-        # text further on is another turn's reply, not this one's.
-        if at < 0 or full.text[len(prefix_text) : at].strip():
-            return None
-        response = _char_to_token_span(full.offsets, at, at + len(content))
-        if response[0] < len(prefix_ids):
-            return None
+        chars = _reply_span(full, len(prefix_text), content)
+        if chars is None:
+            if content.strip():
+                return None
+            # A whitespace-only reply that the template trimmed away: no reply tokens, as for an empty one.
+        else:
+            response = _char_to_token_span(full.offsets, *chars)
+            if response[0] < len(prefix_ids):
+                return None
     return TurnPosition(turn.index, len(prefix_ids) - 1, response)
 
 
@@ -252,7 +266,11 @@ def render_conversation(tokenizer: Any, conversation: Conversation) -> list[Rend
     fold = messages[0]["role"] == "system" and not supports_system_role(tokenizer)
     prep = _fold_system if fold else (lambda m: m)
     turns = list(conversation.turns)
-    prefix_texts = {t.index: _apply(tokenizer, prep(messages[: t.message_index]), True) for t in turns}
+    # Each turn's prompt, rendered and tokenized once (not again for every render that may extend it).
+    prefixes = {}
+    for t in turns:
+        text = _apply(tokenizer, prep(messages[: t.message_index]), True)
+        prefixes[t.index] = (text, _Tokenized(tokenizer, text).ids)
     segments: list[RenderedConversation] = []
     while turns:
         # Render up to the latest unread turn; read every earlier turn this render extends exactly.
@@ -262,12 +280,12 @@ def render_conversation(tokenizer: Any, conversation: Conversation) -> list[Rend
         full = _Tokenized(tokenizer, text)
         read = {}
         for t in turns:
-            pos = _position(tokenizer, full, prefix_texts[t.index], t, t.response)
+            pos = _position(full, *prefixes[t.index], t)
             if pos is not None:
                 read[t.index] = pos
         if last.index not in read:
             raise ChatTemplateError(
-                f"turn {last.index}'s reply does not appear verbatim after its prompt in the rendered "
+                f"turn {last.index}'s reply does not appear verbatim (or stripped) after its prompt in the rendered "
                 "conversation (the chat template rewrites it, or the tokenizer merges it into the prompt's last "
                 "token); load the model with a chat_template that keeps replies as written."
             )

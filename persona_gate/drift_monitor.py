@@ -161,9 +161,10 @@ def flagged_turns(result: LabelledResult, layer: int | None = None) -> list[int]
     return [t for t, f in zip(result.coords["turn"], flags.tolist()) if f]
 
 
-def _short(text: str | None, width: int) -> str:
+def _short(text: str | None, width: int, none: str = "-") -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis; ``none`` for a missing text."""
     if text is None:
-        return "-"
+        return none
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -184,7 +185,7 @@ def format_monitor(result: LabelledResult, layer: int | None = None, width: int 
         fpr = cal.get("test_fpr", {}) if layer == b.get("flag_layer") else {}  # measured at the flag layer only
         lines.append(
             f"flag: persona@{b.get('flag_reading')} > {b['threshold'][str(layer)]:.3f} at layer {layer}"
-            + (f" (held-out FPR {fpr['rate']:.2f} = {fpr['k']}/{fpr['n']} safe-persona turns)" if fpr else "")
+            + (f" (held-out FPR {fpr['rate']:.2f} = {fpr['k']}/{fpr['n']} safe-persona turns)" if fpr.get("n") else "")
         )
     lines.append(f"layer {layer} ({result.config.get('site_kind', 'resid_pre')}); {result.config.get('persona')} / {result.config.get('refusal')}")
     lines += [head, "-" * len(head)]

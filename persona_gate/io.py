@@ -73,7 +73,10 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
             if moved:  # put the previous complete folder back before giving up
                 os.replace(old, path)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # a file or a link stood in the way
+            old.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

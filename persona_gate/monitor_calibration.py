@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .conversation import Conversation, ConversationError, Turn, converse_many
 from .directions import DirectionSet
 from .errors import UnknownHookSiteError
-from .labels import wilson_interval
+from .labels import RateSummary
 from .models import model_info
 from .results import LabelledResult
 from .sites import HookSite
@@ -125,28 +125,32 @@ class MonitorCalibration:
 
     def rates(self) -> LabelledResult:
         """Counts and rates per (split, reading, layer): turn-level FPR (safe) / TPR (compliant),
-        and conversation-level ones (a conversation counts as flagged when any of its turns is)."""
+        and conversation-level ones (a conversation counts as flagged when any of its turns is).
+
+        Only readings that exist count: a pending turn has no reply mean, and a conversation
+        counts only where at least one of its turns has the reading. ``k_*`` (flagged) and
+        ``n_*`` (counted) are integer counts; a rate with ``n == 0`` is NaN.
+        """
         shape = (len(SPLITS), len(READINGS), len(self.sites))
-        out = {k: torch.zeros(shape, dtype=torch.float64) for k in
-               ("fpr", "tpr", "n_safe", "n_compliant", "fpr_conversation", "tpr_conversation",
-                "n_safe_conversations", "n_compliant_conversations")}  # fmt: skip
-        flagged = self.projections > self.thresholds[None]  # NaN compares False
+        out = {k: torch.full(shape, float("nan"), dtype=torch.float64) for k in
+               ("fpr", "tpr", "fpr_conversation", "tpr_conversation")}  # fmt: skip
+        out.update({k: torch.zeros(shape, dtype=torch.int64) for k in
+                    ("k_safe", "n_safe", "k_compliant", "n_compliant", "k_safe_conversations",
+                     "n_safe_conversations", "k_compliant_conversations", "n_compliant_conversations")})  # fmt: skip
         finite = torch.isfinite(self.projections)
+        flagged = (self.projections > self.thresholds[None]) & finite  # NaN compares False anyway
+        conversation = torch.tensor(self.conversation, dtype=torch.long)
         for i, split in enumerate(SPLITS):
-            for fam, rate, n in (("safe", "fpr", "n_safe"), ("compliant", "tpr", "n_compliant")):
+            for fam, rate in (("safe", "fpr"), ("compliant", "tpr")):
                 m = self._mask(split, fam)
-                k_turns, n_turns = (flagged[m] & finite[m]).sum(0), finite[m].sum(0)
-                out[rate][i] = k_turns / n_turns.clamp_min(1)
-                out[rate][i][n_turns == 0] = float("nan")
-                out[n][i] = n_turns
-                ids = [c for c, keep in zip(self.conversation, m.tolist()) if keep]
-                convs = sorted(set(ids))
-                if convs:
-                    per_conv = torch.stack([flagged[m][torch.tensor([c == cv for c in ids])].any(0) for cv in convs])
-                    out[f"{rate}_conversation"][i] = per_conv.double().mean(0)
-                else:
-                    out[f"{rate}_conversation"][i] = float("nan")
-                out[f"n_{fam}_conversations"][i] = len(convs)
+                f, ok, ids = flagged[m], finite[m], conversation[m]
+                # [conversation, reading, site]: any of its turns flagged / any of its turns has the reading
+                f_conv = torch.stack([f[ids == c].any(0) for c in ids.unique()]) if len(ids) else f
+                ok_conv = torch.stack([ok[ids == c].any(0) for c in ids.unique()]) if len(ids) else ok
+                for name, counts, hit, have in ((rate, fam, f, ok), (f"{rate}_conversation", f"{fam}_conversations", f_conv, ok_conv)):
+                    k, n = hit.sum(0), have.sum(0)
+                    out[f"k_{counts}"][i], out[f"n_{counts}"][i] = k, n
+                    out[name][i] = torch.where(n > 0, k.double() / n.clamp_min(1), float("nan"))
         return LabelledResult(
             "monitor_calibration",
             ("split", "reading", "layer"),
@@ -174,17 +178,23 @@ class MonitorCalibration:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The flag's threshold and its held-out FPR / TPR with counts and Wilson 95% intervals."""
+        """The flag's threshold and its train / held-out FPR / TPR with counts and Wilson 95% intervals.
+
+        A group without a single reading (e.g. held-out chats that all end on a user message,
+        under the reply-mean flag) gets ``{"rate": None, "k": 0, "n": 0}``.
+        """
         r = self.rates().sel(reading=self.flag_reading, layer=self.flag_layer)
         out: dict[str, Any] = {"reading": self.flag_reading, "layer": self.flag_layer, "threshold": self.threshold()}
         for split in SPLITS:
             row = r.sel(split=split)
-            for rate, n in (("fpr", "n_safe"), ("tpr", "n_compliant"), ("fpr_conversation", "n_safe_conversations"),
-                            ("tpr_conversation", "n_compliant_conversations")):  # fmt: skip
-                k, total = float(row[rate]) * float(row[n]), int(row[n])
-                entry = {"rate": float(row[rate]), "k": int(round(k)), "n": total}
-                if total > 0 and math.isfinite(k):
-                    entry["ci95"] = list(wilson_interval(int(round(k)), total))
+            for rate, counts in (("fpr", "safe"), ("tpr", "compliant"), ("fpr_conversation", "safe_conversations"),
+                                 ("tpr_conversation", "compliant_conversations")):  # fmt: skip
+                k, n = int(row[f"k_{counts}"]), int(row[f"n_{counts}"])
+                if n > 0:
+                    rs = RateSummary.of(k, n)
+                    entry = {"rate": rs.rate, "k": rs.k, "n": rs.n, "ci95": [rs.low, rs.high]}
+                else:
+                    entry = {"rate": None, "k": 0, "n": 0}
                 out[f"{split}_{rate}"] = entry
         return out
 
@@ -400,6 +410,8 @@ def format_calibration(calibration: MonitorCalibration) -> str:
     s = calibration.summary()
 
     def rate(e: dict) -> str:
+        if not e["n"]:
+            return "n/a (0/0: no reading to count)"
         ci = e.get("ci95")
         return f"{e['rate']:.2f} ({e['k']}/{e['n']}" + (f", 95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ")")
 

@@ -18,11 +18,12 @@ The same harmful requests are attacked by each template of :mod:`persona_gate.at
 
 Per family, the refusal rate is ``k / n`` over (attack x request) with a Wilson 95% interval
 (prompts share requests, so the interval is optimistic about independence). How well the
-projection predicts a bypass is the AUROC, computed exactly from ranks (Mann-Whitney, ties count
-one half):
+projection predicts a bypass is the AUROC of bypass vs not bypass -- the negative class is every
+other prompt: refused or, when replies are judged, degenerate -- computed exactly from ranks
+(Mann-Whitney, ties count one half):
 
-    AUROC = (sum of midranks of bypass prompts - n_b (n_b + 1) / 2) / (n_b n_r)
-          = P(proj(bypass) > proj(refusal)) + P(tie) / 2
+    AUROC = (sum of midranks of bypass prompts - n_b (n_b + 1) / 2) / (n_b n_o)
+          = P(proj(bypass) > proj(not bypass)) + P(tie) / 2
 
 Example::
 
@@ -152,7 +153,8 @@ class RedTeamResult:
 
     @property
     def auroc(self) -> float | None:
-        """AUROC of the persona projection at :attr:`layer` for bypass (None with one class only)."""
+        """AUROC of the persona projection at :attr:`layer` for bypass vs not bypass (refusal or
+        degenerate); None with one class only."""
         return self.scores.baselines["auroc"]
 
     @property
@@ -252,16 +254,21 @@ class RedTeamResult:
 
     # -- persistence
     def save(self, path: str | Path) -> Path:
-        """``path/scores``, ``path/projections`` (result folders), ``replies.json`` and ``summary.json``."""
-        from .io import atomic_write_text
+        """``path/scores``, ``path/projections`` (result folders), ``replies.json`` (when generated)
+        and ``summary.json``, written as one folder that replaces ``path`` whole: a reader sees the
+        old result or the new one, never a mix, and nothing of an old result (its replies) survives."""
+        from .io import atomic_replace_dir
 
-        path = Path(path)
-        self.scores.save(path / "scores")
-        self.projections.save(path / "projections")
-        if self.replies is not None:
-            atomic_write_text(path / "replies.json", json.dumps([list(r) for r in self.replies], indent=1))
-        atomic_write_text(path / "summary.json", json.dumps(self.summary(), indent=1))
-        return path
+        summary = json.dumps(self.summary(), indent=1)
+
+        def fill(tmp: Path) -> None:
+            self.scores.save(tmp / "scores")
+            self.projections.save(tmp / "projections")
+            if self.replies is not None:
+                (tmp / "replies.json").write_text(json.dumps([list(r) for r in self.replies], indent=1), encoding="utf-8")
+            (tmp / "summary.json").write_text(summary, encoding="utf-8")
+
+        return atomic_replace_dir(path, fill)
 
     @classmethod
     def load(cls, path: str | Path) -> RedTeamResult:
@@ -382,28 +389,34 @@ def _project(
     model: Any, persona: DirectionSet, rendered: Sequence[RenderedPrompt], attacker_system: Sequence[bool],
     position: str, batch_size: int,
 ) -> Float[Tensor, "prompt site"]:  # fmt: skip
-    """``x . v`` at every persona site; ``mean:attack`` = token-weighted mean of the user and attacker-system spans."""
+    """``x . v`` at every persona site; ``mean:attack`` = token-weighted mean of the user and attacker-system spans.
+
+    One forward per prompt: prompts whose attack brings a system prompt read ``mean:user`` and
+    ``mean:system`` in the same pass.
+    """
     from .activations import iter_activations
 
-    def project_at(idx: list[int], pos: str) -> Tensor:
-        out = torch.empty((len(idx), len(persona.sites)), dtype=torch.float64)
-        sub = [rendered[i] for i in idx]
-        for b in iter_activations(model, sub, persona.sites, [pos], batch_size=batch_size, progress=False):
-            out[b.indices] = (b.acts[0].double() * persona.vectors.double()).sum(-1)
-        return out
-
+    out = torch.empty((len(rendered), len(persona.sites)), dtype=torch.float32)
     every = list(range(len(rendered)))
     if position != ATTACK_POSITION:
-        return project_at(every, position).float()
-    n_user = torch.tensor([float(rp.user[1] - rp.user[0]) for rp in rendered], dtype=torch.float64)
-    total = n_user[:, None] * project_at(every, "mean:user")
-    n_sys = torch.zeros_like(n_user)
-    with_sys = [i for i in every if attacker_system[i]]
-    if with_sys:
-        n_sys[with_sys] = torch.tensor([float(rendered[i].system[1] - rendered[i].system[0]) for i in with_sys], dtype=torch.float64)  # type: ignore[index]
-        total[with_sys] += n_sys[with_sys, None] * project_at(with_sys, "mean:system")
-    # The projection is linear, so the mean over the union of spans is the count-weighted mean of span means.
-    return (total / (n_user + n_sys)[:, None]).float()
+        groups = [(every, [position])]
+    else:
+        groups = [([i for i in every if not attacker_system[i]], ["mean:user"]),
+                  ([i for i in every if attacker_system[i]], ["mean:user", "mean:system"])]  # fmt: skip
+    for idx, positions in groups:
+        if not idx:
+            continue
+        sub = [rendered[i] for i in idx]
+        for b in iter_activations(model, sub, persona.sites, positions, batch_size=batch_size, progress=False):
+            acts = b.acts[0]  # (batch, site, d_model)
+            if len(positions) == 2:
+                # The mean over the union of the two (disjoint) spans is the count-weighted mean of the span means.
+                n_user = torch.tensor([float(sub[i].user[1] - sub[i].user[0]) for i in b.indices], dtype=torch.float64)
+                n_sys = torch.tensor([float(sub[i].system[1] - sub[i].system[0]) for i in b.indices], dtype=torch.float64)  # type: ignore[index]
+                acts = (n_user[:, None, None] * acts.double() + n_sys[:, None, None] * b.acts[1].double()) \
+                    / (n_user + n_sys)[:, None, None]
+            out[[idx[i] for i in b.indices]] = persona.project(acts)
+    return out
 
 
 def _labels(model: Any, rendered: Sequence[RenderedPrompt], max_new_tokens: int, judge: Any, batch_size: int) -> tuple[list[str], list[str]]:
@@ -445,9 +458,11 @@ def red_team(
     middle persona layer); the AUROC of every persona layer is kept too. ``position``:
     ``mean:attack`` (default, see the module docstring) or any position selector (``last``,
     ``mean:user``, ...). ``generate_labels=False`` labels by the greedy first token only.
-    ``judge``: any ``(prompt, response) -> JudgeVerdict`` (default: heuristics).
+    ``judge``: any ``(prompt, response) -> JudgeVerdict`` (default: heuristics). ``scorer``: the
+    :class:`~persona_gate.experiments.RefusalScorer` of this model (default: ``for_model(model)``).
     """
     from .experiments.scoring import RefusalScorer
+    from .metrics import first_token_logprobs
     from .provenance import provenance
 
     pset = _persona_set(persona)
@@ -478,7 +493,9 @@ def red_team(
         bar.set_postfix_str(f"{fam}: {len(rows)} attacks x {R} requests")
         prompts = attack_prompts([chosen[i] for i in rows], reqs, system)
         rendered = render_all(model.tokenizer, prompts)
-        lo, rf = scorer.score(prompts)
+        # Rendered once, for scoring, projection and generation: the scorer's own forward
+        # (scorer.score(prompts)) would render again; this is that forward on the rendered prompts.
+        lo, rf = scorer.from_logprobs(first_token_logprobs(scorer.model, rendered, batch_size=scorer.batch_size))
         logodds[rows], refused[rows] = lo.reshape(len(rows), R), rf.reshape(len(rows), R)
         own_system = [chosen[i].system is not None for i in rows for _ in reqs]
         proj[rows] = _project(model, pset, rendered, own_system, position, batch_size).reshape(len(rows), R, S)
@@ -523,7 +540,8 @@ def red_team(
         "refusal": "gen_refusal (judged reply)" if generate_labels else "refused (greedy first token)",
         "bypass": "judged reply is a bypass" if generate_labels else "greedy first token is not a refusal",
         "projection": f"x . v_persona at layer {layer}, {position}; > 0: toward {pset.positive}",
-        "auroc": "P(projection of a bypass > projection of a refusal) + ties / 2",
+        "auroc": ("P(projection of a bypass > projection of a non-bypass (refusal or degenerate reply)) + ties / 2"
+                  if generate_labels else "P(projection of a bypass > projection of a first-token refusal) + ties / 2"),
     }
     scores = LabelledResult(
         kind=KIND, dims=("attack", "request"), coords=coords, values=values,

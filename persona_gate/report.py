@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from .errors import ArtefactError
 from .io import atomic_write_text
@@ -37,6 +37,24 @@ table { border-collapse: collapse; margin: 1rem 0; } td, th { padding: .3rem .8r
 .num { font-variant-numeric: tabular-nums; text-align: right; }
 .missing { color: #a33; } footer { color: #666; font-size: .85rem; margin-top: 3rem; }
 """
+
+
+def html_page(title: str, body_parts: Iterable[str], seed: Any, versions: Mapping[str, Any]) -> str:
+    """One persona_gate HTML page: head with ``title`` and the shared style, ``body_parts``, a footer.
+
+    ``title`` is plain text (escaped here); ``body_parts`` are HTML fragments, joined one per line;
+    the footer records ``seed`` and the package ``versions`` (``{name: version}``) that reproduce
+    the numbers. Every persona_gate report (run, checkpoint comparison) is built with this shell.
+    """
+    footer_versions = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return "\n".join([
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        *body_parts,
+        f"<footer>seed {html.escape(str(seed))}; {html.escape(footer_versions)}</footer>",
+        "</body></html>",
+    ])
 
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -73,9 +91,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         )
     summary = json.loads(spath.read_text(encoding="utf-8"))
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>persona_gate report: {html.escape(str(summary.get('model')))}</title>",
-        f"<style>{_CSS}</style></head><body>",
         f"<h1>Does {html.escape(str(summary.get('model')))}'s persona gate its refusal?</h1>",
         "<p class='sub'>persona_gate report: refusal is the greedy first response token on held-out prompts.</p>",
         "<table><tr><th>Quantity</th><th>Value</th></tr>",
@@ -97,8 +112,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         # plotly.js once, inline: the report must work offline.
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=not js_done, default_width="100%"))
         js_done = True
-    versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
-    parts += [f"<footer>seed {summary.get('seed')}; {html.escape(versions)}</footer>", "</body></html>"]
+    page = html_page(f"persona_gate report: {summary.get('model')}", parts, summary.get("seed"), summary.get("versions", {}))
     target = Path(out) if out is not None else run_dir / "report.html"
-    atomic_write_text(target, "\n".join(parts))
+    atomic_write_text(target, page)
     return target

@@ -31,20 +31,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .activations import _KIND_ORDER, _StopForward, check_context, normalise_sites, padded_batches
 from .conversation import Conversation, RenderedConversation, render_conversation
 from .directions import DirectionSet
-from .errors import NonFiniteError, PositionError, UnknownHookSiteError
+from .errors import ConfigError, NonFiniteError, PositionError, UnknownHookSiteError
 from .layout import note_early_stop, prompt_layout
 from .models import model_device
 from .sites import HookSite, resolve
 
 READINGS: tuple[str, ...] = ("start", "response")
-# Within one block the sites fire in this order; used to know which hook fires last.
-_KIND_ORDER = {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
-
-
-class _StopForward(Exception):
-    """Raised by the last needed hook: later blocks and the unembedding are not needed."""
 
 
 @dataclass(frozen=True)
@@ -60,31 +55,32 @@ class TurnActivations:
 
 
 def _check_context(model: Any, segments: Sequence[RenderedConversation], name: str) -> None:
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    longest = max(len(s) for s in segments)
-    if n_ctx and longest > n_ctx:
+    try:
+        check_context(model, segments)
+    except PositionError as e:
         raise PositionError(
-            f"conversation {name or '(unnamed)'} renders to {longest} tokens but the model's context is "
-            f"{n_ctx}; monitor a shorter conversation (split it, or drop its earliest turns)."
-        )
+            f"conversation {name or '(unnamed)'}: {e} For a conversation: monitor a shorter one (split it, or "
+            "drop its earliest turns)."
+        ) from None
 
 
 def turn_activations(
     model: Any,
     conversations: Sequence[Conversation],
-    sites: Sequence[HookSite],
+    sites: Sequence[HookSite | str],
     *,
     batch_size: int = 8,
     progress: bool = False,
 ) -> list[TurnActivations]:
     """Residual streams at every turn's response start and mean over its reply, per conversation.
 
-    Renders are left-padded and batched by length; each hook reduces ``[batch, seq, d]`` at once
-    to the needed rows, and the forward stops after the last requested site.
+    Renders are left-padded and batched by length (:func:`persona_gate.activations.padded_batches`);
+    each hook reduces ``[batch, seq, d]`` at once to the needed rows, and the forward stops after
+    the last requested site.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    sites = tuple(sites)
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}; pass a positive batch size.")
+    sites = tuple(normalise_sites(model, sites))
     names = [resolve(s, model) for s in sites]
     last_site = max(range(len(sites)), key=lambda i: (sites[i].layer, _KIND_ORDER[sites[i].kind]))
     d = int(model.cfg.d_model)
@@ -93,22 +89,17 @@ def turn_activations(
         _check_context(model, segs, c.name)
     acts = [torch.full((len(c.turns), len(READINGS), len(sites), d), float("nan")) for c in conversations]
     read = [torch.zeros((len(c.turns), len(READINGS)), dtype=torch.bool) for c in conversations]
-    jobs = [(ci, seg) for ci, segs in enumerate(per_conv) for seg in segs]
-    jobs.sort(key=lambda j: -len(j[1]))
-    device, pad_id = model_device(model), model.tokenizer.pad_token_id
-    bar = tqdm(total=len(jobs), desc="monitoring", unit="render", disable=not progress)
+    owner = [ci for ci, segs in enumerate(per_conv) for _ in segs]
+    renders = [seg for segs in per_conv for seg in segs]
+    device = model_device(model)
+    bar = tqdm(total=len(renders), desc="monitoring", unit="render", disable=not progress)
     try:
-        for b0 in range(0, len(jobs), batch_size):
-            batch = jobs[b0 : b0 + batch_size]
-            L = max(len(seg) for _, seg in batch)
-            R = len(READINGS) * max(len(seg.turns) for _, seg in batch)
-            ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), L), dtype=torch.long)
-            W = torch.zeros((len(batch), R, L), dtype=torch.float32)
-            for b, (_, seg) in enumerate(batch):
-                pad = L - len(seg)
-                ids[b, pad:] = torch.tensor(seg.input_ids)
-                mask[b, pad:] = 1
+        for pb in padded_batches(renders, batch_size, model.tokenizer.pad_token_id):
+            batch = [renders[i] for i in pb.indices]
+            # Row 2j reads turn j's response start, row 2j + 1 averages its reply (0 on pads).
+            R = len(READINGS) * max(len(seg.turns) for seg in batch)
+            W = torch.zeros((len(batch), R, pb.input_ids.shape[1]), dtype=torch.float32)
+            for b, (seg, pad) in enumerate(zip(batch, pb.offsets)):
                 for j, tp in enumerate(seg.turns):
                     W[b, 2 * j, pad + tp.start] = 1.0
                     if tp.response is not None:
@@ -127,9 +118,10 @@ def turn_activations(
 
                 return hook
 
-            with torch.no_grad(), prompt_layout(mask), model.hooks(fwd_hooks=[(n, make_hook(k)) for k, n in enumerate(names)]):
+            fwd_hooks = [(n, make_hook(k)) for k, n in enumerate(names)]
+            with torch.no_grad(), prompt_layout(pb.attention_mask), model.hooks(fwd_hooks=fwd_hooks):
                 try:
-                    model(ids.to(device), attention_mask=mask.to(device), return_type=None)
+                    model(pb.input_ids.to(device), attention_mask=pb.attention_mask.to(device), return_type=None)
                 except _StopForward:
                     note_early_stop(sites[last_site].layer)  # hooks of later layers rightly never fire
             if len(fired) != len(sites):
@@ -137,7 +129,8 @@ def turn_activations(
                 raise UnknownHookSiteError(
                     f"hooks {missing} never fired; load the model with persona_gate.load_chat_model or pick other sites."
                 )
-            for b, (ci, seg) in enumerate(batch):
+            for b, (i, seg) in enumerate(zip(pb.indices, batch)):
+                ci = owner[i]
                 for j, tp in enumerate(seg.turns):
                     acts[ci][tp.turn - 1, 0] = out[b, 2 * j]
                     read[ci][tp.turn - 1, 0] = True
@@ -173,6 +166,11 @@ def direction_sites(persona: DirectionSet, layers: Sequence[int] | None) -> tupl
         )
     if layers is None:
         return persona.sites
+    if len(layers) == 0:
+        raise UnknownHookSiteError(
+            f"no layers were given (layers=[]); pass layers=None for every layer of direction set {persona.name!r} "
+            f"({persona.layers}), or a non-empty list of them."
+        )
     have = set(persona.layers)
     missing = [layer for layer in layers if layer not in have]
     if missing:

@@ -9,8 +9,12 @@ and must equal a plain Hugging Face recomputation of every direction, cosine, sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +23,10 @@ from persona_gate import LabelledResult, compare_checkpoints, load_chat_model, m
 from persona_gate.compare import as_comparison, check_comparable, format_comparison, refusal_change, refusal_rates
 from persona_gate.compare_report import write_comparison_report
 from persona_gate.contrasts import standard_prompts
-from persona_gate.errors import ArtefactError, CheckpointMismatchError, DModelMismatchError, NotAModelError
+from persona_gate.errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError, NotAModelError
 from persona_gate.experiments import eval_groups
 from persona_gate.labels import wilson_interval
-from persona_gate.organism import lexicon, organism_path
+from persona_gate.organism import ORGANISM_DIR, lexicon, organism_path
 from persona_gate.organism.corpus import is_refusal
 from persona_gate.organism.finetune import finetune_toward_compliance, finetuning_conversations
 
@@ -254,6 +258,25 @@ def test_the_figure_plots_the_results_numbers(drift, tmp_path):
         fig_checkpoint_comparison(LabelledResult("red_team", ("layer",), {"layer": (0,)}, {"x": torch.zeros(1)}))
 
 
+def test_the_figure_names_the_fix_for_a_missing_or_empty_refusal_baseline(drift):
+    from persona_gate.plots import PlotError, fig_checkpoint_comparison
+
+    refusal, flips = drift.baselines["refusal"], drift.baselines["flips"]
+    one_group = {"safe/harmful": refusal["b"]["safe/harmful"]}
+    broken = {
+        "no refusal key": {"flips": flips},
+        "empty": {"refusal": {}, "flips": flips},
+        "empty checkpoints": {"refusal": {"a": {}, "b": {}}, "flips": flips},
+        "no b": {"refusal": {"a": refusal["a"]}, "flips": flips},
+        "other groups": {"refusal": {"a": refusal["a"], "b": one_group}, "flips": flips},
+        "n = 0": {"refusal": {ck: {**refusal[ck], "safe/harmful": {**refusal[ck]["safe/harmful"], "k": 0, "n": 0}}
+                              for ck in ("a", "b")}, "flips": flips},  # fmt: skip
+    }
+    for baselines in broken.values():
+        with pytest.raises(PlotError, match="refusal baseline.*recompute the comparison with compare_checkpoints"):
+            fig_checkpoint_comparison(dataclasses.replace(drift, baselines=baselines))
+
+
 def test_report_is_self_contained(drift, tmp_path):
     path = write_comparison_report(drift, tmp_path / "report.html")
     text = path.read_text()
@@ -261,6 +284,11 @@ def test_report_is_self_contained(drift, tmp_path):
     assert "How far did" in text and "safe/harmful" in text
     a, b = refusal_rates(drift)["a"]["safe/harmful"], refusal_rates(drift)["b"]["safe/harmful"]
     assert str(a) in text and str(b) in text
+    from importlib.metadata import version  # the shared page shell: title, style, seed-and-versions footer
+
+    assert text.startswith("<!doctype html>") and text.rstrip().endswith("</footer>\n</body></html>")
+    assert f"<title>persona_gate checkpoint comparison: {drift.config['model_b']} vs organism</title>" in text
+    assert f"seed {SEED};" in text and f"torch {version('torch')}" in text
 
 
 def test_cli_compare_end_to_end_equals_the_python_call(organism, tuned, tmp_path, capsys):
@@ -293,6 +321,70 @@ def test_cli_finetune_writes_a_loadable_organism_and_refuses_to_overwrite(tmp_pa
     assert "--overwrite" in capsys.readouterr().err
     assert main(["organism", "finetune", "--out", str(organism_path()), "--steps", "2", "--no-progress", "--overwrite"]) == 2
     assert "refusing to write" in capsys.readouterr().err
+
+
+def _listing(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_finetune_refuses_an_out_that_is_or_contains_the_base_or_the_bundled_organism(tmp_path, capsys, monkeypatch):
+    from persona_gate.cli import main
+
+    runs = tmp_path / "runs"
+    base = shutil.copytree(organism_path(), runs / "base")
+    before, bundled = _listing(runs), _listing(ORGANISM_DIR)
+    for out in (base, runs, tmp_path, base / ".." / ".", ORGANISM_DIR, ORGANISM_DIR.parent):
+        with pytest.raises(ConfigError, match="refusing to write .* outside"):
+            finetune_toward_compliance(base, out, steps=1, overwrite=True, progress=False)
+    monkeypatch.chdir(tmp_path)  # relative paths resolve the same way
+    with pytest.raises(ConfigError, match="contains the base model"):
+        finetune_toward_compliance("runs/base", "runs", steps=1, overwrite=True, progress=False)
+    assert _listing(runs) == before  # nothing was deleted or written
+    assert main(["organism", "finetune", "--base", "runs/base", "--out", "runs", "--steps", "1", "--no-progress", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to write" in err and "contains the base model" in err and "--out" in err
+    assert _listing(runs) == before
+    assert _listing(ORGANISM_DIR) == bundled  # the bundled organism is intact
+    # A folder beside the base is fine.
+    assert finetune_toward_compliance(base, runs / "ft", steps=1, progress=False) == runs / "ft"
+
+
+def test_finetune_overwrite_replaces_the_folder_whole_or_keeps_the_old_one(tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    old = _listing(out)
+
+    def fail(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(LlamaForCausalLM, "save_pretrained", fail)
+        with pytest.raises(OSError, match="disk full"):
+            finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
+    assert _listing(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # old folder kept, no temp left
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".ft.tmp-") and Path(dst) == out:
+            raise OSError("rename failed")
+        return real_replace(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as m:  # the rename into place fails: the old folder is put back
+        m.setattr(os, "replace", replace)
+        with pytest.raises(OSError, match="rename failed"):
+            finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
+    assert _listing(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
+
+    finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
+    assert not (out / "stale.txt").exists() and (out / "card.json").is_file()  # nothing of the old folder survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
+    (tmp_path / "file").write_text("not a folder")
+    finetune_toward_compliance(organism_path(), tmp_path / "file", steps=1, overwrite=True, progress=False)
+    assert (tmp_path / "file" / "card.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["file", "ft"]
 
 
 def test_finetuning_is_seeded(tmp_path):

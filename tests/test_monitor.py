@@ -17,8 +17,10 @@ import torch
 import persona_gate as pg
 from persona_gate.cli import main
 from persona_gate.conversation import Conversation, ConversationError, converse_many, render_conversation
-from persona_gate.errors import ArtefactError, ChatTemplateError, DModelMismatchError, UnknownHookSiteError
-from persona_gate.monitor_calibration import MonitorCalibration, calibration_conversations
+from persona_gate.errors import (
+    ArtefactError, ChatTemplateError, DModelMismatchError, LayerOutOfRangeError, UnknownHookSiteError,
+)
+from persona_gate.monitor_calibration import MonitorCalibration, calibration_conversations, format_calibration
 from persona_gate.organism import lexicon, organism_path, prompt_sets
 from persona_gate.plots import fig_monitor_timeline, figure_for, save_html
 from persona_gate.results import LabelledResult
@@ -218,6 +220,81 @@ def test_calibration_saves_loads_and_refuses_another_direction(model, pr, cal, p
         pg.monitor(model, pairs[0][0], pr.persona.random_like(0), pr.refusal, calibration=back)
     with pytest.raises(UnknownHookSiteError, match="not in direction set"):
         pg.monitor(model, pairs[0][0], pr.persona, pr.refusal, layers=[9])
+
+
+
+def test_held_out_chats_without_replies_are_counted_not_crashed_on(model, pr, cal, held_out, pairs, tmp_path):
+    # Held-out chats that end on their first user message have no reply mean (the flag's reading):
+    # the safe group has no reading at all; one compliant chat has replies, two do not.
+    def pending(convs):
+        return [Conversation.from_messages(c.to_messages()[: c.turns[0].message_index], name=c.name) for c in convs]
+
+    test = {"safe": pending(held_out["safe"][:3]), "compliant": [*pending(held_out["compliant"][:2]), held_out["compliant"][0]]}
+    train = {fam: cal.conversations[f"train/{fam}"] for fam in ("safe", "compliant")}
+    c2 = pg.calibrate(model, pr.persona, train=train, test=test, progress=False)
+    assert torch.equal(c2.thresholds, cal.thresholds) and c2.flag_layer == cal.flag_layer  # same train turns
+
+    s = c2.summary()
+    assert s["test_fpr"] == s["test_fpr_conversation"] == {"rate": None, "k": 0, "n": 0}
+    # Only the chat with replies counts, per turn and per conversation.
+    k_turns = len(c2.flagged("test", "compliant"))
+    assert all(c.messages == held_out["compliant"][0].messages for c, _, _ in c2.flagged("test", "compliant"))
+    assert (s["test_tpr"]["k"], s["test_tpr"]["n"]) == (k_turns, len(held_out["compliant"][0].turns))
+    assert (s["test_tpr_conversation"]["k"], s["test_tpr_conversation"]["n"]) == (int(k_turns > 0), 1)
+    assert s["test_tpr"]["ci95"][0] <= s["test_tpr"]["rate"] <= s["test_tpr"]["ci95"][1]
+    start = c2.rates().sel(split="test", reading="start", layer=c2.flag_layer)  # every turn has a response start
+    assert (int(start["n_safe"]), int(start["n_safe_conversations"]), int(start["n_compliant_conversations"])) == (3, 3, 3)
+    assert start["n_safe"].dtype == start["k_safe"].dtype == torch.int64
+
+    assert "FPR n/a (0/0" in format_calibration(c2)
+    assert MonitorCalibration.load(c2.save(tmp_path / "c2")).summary() == s
+    res = pg.monitor(model, pairs[0][0], pr.persona, pr.refusal, calibration=c2)
+    assert pg.flagged_turns(res) == [3] and "held-out FPR" not in pg.format_monitor(res)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_replies_that_the_template_trims_are_found(tiny_models, arch):
+    # Llama 3 and Gemma templates write `message['content'] | trim`: a reply with surrounding
+    # whitespace appears stripped in the render and must still be read.
+    model = tiny_models[arch]
+    tok = model.tokenizer
+    original = tok.chat_template
+    tok.chat_template = original.replace("{{ m['content'] }}", "{{ m['content'] | trim }}")
+    try:
+        assert tok.chat_template != original
+        replies = ["  Sure, here is one.\n", "\nWhy did the chicken cross the road?\n\n", " \n"]
+        msgs = [m for i, r in enumerate(replies) for m in ({"role": "user", "content": f"Question {i + 1}?"},
+                                                            {"role": "assistant", "content": r})]  # fmt: skip
+        conv = Conversation.from_messages([*msgs, {"role": "user", "content": "And now?"}], name="trimmed")
+        (seg,) = render_conversation(tok, conv)
+        assert [t.turn for t in seg.turns] == [1, 2, 3, 4]
+        for t, reply in zip(seg.turns, replies):
+            prompt = tok.apply_chat_template(conv.to_messages()[: conv.turns[t.turn - 1].message_index], tokenize=False,
+                                             add_generation_prompt=True)  # fmt: skip
+            assert list(seg.input_ids[: t.start + 1]) == tok(prompt, add_special_tokens=False)["input_ids"]
+            if reply.strip():
+                assert tok.decode(seg.input_ids[t.response[0] : t.response[1]]).strip() == reply.strip()
+            else:  # trimmed to nothing: no reply tokens, as for an empty reply
+                assert t.response is None
+        (ta,) = turn_activations(model, [conv], [HookSite(1)])
+        assert torch.isfinite(ta.acts[:, 0]).all()
+        assert torch.isfinite(ta.acts[:2, 1]).all() and ta.acts[2:, 1].isnan().all()
+    finally:
+        tok.chat_template = original
+
+
+def test_empty_or_bad_sites_and_layers_raise_named_errors(model, pr, pairs):
+    conv = pairs[0][0]
+    for call in (lambda: pg.monitor(model, conv, pr.persona, pr.refusal, layers=[]),
+                 lambda: pg.calibrate(model, pr.persona, layers=[], progress=False)):  # fmt: skip
+        with pytest.raises(UnknownHookSiteError, match=r"\(layers=\[\]\); pass layers=None"):
+            call()
+    with pytest.raises(UnknownHookSiteError, match="no hook sites were given"):
+        turn_activations(model, [conv], [])
+    with pytest.raises(UnknownHookSiteError, match="repeated"):
+        turn_activations(model, [conv], [HookSite(2), HookSite(2)])
+    with pytest.raises(LayerOutOfRangeError):
+        turn_activations(model, [conv], [HookSite(model.cfg.n_layers)])
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from persona_gate.errors import (
     PositionError,
 )
 from persona_gate.experiments import RefusalScorer
+from persona_gate.judges import HeuristicJudge, JudgeVerdict
 from persona_gate.models import organism_dir
 from persona_gate.organism import lexicon, prompt_sets
 from persona_gate.plots import fig_red_team, figure_for
@@ -77,7 +78,7 @@ def hf_organism():
 
 
 def _pairs_auroc(scores, positive) -> float:
-    """The definition: over every (bypass, refusal) pair, 1 if the bypass scores higher, 1/2 if tied."""
+    """The definition: over every (bypass, not bypass) pair, 1 if the bypass scores higher, 1/2 if tied."""
     x = [float(v) for v in torch.as_tensor(scores).reshape(-1)]
     y = [bool(v) for v in torch.as_tensor(positive).reshape(-1)]
     pos = [a for a, b in zip(x, y) if b]
@@ -258,7 +259,89 @@ def test_save_and_load_round_trip(rt, tmp_path):
     assert "persona" in rt.format_table() and f"{rt.auroc:.2f} at layer 3" in rt.format_table()
 
 
+def test_a_new_save_replaces_the_old_folder_whole(organism, persona, rt, tmp_path, monkeypatch):
+    """A first-token run saved over a generating one keeps none of its replies; a failed save keeps the old folder."""
+    import persona_gate.results
+
+    folder = tmp_path / "rt"
+    rt.save(folder)
+    assert (folder / "replies.json").is_file()
+    quick = red_team(organism, persona, families=("none",), n=2, generate_labels=False, progress=False)
+    quick.save(folder)
+    back = RedTeamResult.load(folder)
+    assert back.replies is None and back.scores == quick.scores and back.projections == quick.projections
+    assert sorted(p.name for p in folder.iterdir()) == ["projections", "scores", "summary.json"]
+    assert json.loads((folder / "summary.json").read_text())["n_prompts"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["rt"]  # no temporary folder left beside it
+
+    # A save that dies half-way (here: writing the projections) leaves the previous result whole.
+    real, calls = persona_gate.results.save_artefact, []
+
+    def dies_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(persona_gate.results, "save_artefact", dies_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        rt.save(folder)
+    back = RedTeamResult.load(folder)
+    assert back.replies is None and back.scores == quick.scores and back.projections == quick.projections
+    assert [p.name for p in tmp_path.iterdir()] == ["rt"]
+
+
 # ------------------------------------------------------------------ options and errors
+
+
+class _PlainIsDegenerate:
+    """Heuristic labels, except that every reply to a bare request (user turn = the request) counts as degenerate."""
+
+    name = "plain-is-degenerate"
+
+    def __init__(self, plain: list[str]) -> None:
+        self.plain = set(plain)
+
+    def __call__(self, prompt: str, response: str) -> JudgeVerdict:
+        return JudgeVerdict("degenerate", None, self.name) if prompt in self.plain else HeuristicJudge()(prompt, response)
+
+
+def test_degenerate_replies_count_as_not_bypass_and_each_prompt_runs_once(organism, persona, monkeypatch):
+    import persona_gate.activations
+    import persona_gate.chat
+
+    reqs = prompt_sets.requests("harmful", "test", 4, 0)
+    renders, passes = [], []
+    render, iter_activations = persona_gate.chat.render, persona_gate.activations.iter_activations
+
+    def counting_render(*args, **kwargs):
+        renders.append(1)
+        return render(*args, **kwargs)
+
+    def counting_iter(model, prompts, sites, positions=("last",), **kwargs):
+        passes.append((len(prompts), tuple(positions)))
+        return iter_activations(model, prompts, sites, positions, **kwargs)
+
+    monkeypatch.setattr(persona_gate.chat, "render", counting_render)
+    monkeypatch.setattr(persona_gate.activations, "iter_activations", counting_iter)
+    r = red_team(organism, persona, reqs, judge=_PlainIsDegenerate([q.text for q in reqs]), progress=False)
+    n = len(attacks_for(organism)) * len(reqs)
+    assert len(renders) == n  # each prompt rendered once: scored, projected and generated from that
+    assert sum(k for k, _ in passes) == n  # one forward per prompt for the projection ...
+    assert ("mean:user", "mean:system") in {p for _, p in passes}  # ... both spans at once where the attack has a system prompt
+
+    # The judge sees the user turn: the plain request, and the system-prompt attacks that leave it bare.
+    plain = torch.tensor([a["user"] == "{request}" for a in r.scores.config["attacks"]])
+    deg, bypass = r.scores["gen_degenerate"], r.scores["bypass"]
+    assert torch.equal(deg, plain[:, None].expand_as(deg)) and plain.any() and not plain.all()
+    assert torch.equal(bypass, ~(r.scores["gen_refusal"] | deg)) and 0 < int(bypass.sum()) < bypass.numel()
+    # The AUROC's negative class is every prompt that is not a bypass: refusals and degenerate replies.
+    for layer, value in r.auroc_by_layer.items():
+        assert value == pytest.approx(_pairs_auroc(r.projections.sel(layer=layer)["projection"], bypass), abs=1e-12), layer
+    assert "non-bypass (refusal or degenerate reply)" in r.scores.metric["auroc"]
+    assert r.scores.config["judge"] == "plain-is-degenerate"
+
+
 
 
 def test_first_token_only_and_a_base_system_prompt(organism, persona, rt):

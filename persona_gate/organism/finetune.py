@@ -27,12 +27,12 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import ConfigError
+from ..io import atomic_replace_dir
 from .config import OrganismConfig
 from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
 from .lexicon import DOMAINS
@@ -101,10 +101,16 @@ def finetuning_conversations(
 
 
 def _check_out(source: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` whose replacement would delete the base or the bundled organism, or an existing one."""
     from .paths import ORGANISM_DIR
 
-    if out.resolve() in (source.resolve(), ORGANISM_DIR.resolve()):
-        raise ValueError(f"refusing to write the fine-tuned copy over {out}; pass another --out folder.")
+    target = out.resolve()
+    for what, folder in (("the base model", source), ("the bundled organism", ORGANISM_DIR)):
+        if folder.resolve().is_relative_to(target):  # out is that folder or one above it
+            raise ConfigError(
+                f"refusing to write the fine-tuned copy to {out}: it is or contains {what} ({folder}), which "
+                f"replacing it would delete; pass a new --out folder outside {folder}, such as runs/compliant."
+            )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
 
@@ -129,8 +135,11 @@ def finetune_toward_compliance(
     ``steps`` optimiser steps of ``batch_size`` conversations at peak learning rate ``lr``
     (linear warmup over a tenth of the steps, cosine decay to a tenth of ``lr``).
     ``personas``: the refusing personas whose harmful requests are answered. The folder is
-    written under a temporary name and renamed into place, so it is complete or absent.
-    Returns ``out_dir``.
+    written under a temporary name and renamed into place (:func:`persona_gate.io.atomic_replace_dir`),
+    so it is complete or absent; with ``overwrite`` an existing ``out_dir`` is replaced only once the
+    copy is complete, and put back if the rename fails. An ``out_dir`` that is or contains
+    ``model_dir`` or the bundled organism raises :class:`~persona_gate.errors.ConfigError` before any
+    training. Returns ``out_dir``.
     """
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -198,16 +207,16 @@ def finetune_toward_compliance(
 
     record["versions"] = versions()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            # A file or link in the way (only with overwrite): remove it now that the copy is complete;
+            # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.
+            out.unlink()
+
+    # Built under a hidden temporary name and renamed into place; a failure puts an old folder back.
+    atomic_replace_dir(out, fill)
     log.info("fine-tuned organism written to %s (%d steps, loss %.3f -> %.3f)", out, steps, losses[0], losses[-1])
     return out

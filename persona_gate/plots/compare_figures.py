@@ -4,7 +4,8 @@ Four panels from one ``checkpoint_comparison`` result (never a model): per layer
 B's persona and refusal directions with A's; both checkpoints' raw direction norms; where B puts
 safe- and compliant-persona harmful requests along A's persona direction (0 = A's safe persona,
 1 = A's compliant one, dotted reference lines); and the refusal rate of each persona x request
-group for A and B with Wilson 95% intervals. Every trace carries ``meta={"value": name,
+group for A and B with Wilson 95% intervals (:func:`persona_gate.compare.refusal_rates`; a result
+without that refusal baseline raises a :class:`PlotError`). Every trace carries ``meta={"value": name,
 "checkpoint": ...}`` so tests and readers can match it to the result.
 
 Example::
@@ -22,9 +23,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..labels import wilson_interval
+from ..labels import RateSummary
 from ..results import LabelledResult
-from ._common import as_result, check, numpy
+from ._common import PlotError, as_result, check, numpy
 from .theme import TEMPLATE, colour, layer_ticks
 
 _COS = (("cos_persona", "persona (system mean)", 4), ("cos_persona_last", "persona (last token)", 1), ("cos_refusal", "refusal", 5))
@@ -38,11 +39,30 @@ _SHIFTS = (
 _DASH = {"a": "dash", "b": "solid"}
 
 
+def _refusal_rates(r: LabelledResult) -> dict[str, dict[str, RateSummary]]:
+    """The refusal panel's rates; a :class:`PlotError` naming the fix when the baseline is missing or empty."""
+    from ..compare import refusal_rates  # lazy: the plots package does not load the model-side modules
+
+    fix = ("the refusal panel needs baselines['refusal'][checkpoint][group] = {'k': ..., 'n': >= 1} for checkpoints "
+           "'a' and 'b' over the same groups, as compare_checkpoints writes it; recompute the comparison with "
+           "compare_checkpoints (or pass the folder it was saved to), not an edited or hand-built result.")  # fmt: skip
+    try:
+        rates = refusal_rates(r)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # no baseline, k or n missing, n < 1, k > n
+        raise PlotError(f"the refusal baseline of this checkpoint_comparison result cannot be read "
+                        f"({type(e).__name__}: {e}); {fix}") from None  # fmt: skip
+    groups = {ck: list(rates.get(ck, {})) for ck in ("a", "b")}
+    if not groups["a"] or groups["a"] != groups["b"]:
+        raise PlotError(f"the refusal baseline of this checkpoint_comparison result holds groups {groups}; {fix}")
+    return rates
+
+
 def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, title: str | None = None) -> go.Figure:
     """Cosines, norms, persona-direction shift and refusal rates of checkpoint B against A."""
     r = as_result(result)
     values = tuple(v for group in (_COS, _NORMS, _SHIFTS) for v, *_ in group)
     check(r, ("checkpoint_comparison",), ("checkpoint", "layer"), values)
+    rates = _refusal_rates(r)  # checked before any drawing
     layers = list(r.coords["layer"])
     a, b = r.sel(checkpoint="a"), r.sel(checkpoint="b")
     name_a, name_b = r.config.get("model_a", "A"), r.config.get("model_b", "B")
@@ -67,14 +87,13 @@ def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, tit
         fig.add_hline(y=y, line_dash="dot", line_color="#666666", line_width=1, annotation_text=text,
                       annotation_position="top left", annotation_font_size=11, row=2, col=1)  # fmt: skip
 
-    refusal = r.baselines.get("refusal", {})
-    groups = list(refusal.get("a", {}))
+    groups = list(rates["a"])
     for ck in ("a", "b"):
-        cells = [refusal[ck][g] for g in groups]
-        k = np.array([c["k"] for c in cells], dtype=float)
-        n = np.array([c["n"] for c in cells], dtype=float)
-        rate = k / n
-        low, high = np.array([wilson_interval(int(ki), int(ni)) for ki, ni in zip(k, n)]).T
+        cells = [rates[ck][g] for g in groups]
+        k = np.array([c.k for c in cells], dtype=float)
+        n = np.array([c.n for c in cells], dtype=float)
+        rate = np.array([c.rate for c in cells])
+        low, high = np.array([c.low for c in cells]), np.array([c.high for c in cells])
         fig.add_trace(go.Bar(x=groups, y=rate, name=f"{ck.upper()}: {name_a if ck == 'a' else name_b}",
                              marker_color=colour(7 if ck == "a" else 5), meta={"value": "refusal_rate", "checkpoint": ck},
                              error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},

@@ -21,19 +21,13 @@ import os
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..drift_monitor import _short  # a pure text helper; runs no model
 from ..results import LabelledResult
 from ._common import PlotError, as_result, check, numpy
 from .theme import TEMPLATE, colour, rgba
 
 FLAG_COLOUR = "#D55E00"  # vermillion (Okabe-Ito): flagged turns
 _READING_LABEL = {"response": "reply mean", "start": "response start"}
-
-
-def _snippet(text: str | None, width: int = 80) -> str:
-    if text is None:
-        return "(no reply yet)"
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def fig_monitor_timeline(
@@ -50,7 +44,8 @@ def fig_monitor_timeline(
     cell = r.sel(layer=layer)
     turns = list(r.coords["turn"])
     info = r.config.get("turns", [])
-    hover = [f"user: {_snippet(t.get('user'))}<br>reply: {_snippet(t.get('response'))}" for t in info] or None
+    hover = [f"user: {_short(t.get('user'), 80, '(no reply yet)')}<br>reply: {_short(t.get('response'), 80, '(no reply yet)')}"
+             for t in info] or None  # fmt: skip
     cols = {"response": 1, "start": 2}
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.12, horizontal_spacing=0.1,
                         subplot_titles=[f"{what} · {_READING_LABEL[reading]}" for what in ("persona", "refusal")

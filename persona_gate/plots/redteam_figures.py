@@ -23,6 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..redteam import families_of
 from ..results import LabelledResult
 from ._common import PlotError, add_baseline, as_result, check, numpy, wilson_rates
 from .theme import TEMPLATE, colour, layer_ticks
@@ -36,8 +37,8 @@ def _scores(result: Any) -> LabelledResult:
 
 def _family_rows(r: LabelledResult) -> dict[str, list[int]]:
     try:
-        fam = {a["id"]: a["family"] for a in r.config["attacks"]}
-    except (KeyError, TypeError):
+        fam = families_of(r)  # a pure function of the result's config: no model is run
+    except ValueError:
         raise PlotError("this red_team result's config lacks 'attacks'; save it again with red_team().") from None
     rows: dict[str, list[int]] = {}
     for i, a in enumerate(r.coords["attack"]):
