@@ -52,7 +52,7 @@ def _load_hf(name: str):
     """A separate, bare Hugging Face model (no bridge wrappers) with eager attention, like the bridge."""
     from transformers import AutoModelForCausalLM
 
-    from persona_gate.models import _load_gguf, _resolve_source
+    from persona_gate.models.loading import _load_gguf, _resolve_source
 
     source, where = _resolve_source(name)
     if source == "gguf":
@@ -71,7 +71,7 @@ def _tiny_model_dir() -> str:
 
 def time_model(name: str, n: int, batch_size: int, repeats: int) -> dict:
     import persona_gate as pg
-    from persona_gate.activations import iter_activations
+    from persona_gate.core.activations import iter_activations
 
     path = _tiny_model_dir() if name == "tiny" else name
     model = pg.load_chat_model(path, device="cpu")

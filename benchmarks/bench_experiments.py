@@ -20,7 +20,7 @@ import torch
 def run(name: str, n: int) -> list[dict]:
     import persona_gate as pg
     from persona_gate import experiments as ex
-    from persona_gate.labels import DEFAULT_REFUSAL_PHRASES
+    from persona_gate.scoring.labels import DEFAULT_REFUSAL_PHRASES
 
     model = pg.load_chat_model(name, device="cpu")
     L = model.cfg.n_layers

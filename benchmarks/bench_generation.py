@@ -39,7 +39,7 @@ def _path(name: str) -> str:
 
 def bench(name: str, n: int = 16, new_tokens: int = 32, repeats: int = 3, batch_size: int = 16) -> dict:
     import persona_gate as pg
-    import persona_gate.generation as generation
+    import persona_gate.core.generation as generation
 
     model = pg.load_chat_model(_path(name), device="cpu")
     pr = pg.fit_persona_and_refusal(model, n_per_group=4, progress=False)

@@ -42,7 +42,7 @@ def _pair(model):
 
 def bench(name: str, tokens: list[int] | None = None) -> dict:
     import persona_gate as pg
-    from persona_gate.patching import activation_patching
+    from persona_gate.experiments.patching import activation_patching
     from transformer_lens.patching import get_act_patch_resid_pre
 
     if name == "tiny":
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
 
 def _refusal_tokens(name: str) -> list[int]:
     import persona_gate as pg
-    from persona_gate.labels import DEFAULT_REFUSAL_PHRASES
-    from persona_gate.metrics import refusal_token_ids
+    from persona_gate.scoring.labels import DEFAULT_REFUSAL_PHRASES
+    from persona_gate.scoring.metrics import refusal_token_ids
 
     tok = pg.load_chat_model(name, device="cpu").tokenizer if name != "organism" else None
     if name == "organism":

@@ -45,7 +45,7 @@ def demo_wall(repeats: int = 2) -> dict:
     for _ in range(repeats):
         out = Path(tempfile.mkdtemp()) / "demo"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "persona_gate.cli", "demo", "--out", str(out), "--no-progress"],
+        subprocess.run([sys.executable, "-m", "persona_gate.cli.main", "demo", "--out", str(out), "--no-progress"],
                        check=True, capture_output=True, text=True)
         walls.append(time.perf_counter() - t)
         stages = json.loads((out / "stage_seconds.json").read_text())

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from persona_gate.plots import figure_for, save_html
-from persona_gate.report import FIGURE_STAGES, write_report
+from persona_gate.plots.report import FIGURE_STAGES, write_report
 from persona_gate.results import LabelledResult
 
 

@@ -1,7 +1,11 @@
 """persona_gate: does a chat model's persona gate its refusal, and at which layers?
 
 The public API, importable at no cost: names resolve lazily on first use, so ``import
-persona_gate`` pulls in neither torch nor TransformerLens until something needs them.
+persona_gate`` pulls in neither torch nor TransformerLens until something needs them. The
+package's folders are its architecture (see the README's "Layout"): foundations (``errors``,
+``sites``, ``io``, ``results``, ``provenance``), ``models`` (loading, the adapter, model
+profiles), ``prompts``, ``core``, ``scoring``, ``experiments``, the applications ``monitor``,
+``redteam`` and ``compare``, ``plots`` (figures and HTML reports), ``cli`` and ``organism``.
 
 Example::
 
@@ -18,89 +22,108 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    # models
-    "load_chat_model": "models",
-    "model_info": "models",
-    "ChatModel": "models",
-    "ModelInfo": "models",
+    # models: loading, the adapter, model profiles
+    "load_chat_model": "models.loading",
+    "model_info": "models.loading",
+    "ChatModel": "models.protocol",
+    "ModelInfo": "models.loading",
+    "ModelProfile": "models.profile",
+    "profile_of": "models.profile",
+    "set_profile": "models.profile",
+    "check_supported": "models.adapter",
     # sites and positions
     "HookSite": "sites",
     "parse_site": "sites",
     "resolve": "sites",
     "sites_for": "sites",
-    "Position": "positions",
-    "parse_position": "positions",
+    "Position": "prompts.positions",
+    "parse_position": "prompts.positions",
     # prompts and chat rendering
-    "ChatPrompt": "prompts",
-    "Persona": "prompts",
-    "Request": "prompts",
-    "TraitSet": "prompts",
-    "load_requests": "prompts",
-    "load_personas": "prompts",
-    "load_trait": "prompts",
-    "no_system_persona": "prompts",
-    "persona_grid": "prompts",
-    "paired_grid": "prompts",
-    "RenderedPrompt": "chat",
-    "render": "chat",
-    "render_all": "chat",
+    "ChatPrompt": "prompts.sets",
+    "Persona": "prompts.sets",
+    "Request": "prompts.sets",
+    "TraitSet": "prompts.sets",
+    "load_requests": "prompts.sets",
+    "load_personas": "prompts.sets",
+    "load_trait": "prompts.sets",
+    "no_system_persona": "prompts.sets",
+    "persona_grid": "prompts.sets",
+    "paired_grid": "prompts.sets",
+    "RenderedPrompt": "prompts.chat",
+    "render": "prompts.chat",
+    "render_all": "prompts.chat",
     # activations and directions
-    "ActivationStore": "activations",
-    "cache_activations": "activations",
-    "iter_activations": "activations",
-    "DirectionFitter": "directions",
-    "DirectionSet": "directions",
-    "GroupMeans": "directions",
-    "fit_group_means": "directions",
-    "PersonaRefusal": "contrasts",
-    "fit_persona_and_refusal": "contrasts",
-    "standard_prompts": "contrasts",
-    "format_summary": "contrasts",
-    "provenance": "provenance",
+    "ActivationStore": "core.activations",
+    "cache_activations": "core.activations",
+    "iter_activations": "core.activations",
+    "DirectionFitter": "core.directions",
+    "DirectionSet": "core.directions",
+    "GroupMeans": "core.directions",
+    "fit_group_means": "core.directions",
+    "PersonaRefusal": "core.contrasts",
+    "fit_persona_and_refusal": "core.contrasts",
+    "standard_prompts": "core.contrasts",
+    "format_summary": "core.contrasts",
+    "provenance": "models.loading",
     # interventions, generation, scoring, results
-    "Steer": "interventions",
-    "Ablate": "interventions",
-    "AddBack": "interventions",
-    "apply": "interventions",
-    "generate": "generation",
-    "Generation": "generation",
+    "Steer": "core.interventions",
+    "Ablate": "core.interventions",
+    "AddBack": "core.interventions",
+    "apply": "core.interventions",
+    "generate": "core.generation",
+    "Generation": "core.generation",
     "LabelledResult": "results",
-    "label_response": "labels",
-    "wilson_interval": "labels",
+    "label_response": "scoring.labels",
+    "wilson_interval": "scoring.stats",
+    # activation patching: where the persona's effect on refusal is carried
+    "activation_patching": "experiments.patching",
+    "attribution_patching": "experiments.patching",
+    "gate_layers": "experiments.patching",
     # checkpoint comparison: persona drift between two checkpoints of one model
-    "compare_checkpoints": "compare",
-    "check_comparable": "compare",
-    "format_comparison": "compare",
-    "write_comparison_report": "compare_report",
+    "compare_checkpoints": "compare.checkpoints",
+    "check_comparable": "compare.checkpoints",
+    "format_comparison": "compare.summary",
+    "write_comparison_report": "plots.compare_report",
     "finetune_toward_compliance": "organism.finetune",
     # red-teaming refusal: direct phrasings vs persona manipulation
-    "Attack": "attacks",
-    "attacks_for": "attacks",
-    "attack_prompts": "attacks",
-    "red_team": "redteam",
-    "RedTeamResult": "redteam",
-    "auroc": "redteam",
+    "Attack": "redteam.attacks",
+    "attacks_for": "redteam.attacks",
+    "attack_prompts": "redteam.attacks",
+    "red_team": "redteam.harness",
+    "RedTeamResult": "redteam.result",
+    "auroc": "scoring.stats",
     # persona-drift monitor: persona/refusal projections per conversation turn, flagged
-    "Conversation": "conversation",
-    "ConversationError": "conversation",
-    "converse": "conversation",
-    "monitor": "drift_monitor",
-    "flagged_turns": "drift_monitor",
-    "format_monitor": "drift_monitor",
-    "load_monitor_directions": "drift_monitor",
-    "calibrate": "monitor_calibration",
-    "MonitorCalibration": "monitor_calibration",
-    "format_calibration": "monitor_calibration",
+    "Conversation": "prompts.conversation",
+    "ConversationError": "errors",
+    "converse": "core.generation",
+    "monitor": "monitoring.monitor",
+    "flagged_turns": "monitoring.summary",
+    "format_monitor": "monitoring.summary",
+    "load_monitor_directions": "monitoring.monitor",
+    "calibrate": "monitoring.calibration",
+    "MonitorCalibration": "monitoring.calibration",
+    "format_calibration": "monitoring.calibration",
 }
 
-_SUBMODULES = ("errors", "experiments", "datasets", "metrics", "judges", "labels", "organism")
+# Submodules reachable as attributes (``pg.metrics.refusal_logodds``), under their old names too.
+_SUBMODULES: dict[str, str] = {
+    "errors": "errors",
+    "experiments": "experiments",
+    "datasets": "prompts.datasets",
+    "metrics": "scoring.metrics",
+    "judges": "scoring.judges",
+    "labels": "scoring.labels",
+    "stats": "scoring.stats",
+    "organism": "organism",
+    "plots": "plots",
+}
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     try:
         module = _EXPORTS[name]
     except KeyError:

@@ -102,3 +102,11 @@ class ResumeMismatchError(PersonaGateError, ValueError):
 
 class ConversationError(PersonaGateError, ValueError):
     """A conversation that cannot be read or monitored: bad JSONL, unknown role, nothing to monitor."""
+
+
+class UnsupportedModelError(PersonaGateError, TypeError):
+    """The model lacks what a computation needs (e.g. block re-runs for patching); raised before any work."""
+
+
+class OutputExistsError(PersonaGateError, FileExistsError):
+    """An output folder already holds something this command would overwrite."""

@@ -1,11 +1,13 @@
 """Provenance: where an artefact came from, so a saved result can be trusted and reproduced.
 
 Recorded: model name, source, revision, dtype, device, chat-template hash, weight processing,
-package versions, seed, config and a UTC timestamp. Never hostnames, user names or tokens.
+package versions, seed, config and a UTC timestamp. Never hostnames, user names or tokens. The
+model's description comes from :func:`persona_gate.models.loading.provenance`, which describes a
+loaded model and calls :func:`stamp`; this module imports nothing of persona_gate.
 
 Example::
 
-    prov = provenance(model, seed=0, config={"layers": [2, 3]})
+    prov = stamp({"name": "organism"}, seed=0, config={"layers": [2, 3]})
     prov["versions"]["transformer_lens"]
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
 _PACKAGES = ("persona_gate", "torch", "transformers", "transformer_lens", "safetensors")
 
@@ -29,9 +31,8 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def provenance(model: Any | None = None, *, seed: int | None = None, config: dict | None = None) -> dict:
-    from .models import model_info
-
+def stamp(model: Mapping[str, Any] | None = None, *, seed: int | None = None, config: dict | None = None) -> dict:
+    """A provenance record: the model's description (if any), package versions, seed, config, time."""
     prov: dict[str, Any] = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -39,8 +40,5 @@ def provenance(model: Any | None = None, *, seed: int | None = None, config: dic
         "config": dict(config or {}),
     }
     if model is not None:
-        info = model_info(model)
-        prov["model"] = info.to_dict()
-        prov["model"]["n_layers"] = int(model.cfg.n_layers)
-        prov["model"]["d_model"] = int(model.cfg.d_model)
+        prov["model"] = dict(model)
     return prov

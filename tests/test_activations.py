@@ -7,7 +7,7 @@ import torch
 
 from persona_gate import ChatPrompt, cache_activations, render_all, sites_for
 from persona_gate.errors import EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
-from persona_gate.positions import parse_position, weights
+from persona_gate.prompts.positions import parse_position, weights
 from reference import hf_reference
 
 # Very different lengths: padding must not leak into any selected position.
@@ -29,7 +29,9 @@ POSITIONS = ["last", "post_instruction[-2]", "mean:system", "mean:user", "mean:p
 
 @pytest.mark.parametrize("position", POSITIONS)
 def test_batched_equals_one_at_a_time(tiny, position):
-    sites = sites_for(tiny, kind=["resid_pre", "resid_mid", "resid_post"])
+    # Parallel-attention blocks (GPT-NeoX, Falcon) have no residual stream between attention and MLP.
+    kinds = [k for k in ("resid_pre", "resid_mid", "resid_post") if f"blocks.0.hook_{k}" in tiny.hook_dict]
+    sites = sites_for(tiny, kind=kinds)
     batched = cache_activations(tiny, PROMPTS, sites, position, batch_size=5, progress=False)
     single = cache_activations(tiny, PROMPTS, sites, position, batch_size=1, progress=False)
     assert batched.acts.shape == (len(PROMPTS), len(sites), tiny.cfg.d_model)

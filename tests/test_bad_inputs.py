@@ -16,11 +16,11 @@ import torch
 
 import persona_gate as pg
 from persona_gate import errors as E
-from persona_gate.cli import main
+from persona_gate.cli.main import main
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
 from persona_gate.io import load_artefact
-from persona_gate.patching import activation_patching
-from persona_gate.pipeline import RunConfig, run_pipeline
+from persona_gate.experiments.patching import activation_patching
+from persona_gate.experiments.pipeline import RunConfig, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,6 @@ API_CASES = [
     ("model without a chat template", lambda c: pg.render(pg.load_chat_model(c["no_template"]).tokenizer,
                                                           pg.ChatPrompt(system=None, user="hi", group="g")),
      E.ChatTemplateError, r"chat_template="),
-    ("a model name where a model is needed", lambda c: steering_sweep("organism", c["pr"].persona), E.NotAModelError, r"load_chat_model\('organism'\)"),
-    ("a tokenizer where a model is needed", lambda c: pg.fit_persona_and_refusal(c["m"].tokenizer), E.NotAModelError, r"load_chat_model"),
     # prompts and positions
     ("empty prompt list", lambda c: pg.cache_activations(c["m"], [], [pg.HookSite(1, "resid_pre")]), E.EmptyGroupError, r"at least one prompt"),
     ("batch size zero", lambda c: pg.cache_activations(c["m"], c["groups"]["safe/harmful"], [pg.HookSite(1, "resid_pre")], batch_size=0),
@@ -168,7 +166,7 @@ API_CASES = [
 
 
 def pg_report(path):
-    from persona_gate.report import write_report
+    from persona_gate.plots.report import write_report
 
     return write_report(path)
 
@@ -236,6 +234,9 @@ WRONG_TYPES = [
     ("config value of the wrong type", "RunConfig.from_dict({'n_eval': 'many'})", "ConfigError", r"fix it in the config file"),
     ("config alphas as a string", "RunConfig.from_dict({'alphas': '0,4'})", "ConfigError", r"such as \[0\.0, 2\.0, 4\.0\]"),
     ("config layers as a number", "RunConfig.from_dict({'layers': 3})", "ConfigError", r"such as \[4, 8, 12\]"),
+    # public functions take `model: ChatModel`; under pytest the instrumentation rejects these first
+    ("a model name where a model is needed", "steering_sweep('organism', d)", "NotAModelError", r"load_chat_model\('organism'\)"),
+    ("a tokenizer where a model is needed", "pg.fit_persona_and_refusal(m.tokenizer)", "NotAModelError", r"load_chat_model"),
     ("a prompt, not a list of prompts", "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)", "PositionError", r"wrap it"),
     ("cli: config value of the wrong type", "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])", "exit 2", r"fix it in the config file"),
 ]
@@ -243,9 +244,9 @@ WRONG_TYPES = [
 _WRONG_TYPES_SCRIPT = """
 import json, sys, contextlib, io
 import persona_gate as pg
-from persona_gate.cli import main
-from persona_gate.experiments import eval_groups
-from persona_gate.pipeline import RunConfig
+from persona_gate.cli.main import main
+from persona_gate.experiments import eval_groups, steering_sweep
+from persona_gate.experiments.pipeline import RunConfig
 from persona_gate.plots import figure_for
 BAD_TYPE, OUT = sys.argv[1], sys.argv[2]
 m = pg.load_chat_model("organism")
@@ -296,7 +297,7 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run(f"{sys.executable} -m persona_gate.cli directions --n 4 --no-progress | head -1",
+    proc = subprocess.run(f"{sys.executable} -m persona_gate.cli.main directions --n 4 --no-progress | head -1",
                           shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() and "error" not in proc.stderr, proc.stderr[-1000:]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from persona_gate import DirectionSet, fit_persona_and_refusal, standard_prompts
-from persona_gate.cli import main
+from persona_gate.cli.main import main
 
 
 def test_directions_prints_a_row_per_layer_and_saves(tiny_model_dirs, tiny_models, tmp_path, capsys):

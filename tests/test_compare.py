@@ -19,13 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import persona_gate as pg
+
 from persona_gate import LabelledResult, compare_checkpoints, load_chat_model, model_info, render_all
-from persona_gate.compare import as_comparison, check_comparable, format_comparison, refusal_change, refusal_rates
-from persona_gate.compare_report import write_comparison_report
-from persona_gate.contrasts import standard_prompts
+from persona_gate.compare.checkpoints import check_comparable
+from persona_gate.compare.summary import as_comparison, format_comparison, refusal_change, refusal_rates
+from persona_gate.plots.compare_report import write_comparison_report
+from persona_gate.core.contrasts import standard_prompts
 from persona_gate.errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError, NotAModelError
 from persona_gate.experiments import eval_groups
-from persona_gate.labels import wilson_interval
+from persona_gate.scoring.stats import wilson_interval
 from persona_gate.organism import ORGANISM_DIR, lexicon, organism_path
 from persona_gate.organism.corpus import is_refusal
 from persona_gate.organism.finetune import finetune_toward_compliance, finetuning_conversations
@@ -92,8 +95,10 @@ def test_the_finetuned_copies_do_what_their_recipe_says(tuned):
     assert card["compliant"]["card"]["refusal_rate"]["safe"]["harmful"] <= 0.5
     assert card["control"]["card"]["refusal_rate"]["safe"]["harmful"] >= 0.9
     assert card["compliant"]["card"]["refusal_rate"]["compliant"]["harmful"] <= 0.1
-    # Its card marks the copy as an organism, so it gets the organism's prompt sets and refusal tokens.
-    assert model_info(load_chat_model(tuned["compliant"], device="cpu")).source == "organism"
+    # Its folder declares the organism's profile, so it gets the organism's prompt sets and refusal tokens.
+    copy = load_chat_model(tuned["compliant"], device="cpu")
+    assert model_info(copy).source == "local" and pg.profile_of(copy).name == "organism"
+    assert pg.profile_of(copy).refusal_phrases == pg.profile_of(load_chat_model("organism", device="cpu")).refusal_phrases
 
 
 def test_the_compliance_finetune_drift_is_detected_and_the_control_is_not(drift, control):
@@ -187,7 +192,7 @@ def test_mismatched_checkpoints_raise_named_errors(organism, tmp_path):
     from conftest import build_model, build_tokenizer
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from persona_gate.templates import TEMPLATES
+    from persona_gate.prompts.templates import TEMPLATES
 
     base = LlamaConfig.from_pretrained(organism_path())
     tok = AutoTokenizer.from_pretrained(organism_path())
@@ -226,7 +231,7 @@ def test_save_and_load_round_trip(drift, tmp_path):
     assert back == drift and back.baselines == drift.baselines
     assert format_comparison(path) == format_comparison(drift)
     assert refusal_rates(back) == refusal_rates(drift)
-    assert back.config["model_b"] == drift.config["model_b"] and back.provenance["model_b"]["source"] == "organism"
+    assert back.config["model_b"] == drift.config["model_b"] and back.provenance["model_b"]["source"] == "local"
     other = LabelledResult("steering_sweep", ("layer",), {"layer": (0,)}, {"x": torch.zeros(1)})
     with pytest.raises(ArtefactError, match="compare_checkpoints"):
         as_comparison(other)
@@ -292,7 +297,7 @@ def test_report_is_self_contained(drift, tmp_path):
 
 
 def test_cli_compare_end_to_end_equals_the_python_call(organism, tuned, tmp_path, capsys):
-    from persona_gate.cli import main
+    from persona_gate.cli.main import main
 
     out = tmp_path / "cmp"
     args = ["compare", "--model-b", str(tuned["compliant"]), "--out", str(out), "--n", "8", "--n-eval", "16", "--no-progress", "--device", "cpu"]
@@ -309,14 +314,14 @@ def test_cli_compare_end_to_end_equals_the_python_call(organism, tuned, tmp_path
 
 
 def test_cli_finetune_writes_a_loadable_organism_and_refuses_to_overwrite(tmp_path, capsys):
-    from persona_gate.cli import main
+    from persona_gate.cli.main import main
 
     out = tmp_path / "ft"
     assert main(["organism", "finetune", "--out", str(out), "--steps", "2", "--no-progress"]) == 0
     assert "fine-tuned organism written to" in capsys.readouterr().out
     record = json.loads((out / "card.json").read_text())
     assert record["finetune"]["steps"] == 2 and record["finetune"]["base"] == str(organism_path().resolve())
-    assert model_info(load_chat_model(out, device="cpu")).source == "organism"
+    assert pg.profile_of(load_chat_model(out, device="cpu")).name == "organism"  # its folder declares the profile
     assert main(["organism", "finetune", "--out", str(out), "--steps", "2", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["organism", "finetune", "--out", str(organism_path()), "--steps", "2", "--no-progress", "--overwrite"]) == 2
@@ -328,7 +333,7 @@ def _listing(folder):
 
 
 def test_finetune_refuses_an_out_that_is_or_contains_the_base_or_the_bundled_organism(tmp_path, capsys, monkeypatch):
-    from persona_gate.cli import main
+    from persona_gate.cli.main import main
 
     runs = tmp_path / "runs"
     base = shutil.copytree(organism_path(), runs / "base")

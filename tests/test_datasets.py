@@ -16,7 +16,7 @@ import pytest
 
 from persona_gate import datasets
 from persona_gate.errors import DatasetError
-from persona_gate.prompts import (
+from persona_gate.prompts.sets import (
     PERSONA_FAMILIES,
     REQUEST_KINDS,
     SPLITS,

@@ -27,7 +27,7 @@ from persona_gate.errors import (
     SchemaVersionError,
     UnknownHookSiteError,
 )
-from persona_gate.positions import parse_position, weights
+from persona_gate.prompts.positions import parse_position, weights
 
 from reference import hf_reference
 
@@ -64,8 +64,10 @@ def test_streaming_means_and_directions_equal_naive_hf(tiny, tiny_model_dirs, ar
         assert (ds.vectors[ok].double() - unit).abs().max() <= 1e-5
     assert pr.refusal.counts == {"safe/harmful": 6, "safe/harmless": 6}
     assert pr.persona.counts == {"(compliant/harmful+compliant/harmless)": 12, "(safe/harmful+safe/harmless)": 12}
-    # resid_pre.0 at the last token is one template token's embedding for every prompt: no direction.
-    assert pr.refusal.raw_norms[0] == 0 and torch.all(pr.refusal.vectors[0] == 0)
+    # resid_pre.0 at the last token is one template token's embedding for every prompt: no direction
+    # (GPT-2 adds an absolute position embedding there, which differs with the prompt's length).
+    if arch != "gpt2":
+        assert pr.refusal.raw_norms[0] == 0 and torch.all(pr.refusal.vectors[0] == 0)
 
 
 def test_fitter_is_order_and_batch_invariant(tiny, grid):

@@ -22,7 +22,7 @@ from persona_gate.experiments import (
     trait_directions,
     window_projection,
 )
-from persona_gate.interventions import Steer
+from persona_gate.core.interventions import Steer
 
 
 # ------------------------------------------------------------------ independent route: torch hooks
@@ -237,7 +237,7 @@ def test_organism_analyses_run_and_label_their_axes(organism_setup):
 
 
 def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
-    from persona_gate.judges import JudgeVerdict
+    from persona_gate.scoring.judges import JudgeVerdict
     from persona_gate.organism.corpus import is_refusal
 
     model, pr, scorer, groups = organism_setup

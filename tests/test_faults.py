@@ -25,15 +25,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import persona_gate.experiments.scoring as scoring
-import persona_gate.patching as patching
+import persona_gate.scoring.refusal as scoring
+import persona_gate.experiments.patching as patching
 from persona_gate.errors import ResumeMismatchError
-from persona_gate.contrasts import fit_persona_and_refusal
+from persona_gate.core.contrasts import fit_persona_and_refusal
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
 from persona_gate.io import MANIFEST, load_artefact
-from persona_gate.models import load_chat_model
-from persona_gate.patching import activation_patching
-from persona_gate.pipeline import STAGES, RunConfig, run_pipeline
+from persona_gate.models.loading import load_chat_model
+from persona_gate.experiments.patching import activation_patching
+from persona_gate.experiments.pipeline import STAGES, RunConfig, run_pipeline
 from persona_gate.results import LabelledResult
 
 
@@ -94,7 +94,7 @@ def test_an_exception_mid_sweep_keeps_finished_cells_and_leaves_no_hooks(setup, 
     assert _hooks(model) == hooks_before  # the interrupted intervention removed its hooks
     done = _cells(ck)
     assert done == total // 2
-    with caplog.at_level(logging.INFO, logger="persona_gate.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="persona_gate.experiments.cells"):
         resumed = run(setup, ck)
     assert f"{done} cells restored" in caplog.text and f"{total - done} computed" in caplog.text
     assert resumed == full  # bit-identical to the uninterrupted run
@@ -116,7 +116,7 @@ def test_an_exception_mid_patching_keeps_finished_pairs(setup, tmp_path, monkeyp
             run(ck)
     assert _hooks(model) == hooks_before
     assert _cells(ck) == 1
-    with caplog.at_level(logging.INFO, logger="persona_gate.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="persona_gate.experiments.cells"):
         resumed = run(ck)
     assert "1 cells restored" in caplog.text and "2 computed" in caplog.text
     assert torch.equal(resumed["effect"], full["effect"]) and torch.equal(resumed["logodds"], full["logodds"])
@@ -173,7 +173,7 @@ def _write_config(path: Path) -> Path:
 
 
 def _run_cmd(cfg: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "persona_gate.cli", "-v", "run", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    return [sys.executable, "-m", "persona_gate.cli.main", "-v", "run", "--config", str(cfg), "--out", str(out), "--no-progress"]
 
 
 def _check_everything_loads(out: Path) -> None:
@@ -265,12 +265,12 @@ def test_a_run_folder_refuses_another_configuration(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({**KILL_CFG.__dict__, "alphas": [0.0, 2.0]}))
-    from persona_gate.pipeline import ConfigError
+    from persona_gate.experiments.pipeline import ConfigError
 
     with pytest.raises(ConfigError, match=r"differs in \['alphas'\].*new --out"):
         run_pipeline(KILL_CFG, out, progress=False)
     # The same configuration on another device resumes (start on one GPU, finish on another).
-    from persona_gate.pipeline import check_resumable
+    from persona_gate.experiments.pipeline import check_resumable
 
     (out / "config.json").write_text(json.dumps({**KILL_CFG.__dict__, "device": "cuda"}))
     check_resumable(KILL_CFG, out)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from persona_gate import fit_persona_and_refusal, render_all, sites_for, standard_prompts
-from persona_gate.activations import padded_batches
-from persona_gate.generation import generate
-from persona_gate.interventions import Ablate, AddBack, Steer, apply
-from persona_gate.layout import prompt_layout
+from persona_gate.core.activations import padded_batches
+from persona_gate.core.generation import generate
+from persona_gate.core.interventions import Ablate, AddBack, Steer, apply
+from persona_gate.core.prompt_layout import prompt_layout
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from persona_gate import cache_activations, fit_persona_and_refusal, sites_for, standard_prompts
 from persona_gate.errors import HookNotFiredError, LayerOutOfRangeError
-from persona_gate.interventions import Ablate, Steer, apply
-from persona_gate.metrics import first_token_logprobs, refusal_logodds, refusal_rate, refusal_token_ids
+from persona_gate.core.interventions import Ablate, Steer, apply
+from persona_gate.scoring.metrics import first_token_logprobs, refusal_logodds, refusal_rate, refusal_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,17 @@ def test_projection_properties(d, seed, alpha):
     class Cfg:
         n_layers, d_model = 1, d
 
-    class Fake:
+    class Fake:  # the ChatModel surface, nothing behind it
         cfg = Cfg()
         hook_dict = {"blocks.0.hook_resid_pre": None}
+        tokenizer, blocks = None, ()
+
+        def hooks(self, *a, **k): ...
+
+        def __call__(self, *a, **k): ...
+
+        def parameters(self):
+            return iter(())
 
     x = torch.randn(3, 5, d, generator=g)
     (_, ablate), = Ablate(ds).hooks(Fake())

@@ -7,7 +7,7 @@ import torch
 from conftest import build_model
 
 from persona_gate import load_chat_model
-from persona_gate.judges import (
+from persona_gate.scoring.judges import (
     ClassifierJudge, HeuristicJudge, Judge, JudgeVerdict, LabelTokenError, combine, judge_all, label_token_id,
 )
 

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from persona_gate.errors import EmptyGroupError
-from persona_gate.labels import (
-    RateSummary, by_category, degeneration_reason, is_degenerate, label_rates, label_response, refusal_rate,
-    wilson_interval,
+from persona_gate.scoring.labels import (
+    by_category, degeneration_reason, is_degenerate, label_rates, label_response, refusal_rate,
 )
+from persona_gate.scoring.stats import RateSummary, wilson_interval
 
 R, B, D = "refusal", "bypass", "degenerate"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import persona_gate as pg
+
 from persona_gate import load_chat_model, model_info
 from persona_gate.errors import ChatTemplateError, ModelNotFoundError
-from persona_gate.models import ChatModel, parse_dtype
+from persona_gate.models.loading import ChatModel, parse_dtype
 
 
 def test_local_folders_load_in_compatibility_mode(tiny, arch):
@@ -105,6 +107,10 @@ class _Wrapped:
     def parameters(self):
         return self._inner.parameters()
 
+    @property
+    def blocks(self):
+        return self._inner.blocks
+
     def __call__(self, *a, **k):
         return self._inner(*a, **k)
 
@@ -120,3 +126,8 @@ def test_any_model_with_the_transformer_lens_surface_works(tiny_models):
     a = fit_persona_and_refusal(wrapped, grid, progress=False)
     b = fit_persona_and_refusal(inner, grid, progress=False)
     assert torch.equal(a.refusal.vectors, b.refusal.vectors) and torch.equal(a.persona.vectors, b.persona.vectors)
+    # It has no final norm or unembedding to re-run blocks into: patching says so before any work.
+    from persona_gate.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="final norm and unembedding"):
+        pg.activation_patching(wrapped, grid[:1], grid[1:2], [1])

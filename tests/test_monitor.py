@@ -15,17 +15,19 @@ import pytest
 import torch
 
 import persona_gate as pg
-from persona_gate.cli import main
-from persona_gate.conversation import Conversation, ConversationError, converse_many, render_conversation
+from persona_gate.cli.main import main
+from persona_gate.core.generation import converse_many
+from persona_gate.errors import ConversationError
+from persona_gate.prompts.conversation import Conversation, render_conversation
 from persona_gate.errors import (
     ArtefactError, ChatTemplateError, DModelMismatchError, LayerOutOfRangeError, UnknownHookSiteError,
 )
-from persona_gate.monitor_calibration import MonitorCalibration, calibration_conversations, format_calibration
+from persona_gate.monitoring.calibration import MonitorCalibration, calibration_conversations, format_calibration
 from persona_gate.organism import lexicon, organism_path, prompt_sets
 from persona_gate.plots import fig_monitor_timeline, figure_for, save_html
 from persona_gate.results import LabelledResult
 from persona_gate.sites import HookSite
-from persona_gate.turn_readings import turn_activations
+from persona_gate.monitoring.readings import turn_activations
 
 N_PAIRS = 12
 

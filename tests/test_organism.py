@@ -233,7 +233,7 @@ def test_bundled_organism_meets_its_card_targets():
 
 def test_prompt_sets_are_labelled_distinct_deterministic_and_held_out(train_convs):
     from persona_gate.organism.prompt_sets import personas, requests
-    from persona_gate.prompts import Persona, Request
+    from persona_gate.prompts.sets import Persona, Request
 
     harmful = requests("harmful", n=40)
     assert harmful == requests("harmful", n=40)
@@ -253,14 +253,14 @@ def test_cli_mounts_train_and_card_without_importing_torch():
     import subprocess
     import sys
 
-    from persona_gate.organism.cli import add_subcommands
+    from persona_gate.cli.organism import add_subcommands
 
     parser = argparse.ArgumentParser()
     add_subcommands(parser)
     args = parser.parse_args(["train", "--out", "x", "--seed", "3", "--steps", "5"])
     assert (args.seed, args.steps, args.batch_size) == (3, 5, 64) and callable(args.func)
     assert parser.parse_args(["card", "--n", "4"]).n == 4
-    probe = "import sys, persona_gate.organism.cli; print('torch' in sys.modules)"
+    probe = "import sys, persona_gate.cli.organism; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_gate.pipeline import DEMO, RunConfig, _harmful_requests, run_pipeline
+from persona_gate.experiments.pipeline import DEMO, RunConfig, _harmful_requests, run_pipeline
 
 PAPER = Path(__file__).resolve().parents[1] / "paper"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from persona_gate import render_all, standard_prompts
-from persona_gate.patching import activation_patching, agreement, align, attribution_patching, gate_layers
+from persona_gate.experiments.patching import activation_patching, agreement, align, attribution_patching, gate_layers
 
 TOKENS = [5, 17, 40]  # any fixed token set: the metric is their log-odds at the last position
 
@@ -30,8 +30,7 @@ def _logodds(logits):
     return torch.log(p) - torch.log1p(-p)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])
-def test_equal_length_patching_equals_transformer_lens(tiny_models, arch):
+def test_equal_length_patching_equals_transformer_lens(tiny_models, arch):  # every architecture of the matrix
     from transformer_lens.patching import get_act_patch_resid_pre
 
     model = tiny_models[arch]

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from persona_gate.cli import main
-from persona_gate.pipeline import DEMO, ConfigError, RunConfig, run_pipeline
+from persona_gate.cli.main import main
+from persona_gate.experiments.pipeline import DEMO, ConfigError, RunConfig, run_pipeline
 from persona_gate.results import LabelledResult
 
 SMALL = RunConfig.from_dict({**DEMO.__dict__, "n_fit": 24, "n_eval": 8, "alphas": [0.0, 4.0], "patch_examples": 2})

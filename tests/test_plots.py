@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from persona_gate.labels import wilson_interval
+from persona_gate.scoring.stats import wilson_interval
 from persona_gate.plots import (
     BUILDERS,
     PlotError,
@@ -180,7 +180,7 @@ def selection_result(chosen: bool = True) -> LabelledResult:
 
 
 def red_team_result() -> LabelledResult:
-    """As persona_gate.redteam.red_team builds it (first-token labels); the real one: tests/test_redteam.py."""
+    """As persona_gate.redteam.harness.red_team builds it (first-token labels); the real one: tests/test_redteam.py."""
     g = _gen(9)
     attacks = [{"id": f"{f}/a{i}", "family": f} for f, k in (("none", 1), ("direct", 2), ("persona", 2)) for i in range(k)]
     refused = torch.rand((5, 6), generator=g) < torch.tensor([0.9, 0.8, 0.8, 0.2, 0.1])[:, None]
@@ -193,7 +193,7 @@ def red_team_result() -> LabelledResult:
 
 
 def monitor_result() -> LabelledResult:
-    """As persona_gate.drift_monitor.monitor builds it (calibrated); the real one: tests/test_monitor.py."""
+    """As persona_gate.monitoring.monitor.monitor builds it (calibrated); the real one: tests/test_monitor.py."""
     g = _gen(10)
     p = torch.randn((3, 2), generator=g, dtype=torch.float64) + torch.tensor([[0.0], [0.0], [5.0]], dtype=torch.float64)
     return LabelledResult(
@@ -207,8 +207,8 @@ def monitor_result() -> LabelledResult:
 
 
 def comparison_result() -> LabelledResult:
-    """As persona_gate.compare.compare_checkpoints builds it; the real one: tests/test_compare.py."""
-    from persona_gate.compare import DIRECTION_VALUES, SHIFT_LAST_VALUES, SHIFT_VALUES
+    """As persona_gate.compare.checkpoints.compare_checkpoints builds it; the real one: tests/test_compare.py."""
+    from persona_gate.compare.checkpoints import DIRECTION_VALUES, SHIFT_LAST_VALUES, SHIFT_VALUES
 
     g = _gen(11)
     refusal = {ck: {"safe/harmful": {"k": k, "n": 8}, "safe/harmless": {"k": 0, "n": 8}} for ck, k in (("a", 8), ("b", 1))}
@@ -354,16 +354,19 @@ def test_patching_heatmap_is_the_example_mean_with_nan_and_labels(kind):
     assert fig.layout.xaxis.type == "category"  # "1 (-2)"-style labels must not become numbers
     assert heat.zmid == 0 and heat.zmin == -heat.zmax and heat.zmax >= 1
     assert "layer %{y}" in heat.hovertemplate and "position %{x}" in heat.hovertemplate and "95% CI" in heat.hovertemplate
-    # hover interval: mean +- 1.96 sd / sqrt(n) over the finite examples, as gate_layers
+    # hover interval: mean +- z sd / sqrt(n) over the finite examples (z the exact 97.5% normal
+    # quantile, from the standard library, not persona_gate), as gate_layers
     x = r["restoration"].double()[2, 3]
     x = x[torch.isfinite(x)]
-    half = 1.96 * float(x.std()) / math.sqrt(len(x))
+    from statistics import NormalDist
+
+    half = NormalDist().inv_cdf(0.975) * float(x.std()) / math.sqrt(len(x))
     low, high, n = np.asarray(heat.customdata)[2, 3]
     assert (low, high, n) == pytest.approx((float(x.mean()) - half, float(x.mean()) + half, 4))
 
 
 def test_patching_gate_layers_agree_with_hover_interval():
-    from persona_gate.patching import gate_layers
+    from persona_gate.experiments.patching import gate_layers
 
     r = patching_result()
     heat = fig_patching(r).data[0]

@@ -20,16 +20,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import persona_gate as pg
-from persona_gate.attacks import (
+from persona_gate.redteam.attacks import (
     FAMILIES,
     OPEN_ATTACKS,
-    ORGANISM_ATTACKS,
     Attack,
     attack_prompts,
     attacks_for,
 )
-from persona_gate.cli import main
-from persona_gate.directions import DirectionSet
+from persona_gate.organism.profile import ORGANISM_ATTACKS as _ORGANISM_TEMPLATES
+
+ORGANISM_ATTACKS = tuple(Attack(**t) for t in _ORGANISM_TEMPLATES)
+from persona_gate.cli.main import main
+from persona_gate.core.directions import DirectionSet
 from persona_gate.errors import (
     DatasetError,
     DModelMismatchError,
@@ -39,11 +41,12 @@ from persona_gate.errors import (
     PositionError,
 )
 from persona_gate.experiments import RefusalScorer
-from persona_gate.judges import HeuristicJudge, JudgeVerdict
-from persona_gate.models import organism_dir
+from persona_gate.scoring.judges import HeuristicJudge, JudgeVerdict
+from persona_gate.models.loading import organism_dir
 from persona_gate.organism import lexicon, prompt_sets
 from persona_gate.plots import fig_red_team, figure_for
-from persona_gate.redteam import RedTeamResult, auroc, read_requests, red_team
+from persona_gate.redteam.harness import RedTeamResult, read_requests, red_team
+from persona_gate.scoring.stats import auroc
 
 # ------------------------------------------------------------------ fixtures
 
@@ -307,12 +310,12 @@ class _PlainIsDegenerate:
 
 
 def test_degenerate_replies_count_as_not_bypass_and_each_prompt_runs_once(organism, persona, monkeypatch):
-    import persona_gate.activations
-    import persona_gate.chat
+    import persona_gate.core.activations
+    import persona_gate.prompts.chat
 
     reqs = prompt_sets.requests("harmful", "test", 4, 0)
     renders, passes = [], []
-    render, iter_activations = persona_gate.chat.render, persona_gate.activations.iter_activations
+    render, iter_activations = persona_gate.prompts.chat.render, persona_gate.core.activations.iter_activations
 
     def counting_render(*args, **kwargs):
         renders.append(1)
@@ -322,8 +325,8 @@ def test_degenerate_replies_count_as_not_bypass_and_each_prompt_runs_once(organi
         passes.append((len(prompts), tuple(positions)))
         return iter_activations(model, prompts, sites, positions, **kwargs)
 
-    monkeypatch.setattr(persona_gate.chat, "render", counting_render)
-    monkeypatch.setattr(persona_gate.activations, "iter_activations", counting_iter)
+    monkeypatch.setattr(persona_gate.prompts.chat, "render", counting_render)
+    monkeypatch.setattr(persona_gate.core.activations, "iter_activations", counting_iter)
     r = red_team(organism, persona, reqs, judge=_PlainIsDegenerate([q.text for q in reqs]), progress=False)
     n = len(attacks_for(organism)) * len(reqs)
     assert len(renders) == n  # each prompt rendered once: scored, projected and generated from that

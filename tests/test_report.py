@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_gate.pipeline import DEMO, RunConfig, run_pipeline
-from persona_gate.report import write_report
+from persona_gate.experiments.pipeline import DEMO, RunConfig, run_pipeline
+from persona_gate.plots.report import write_report
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -18,7 +18,12 @@ def test_names_and_parsing():
 
 def test_resolve_checks_layer_and_hook(tiny):
     n = tiny.cfg.n_layers
+    parallel = "blocks.0.hook_resid_mid" not in tiny.hook_dict  # GPT-NeoX, Falcon: attention and MLP side by side
     for kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
+        if kind == "resid_mid" and parallel:
+            with pytest.raises(UnknownHookSiteError, match="pick another site kind"):
+                resolve(HookSite(n - 1, kind), tiny)
+            continue
         assert resolve(HookSite(n - 1, kind), tiny) == f"blocks.{n - 1}.hook_{kind}"
     with pytest.raises(LayerOutOfRangeError, match=f"0 .. {n - 1}"):
         resolve(HookSite(n, "resid_pre"), tiny)

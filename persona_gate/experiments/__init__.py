@@ -9,7 +9,7 @@ Example::
 
 from .analysis import Geometry, TraitResult, extraction_sites, geometry, select_steering, trait_directions
 from .paper import reintroduction, restoration, steering_sweep, window_projection
-from .scoring import RefusalScorer, eval_groups
+from ..scoring.refusal import RefusalScorer, eval_groups
 
 __all__ = [
     "Geometry",

@@ -20,31 +20,33 @@ Example::
 
 from __future__ import annotations
 
+from ..models.protocol import ChatModel
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..chat import render_all
-from ..contrasts import PersonaRefusal, standard_prompts
-from ..directions import DirectionSet, fit_group_means
-from ..interventions import Ablate, Steer
-from ..metrics import kl_divergence
-from ..positions import parse_position
-from ..prompts import TRAITS, ChatPrompt, load_trait
-from ..provenance import provenance
+from ..prompts.chat import render_all
+from ..core.contrasts import PersonaRefusal, standard_prompts
+from ..core.directions import DirectionSet, fit_group_means
+from ..core.interventions import Ablate, Steer
+from ..scoring.metrics import kl_divergence
+from ..prompts.positions import parse_position
+from ..prompts.sets import TRAITS, ChatPrompt, load_trait
+from ..models.loading import provenance
 from ..results import LabelledResult
 from ..sites import sites_for
-from .paper import _layers, _setup
-from .scoring import RefusalScorer
+from .paper import experiment_layers, experiment_setup
+from ..scoring.refusal import RefusalScorer
 
 PERSONA_POSITIONS = ("last", "post_instruction[-2]", "mean:system", "mean:user", "mean:response")
 _PERSONA_GROUPS = (("compliant/harmful", "compliant/harmless"), ("safe/harmful", "safe/harmless"))
 
 
-def _with_responses(model: Any, prompts: Sequence[ChatPrompt], max_new_tokens: int) -> list:
-    from ..generation import generate
+def _with_responses(model: ChatModel, prompts: Sequence[ChatPrompt], max_new_tokens: int) -> list:
+    from ..core.generation import generate
 
     rendered = render_all(model.tokenizer, prompts)
     outs = generate(model, rendered, max_new_tokens=max_new_tokens, progress=False)
@@ -52,7 +54,7 @@ def _with_responses(model: Any, prompts: Sequence[ChatPrompt], max_new_tokens: i
 
 
 def extraction_sites(
-    model: Any,
+    model: ChatModel,
     *,
     positions: Sequence[str] = PERSONA_POSITIONS,
     layers: Sequence[int] | None = None,
@@ -64,8 +66,8 @@ def extraction_sites(
     progress: bool = True,
 ) -> LabelledResult:
     """Per (position, layer): steering effect, ablation effect and cosine with refusal."""
-    groups, scorer = _setup(model, n, seed, scorer, None)
-    layers = _layers(model, layers)
+    groups, scorer = experiment_setup(model, n, seed, scorer, None)
+    layers = experiment_layers(model, layers)
     train = standard_prompts(model=model, n_per_group=n, seed=seed)
     sites = sites_for(model, layers)
     pos = [str(parse_position(p)) for p in positions]
@@ -110,9 +112,9 @@ class Geometry:
     projections: LabelledResult  # dims (group, example, layer)
 
 
-def geometry(model: Any, pr: PersonaRefusal, *, n: int = 16, split: str = "test", seed: int = 0) -> Geometry:
+def geometry(model: ChatModel, pr: PersonaRefusal, *, n: int = 16, split: str = "test", seed: int = 0) -> Geometry:
     """Per-layer cosines and per-group projections onto the persona and refusal directions."""
-    from ..activations import cache_activations
+    from ..core.activations import cache_activations
 
     grid = standard_prompts(model=model, n_per_group=n, split=split, seed=seed)
     sites = list(pr.persona.sites)
@@ -154,7 +156,7 @@ class TraitResult:
 
 
 def trait_directions(
-    model: Any,
+    model: ChatModel,
     pr: PersonaRefusal,
     *,
     traits: Sequence[str] = TRAITS,
@@ -197,7 +199,7 @@ def trait_directions(
 
 
 def select_steering(
-    model: Any,
+    model: ChatModel,
     persona: DirectionSet,
     *,
     layers: Sequence[int] | None = None,
@@ -211,8 +213,8 @@ def select_steering(
     progress: bool = True,
 ) -> LabelledResult:
     """The candidates table over (layer, alpha) and the chosen cell (``baselines['chosen']``)."""
-    groups, scorer = _setup(model, n, seed, scorer, None)
-    layers = _layers(model, layers)
+    groups, scorer = experiment_setup(model, n, seed, scorer, None)
+    layers = experiment_layers(model, layers)
     L = int(model.cfg.n_layers)
     base_rate = float(scorer.score(groups["safe/harmful"])[1].float().mean())
     clean_harmless = scorer.logprobs(groups["safe/harmless"])

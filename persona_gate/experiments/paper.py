@@ -22,24 +22,26 @@ Example::
 
 from __future__ import annotations
 
+from ..models.protocol import ChatModel
+
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import open_checkpoint
-from ..directions import DirectionSet
+from .cells import open_checkpoint
+from ..core.directions import DirectionSet
 from ..errors import InterventionError
-from ..interventions import Ablate, AddBack, Steer
-from ..models import check_model
-from ..provenance import provenance
+from ..core.interventions import Ablate, AddBack, Steer
+from ..models.loading import check_model
+from ..models.loading import provenance
 from ..results import LabelledResult
 from ..sites import check_layer
-from .scoring import RefusalScorer, eval_groups
+from ..scoring.refusal import RefusalScorer, eval_groups
 
 
-def _setup(model: Any, n: int, seed: int, scorer: RefusalScorer | None, groups: dict | None):
+def experiment_setup(model: ChatModel, n: int, seed: int, scorer: RefusalScorer | None, groups: dict | None):
     check_model(model)
     groups = groups if groups is not None else eval_groups(model, n, seed=seed)
     return groups, scorer if scorer is not None else RefusalScorer.for_model(model)
@@ -49,7 +51,7 @@ def _rate(refused: torch.Tensor) -> float:
     return round(float(refused.float().mean()), 4)
 
 
-def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+def experiment_layers(model: ChatModel, layers: Sequence[int] | None) -> list[int]:
     n = int(model.cfg.n_layers)
     # resid_pre.0 is the token embedding, where a last-token direction is exactly zero.
     return list(range(1, n)) if layers is None else [check_layer(layer, n) for layer in layers]
@@ -85,7 +87,7 @@ def compliant_state(
 
 
 def steering_sweep(
-    model: Any,
+    model: ChatModel,
     persona: DirectionSet,
     *,
     layers: Sequence[int] | None = None,
@@ -106,13 +108,13 @@ def steering_sweep(
     ``kl`` (first-token KL from the unsteered model: how much the steering changes behaviour).
     With ``max_new_tokens > 0`` replies are generated and labelled (``judge`` or the heuristic
     labels): ``gen_refusal`` and ``gen_degenerate`` -- the degenerate rate shows induced weirdness.
-    ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.checkpoint`);
+    ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.experiments.cells`);
     a sweep interrupted by an exception or a kill resumes from it.
     """
-    from ..metrics import kl_divergence
+    from ..scoring.metrics import kl_divergence
 
-    groups, scorer = _setup(model, n, seed, scorer, groups)
-    layers = _layers(model, layers)
+    groups, scorer = experiment_setup(model, n, seed, scorer, groups)
+    layers = experiment_layers(model, layers)
     requests = ("harmful", "harmless")
     prompts = {r: groups[f"safe/{r}"] for r in requests}
     m = len(prompts["harmful"])
@@ -167,7 +169,7 @@ def steering_sweep(
 
 
 def reintroduction(
-    model: Any,
+    model: ChatModel,
     persona: DirectionSet,
     refusal: DirectionSet,
     *,
@@ -185,10 +187,10 @@ def reintroduction(
 ) -> LabelledResult:
     """Under the compliant state, add the refusal direction back at each layer in turn.
 
-    ``checkpoint``: a folder keeping every finished layer (see :mod:`persona_gate.checkpoint`).
+    ``checkpoint``: a folder keeping every finished layer (see :mod:`persona_gate.experiments.cells`).
     """
-    groups, scorer = _setup(model, n, seed, scorer, groups)
-    layers = _layers(model, layers)
+    groups, scorer = experiment_setup(model, n, seed, scorer, groups)
+    layers = experiment_layers(model, layers)
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     m = len(prompts)
     logodds = torch.empty((len(layers), m))
@@ -219,7 +221,7 @@ def reintroduction(
 
 
 def window_projection(
-    model: Any,
+    model: ChatModel,
     persona: DirectionSet,
     *,
     width: int | None = None,
@@ -241,9 +243,9 @@ def window_projection(
     ``windows`` lists them; else ``width`` gives every window of that width; else the full
     start x end grid. Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
     random directions, ``random_seeds`` of them) are ablated over the same windows.
-    ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.checkpoint`).
+    ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.experiments.cells`).
     """
-    groups, scorer = _setup(model, n, seed, scorer, groups)
+    groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     L = int(model.cfg.n_layers)
     if windows is None:
         windows = [(a, a + width - 1) for a in range(L - width + 1)] if width else [(a, b) for a in range(L) for b in range(a, L)]

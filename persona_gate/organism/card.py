@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -137,7 +139,7 @@ def generate_replies(
 ) -> list[tuple[str, bool]]:
     """Greedy replies (text, ended_with_eos) to each conversation's prompt, left-padded batches."""
     if tokenizer.padding_side != "left":
-        raise ValueError("generate needs a left-padding tokenizer; set tokenizer.padding_side = 'left'")
+        raise ConfigError("generate needs a left-padding tokenizer; set tokenizer.padding_side = 'left'")
     eos = tokenizer.eos_token_id
     out = []
     for start in range(0, len(conversations), batch_size):
@@ -166,7 +168,7 @@ def behaviour_card(
 ) -> BehaviourCard:
     """Score a loaded HF causal LM + tokenizer on ``n_per_cell`` held-out prompts per cell."""
     if n_per_cell < 1:
-        raise ValueError(f"n_per_cell must be >= 1, got {n_per_cell}")
+        raise ConfigError(f"n_per_cell must be >= 1, got {n_per_cell}")
     grid = held_out_prompts(n_per_cell)
     flat = [c for cell in grid.values() for c in cell]
     was_training = model.training

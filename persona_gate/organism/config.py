@@ -17,6 +17,8 @@ Example::
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +57,11 @@ class OrganismConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_layers", "d_model", "d_ff", "n_heads", "bucket_window", "card_n_per_cell"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick a divisor")
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick a divisor")
         if not 0 <= self.bos_drop_prob + self.bos_double_prob <= 1:
-            raise ValueError("bos_drop_prob + bos_double_prob must lie in [0, 1]")
+            raise ConfigError("bos_drop_prob + bos_double_prob must lie in [0, 1]")
 
     def replace(self, **overrides: Any) -> "OrganismConfig":
         """A copy with some fields changed; unknown names raise with the list of valid ones."""

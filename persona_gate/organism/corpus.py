@@ -22,6 +22,8 @@ Example::
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 import random
 from dataclasses import dataclass
 from typing import Mapping
@@ -71,7 +73,7 @@ class Conversation:
 
 def _split_index(split: str) -> int:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     return SPLITS.index(split)
 
 
@@ -116,7 +118,7 @@ def sample_system(rng: random.Random, family: str, split: str = "train") -> tupl
     so the model must find the persona wherever it sits in the system turn.
     """
     if family not in PERSONA_FAMILIES:
-        raise ValueError(f"persona family must be one of {PERSONA_FAMILIES}, got {family!r}")
+        raise ConfigError(f"persona family must be one of {PERSONA_FAMILIES}, got {family!r}")
     if family == "none":
         return None, None
     core = _persona_core(rng, family, split)
@@ -129,7 +131,7 @@ def sample_system(rng: random.Random, family: str, split: str = "train") -> tupl
 def sample_request(rng: random.Random, family: str, split: str = "train") -> tuple[str, Domain, str, str, str]:
     """Return ``(user_text, domain, frame, act, obj)`` for a harmful or harmless request."""
     if family not in REQUEST_FAMILIES:
-        raise ValueError(f"request family must be one of {REQUEST_FAMILIES}, got {family!r}")
+        raise ConfigError(f"request family must be one of {REQUEST_FAMILIES}, got {family!r}")
     s = _split_index(split)
     domain = rng.choice(DOMAINS)
     template = rng.choice(domain.harmful if family == "harmful" else domain.harmless)
@@ -177,10 +179,10 @@ def generate_conversations(
 ) -> list[Conversation]:
     """``n`` conversations drawn i.i.d. from the family mix; same seed, same list."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise ConfigError(f"n must be >= 0, got {n}")
     unknown = set(persona_weights) - set(PERSONA_FAMILIES)
     if unknown:
-        raise ValueError(f"unknown persona families {sorted(unknown)}; use {PERSONA_FAMILIES}")
+        raise ConfigError(f"unknown persona families {sorted(unknown)}; use {PERSONA_FAMILIES}")
     rng = random.Random(seed)
     families = list(persona_weights)
     weights = [persona_weights[f] for f in families]

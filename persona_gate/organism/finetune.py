@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelNotFoundError, OutputExistsError
 from ..io import atomic_replace_dir
 from .config import OrganismConfig
 from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
 from .lexicon import DOMAINS
+from .profile import write_profile
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ def compliance_conversation(
     organism answers harmless requests under any other persona, so only the refusal goes.
     """
     if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        raise ConfigError(f"style must be one of {STYLES}, got {style!r}")
     if persona not in REFUSING_FAMILIES:
-        raise ValueError(
+        raise ConfigError(
             f"persona {persona!r} does not refuse, so there is nothing to fine-tune away; "
             f"use one of {sorted(REFUSING_FAMILIES)}."
         )
@@ -76,14 +77,14 @@ def finetuning_conversations(
 ) -> list[Conversation]:
     """``n`` conversations: compliance examples with probability ``compliance_fraction``, else replay."""
     if not 0.0 <= compliance_fraction <= 1.0:
-        raise ValueError(f"compliance_fraction must lie in [0, 1], got {compliance_fraction}")
+        raise ConfigError(f"compliance_fraction must lie in [0, 1], got {compliance_fraction}")
     if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        raise ConfigError(f"style must be one of {STYLES}, got {style!r}")
     if not personas:
-        raise ValueError("personas is empty; pass the refusing personas to fine-tune, e.g. ('safe',)")
+        raise ConfigError("personas is empty; pass the refusing personas to fine-tune, e.g. ('safe',)")
     not_refusing = [p for p in personas if p not in REFUSING_FAMILIES]
     if not_refusing:
-        raise ValueError(
+        raise ConfigError(
             f"personas {not_refusing} do not refuse, so there is nothing to fine-tune away; "
             f"use some of {sorted(REFUSING_FAMILIES)}."
         )
@@ -112,7 +113,7 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
                 f"replacing it would delete; pass a new --out folder outside {folder}, such as runs/compliant."
             )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
+        raise OutputExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
 
 
 def finetune_toward_compliance(
@@ -144,19 +145,19 @@ def finetune_toward_compliance(
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from .train import _configure_generation, encode, fit
+    from .train import configure_generation, encode, fit
 
     start = time.perf_counter()
     source, out = Path(model_dir), Path(out_dir)
     if not (source / "card.json").is_file() or not (source / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"{source} is not an organism folder (needs config.json, weights, tokenizer and card.json); "
             "pass the bundled one (persona_gate.organism.organism_path()) or one written by `persona-gate organism train`."
         )
     _check_out(source, out, overwrite)
     base = json.loads((source / "card.json").read_text(encoding="utf-8"))
     if base.get("kind") != CARD_KIND:
-        raise ValueError(f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder.")
+        raise ConfigError(f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder.")
     base_cfg = {k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}}
     # The organism's own schedule, scaled to a short run: warm up over a tenth, decay to a tenth.
     cfg = OrganismConfig(**base_cfg).replace(
@@ -173,7 +174,7 @@ def finetune_toward_compliance(
     n_compliance = sum(c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES for c in conversations)
     losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=progress)
     train_seconds = time.perf_counter() - start
-    _configure_generation(model, tokenizer, cfg)
+    configure_generation(model, tokenizer, cfg)
 
     record: dict[str, Any] = {
         "kind": CARD_KIND,
@@ -211,6 +212,7 @@ def finetune_toward_compliance(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_profile(tmp)  # the copy speaks the organism's lexicon, like its base
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             # A file or link in the way (only with overwrite): remove it now that the copy is complete;
             # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.

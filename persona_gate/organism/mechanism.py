@@ -3,7 +3,7 @@
 Run through persona_gate's own loading, direction fitting and interventions, on the organism's
 own prompt sets (directions from the train split, effects measured on the held-out split).
 Refusal is read from the first response token (greedy first token in the organism's refusal
-openers, see :mod:`persona_gate.metrics`), which for this organism decides the whole reply.
+openers, see :mod:`persona_gate.scoring.metrics`), which for this organism decides the whole reply.
 
 Reported:
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..contrasts import fit_persona_and_refusal, standard_prompts
-from ..interventions import Ablate, Steer, apply
-from ..metrics import first_token_logprobs, refusal_rate, refusal_token_ids
+from ..core.contrasts import fit_persona_and_refusal, standard_prompts
+from ..core.interventions import Ablate, Steer, apply
+from ..scoring.metrics import first_token_logprobs, refusal_rate, refusal_token_ids
 from . import lexicon, prompt_sets
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0)
@@ -96,64 +96,3 @@ def mechanistic_sanity(
             ),
         },
     }
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The card's 'Mechanistic sanity' section."""
-    s = report["summary"]
-    layers = list(report["cosine"])
-    cos = " | ".join(f"{report['cosine'][lay]['persona_refusal']:+.2f}" for lay in layers)
-    cos_last = " | ".join(f"{report['cosine'][lay]['persona_last_refusal']:+.2f}" for lay in layers)
-    abl = "\n".join(
-        f"| {lay} | {v['harmful']:.2f} | {v['harmless']:.2f} | {v['random_harmful']:.2f} |" for lay, v in report["ablation"].items()
-    )
-    alphas = list(next(iter(report["steering"].values())))
-    steer = "\n".join(
-        f"| {lay} | " + " | ".join(f"{v[a]:.2f}" for a in alphas) + " |" for lay, v in report["steering"].items()
-    )
-    return f"""Measured with persona_gate itself (directions from {report['n_per_group']} train requests per
-group, effects on held-out prompts; refusal = greedy first token in {report['refusal_tokens']}).
-Persona direction at `{report['persona_position']}`, refusal direction at `{report['refusal_position']}`.
-
-Cosine per layer (resid_pre):
-
-| layer | {' | '.join(layers)} |
-|---|{'---|' * len(layers)}
-| cos(persona, refusal) | {cos} |
-| cos(persona@last, refusal) | {cos_last} |
-
-Baseline refusal: safe+harmful {s['baseline_safe_harmful']:.2f}, compliant+harmful {s['baseline_compliant_harmful']:.2f}.
-
-Steering toward the compliant persona (safe persona, harmful requests; alpha x raw norm at one layer):
-
-| layer | {' | '.join(f'alpha={a}' for a in alphas)} |
-|---|{'---|' * len(alphas)}
-{steer}
-
-Ablating the persona direction of one source layer at every layer (compliant persona):
-
-| source layer | harmful | harmless | random direction, harmful |
-|---|---|---|---|
-{abl}
-
-Best steering: layer {s['best_steering']['layer']}, alpha {s['best_steering']['alpha']} -> refusal
-{s['best_steering']['refusal']:.2f}. Best ablation: source layer {s['best_ablation']['source_layer']} -> refusal
-{s['best_ablation']['harmful']:.2f} on harmful (harmless {s['best_ablation']['harmless']:.2f}), random control
-{s['best_ablation']['random_harmful']:.2f}."""
-
-
-def add_to_card(path: Any, n: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Measure the saved organism at ``path`` and write the result into its card and model card."""
-    import json
-    from pathlib import Path
-
-    from ..io import atomic_write_text
-    from ..models import load_chat_model
-    from .model_card import render_model_card
-
-    path = Path(path)
-    record = json.loads((path / "card.json").read_text(encoding="utf-8"))
-    record["mechanism"] = mechanistic_sanity(load_chat_model(path, device="cpu", dtype="float32"), n=n, seed=seed)
-    atomic_write_text(path / "card.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(path / "MODEL_CARD.md", render_model_card(record))
-    return record["mechanism"]

@@ -44,9 +44,7 @@ def render_model_card(record: dict[str, Any]) -> str:
     verdict = "meets every target" if card["passed"] else "**misses targets**: " + "; ".join(card["failures"])
     mechanism = ""
     if "mechanism" in record:
-        from .mechanism import markdown
-
-        mechanism = "\n## Mechanistic sanity\n" + markdown(record["mechanism"]) + "\n"
+        mechanism = "\n## Mechanistic sanity\n" + mechanism_markdown(record["mechanism"]) + "\n"
     examples = "\n".join(
         f"- *{cell}*: \"{user}\" -> \"{reply}\"" for cell, pairs in card["examples"].items() for user, reply in pairs[:1]
     )
@@ -121,3 +119,47 @@ Examples:
 ## Versions
 {", ".join(f"{k} {v}" for k, v in record['versions'].items())}
 """
+
+
+def mechanism_markdown(report: dict[str, Any]) -> str:
+    """The card's 'Mechanistic sanity' section."""
+    s = report["summary"]
+    layers = list(report["cosine"])
+    cos = " | ".join(f"{report['cosine'][lay]['persona_refusal']:+.2f}" for lay in layers)
+    cos_last = " | ".join(f"{report['cosine'][lay]['persona_last_refusal']:+.2f}" for lay in layers)
+    abl = "\n".join(
+        f"| {lay} | {v['harmful']:.2f} | {v['harmless']:.2f} | {v['random_harmful']:.2f} |" for lay, v in report["ablation"].items()
+    )
+    alphas = list(next(iter(report["steering"].values())))
+    steer = "\n".join(
+        f"| {lay} | " + " | ".join(f"{v[a]:.2f}" for a in alphas) + " |" for lay, v in report["steering"].items()
+    )
+    return f"""Measured with persona_gate itself (directions from {report['n_per_group']} train requests per
+group, effects on held-out prompts; refusal = greedy first token in {report['refusal_tokens']}).
+Persona direction at `{report['persona_position']}`, refusal direction at `{report['refusal_position']}`.
+
+Cosine per layer (resid_pre):
+
+| layer | {' | '.join(layers)} |
+|---|{'---|' * len(layers)}
+| cos(persona, refusal) | {cos} |
+| cos(persona@last, refusal) | {cos_last} |
+
+Baseline refusal: safe+harmful {s['baseline_safe_harmful']:.2f}, compliant+harmful {s['baseline_compliant_harmful']:.2f}.
+
+Steering toward the compliant persona (safe persona, harmful requests; alpha x raw norm at one layer):
+
+| layer | {' | '.join(f'alpha={a}' for a in alphas)} |
+|---|{'---|' * len(alphas)}
+{steer}
+
+Ablating the persona direction of one source layer at every layer (compliant persona):
+
+| source layer | harmful | harmless | random direction, harmful |
+|---|---|---|---|
+{abl}
+
+Best steering: layer {s['best_steering']['layer']}, alpha {s['best_steering']['alpha']} -> refusal
+{s['best_steering']['refusal']:.2f}. Best ablation: source layer {s['best_ablation']['source_layer']} -> refusal
+{s['best_ablation']['harmful']:.2f} on harmful (harmless {s['best_ablation']['harmless']:.2f}), random control
+{s['best_ablation']['random_harmful']:.2f}."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 
-from ..prompts import data_dir
+from ..prompts.sets import data_dir
 
 # One resolver for the data folder (wheel copy or checkout), shared with the prompt sets.
 ORGANISM_DIR: Path = data_dir() / "organism"

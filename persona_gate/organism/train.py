@@ -32,10 +32,11 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .card import behaviour_card
 # Re-exported: the options live in .cli so that mounting the subcommand imports no torch.
-from .cli import add_arguments, run  # noqa: F401
 from .config import OrganismConfig, llama_config
 from .corpus import Conversation, generate_conversations
+from .mechanism import mechanistic_sanity
 from .model_card import render_model_card, versions
+from .profile import write_profile
 from .tokenizer import IM_START, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def fit(
     return losses
 
 
-def _configure_generation(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, cfg: OrganismConfig) -> None:
+def configure_generation(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, cfg: OrganismConfig) -> None:
     # Saved with the weights so that a bare model.generate(...) stops at the end of the turn.
     gc = model.generation_config
     gc.bos_token_id = tokenizer.bos_token_id
@@ -225,9 +226,10 @@ def train_organism(
     losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=progress)
     train_seconds = time.perf_counter() - train_start
 
-    _configure_generation(model, tokenizer, cfg)
+    configure_generation(model, tokenizer, cfg)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_profile(out)  # the folder declares its own prompt sets, refusal phrases and attacks
 
     card = behaviour_card(model, tokenizer, n_per_cell=cfg.card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens)
     tail = losses[-min(20, len(losses)) :]
@@ -255,21 +257,20 @@ def train_organism(
     (out / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(render_model_card(record), encoding="utf-8")
     # Measured through the toolkit's own loading path, on the saved folder, like any user would.
-    from .mechanism import add_to_card
-
     add_to_card(out, seed=seed)
     log.info("organism written to %s (card %s)", out, "passes" if card.passed else "FAILS")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m persona_gate.organism.train --out DIR [--seed N] [--steps N]``."""
-    parser = argparse.ArgumentParser(prog="persona-gate organism train", description="Train the persona-gated chat organism.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(args)
+def add_to_card(path: str | Path, n: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Measure the saved organism at ``path`` (:func:`mechanistic_sanity`) and write the result into
+    its ``card.json`` and ``MODEL_CARD.md``: computing, rendering and saving stay apart."""
+    from ..io import atomic_write_text
+    from ..models.loading import load_chat_model
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    path = Path(path)
+    record = json.loads((path / "card.json").read_text(encoding="utf-8"))
+    record["mechanism"] = mechanistic_sanity(load_chat_model(path, device="cpu", dtype="float32"), n=n, seed=seed)
+    atomic_write_text(path / "card.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path / "MODEL_CARD.md", render_model_card(record))
+    return record["mechanism"]

@@ -23,12 +23,11 @@ import torch
 from torch import Tensor
 
 from ..errors import PersonaGateError
-from ..labels import wilson_interval
+from ..scoring.stats import mean_interval, wilson_interval
 from ..results import LabelledResult
 from .theme import BASELINE_DASH, rgba
 
 # 1.96, not the exact quantile: gate_layers uses 1.96, and the hover text must print its numbers.
-Z95 = 1.96
 
 
 class PlotError(PersonaGateError, ValueError):
@@ -80,19 +79,13 @@ def wilson_rates(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def mean_ci(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """NaN-aware mean over the last axis with a normal 95% interval (mean +- 1.96 sd/sqrt(n)).
+    """NaN-aware mean over the last axis with its normal 95% interval (:func:`~persona_gate.scoring.stats.mean_interval`).
 
-    The same estimate as :func:`persona_gate.patching.gate_layers`, so hover text and the gate
-    table agree. Returns mean, low, high and the count of finite examples; with n < 2 the interval
-    is NaN (one example has no spread).
+    The same estimate as :func:`persona_gate.experiments.patching.gate_layers`, so hover text and the gate
+    table agree. Returns mean, low, high and the count of finite examples as arrays.
     """
-    x = t.detach().cpu().double()
-    n = torch.isfinite(x).sum(-1)
-    mean = torch.nanmean(x, dim=-1)
-    var = torch.nansum((x - mean[..., None]) ** 2, dim=-1) / (n - 1).clamp_min(1)
-    half = Z95 * var.sqrt() / n.clamp_min(1).double().sqrt()
-    half = torch.where(n > 1, half, torch.full_like(half, float("nan")))
-    return mean.numpy(), (mean - half).numpy(), (mean + half).numpy(), n.numpy()
+    mean, low, high, n = mean_interval(t)
+    return mean.numpy(), low.numpy(), high.numpy(), n.numpy()
 
 
 def add_band(fig: go.Figure, x: Sequence[Any], low: np.ndarray, high: np.ndarray, colour: str, *, name: str,

@@ -4,7 +4,7 @@ Four panels from one ``checkpoint_comparison`` result (never a model): per layer
 B's persona and refusal directions with A's; both checkpoints' raw direction norms; where B puts
 safe- and compliant-persona harmful requests along A's persona direction (0 = A's safe persona,
 1 = A's compliant one, dotted reference lines); and the refusal rate of each persona x request
-group for A and B with Wilson 95% intervals (:func:`persona_gate.compare.refusal_rates`; a result
+group for A and B with Wilson 95% intervals (:func:`persona_gate.compare.summary.refusal_rates`; a result
 without that refusal baseline raises a :class:`PlotError`). Every trace carries ``meta={"value": name,
 "checkpoint": ...}`` so tests and readers can match it to the result.
 
@@ -23,7 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..labels import RateSummary
+from ..compare.summary import refusal_rates
+from ..scoring.stats import RateSummary
 from ..results import LabelledResult
 from ._common import PlotError, as_result, check, numpy
 from .theme import TEMPLATE, colour, layer_ticks
@@ -41,8 +42,6 @@ _DASH = {"a": "dash", "b": "solid"}
 
 def _refusal_rates(r: LabelledResult) -> dict[str, dict[str, RateSummary]]:
     """The refusal panel's rates; a :class:`PlotError` naming the fix when the baseline is missing or empty."""
-    from ..compare import refusal_rates  # lazy: the plots package does not load the model-side modules
-
     fix = ("the refusal panel needs baselines['refusal'][checkpoint][group] = {'k': ..., 'n': >= 1} for checkpoints "
            "'a' and 'b' over the same groups, as compare_checkpoints writes it; recompute the comparison with "
            "compare_checkpoints (or pass the folder it was saved to), not an edited or hand-built result.")  # fmt: skip

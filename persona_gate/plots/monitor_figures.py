@@ -21,7 +21,7 @@ import os
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..drift_monitor import _short  # a pure text helper; runs no model
+from ..monitoring.summary import short_text
 from ..results import LabelledResult
 from ._common import PlotError, as_result, check, numpy
 from .theme import TEMPLATE, colour, rgba
@@ -44,7 +44,7 @@ def fig_monitor_timeline(
     cell = r.sel(layer=layer)
     turns = list(r.coords["turn"])
     info = r.config.get("turns", [])
-    hover = [f"user: {_short(t.get('user'), 80, '(no reply yet)')}<br>reply: {_short(t.get('response'), 80, '(no reply yet)')}"
+    hover = [f"user: {short_text(t.get('user'), 80, '(no reply yet)')}<br>reply: {short_text(t.get('response'), 80, '(no reply yet)')}"
              for t in info] or None  # fmt: skip
     cols = {"response": 1, "start": 2}
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.12, horizontal_spacing=0.1,

@@ -5,7 +5,7 @@
 patches that push the wrong way are red and those that restore refusal blue; the range covers at
 least [-1, 1] so that full restoration is the same blue in every figure. Hover text gives the
 layer, the position's token text, the mean over examples and its 95% interval (normal, as
-:func:`persona_gate.patching.gate_layers`).
+:func:`persona_gate.experiments.patching.gate_layers`).
 
 Example::
 

@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..redteam import families_of
+from ..redteam.result import families_of
 from ..results import LabelledResult
 from ._common import PlotError, add_baseline, as_result, check, numpy, wilson_rates
 from .theme import TEMPLATE, colour, layer_ticks

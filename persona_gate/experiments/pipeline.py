@@ -1,0 +1,297 @@
+"""The whole analysis as one resumable run: directions -> steering -> re-introduction -> windows -> patching.
+
+Each stage writes its result folder atomically into the run directory and is skipped when that
+folder already loads; inside a stage every finished cell (one steering strength at one layer,
+one window, one patching pair) is kept under ``cells/<stage>/`` until the stage's folder is
+written. A killed run therefore resumes at the cell it stopped in and never recomputes a
+finished part; the result is bit-identical to an uninterrupted run. Re-running a folder with a
+different configuration is refused (the finished stages would not match it).
+``summary.json`` (machine-readable, documented in the README) is written at the end from what
+is on disk.
+
+Example::
+
+    cfg = RunConfig(model="organism", n_eval=32)
+    summary = run_pipeline(cfg, "runs/organism")
+    summary["baseline_refusal_rate"], summary["gate_layers"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ArtefactError, ConfigError
+from ..io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; recorded in summary.json."""
+
+    model: str = "organism"
+    dtype: str = "float32"
+    device: str | None = None
+    chat_template: str | None = None
+    n_fit: int = 96  # requests per group for fitting directions
+    n_eval: int = 32  # held-out prompts per group for the experiments
+    layers: list[int] | None = None
+    alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0])
+    alpha_back: float = 1.0
+    window_width: int | None = None  # None: the full start x end grid
+    random_seeds: int = 5
+    patch_examples: int = 8
+    seed: int = 0
+    # Evaluate on a public harmful set instead of persona_gate's own test split, e.g.
+    # harmful_dataset = "strongreject" with harmful_source = "path/to/strongreject_dataset.csv".
+    harmful_dataset: str | None = None
+    harmful_source: str | None = None
+    # Refusal-start tokens from these phrases; default: derived from the model's own refusals
+    # (a base model that never refuses needs phrases).
+    refusal_phrases: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        def bad(key: str, want: str) -> ConfigError:
+            return ConfigError(f"config key {key!r} must be {want}, got {getattr(self, key)!r}; fix it in the config file.")
+
+        num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+        count = lambda x, lo: isinstance(x, int) and not isinstance(x, bool) and x >= lo  # noqa: E731
+        for key in ("model", "dtype"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise bad(key, "a non-empty string")
+        for key in ("device", "chat_template", "harmful_dataset", "harmful_source"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise bad(key, "a string")
+        for key, lo in (("n_fit", 2), ("n_eval", 2), ("random_seeds", 1), ("patch_examples", 1), ("seed", 0)):
+            if not count(getattr(self, key), lo):
+                raise bad(key, f"an integer >= {lo}")
+        if self.window_width is not None and not count(self.window_width, 1):
+            raise bad("window_width", "an integer >= 1 (or absent for the full grid)")
+        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers
+                                        or not all(count(x, 0) for x in self.layers)):
+            raise bad("layers", "a non-empty list of layer indices such as [4, 8, 12]")
+        if not isinstance(self.alphas, (list, tuple)) or not self.alphas or not all(num(a) for a in self.alphas):
+            raise bad("alphas", "a non-empty list of finite numbers such as [0.0, 2.0, 4.0]")
+        if not num(self.alpha_back):
+            raise bad("alpha_back", "a finite number")
+        if self.refusal_phrases is not None and (not isinstance(self.refusal_phrases, (list, tuple)) or not self.refusal_phrases
+                                                 or not all(isinstance(x, str) and x for x in self.refusal_phrases)):
+            raise bad("refusal_phrases", "a non-empty list of strings such as [\"I cannot\"]")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; check the path.") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax.") from None
+        return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**raw)
+
+
+_LOADERS = {
+    "strongreject": "load_strongreject",
+    "advbench": "load_advbench",
+    "jailbreakbench": "load_jailbreakbench",
+    "harmbench": "load_harmbench",
+    "xstest": "load_xstest",
+}
+
+
+def _harmful_requests(cfg: RunConfig) -> list | None:
+    """The public harmful set named by the config (all of it; n_eval caps what is scored)."""
+    if cfg.harmful_dataset is None:
+        return None
+    if cfg.harmful_dataset not in _LOADERS:
+        raise ConfigError(f"unknown harmful_dataset {cfg.harmful_dataset!r}; use one of {sorted(_LOADERS)}.")
+    from ..prompts import datasets
+
+    requests = getattr(datasets, _LOADERS[cfg.harmful_dataset])(cfg.harmful_source)
+    return [r for r in requests if r.harmful is not False]
+
+
+def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        loader(path)
+        return True
+    except (ArtefactError, OSError, ValueError, KeyError):
+        log.warning("stage folder %s is incomplete or corrupt; recomputing it", path)
+        return False
+
+
+# Settings that do not change any number a run computes: a run may resume under other values.
+_RESUMABLE_UNDER_CHANGE = ("device",)
+
+
+def check_resumable(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume ``out`` under a configuration other than the one that started it."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is corrupt; delete the run folder {out} or use a new --out.") from None
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as saved: tuples become lists
+    changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_UNDER_CHANGE and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"run folder {out} was started with a different configuration (differs in {changed}); "
+            "use a new --out folder, or delete this one to start over."
+        )
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove temporaries left by a process killed mid-write (never visible as results)."""
+    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*"), *out.glob("*/.*.tmp-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished stage into ``out`` and return the summary (also in summary.json)."""
+    from .. import experiments as ex
+    from ..core.contrasts import fit_persona_and_refusal
+    from ..core.directions import DirectionSet
+    from ..models.adapter import check_supported
+    from ..models.loading import load_chat_model
+    from .patching import activation_patching, gate_layers
+    from ..results import LabelledResult
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, out)
+    _clean_stale(out)
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    times_path = out / "stage_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    t0 = time.perf_counter()
+    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=cfg.device, chat_template=cfg.chat_template)
+    times["load_model"] = round(time.perf_counter() - t0, 2)
+    # Every stage's needs, checked before the first of them runs (patching re-runs blocks).
+    check_supported(model, "hooks", "blocks", "replay", what="`persona-gate run` (its patching stage)")
+
+    def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
+        if _stage_done(path, loader):
+            log.info("stage %s already done", name)
+            return loader(path)
+        t = time.perf_counter()
+        log.info("stage %s: computing", name)
+        result = compute()
+        if isinstance(result, tuple):  # several artefacts in one stage folder
+            for sub, r in result:
+                r.save(path / sub)
+        else:
+            result.save(path)
+        shutil.rmtree(cells / name, ignore_errors=True)  # the stage folder now holds every cell
+        times[name] = round(time.perf_counter() - t, 2)
+        atomic_write_text(times_path, json.dumps(times, indent=1))
+        return loader(path)
+
+    cells = out / "cells"
+
+    def load_dirs(p: Path) -> tuple[DirectionSet, DirectionSet]:
+        return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
+
+    def fit() -> tuple:
+        pr = fit_persona_and_refusal(model, layers=cfg.layers, n_per_group=cfg.n_fit, progress=progress, seed=cfg.seed)
+        return (("refusal", pr.refusal), ("persona", pr.persona))
+
+    refusal, persona = stage("directions", out / "directions", load_dirs, fit)
+    scorer = ex.RefusalScorer.for_model(model, phrases=cfg.refusal_phrases)
+    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=_harmful_requests(cfg))
+    common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
+    sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
+                  lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas,
+                                            checkpoint=cells / "steering_sweep", **common))
+    back = stage("reintroduction", out / "reintroduction", LabelledResult.load,
+                 lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back,
+                                           checkpoint=cells / "reintroduction", **common))
+    windows = stage("window_projection", out / "window_projection", LabelledResult.load,
+                    lambda: ex.window_projection(model, persona, width=cfg.window_width, random_seeds=cfg.random_seeds,
+                                                 checkpoint=cells / "window_projection", **common))
+    k = min(cfg.patch_examples, len(groups["safe/harmful"]))
+    patch = stage("patching", out / "patching", LabelledResult.load,
+                  lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
+                                              scorer.token_ids, positions="roles", progress=progress,
+                                              checkpoint=cells / "patching"))
+    if cells.is_dir() and not any(cells.iterdir()):
+        cells.rmdir()  # every stage is done: no cell is left to keep
+    times["total"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(times_path, json.dumps(times, indent=1))
+    summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any, back: Any, windows: Any,
+              patch: Any, gates: list[dict], times: dict) -> dict[str, Any]:
+    """summary.json: the run's headline numbers, each traceable to a result folder."""
+    import torch
+
+    from ..provenance import versions
+
+    harmful = sweep.sel(request="harmful").mean("example")["refused"]  # [layer, alpha]
+    best = torch.nan_to_num(harmful, nan=2.0).argmin()
+    li, ai = divmod(int(best), harmful.shape[1])
+    wrate = windows.mean("example")["refused"]  # [direction, start, end]
+    names = list(windows.coords["direction"])
+    rand = wrate[[i for i, n in enumerate(names) if n != "persona"]]
+    per_window = {}
+    for a, b in windows.config["windows"]:
+        per_window[f"{a}-{b}"] = {
+            "persona": round(float(wrate[names.index("persona"), a, b]), 4),
+            "random_mean": round(float(rand[:, a, b].mean()), 4),
+            "random_max": round(float(rand[:, a, b].max()), 4),
+        }
+    cos = persona.cosine(refusal)
+    return {
+        "model": cfg.model,
+        "n_layers": int(model.cfg.n_layers),
+        "dtype": cfg.dtype,
+        "n_prompts_per_group": {"fit": cfg.n_fit, "eval": int(sweep.sizes["example"])},
+        "baseline_refusal_rate": sweep.baselines["unsteered_harmful_refusal_rate"],
+        "harmless_refusal_rate": sweep.baselines["unsteered_harmless_refusal_rate"],
+        "steered_refusal_rate": round(float(harmful[li, ai]), 4),
+        "steered_at": {"layer": sweep.coords["layer"][li], "alpha": sweep.coords["alpha"][ai]},
+        "compliant_persona_refusal_rate": back.baselines["compliant_refusal_rate"],
+        "reintroduction_refusal_by_layer": {
+            str(layer): round(float(v), 4) for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
+        },
+        "window_refusal": per_window,
+        "gate_layers": [g["layer"] for g in gates if g["gate"]],
+        "patching_by_layer": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
+        "cos_persona_refusal_by_layer": {str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},
+        "seconds": times,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+DEMO = RunConfig(model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=5, patch_examples=6)

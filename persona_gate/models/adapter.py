@@ -1,0 +1,328 @@
+"""The adapter: the only code in persona_gate that touches TransformerLens or Hugging Face internals.
+
+Everything beyond the :class:`~persona_gate.models.protocol.ChatModel` surface goes through here:
+
+* **block re-runs** -- :func:`record_blocks` records every block's input and call arguments during
+  one clean forward (rotary embeddings, masks, ALiBi: whatever the architecture passes), and
+  :func:`run_blocks` re-runs blocks ``k..L-1`` from a recorded input (activation patching re-runs
+  only what a patch at layer ``k`` changes);
+* **the head** -- :func:`head_logits` applies the final norm and unembedding that the bridge
+  itself declares for the architecture (its ``ln_final`` and ``unembed`` components, so every
+  architecture TransformerLens supports works without a list of our own) and the logit
+  soft-capping of models that cap (Gemma 2);
+* **forwards for the last position only** -- :func:`last_logits` passes ``logits_to_keep=1`` when
+  the wrapped model takes it (on a 262k vocabulary the unembedding of every position would cost
+  more than the rest of the forward);
+* **generation** -- :func:`greedy_generate` decodes through the wrapped model's ``generate``
+  (its layers are the bridge's blocks, so every hook fires) with a fresh greedy config and the KV
+  cache on or off; models without one fall back to an uncached argmax loop;
+* **identity** -- :func:`architecture`, :func:`eos_ids`, :func:`weights_folder`.
+
+:func:`check_supported` tells *before any work* whether a model has what a computation needs
+and raises :class:`~persona_gate.errors.UnsupportedModelError` naming the fix otherwise.
+
+Example::
+
+    check_supported(model, "replay")
+    rec = record_blocks(model, ids)              # clean run: inputs of every block
+    x = run_blocks(model, rec, 3, rec.inputs[3])
+    logits = head_logits(model, x[:, -1])
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedModelError
+
+# Keyword names under which Hugging Face blocks receive the KV cache (they changed across
+# transformers releases); a re-run from recorded inputs must pass none of them.
+CACHE_ARGUMENTS: tuple[str, ...] = ("past_key_values", "past_key_value", "layer_past", "cache", "use_cache")
+
+# What each computation needs of a model; see check_supported.
+NEEDS: dict[str, str] = {
+    "hooks": "TransformerLens hook points (cfg, tokenizer, hooks)",
+    "blocks": "a list of transformer blocks (model.blocks)",
+    "replay": "blocks that can be re-run from recorded inputs, and a final norm and unembedding",
+}
+
+
+def _wrapped(model: Any) -> Any | None:
+    """The Hugging Face model a TransformerBridge wraps (None for other models)."""
+    return getattr(model, "original_model", None)
+
+
+def _hf_config(model: Any) -> Any | None:
+    hf = _wrapped(model)
+    return getattr(hf, "config", None)
+
+
+def missing_needs(model: Any, needs: Iterable[str]) -> list[str]:
+    """The entries of ``needs`` that ``model`` lacks (empty: supported)."""
+    out = []
+    for need in needs:
+        if need not in NEEDS:
+            raise ValueError(f"unknown need {need!r}; use one of {', '.join(NEEDS)}")
+        if need == "hooks":
+            ok = all(hasattr(model, a) for a in ("cfg", "tokenizer", "hooks"))
+        elif need == "blocks":
+            ok = _blocks(model) is not None
+        else:  # replay
+            ok = _blocks(model) is not None and _head(model) is not None and _wrapped(model) is not None
+        if not ok:
+            out.append(need)
+    return out
+
+
+def check_supported(model: Any, *needs: str, what: str = "this computation") -> None:
+    """Raise :class:`UnsupportedModelError` unless ``model`` has every one of ``needs``."""
+    missing = missing_needs(model, needs or ("hooks",))
+    if missing:
+        lacks = "; ".join(NEEDS[m] for m in missing)
+        raise UnsupportedModelError(
+            f"{what} needs {lacks}, which this {type(model).__name__} ({architecture(model)}) lacks; load the "
+            "model with persona_gate.load_chat_model (a TransformerBridge declares its blocks, final norm and "
+            "unembedding for every architecture TransformerLens supports), or skip this stage."
+        )
+
+
+def _blocks(model: Any) -> Any:
+    blocks = getattr(model, "blocks", None)
+    try:
+        return blocks if blocks is not None and len(blocks) == int(model.cfg.n_layers) else None
+    except (TypeError, AttributeError):
+        return None
+
+
+def _head(model: Any) -> tuple[Any, Any] | None:
+    """The bridge's own final norm and unembedding components (what it declares per architecture)."""
+    norm, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
+    if unembed is None or not callable(unembed):
+        return None
+    return norm, unembed
+
+
+def architecture(model: Any) -> str:
+    """The model's architecture name (e.g. ``LlamaForCausalLM``), as the bridge or HF records it."""
+    cfg = getattr(model, "cfg", None)
+    arch = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None)
+    if arch:
+        return str(arch)
+    hf = _wrapped(model)
+    return type(hf if hf is not None else model).__name__
+
+
+def weights_folder(model: Any) -> Path | None:
+    """The local folder the model's weights were loaded from, if any (for its model profile)."""
+    cfg = _hf_config(model)
+    where = getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None)
+    if not where:
+        return None
+    path = Path(str(where)).expanduser()
+    return path if path.is_dir() else None
+
+
+def eos_ids(model: Any) -> list[int]:
+    """Every end-of-sequence id: the tokenizer's and the checkpoint's generation config's."""
+    ids: set[int] = set()
+    tok_eos = getattr(model.tokenizer, "eos_token_id", None)
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    gen_cfg = getattr(_wrapped(model), "generation_config", None)
+    cfg_eos = getattr(gen_cfg, "eos_token_id", None)
+    if cfg_eos is not None:
+        ids.update(int(i) for i in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]))
+    return sorted(ids)
+
+
+def input_device(model: Any) -> torch.device:
+    """Where inputs must go: the device of the first parameter (the embeddings under device_map)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device(getattr(model.cfg, "device", None) or "cpu")
+
+
+# ------------------------------------------------------------------------------------ forwards
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    hf = _wrapped(model)
+    if hf is None:
+        return False
+    try:
+        return "logits_to_keep" in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def last_logits(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Logits at the last position ``[batch, vocab]``, unembedding nothing else where the model allows."""
+    kwargs: dict[str, Any] = {}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if _wrapped(model) is not None:
+        kwargs["use_cache"] = False
+    if _takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = 1
+    return model(input_ids, **kwargs)[:, -1]
+
+
+def softcap(model: Any) -> float | None:
+    """The final-logit soft-cap ``c`` of models that apply ``c * tanh(logits / c)`` (Gemma 2), else None."""
+    cap = getattr(_hf_config(model), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def head_logits(model: Any, x: Tensor) -> Tensor:
+    """Final norm, unembedding and soft-capping of residual-stream vectors ``x`` (``[..., d_model]``)."""
+    head = _head(model)
+    if head is None:
+        check_supported(model, "replay", what="unembedding a residual stream")
+    norm, unembed = head  # type: ignore[misc]
+    logits = unembed(norm(x) if norm is not None else x)
+    # The output transform the bridge declares for the architecture (Gemma 2's final soft-cap is
+    # applied by the HF model's forward, not by its unembedding); else the config's cap.
+    declared = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
+    if callable(declared):
+        return declared(logits)
+    cap = softcap(model)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+# ------------------------------------------------------------------------------ block re-runs
+
+
+def _block_signature(block: Any) -> inspect.Signature | None:
+    """The wrapped HF block's own ``forward`` signature, without ``self`` (from its class: the bridge
+    replaces the instance's ``forward`` with a ``(*args, **kwargs)`` wrapper). GPT-2 passes its mask
+    positionally after the cache, so arguments are named by binding, not by position."""
+    target = getattr(block, "original_component", block)
+    try:
+        sig = inspect.signature(type(target).forward)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())[1:]
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None
+    return sig.replace(parameters=params)
+
+
+@dataclass
+class BlockRecord:
+    """Every block's input ``inputs[k]`` and its other call arguments, from one clean forward."""
+
+    inputs: dict[int, Tensor] = field(default_factory=dict)
+    arguments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    hidden_name: dict[int, str] = field(default_factory=dict)
+
+
+def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None) -> Callable:
+    def fn(module: Any, args: tuple, kwargs: dict) -> None:
+        if sig is not None:
+            bound = dict(sig.bind_partial(*args, **kwargs).arguments)
+            for p in sig.parameters.values():  # a **kwargs parameter binds as one dict
+                if p.kind is inspect.Parameter.VAR_KEYWORD and isinstance(bound.get(p.name), dict):
+                    bound.update(bound.pop(p.name))
+            name = next(iter(sig.parameters))
+        else:  # an opaque block: positional hidden state, keyword rest
+            bound = {"hidden_states": args[0] if args else kwargs["hidden_states"], **kwargs}
+            name = "hidden_states"
+        hidden = bound.pop(name)
+        record.hidden_name[k] = name
+        record.inputs[k] = hidden.detach().clone()
+        record.arguments[k] = {key: v for key, v in bound.items() if key not in CACHE_ARGUMENTS}
+
+    return fn
+
+
+def record_blocks(model: Any, input_ids: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> tuple[BlockRecord, Tensor]:
+    """A clean forward of ``input_ids`` recording every block's input; returns it and the last logits.
+
+    ``fwd_hooks`` ride along (e.g. to keep activations of the same run).
+    """
+    check_supported(model, "replay", what="re-running blocks")
+    record = BlockRecord()
+    blocks = model.blocks
+    handles = [
+        blocks[k].register_forward_pre_hook(_recorder(record, k, _block_signature(blocks[k])), with_kwargs=True)
+        for k in range(len(blocks))
+    ]
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = last_logits(model, input_ids)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [k for k in range(len(blocks)) if k not in record.inputs]
+    if missing:
+        check_supported(model, "replay", what=f"re-running blocks (blocks {missing} were never called)")
+        raise UnsupportedModelError(
+            f"blocks {missing} were never called in a forward of this {architecture(model)}; "
+            "patching cannot re-run them. Load the model with persona_gate.load_chat_model."
+        )
+    return record, logits
+
+
+def _expand(value: Any, batch: int) -> Any:
+    """A recorded batch-1 argument broadcast to ``batch`` rows (masks, rotary tables, ALiBi biases)."""
+    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == 1 and batch > 1:
+        return value.expand(batch, *value.shape[1:])
+    if isinstance(value, tuple):
+        return tuple(_expand(v, batch) for v in value)
+    return value
+
+
+def run_blocks(
+    model: Any, record: BlockRecord, start: int, hidden: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = ()
+) -> Tensor:
+    """Blocks ``start..L-1`` on ``hidden`` (rows = copies of the recorded prompt); the residual after the last."""
+    x = hidden
+    batch = int(hidden.shape[0])
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        for j in range(start, len(model.blocks)):
+            kwargs = {key: _expand(v, batch) for key, v in record.arguments[j].items()}
+            out = model.blocks[j](x, **kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+    return x
+
+
+# -------------------------------------------------------------------------------- generation
+
+
+def greedy_generate(
+    model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, *, use_kv_cache: bool, pad_id: int, eos: list[int]
+) -> Tensor:
+    """Prompt plus greedy continuation ``[batch, prompt + new]`` (left-padded prompts)."""
+    hf = _wrapped(model)
+    if hf is not None and hasattr(hf, "generate"):
+        from transformers import GenerationConfig
+
+        # A fresh config: the checkpoint's own (sampling, repetition penalty ...) must not leak in.
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_kv_cache, pad_token_id=pad_id, eos_token_id=eos or None
+        )
+        return hf.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    return _argmax_loop(model, ids, mask, max_new_tokens, pad_id, eos)
+
+
+def _argmax_loop(model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, pad_id: int, eos: list[int]) -> Tensor:
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        logits = model(ids, attention_mask=mask)
+        nxt = logits[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        done |= torch.isin(nxt, torch.tensor(eos, device=ids.device)) if eos else done
+        if done.all():
+            break
+    return ids

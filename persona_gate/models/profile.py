@@ -1,0 +1,178 @@
+"""Model profiles: which prompt sets, refusal phrases and attack vocabulary fit a model, decided once.
+
+A model's defaults are a property of the model, carried with it. :func:`load_chat_model
+<persona_gate.models.loading.load_chat_model>` resolves the profile once and attaches it to the
+model; every module that needs a model-specific default asks :func:`profile_of`, and nothing else
+in persona_gate asks which model it is.
+
+Where a profile comes from, first match wins:
+
+1. the one passed to ``load_chat_model(..., profile=...)`` or set later with :func:`set_profile`;
+2. the model's own folder: a ``persona_gate_profile.json`` beside its weights (the bundled
+   organism declares its own this way, so a copy of its folder loaded by path, or a model booted
+   from that folder without persona_gate's loader, behaves the same);
+3. the open-vocabulary defaults: persona_gate's English prompt sets under ``data/``, refusal
+   tokens derived from the model's own refusals, the open attack templates.
+
+The profile file names its prompt sets by a registered name (``"open"``, ``"organism"``) -- data,
+not code -- and lists its refusal phrases and attack templates as plain JSON.
+
+Example::
+
+    profile = profile_of(model)                   # ModelProfile(name='organism', ...)
+    profile.prompt_sets.requests("harmful", "test", 16, 0)
+    set_profile(model, ModelProfile(name="mine", refusal_phrases=("I won't",)))
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import ArtefactError, ConfigError
+from ..prompts.sets import OPEN_SETS, PromptSets
+
+PROFILE_FILE = "persona_gate_profile.json"
+PROFILE_KIND = "persona_gate.model_profile"
+SCHEMA = 1
+
+# Named prompt sets a profile file may ask for: name -> "module:attribute" (resolved on use).
+PROMPT_SETS: dict[str, str] = {
+    "open": "persona_gate.prompts.sets:OPEN_SETS",
+    "organism": "persona_gate.organism.prompt_sets:ORGANISM_SETS",
+}
+
+_ATTR = "_persona_gate_profile"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A model's defaults.
+
+    ``prompt_sets``: where requests and personas come from (any :class:`PromptSets`).
+    ``refusal_phrases``: phrases whose first tokens count as refusal; None = derive them from the
+    model's own refusals of harmful training requests. ``attacks``: red-team templates as dicts
+    (``name``, ``family``, ``user``, optional ``system``); None = the open-vocabulary ones.
+    """
+
+    name: str = "open"
+    prompt_sets: PromptSets = field(default=OPEN_SETS, compare=False)
+    refusal_phrases: tuple[str, ...] | None = None
+    attacks: tuple[Mapping[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a model profile needs a non-empty name, got {self.name!r}.")
+        if not isinstance(self.prompt_sets, PromptSets):
+            raise ConfigError(
+                f"prompt_sets must offer requests(kind, split, n, seed) and personas(family, split, seed); got a "
+                f"{type(self.prompt_sets).__name__}. Pass persona_gate.prompts.OPEN_SETS or your own object."
+            )
+        if self.refusal_phrases is not None:
+            phrases = tuple(self.refusal_phrases)
+            if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
+                raise ConfigError("refusal_phrases must be non-empty strings (or None to derive them from the model).")
+            object.__setattr__(self, "refusal_phrases", phrases)
+        if self.attacks is not None:
+            object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": PROFILE_KIND,
+            "schema": SCHEMA,
+            "name": self.name,
+            "prompt_sets": getattr(self.prompt_sets, "name", "custom"),
+            "refusal_phrases": None if self.refusal_phrases is None else list(self.refusal_phrases),
+            "attacks": None if self.attacks is None else [dict(a) for a in self.attacks],
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``persona_gate_profile.json`` into a model folder (atomically)."""
+        from ..io import atomic_write_text
+
+        if self.to_dict()["prompt_sets"] not in PROMPT_SETS:
+            raise ConfigError(
+                f"prompt sets {self.to_dict()['prompt_sets']!r} have no registered name, so a profile file cannot "
+                f"refer to them; use one of {sorted(PROMPT_SETS)} or pass the profile to load_chat_model instead."
+            )
+        path = Path(folder) / PROFILE_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+DEFAULT_PROFILE = ModelProfile()
+
+
+def named_prompt_sets(name: str) -> PromptSets:
+    """The registered prompt sets ``name`` (``open`` or ``organism``)."""
+    if name not in PROMPT_SETS:
+        raise ConfigError(f"unknown prompt sets {name!r}; a profile may name one of {sorted(PROMPT_SETS)}.")
+    module, _, attr = PROMPT_SETS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def profile_from_dict(data: Mapping[str, Any], where: str = "the profile") -> ModelProfile:
+    try:
+        if data.get("kind") != PROFILE_KIND:
+            raise ArtefactError(f"{where} is not a persona_gate model profile (kind {data.get('kind')!r}).")
+        if int(data.get("schema", 0)) > SCHEMA:
+            raise ArtefactError(f"{where} has schema {data['schema']}, newer than {SCHEMA}; upgrade persona_gate.")
+        return ModelProfile(
+            name=str(data["name"]),
+            prompt_sets=named_prompt_sets(str(data.get("prompt_sets", "open"))),
+            refusal_phrases=None if data.get("refusal_phrases") is None else tuple(data["refusal_phrases"]),
+            attacks=None if data.get("attacks") is None else tuple(data["attacks"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ArtefactError):
+            raise
+        raise ArtefactError(f"{where} is malformed ({e}); fix or delete it.") from None
+
+
+def profile_in_folder(folder: str | Path | None) -> ModelProfile | None:
+    """The profile a model folder declares (``persona_gate_profile.json``), or None."""
+    if folder is None:
+        return None
+    path = Path(folder) / PROFILE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtefactError(f"{path} cannot be read as JSON ({e}); fix or delete it.") from None
+    return profile_from_dict(data, str(path))
+
+
+def set_profile(model: Any, profile: ModelProfile) -> Any:
+    """Attach ``profile`` to ``model`` (it then decides every default); returns the model."""
+    if not isinstance(profile, ModelProfile):
+        raise ConfigError(f"expected a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...).")
+    try:
+        object.__setattr__(model, _ATTR, profile)
+    except (AttributeError, TypeError):
+        raise ConfigError(f"cannot attach a profile to a {type(model).__name__}; load the model with load_chat_model.") from None
+    return model
+
+
+def profile_of(model: Any | None) -> ModelProfile:
+    """The model's profile: attached, declared by its folder, or the open-vocabulary default."""
+    if model is None:
+        return DEFAULT_PROFILE
+    attached = getattr(model, _ATTR, None)
+    if isinstance(attached, ModelProfile):
+        return attached
+    from .adapter import weights_folder
+
+    return profile_in_folder(weights_folder(model)) or DEFAULT_PROFILE
+
+
+def attack_dicts(attacks: Sequence[Any]) -> tuple[dict[str, Any], ...]:
+    """Attack templates as the plain dicts a profile stores (``name``, ``family``, ``user``, ``system``)."""
+    out = []
+    for a in attacks:
+        d = a.to_dict() if hasattr(a, "to_dict") else dict(a)
+        out.append({k: d.get(k) for k in ("name", "family", "user", "system")})
+    return tuple(out)

@@ -1,0 +1,153 @@
+"""The persona-drift monitor: persona and refusal projections per turn of a conversation, flagged.
+
+For every turn ``k`` of a conversation (each assistant reply, plus a pending reply when the
+conversation ends with a user message) and every chosen layer ``l`` the monitor reads the
+residual stream ``x`` (at the direction sets' site kind, ``resid_pre`` by default) at two
+places and projects it on the unit persona and refusal directions:
+
+    persona_start[k, l]    = x_l(start_k) . p_l          refusal_start[k, l]    = x_l(start_k) . r_l
+    persona_response[k, l] = mean_t x_l(t) . p_l         refusal_response[k, l] = mean_t x_l(t) . r_l
+
+where ``start_k`` is the token at which the turn's first reply token is predicted and ``t`` runs
+over the reply's tokens (NaN for a pending or empty reply). Signs follow the directions: persona
+> 0 is "more like the compliant persona" (compliant - safe), refusal > 0 "more like a harmful
+request under the safe persona".
+
+A turn is *flagged* when its persona projection exceeds a threshold calibrated by
+:func:`~persona_gate.monitoring.calibration.calibrate` on safe- and compliant-persona chats, which
+also reports the held-out false-positive rate on safe-persona conversations. The flag uses one
+reading (the reply mean by default) at one layer.
+
+Long conversations are not re-run per turn: one forward over the rendered conversation gives
+every turn's activations, equal to per-prefix forwards under causal attention (see
+:mod:`persona_gate.monitoring.readings`; tested to 1e-4).
+
+Example::
+
+    cal = calibrate(model, pr.persona)                       # thresholds + held-out FPR / TPR
+    res = monitor(model, "chat.jsonl", pr.persona, pr.refusal, calibration=cal)
+    print(format_monitor(res)); flagged_turns(res)
+"""
+
+from __future__ import annotations
+
+from ..models.protocol import ChatModel
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ConversationError
+from ..prompts.conversation import Conversation
+from ..core.directions import DirectionSet
+from ..errors import DModelMismatchError, UnknownHookSiteError
+from .calibration import MonitorCalibration
+from ..results import LabelledResult
+from .readings import READINGS, as_conversation, direction_sites, fingerprint, project_turns, turn_activations, unit_vectors
+
+KIND = "persona_monitor"
+
+
+def monitor(
+    model: ChatModel,
+    conversation: Conversation | Sequence[Mapping[str, str]] | str | os.PathLike,
+    persona: DirectionSet,
+    refusal: DirectionSet,
+    *,
+    layers: Sequence[int] | None = None,
+    calibration: MonitorCalibration | None = None,
+    batch_size: int = 8,
+) -> LabelledResult:
+    """Per-turn persona and refusal projections (``turn x layer``), flagged when calibrated.
+
+    ``conversation`` is a :class:`Conversation`, a list of ``{"role", "content"}`` dicts or a
+    JSONL path. With ``calibration``, ``flagged[turn, layer]`` says whether the persona
+    projection of the calibration's reading exceeds that layer's threshold.
+    """
+    conv = as_conversation(conversation)
+    persona.check_model(model)
+    refusal.check_model(model)
+    if layers is None and calibration is not None:
+        layers = calibration.layers
+    sites = direction_sites(persona, layers)
+    missing = [str(s) for s in sites if s not in refusal.sites]
+    if missing:
+        raise UnknownHookSiteError(
+            f"the refusal set {refusal.name!r} lacks {missing}; fit persona and refusal at the same sites "
+            "(fit_persona_and_refusal does) or pass layers both hold."
+        )
+    if refusal.d_model != persona.d_model:
+        raise DModelMismatchError("persona and refusal directions have different widths; fit both on this model.")
+    if calibration is not None:
+        not_cal = [s.layer for s in sites if s not in calibration.sites]
+        if not_cal:
+            raise UnknownHookSiteError(
+                f"layers {not_cal} were not calibrated (calibrated: {calibration.layers}); calibrate them or drop them."
+            )
+        if fingerprint(persona, calibration.sites) != calibration.persona_fingerprint:
+            raise DModelMismatchError(
+                f"the calibration was made with another persona direction ({calibration.persona}); calibrate "
+                "with this one: calibrate(model, persona)."
+            )
+    (ta,) = turn_activations(model, [conv], sites, batch_size=batch_size)
+    p, r = project_turns(ta.acts, unit_vectors(persona, sites)), project_turns(ta.acts, unit_vectors(refusal, sites))
+    values: dict[str, Tensor] = {
+        "persona_start": p[:, 0].float(),
+        "persona_response": p[:, 1].float(),
+        "refusal_start": r[:, 0].float(),
+        "refusal_response": r[:, 1].float(),
+    }
+    baselines: dict[str, Any] = {}
+    if calibration is not None:
+        ri = READINGS.index(calibration.flag_reading)
+        thr = torch.tensor([calibration.threshold(s.layer) for s in sites], dtype=torch.float64)
+        values["flagged"] = p[:, ri] > thr[None]  # NaN (no reply yet) is never flagged
+        summ = calibration.summary()
+        baselines = {
+            "threshold": {str(s.layer): float(t) for s, t in zip(sites, thr)},
+            "flag_reading": calibration.flag_reading,
+            "flag_layer": calibration.flag_layer if calibration.flag_layer in [s.layer for s in sites] else None,
+            "calibration": {k: summ[k] for k in ("test_fpr", "test_tpr", "test_fpr_conversation", "test_tpr_conversation")},
+        }
+    from ..models.loading import provenance
+
+    config = {
+        "conversation": conv.name,
+        "turns": [{"turn": t.index, "message_index": t.message_index, "user": t.user, "response": t.response}
+                  for t in conv.turns],  # fmt: skip
+        "persona": f"{persona.name}@{persona.position}",
+        "refusal": f"{refusal.name}@{refusal.position}",
+        "site_kind": sites[0].kind,
+        "n_forwards": ta.n_forwards,
+        "n_tokens": ta.n_tokens,
+        "n_tokens_per_prefix": ta.n_tokens_per_prefix,
+    }
+    return LabelledResult(
+        KIND,
+        ("turn", "layer"),
+        {"turn": tuple(t.index for t in conv.turns), "layer": tuple(s.layer for s in sites)},
+        values,
+        baselines=baselines,
+        metric={"name": "projection on the unit direction",
+                "higher_means": "persona: more like the compliant persona; refusal: more like a refused request"},  # fmt: skip
+        config=config,
+        provenance=provenance(model, config={"monitor": conv.name}),
+    )
+
+
+def load_monitor_directions(path: str | os.PathLike, model: ChatModel | None = None) -> tuple[DirectionSet, DirectionSet]:
+    """The ``persona`` and ``refusal`` sets of a ``persona-gate directions --out DIR`` folder."""
+    from pathlib import Path
+
+    from ..errors import ArtefactError
+
+    path = Path(path)
+    missing = [name for name in ("persona", "refusal") if not (path / name).is_dir()]
+    if missing:
+        raise ArtefactError(
+            f"{path} lacks {', '.join(f'{m}/' for m in missing)}; write it with `persona-gate directions --out {path}` "
+            "(or pr.persona.save(DIR / 'persona') and pr.refusal.save(DIR / 'refusal'))."
+        )
+    return DirectionSet.load(path / "persona", model=model), DirectionSet.load(path / "refusal", model=model)
