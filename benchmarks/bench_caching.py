@@ -64,7 +64,7 @@ def _load_hf(name: str):
 
 def _tiny_model_dir() -> str:
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_model  # the tests' seeded tiny Llama builder
+    from archs import build_arch as build_model  # the tests' seeded tiny Llama builder
 
     return str(build_model("llama", Path(tempfile.mkdtemp()) / "tiny", n_layers=4))
 

@@ -32,7 +32,7 @@ def _path(name: str) -> str:
     if name != "tiny":
         return name
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_model
+    from archs import build_arch as build_model
 
     return str(build_model("llama", Path(tempfile.mkdtemp()) / "tiny", n_layers=4))
 
@@ -52,17 +52,17 @@ def bench(name: str, n: int = 16, new_tokens: int = 32, repeats: int = 3, batch_
     }
     # Fixed decode length in every arm: no EOS, neither ours nor the checkpoint's generation config
     # (Hugging Face falls back to it); every batch is checked to have decoded exactly new_tokens steps.
-    original, original_hf = generation._eos_ids, generation._hf_generate
+    original, original_hf = generation.eos_ids, generation.greedy_generate
     gen_cfg = getattr(getattr(model, "original_model", None), "generation_config", None)
     saved_eos = getattr(gen_cfg, "eos_token_id", None)
     steps: list[int] = []
 
-    def counted(hf, ids, *a, **k):
-        seqs = original_hf(hf, ids, *a, **k)
+    def counted(m, ids, *a, **k):
+        seqs = original_hf(m, ids, *a, **k)
         steps.append(seqs.shape[1] - ids.shape[1])
         return seqs
 
-    generation._eos_ids, generation._hf_generate = (lambda model: []), counted
+    generation.eos_ids, generation.greedy_generate = (lambda model: []), counted
     if gen_cfg is not None:
         gen_cfg.eos_token_id = None
     try:
@@ -79,7 +79,7 @@ def bench(name: str, n: int = 16, new_tokens: int = 32, repeats: int = 3, batch_
                 run(specs)  # without EOS every arm decodes exactly new_tokens steps per batch
                 times[k].append(time.perf_counter() - t)
     finally:
-        generation._eos_ids, generation._hf_generate = original, original_hf
+        generation.eos_ids, generation.greedy_generate = original, original_hf
         if gen_cfg is not None:
             gen_cfg.eos_token_id = saved_eos
     if set(steps) != {new_tokens}:

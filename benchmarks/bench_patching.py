@@ -47,7 +47,7 @@ def bench(name: str, tokens: list[int] | None = None) -> dict:
 
     if name == "tiny":
         sys.path.insert(0, str(REPO / "tests"))
-        from conftest import build_model
+        from archs import build_arch as build_model
 
         path = str(build_model("llama", Path(tempfile.mkdtemp()) / "tiny", n_layers=4))
     else:

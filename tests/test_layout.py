@@ -145,3 +145,33 @@ def test_the_tree_shows_the_architecture():
     entries = [e for e in entries if e != "__pycache__"]
     assert 12 <= len(entries) <= 18, entries
     assert {e.removesuffix(".py") for e in entries} - {"__init__"} == set(LAYER)
+
+
+def test_no_import_cycles_between_modules():
+    """Not even through function-level imports: computing, rendering and saving stay apart."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for target, names, _ in _imports(name, path):
+            # "from pkg import mod" names a module when pkg.mod is one
+            hits = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+            deps.update(hits or ([target] if target in modules else []))
+        graph[name] = {d for d in deps if d != name and not name.startswith(d + ".")}  # a package's own __init__
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    cycles = [c for c in cycles if "" not in c]  # the lazy root __init__ resolves names on use
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, Sequence
 
@@ -48,9 +47,10 @@ from tqdm.auto import tqdm
 
 from ..core.contrasts import GROUPS, PersonaRefusal, fit_persona_and_refusal, standard_prompts
 from ..core.directions import DirectionSet, GroupMeans, fit_group_means
-from ..errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError
+from ..errors import CheckpointMismatchError, ConfigError, DModelMismatchError
 from ..scoring.stats import RateSummary
 from ..models.adapter import architecture
+from ..models.protocol import ChatModel
 from ..models.loading import check_model, load_chat_model, model_info
 from ..prompts.positions import LAST
 from ..models.loading import provenance
@@ -128,6 +128,48 @@ def _rate(refused: torch.Tensor, logodds: torch.Tensor) -> dict[str, float | int
     return {"k": s.k, "n": s.n, "rate": s.rate, "low": s.low, "high": s.high, "logodds": float(logodds.double().mean())}
 
 
+def _measure_checkpoint(model: ChatModel, name: str, fit_prompts: list, shift_prompts: list, groups: dict, sites: list,
+                       scorer: Any, batch_size: int, seed: int, bar: Any) -> tuple[PersonaRefusal, GroupMeans, dict]:  # fmt: skip
+    """One checkpoint on the shared prompts: its directions, the shift groups' means, refusal per group."""
+    bar.set_postfix_str(f"{name}: directions", refresh=False)
+    fit = fit_persona_and_refusal(model, fit_prompts, layers=[s.layer for s in sites], batch_size=batch_size, progress=False, seed=seed)
+    bar.update()
+    bar.set_postfix_str(f"{name}: projections", refresh=False)
+    means = fit_group_means(model, shift_prompts, sites, [fit.persona.position, LAST], batch_size=batch_size, progress=False)
+    bar.update()
+    bar.set_postfix_str(f"{name}: refusal", refresh=False)
+    scores = {g: scorer.score(groups[g]) for g in GROUPS}  # (log-odds, refused) per prompt
+    bar.update()
+    return fit, means, scores
+
+
+def _comparison_values(fits: dict[str, PersonaRefusal], means: dict[str, GroupMeans]) -> dict[str, torch.Tensor]:
+    """Every per-layer value, ``[checkpoint, layer]``: cosines with A's directions, norms, shifts."""
+    fa = fits["a"]
+    values: dict[str, list[torch.Tensor]] = {k: [] for k in (*DIRECTION_VALUES, *SHIFT_VALUES, *SHIFT_LAST_VALUES)}
+    proj = {
+        (name, suffix): _projections(means[name], d, pos)
+        for name in CHECKPOINTS
+        for suffix, d, pos in (("", fa.persona, fa.persona.position), ("_last", fa.persona_last, str(LAST)))
+    }
+    for name in CHECKPOINTS:
+        fx = fits[name]
+        values["cos_persona"].append(_cos(fa.persona, fx.persona))
+        values["cos_persona_last"].append(_cos(fa.persona_last, fx.persona_last))
+        values["cos_refusal"].append(_cos(fa.refusal, fx.refusal))
+        values["persona_norm"].append(fx.persona.raw_norms.double())
+        values["persona_last_norm"].append(fx.persona_last.raw_norms.double())
+        values["refusal_norm"].append(fx.refusal.raw_norms.double())
+        for suffix in ("", "_last"):
+            pa, px = proj["a", suffix], proj[name, suffix]
+            values[f"shift{suffix}"].append(_shift(pa, px, "safe/harmful"))
+            values[f"compliant_shift{suffix}"].append(_shift(pa, px, "compliant/harmful"))
+            values[f"separation{suffix}"].append(values[f"compliant_shift{suffix}"][-1] - values[f"shift{suffix}"][-1])
+            values[f"projection_safe{suffix}"].append(px["safe/harmful"])
+            values[f"projection_compliant{suffix}"].append(px["compliant/harmful"])
+    return {k: torch.stack(v).float() for k, v in values.items()}
+
+
 def compare_checkpoints(
     model_a: Any,
     model_b: Any,
@@ -173,42 +215,11 @@ def compare_checkpoints(
         means: dict[str, GroupMeans] = {}
         scores: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         for name, model in zip(CHECKPOINTS, (a, b)):
-            bar.set_postfix_str(f"{name}: directions", refresh=False)
-            fits[name] = fit_persona_and_refusal(
-                model, fit_prompts, layers=[s.layer for s in sites], batch_size=batch_size, progress=False, seed=seed
-            )
-            bar.update()
-            bar.set_postfix_str(f"{name}: projections", refresh=False)
-            persona_pos = fits[name].persona.position
-            means[name] = fit_group_means(model, shift_prompts, sites, [persona_pos, LAST], batch_size=batch_size, progress=False)
-            bar.update()
-            bar.set_postfix_str(f"{name}: refusal", refresh=False)
             scorer = scorer_a if model is a else RefusalScorer(model, scorer_a.token_ids, batch_size)
-            scores[name] = {g: scorer.score(groups[g]) for g in GROUPS}  # (log-odds, refused) per prompt
-            bar.update()
-
-        fa = fits["a"]
-        values: dict[str, list[torch.Tensor]] = {k: [] for k in (*DIRECTION_VALUES, *SHIFT_VALUES, *SHIFT_LAST_VALUES)}
-        proj = {
-            (name, suffix): _projections(means[name], d, pos)
-            for name in CHECKPOINTS
-            for suffix, d, pos in (("", fa.persona, fa.persona.position), ("_last", fa.persona_last, str(LAST)))
-        }
-        for name in CHECKPOINTS:
-            fx = fits[name]
-            values["cos_persona"].append(_cos(fa.persona, fx.persona))
-            values["cos_persona_last"].append(_cos(fa.persona_last, fx.persona_last))
-            values["cos_refusal"].append(_cos(fa.refusal, fx.refusal))
-            values["persona_norm"].append(fx.persona.raw_norms.double())
-            values["persona_last_norm"].append(fx.persona_last.raw_norms.double())
-            values["refusal_norm"].append(fx.refusal.raw_norms.double())
-            for suffix in ("", "_last"):
-                pa, px = proj["a", suffix], proj[name, suffix]
-                values[f"shift{suffix}"].append(_shift(pa, px, "safe/harmful"))
-                values[f"compliant_shift{suffix}"].append(_shift(pa, px, "compliant/harmful"))
-                values[f"separation{suffix}"].append(values[f"compliant_shift{suffix}"][-1] - values[f"shift{suffix}"][-1])
-                values[f"projection_safe{suffix}"].append(px["safe/harmful"])
-                values[f"projection_compliant{suffix}"].append(px["compliant/harmful"])
+            fits[name], means[name], scores[name] = _measure_checkpoint(
+                model, name, fit_prompts, shift_prompts, groups, sites, scorer, batch_size, seed, bar
+            )
+        values = _comparison_values(fits, means)
         bar.set_postfix_str("done", refresh=False)
         bar.update()
     finally:
@@ -225,8 +236,8 @@ def compare_checkpoints(
     config = {
         "model_a": info_a.name,
         "model_b": info_b.name,
-        "persona_position": fa.persona.position,
-        "refusal_position": fa.refusal.position,
+        "persona_position": fits["a"].persona.position,
+        "refusal_position": fits["a"].refusal.position,
         "kind": sites[0].kind,
         "n_per_group": n_per_group,
         "n_eval": len(groups["safe/harmful"]),
@@ -241,7 +252,7 @@ def compare_checkpoints(
         kind=KIND,
         dims=("checkpoint", "layer"),
         coords={"checkpoint": CHECKPOINTS, "layer": tuple(s.layer for s in sites)},
-        values={k: torch.stack(v).float() for k, v in values.items()},
+        values=values,
         baselines={"refusal": refusal, "flips": flips},
         metric={
             "name": "cosine with checkpoint A's direction; shift in units of A's persona separation",

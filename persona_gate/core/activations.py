@@ -27,7 +27,7 @@ from ..models.protocol import ChatModel
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float

@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ..prompts.chat import RenderedPrompt, render_all
 from ..core.directions import DirectionSet
 from ..errors import PositionError
-from ..models.adapter import check_supported, head_logits, record_blocks, run_blocks
+from ..models.adapter import check_supported, head_logits, last_logits, record_blocks, run_blocks
 from ..models.loading import model_device
 from ..scoring.metrics import refusal_logodds
 from ..prompts.sets import ChatPrompt
@@ -352,8 +352,7 @@ def attribution_patching(
 
         ids = torch.tensor([tgt_rp.input_ids], device=model_device(model))
         with torch.enable_grad(), model.hooks(fwd_hooks=[(resolve(s, model), keep(s)) for s in sites]):
-            logits = model(ids, use_cache=False)
-            metric = src.metric_from_logits(logits[:, -1].float())[0]
+            metric = src.metric_from_logits(last_logits(model, ids).float())[0]
             metric.backward()
         m_tgt = float(metric.detach())
         gap = float(src.metric) - m_tgt

@@ -289,6 +289,45 @@ def calibration_conversations(
                          names=[f"{split}/{family}/{i}" for i in range(n)])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How a calibration builds and reads its conversations (every setting but the data itself).
+
+    ``n_train`` single-turn chats per persona (``train_turns`` turns) set the thresholds; ``n_test``
+    held-out conversations of ``test_turns`` turns give the rates; replies of at most
+    ``max_new_tokens``. The flag reads ``flag_reading`` ("response": the reply mean; "start": the
+    response-start token) at ``flag_layer`` (default: the best train TPR - FPR, ties: the larger
+    separation d'), with its threshold at ``target_fpr`` on the train split (default: max TPR - FPR).
+    """
+
+    n_train: int = 32
+    train_turns: int = 1
+    n_test: int = 16
+    test_turns: int = 3
+    max_new_tokens: int = 40
+    target_fpr: float | None = None
+    flag_reading: str = "response"
+    flag_layer: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.target_fpr is not None and not 0.0 <= self.target_fpr < 1.0:
+            raise ConfigError(f"target_fpr must lie in [0, 1), got {self.target_fpr}.")
+        if self.flag_reading not in READINGS:
+            raise ConfigError(f"flag_reading must be one of {READINGS}, got {self.flag_reading!r}.")
+
+    @classmethod
+    def of(cls, settings: "CalibrationSettings | None", overrides: Mapping[str, Any]) -> "CalibrationSettings":
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"calibrate() got unknown settings {unknown}; the settings are {sorted(known)}.")
+        return dataclasses.replace(settings or cls(), **overrides)
+
+
 def calibrate(
     model: ChatModel,
     persona: DirectionSet,
@@ -296,58 +335,28 @@ def calibrate(
     layers: Sequence[int] | None = None,
     train: Mapping[str, Sequence[Conversation]] | None = None,
     test: Mapping[str, Sequence[Conversation]] | None = None,
-    n_train: int = 32,
-    train_turns: int = 1,
-    n_test: int = 16,
-    test_turns: int = 3,
-    max_new_tokens: int = 40,
-    target_fpr: float | None = None,
-    flag_reading: str = "response",
-    flag_layer: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
+    settings: CalibrationSettings | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> MonitorCalibration:
     """Thresholds from the train split's safe vs compliant persona turns; rates on held-out conversations.
 
     ``train`` / ``test`` map ``"safe"`` and ``"compliant"`` to conversations; by default
-    :func:`calibration_conversations` builds them from the standard persona and request sets:
-    ``n_train`` single-turn chats per persona (the persona distributions the directions were
-    fitted on) and ``n_test`` held-out conversations of ``test_turns`` turns. The flag reads
-    ``flag_reading`` ("response": the reply mean; "start": the response-start token, whose
-    projection also moves with the turn's position in a long conversation) at ``flag_layer``, or
-    at the layer with the best train TPR - FPR (ties: the larger separation d').
+    :func:`calibration_conversations` builds them from the model profile's persona and request
+    sets. ``settings`` (a :class:`CalibrationSettings`) and keyword overrides of its fields
+    (``n_train=16``, ``target_fpr=0.05``, ...) say how.
     """
+    cfg = CalibrationSettings.of(settings, overrides)
     persona.check_model(model)
     sites = direction_sites(persona, layers)
-    if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
-        raise ConfigError(f"target_fpr must lie in [0, 1), got {target_fpr}.")
-    if flag_reading not in READINGS:
-        raise ConfigError(f"flag_reading must be one of {READINGS}, got {flag_reading!r}.")
-    if flag_layer is not None and flag_layer not in [s.layer for s in sites]:
-        raise UnknownHookSiteError(f"flag_layer {flag_layer} is not among the calibrated layers {[s.layer for s in sites]}.")
+    if cfg.flag_layer is not None and cfg.flag_layer not in [s.layer for s in sites]:
+        raise UnknownHookSiteError(f"flag_layer {cfg.flag_layer} is not among the calibrated layers {[s.layer for s in sites]}.")
     given = {"train": train, "test": test}
-    shape = {"train": (n_train, train_turns), "test": (n_test, test_turns)}
-    groups: dict[tuple[str, str], list[Conversation]] = {}
     bar = tqdm(total=len(SPLITS) * len(FAMILIES) + 1, desc="calibrating", unit="step", disable=not progress)
     try:
-        for split in SPLITS:
-            for fam in FAMILIES:
-                mine = given[split]
-                if mine is not None:
-                    if fam not in mine:
-                        raise ConversationError(f"{split} lacks {fam!r} conversations; pass {{'safe': [...], 'compliant': [...]}}.")
-                    groups[(split, fam)] = [as_conversation(c) for c in mine[fam]]
-                else:
-                    n, turns = shape[split]
-                    groups[(split, fam)] = calibration_conversations(
-                        model, fam, split=split, n=n, n_turns=turns, max_new_tokens=max_new_tokens, seed=seed,
-                        batch_size=batch_size)  # fmt: skip
-                if not groups[(split, fam)]:
-                    raise ConversationError(f"no {split} {fam} conversations; pass at least one per group.")
-                bar.update(1)
+        groups = _conversation_groups(model, given, cfg, bar)
         keys = list(groups)
-        acts = turn_activations(model, [c for k in keys for c in groups[k]], sites, batch_size=batch_size)
+        acts = turn_activations(model, [c for k in keys for c in groups[k]], sites, batch_size=cfg.batch_size)
         bar.update(1)
     finally:
         bar.close()
@@ -363,27 +372,15 @@ def calibrate(
     is_train = torch.tensor([x[0] == "train" for x in labels])
     safe = is_train & torch.tensor([x[1] == "safe" for x in labels])
     comp = is_train & torch.tensor([x[1] == "compliant" for x in labels])
-    thresholds = torch.tensor([[_threshold(projections[safe, r, i], projections[comp, r, i], target_fpr)
+    thresholds = torch.tensor([[_threshold(projections[safe, r, i], projections[comp, r, i], cfg.target_fpr)
                                 for i in range(len(sites))] for r in range(len(READINGS))], dtype=torch.float64)  # fmt: skip
-    r = READINGS.index(flag_reading)
-    best = None
-    for i, s in enumerate(sites):
-        if flag_layer not in (None, s.layer) or not math.isfinite(thresholds[r, i]):
-            continue
-        sp, cp = projections[safe, r, i], projections[comp, r, i]
-        rate = lambda x: (x[torch.isfinite(x)] > thresholds[r, i]).double().mean()  # noqa: E731
-        key = (round(float(rate(cp) - rate(sp)), 9), _separation(sp, cp))
-        if best is None or key > best[0]:
-            best = (key, s.layer)
-    if best is None:
-        raise ConversationError(
-            f"no train turn has a {flag_reading} reading to threshold (every reply empty?); give conversations with replies."
-        )
+    flag_layer = _flag_layer(sites, projections[safe], projections[comp], thresholds, cfg)
     from ..models.loading import provenance
 
+    shape = {"train": cfg.train_turns, "test": cfg.test_turns}
     config = {"n_conversations": {f"{s}/{f}": len(groups[(s, f)]) for s, f in keys},
-              "turns": {s: shape[s][1] for s in SPLITS if given[s] is None}, "max_new_tokens": max_new_tokens,
-              "target_fpr": target_fpr, "seed": seed, "generated": {s: given[s] is None for s in SPLITS}}  # fmt: skip
+              "turns": {s: shape[s] for s in SPLITS if given[s] is None}, "max_new_tokens": cfg.max_new_tokens,
+              "target_fpr": cfg.target_fpr, "seed": cfg.seed, "generated": {s: given[s] is None for s in SPLITS}}  # fmt: skip
     return MonitorCalibration(
         sites=sites,
         thresholds=thresholds,
@@ -392,14 +389,57 @@ def calibrate(
         family=tuple(x[1] for x in labels),
         conversation=tuple(x[2] for x in labels),
         turn=tuple(x[3] for x in labels),
-        flag_reading=flag_reading,
-        flag_layer=best[1],
+        flag_reading=cfg.flag_reading,
+        flag_layer=flag_layer,
         persona=f"{persona.name}@{persona.position}",
         persona_fingerprint=fingerprint(persona, sites),
         conversations={f"{s}/{f}": tuple(groups[(s, f)]) for s, f in keys},
         config=config,
-        provenance=provenance(model, seed=seed, config=config),
+        provenance=provenance(model, seed=cfg.seed, config=config),
     )
+
+
+def _conversation_groups(
+    model: ChatModel, given: Mapping[str, Mapping[str, Sequence[Conversation]] | None], cfg: CalibrationSettings, bar: Any
+) -> dict[tuple[str, str], list[Conversation]]:
+    """The conversations of every (split, persona family): the given ones, or played by the model."""
+    shape = {"train": (cfg.n_train, cfg.train_turns), "test": (cfg.n_test, cfg.test_turns)}
+    groups: dict[tuple[str, str], list[Conversation]] = {}
+    for split in SPLITS:
+        for fam in FAMILIES:
+            mine = given[split]
+            if mine is not None:
+                if fam not in mine:
+                    raise ConversationError(f"{split} lacks {fam!r} conversations; pass {{'safe': [...], 'compliant': [...]}}.")
+                groups[(split, fam)] = [as_conversation(c) for c in mine[fam]]
+            else:
+                n, turns = shape[split]
+                groups[(split, fam)] = calibration_conversations(
+                    model, fam, split=split, n=n, n_turns=turns, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                    batch_size=cfg.batch_size)  # fmt: skip
+            if not groups[(split, fam)]:
+                raise ConversationError(f"no {split} {fam} conversations; pass at least one per group.")
+            bar.update(1)
+    return groups
+
+
+def _flag_layer(sites: Sequence[HookSite], safe: Tensor, comp: Tensor, thresholds: Tensor, cfg: CalibrationSettings) -> int:
+    """The flag's layer: the given one, or the best train TPR - FPR (ties: the larger separation d')."""
+    r = READINGS.index(cfg.flag_reading)
+    best = None
+    for i, s in enumerate(sites):
+        if cfg.flag_layer not in (None, s.layer) or not math.isfinite(thresholds[r, i]):
+            continue
+        sp, cp = safe[:, r, i], comp[:, r, i]
+        rate = lambda x: (x[torch.isfinite(x)] > thresholds[r, i]).double().mean()  # noqa: E731
+        key = (round(float(rate(cp) - rate(sp)), 9), _separation(sp, cp))
+        if best is None or key > best[0]:
+            best = (key, s.layer)
+    if best is None:
+        raise ConversationError(
+            f"no train turn has a {cfg.flag_reading} reading to threshold (every reply empty?); give conversations with replies."
+        )
+    return best[1]
 
 
 def format_calibration(calibration: MonitorCalibration) -> str:

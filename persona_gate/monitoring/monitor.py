@@ -39,7 +39,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConversationError
 from ..prompts.conversation import Conversation
 from ..core.directions import DirectionSet
 from ..errors import DModelMismatchError, UnknownHookSiteError

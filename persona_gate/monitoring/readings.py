@@ -26,7 +26,7 @@ from ..models.protocol import ChatModel
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -38,9 +38,8 @@ from ..core.readout import read_batch
 from ..prompts.conversation import Conversation, RenderedConversation, render_conversation
 from ..core.directions import DirectionSet
 from ..errors import ConfigError, NonFiniteError, PositionError, UnknownHookSiteError
-from ..core.prompt_layout import note_early_stop, prompt_layout
 from ..models.loading import model_device
-from ..sites import HookSite, resolve
+from ..sites import HookSite
 
 READINGS: tuple[str, ...] = ("start", "response")
 

@@ -15,12 +15,10 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import random
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path

@@ -61,7 +61,6 @@ from ..core.contrasts import PersonaRefusal
 from ..core.directions import DirectionSet
 from ..errors import (
     ConfigError,
-    ArtefactError,
     DatasetError,
     EmptyGroupError,
     LayerOutOfRangeError,
@@ -69,10 +68,10 @@ from ..errors import (
     UnknownHookSiteError,
 )
 from ..scoring.labels import BYPASS, DEGENERATE, REFUSAL
-from ..scoring.stats import RateSummary, auroc
+from ..scoring.stats import auroc
 from ..prompts.positions import parse_position
 from ..models.profile import profile_of
-from ..prompts.sets import Request, load_requests
+from ..prompts.sets import Request
 from ..results import LabelledResult
 from .result import KIND, PROJECTIONS_KIND, RedTeamResult, auroc_or_none, families_of  # noqa: F401
 
@@ -240,8 +239,6 @@ def red_team(
     :class:`~persona_gate.experiments.RefusalScorer` of this model (default: ``for_model(model)``).
     """
     from ..scoring.refusal import RefusalScorer
-    from ..scoring.metrics import first_token_logprobs
-    from ..models.loading import provenance
 
     pset = _persona_set(persona)
     pset.check_model(model)
@@ -250,14 +247,43 @@ def red_team(
         position = str(parse_position(position))
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}; pass generate_labels=False to skip replies.")
-    chosen = check_attacks(attacks) if attacks is not None else attacks_for(model, families)
-    if attacks is not None:
-        wanted = check_families(families)
-        chosen = tuple(a for a in chosen if a.family in wanted)
-        if not chosen:
-            raise EmptyGroupError(f"none of the given attacks belongs to the families {list(wanted)}; pass families= to match.")
+    chosen = _choose_attacks(model, attacks, families)
     reqs = as_requests(requests) if requests is not None else default_requests(model, n, seed)
     scorer = scorer if scorer is not None else RefusalScorer.for_model(model)
+    m = _measure(model, pset, chosen, reqs, system, position, scorer, generate_labels, max_new_tokens, judge, batch_size, progress)
+    run = {"system": system, "layer": layer, "position": position, "generate_labels": generate_labels,
+           "max_new_tokens": max_new_tokens if generate_labels else None, "seed": seed,
+           "judge": getattr(judge, "name", type(judge).__name__) if judge is not None else ("heuristic" if generate_labels else None)}  # fmt: skip
+    return _assemble(model, pset, chosen, reqs, scorer, m, run)
+
+
+def _choose_attacks(model: ChatModel, attacks: Sequence[Attack] | None, families: Sequence[str]) -> tuple[Attack, ...]:
+    """The given attacks of ``families``, or the model profile's own."""
+    if attacks is None:
+        return attacks_for(model, families)
+    wanted = check_families(families)
+    chosen = tuple(a for a in check_attacks(attacks) if a.family in wanted)
+    if not chosen:
+        raise EmptyGroupError(f"none of the given attacks belongs to the families {list(wanted)}; pass families= to match.")
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """Per (attack, request): first-token log-odds and refusal, projections per layer, judged replies."""
+
+    logodds: Tensor
+    refused: Tensor
+    projection: Tensor
+    labels: dict[str, Tensor]
+    replies: list[list[str]]
+
+
+def _measure(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], reqs: Sequence[Request], system: str | None,
+             position: str, scorer: Any, generate_labels: bool, max_new_tokens: int, judge: Any, batch_size: int,
+             progress: bool) -> _Measured:  # fmt: skip
+    """Score, project and (optionally) generate every attacked prompt, one family at a time."""
+    from ..scoring.metrics import first_token_logprobs
 
     A, R, S = len(chosen), len(reqs), len(pset.sites)
     logodds, refused = torch.empty(A, R), torch.empty(A, R, dtype=torch.bool)
@@ -286,32 +312,40 @@ def red_team(
     bar.close()
     if not torch.isfinite(logodds).all() or not torch.isfinite(proj).all():
         raise NonFiniteError("non-finite refusal scores or projections; load the model in float32 (dtype='float32').")
+    return _Measured(logodds, refused, proj, gen, replies)
 
-    bypass = gen[BYPASS] if generate_labels else ~refused
+
+def _assemble(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], reqs: Sequence[Request], scorer: Any,
+              m: _Measured, run: dict[str, Any]) -> RedTeamResult:  # fmt: skip
+    """The typed result: scores and AUROCs per layer, projections, replies, config and provenance."""
+    from ..models.loading import provenance
+
+    generate_labels, layer, position = run["generate_labels"], run["layer"], run["position"]
+    bypass = m.labels[BYPASS] if generate_labels else ~m.refused
     flat = bypass.reshape(-1)
-    by_layer = {str(l): auroc_or_none(proj[..., s].reshape(-1), flat) for s, l in enumerate(pset.layers)}
+    by_layer = {str(l): auroc_or_none(m.projection[..., s].reshape(-1), flat) for s, l in enumerate(pset.layers)}
     si = pset.layers.index(layer)
     if by_layer[str(layer)] is None:
         log.warning("every prompt had the same outcome (%d of %d bypassed); the AUROC is undefined", int(flat.sum()), flat.numel())
-    values: dict[str, Tensor] = {"logodds": logodds, "refused": refused}
+    values: dict[str, Tensor] = {"logodds": m.logodds, "refused": m.refused}
     if generate_labels:
-        values |= {"gen_refusal": gen[REFUSAL], "gen_degenerate": gen[DEGENERATE]}
-    values |= {"bypass": bypass, "projection": proj[..., si].clone()}
+        values |= {"gen_refusal": m.labels[REFUSAL], "gen_degenerate": m.labels[DEGENERATE]}
+    values |= {"bypass": bypass, "projection": m.projection[..., si].clone()}
     config = {
         "attacks": [a.to_dict() for a in chosen],
         "requests": [{"id": r.id, "text": r.text} for r in reqs],
-        "system": system,
+        "system": run["system"],
         "layer": layer,
         "position": position,
         "persona": {"name": pset.name, "positive": pset.positive, "negative": pset.negative, "position": pset.position},
         "generate_labels": generate_labels,
-        "max_new_tokens": max_new_tokens if generate_labels else None,
-        "judge": getattr(judge, "name", type(judge).__name__) if judge is not None else ("heuristic" if generate_labels else None),
+        "max_new_tokens": run["max_new_tokens"],
+        "judge": run["judge"],
         "refusal_token_ids": list(scorer.token_ids),
-        "seed": seed,
+        "seed": run["seed"],
     }
     coords = {"attack": tuple(a.id for a in chosen), "request": tuple(r.id for r in reqs)}
-    prov = provenance(model, seed=seed)
+    prov = provenance(model, seed=run["seed"])
     metric = {
         "name": "refusal under attack",
         "logodds": "first-token refusal log-odds; > 0: refusal likelier",
@@ -329,10 +363,10 @@ def red_team(
     )  # fmt: skip
     projections = LabelledResult(
         kind=PROJECTIONS_KIND, dims=("attack", "request", "layer"), coords={**coords, "layer": tuple(pset.layers)},
-        values={"projection": proj}, metric={"projection": metric["projection"].replace(f"at layer {layer}", "per layer")},
+        values={"projection": m.projection}, metric={"projection": metric["projection"].replace(f"at layer {layer}", "per layer")},
         config={k: config[k] for k in ("position", "persona", "layer")}, provenance=prov,
     )  # fmt: skip
-    return RedTeamResult(scores, projections, tuple(tuple(r) for r in replies) if generate_labels else None)
+    return RedTeamResult(scores, projections, tuple(tuple(r) for r in m.replies) if generate_labels else None)
 
 
 __all__ = [

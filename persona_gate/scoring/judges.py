@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, LabelTokenError, PersonaGateError
+from ..errors import ConfigError, LabelTokenError
 from ..core.prompt_layout import prompt_layout
 from .labels import BYPASS, REFUSAL, label_response
 

@@ -31,10 +31,8 @@ Example::
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import EmptyGroupError
