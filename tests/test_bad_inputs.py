@@ -285,7 +285,7 @@ def test_wrong_types_raise_named_errors_outside_the_test_instrumentation(wrong_t
     assert re.search(fix, msg), msg
 
 
-@pytest.mark.parametrize("layers", ["a,b", ","])
+@pytest.mark.parametrize("layers", ["a,b", ",", "1,,2", "3,"])
 def test_cli_malformed_option_is_an_argparse_error(capsys, layers):
     with pytest.raises(SystemExit) as info:
         main(["directions", "--layers", layers])

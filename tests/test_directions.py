@@ -216,3 +216,9 @@ def test_a_failed_replace_keeps_the_previous_artefact(tmp_path, monkeypatch):
     monkeypatch.setattr(pg_io.os, "replace", real)
     assert DirectionSet.load(path).provenance == {"seed": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_repr_is_one_short_line(tiny, grid):
+    pr = fit_persona_and_refusal(tiny, grid, progress=False)
+    text = repr(pr.persona)
+    assert "\n" not in text and len(text) < 200 and "mean:system" in text and "d_model 64" in text

@@ -199,7 +199,9 @@ def _finished(out: Path) -> tuple[set[str], dict[str, int]]:
 
 
 def _result_files(out: Path) -> set[str]:
-    return {str(p) for p in out.rglob("*.safetensors")} if out.exists() else set()
+    """Result files now on disk, read while the run renames its temporary folders away: os.walk
+    skips a folder that vanishes mid-walk (Path.rglob raised FileNotFoundError there)."""
+    return {os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.endswith(".safetensors")}
 
 
 def _kill_after_progress(proc: subprocess.Popen, out: Path, k: int, delay: float) -> int | None:

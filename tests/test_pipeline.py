@@ -43,7 +43,8 @@ def test_summary_matches_the_result_folders(run_dir):
 def test_rerun_skips_finished_stages_and_redoes_a_corrupt_one(run_dir):
     stamps = {p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()}
     (run_dir / "reintroduction" / "tensors.safetensors").write_bytes(b"truncated")
-    run_pipeline(SMALL, run_dir, progress=False)
+    again = run_pipeline(SMALL, run_dir, progress=False)
+    assert again["reused_stages"] == ["directions", "steering_sweep", "window_projection", "patching"]
     after = {p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()}
     assert after["steering_sweep"] == stamps["steering_sweep"] and after["patching"] == stamps["patching"]
     assert after["reintroduction"] != stamps["reintroduction"]

@@ -25,8 +25,11 @@ from ..errors import PersonaGateError
 
 
 def _layers(text: str) -> list[int]:
+    parts = text.split(",")
+    if len(parts) > 1 and any(not x.strip() for x in parts):
+        raise argparse.ArgumentTypeError(f"--layers has an empty entry in {text!r}; write comma-separated integers such as 4,8,12")
     try:
-        layers = [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in parts if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
     if not layers:
@@ -77,6 +80,8 @@ def _cmd_directions(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict, out: Path) -> None:
     print(f"model {summary['model']} ({summary['n_layers']} layers)")
+    if summary.get("reused_stages"):
+        print(f"  reused finished stages from {out}/: {', '.join(summary['reused_stages'])} (delete them to recompute)")
     print(f"  refusal, safe persona + harmful:      {summary['baseline_refusal_rate']:.2f}")
     print(f"  refusal, compliant persona + harmful: {summary['compliant_persona_refusal_rate']:.2f}")
     at = summary["steered_at"]

@@ -196,6 +196,13 @@ class DirectionSet:
     neg_mean: Float[Tensor, "site d_model"] | None = None
     provenance: dict = field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        # One line: the dataclass default would print every tensor (tens of KB).
+        layers = [s.layer for s in self.sites]
+        span = f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2 else str(layers)
+        return (f"DirectionSet({self.name!r}: {self.positive} - {self.negative} at {self.position}, "
+                f"{self.sites[0].kind if self.sites else '?'} layers {span}, d_model {self.vectors.shape[-1]})")
+
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.sites):
             raise ValueError(f"vectors of shape {tuple(self.vectors.shape)} do not match {len(self.sites)} sites.")

@@ -199,6 +199,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
         if _stage_done(path, loader):
             log.info("stage %s already done", name)
+            reused.append(name)
             return loader(path)
         t = time.perf_counter()
         log.info("stage %s: computing", name)
@@ -214,6 +215,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
         return loader(path)
 
     cells = out / "cells"
+    reused: list[str] = []  # stages an earlier run in this folder had finished
 
     def load_dirs(p: Path) -> tuple[DirectionSet, DirectionSet]:
         return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
@@ -245,6 +247,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     times["total"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(times_path, json.dumps(times, indent=1))
     summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
+    summary["reused_stages"] = reused
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
