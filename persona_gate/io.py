@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -91,7 +92,20 @@ def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tenso
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
+    body = json.loads(json.dumps(body))  # as it will read back (tuples -> lists), so the checksum matches
+    body["checksum"] = _checksum(body, folder / TENSORS)
     (folder / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=False), encoding="utf-8")
+
+
+def _checksum(manifest: dict[str, Any], tensors_file: Path) -> str:
+    """sha256 of the tensors file and of the manifest (less this field): a hand edit of either shows."""
+    h = hashlib.sha256()
+    with open(tensors_file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    rest = {k: v for k, v in manifest.items() if k != "checksum"}
+    h.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return "sha256:" + h.hexdigest()
 
 
 def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
@@ -134,6 +148,11 @@ def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str
         tensors = load_file(str(tpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtefactError(f"{tpath} is corrupt or truncated ({e}); save the artefact again.") from None
+    if "checksum" in manifest and manifest["checksum"] != _checksum(manifest, tpath):
+        raise ArtefactError(
+            f"{path} was changed after it was saved (its manifest or tensors no longer match the checksum written "
+            "with them, e.g. edited by hand); recompute the result and save it again."
+        )
     expected = manifest.get("tensors", {})
     for key, meta in expected.items():
         if key not in tensors or list(tensors[key].shape) != meta["shape"]:

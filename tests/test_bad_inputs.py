@@ -121,7 +121,10 @@ API_CASES = [
      E.UnknownHookSiteError, r"use one of those"),
     # directions and interventions
     ("NaN direction", _nan_direction, E.NonFiniteError, r"."),
-    ("NaN in a saved direction", _nan_saved_direction, E.NonFiniteError, r"."),
+    ("persona and refusal swapped in monitor", lambda c: pg.monitor(c["m"], [{"role": "user", "content": "Plan a trip."}], c["pr"].refusal, c["pr"].persona),
+     E.ConfigError, r"swapped.*in that order"),
+    ("steering a layer without a direction", lambda c: pg.Steer(c["pr"].refusal, alpha=1.0, layers=[0]).hooks(c["m"]), E.InterventionError, r"raw norm 0.*choose layers"),
+    ("NaN written into a saved direction", _nan_saved_direction, E.ArtefactError, r"changed after it was saved.*save it again"),
     ("direction of another model", lambda c: pg.Steer(c["pr"].persona, alpha=1.0, layers=[1]).hooks(c["tiny"]), E.DModelMismatchError, r"."),
     ("activations of another width", lambda c: c["pr"].persona.project(torch.zeros(3, 7)), E.DModelMismatchError, r"project activations of the model"),
     ("NaN alpha", lambda c: pg.Steer(c["pr"].persona, alpha=float("nan"), layers=[2]), E.InterventionError, r"pick a value"),
@@ -237,6 +240,7 @@ WRONG_TYPES = [
     # public functions take `model: ChatModel`; under pytest the instrumentation rejects these first
     ("a model name where a model is needed", "steering_sweep('organism', d)", "NotAModelError", r"load_chat_model\('organism'\)"),
     ("a tokenizer where a model is needed", "pg.fit_persona_and_refusal(m.tokenizer)", "NotAModelError", r"load_chat_model"),
+    ("apply() on a plain Hugging Face model", "pg.apply(m.original_model, pg.Steer(d, alpha=1.0, layers=[2])).__enter__()", "NotAModelError", r"load_chat_model"),
     ("a prompt, not a list of prompts", "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)", "PositionError", r"wrap it"),
     ("cli: config value of the wrong type", "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])", "exit 2", r"fix it in the config file"),
 ]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persona_gate import cache_activations, fit_persona_and_refusal, sites_for, standard_prompts
-from persona_gate.errors import HookNotFiredError, LayerOutOfRangeError
+from persona_gate.errors import HookNotFiredError, InterventionError, LayerOutOfRangeError
 from persona_gate.core.interventions import Ablate, Steer, apply
 from persona_gate.scoring.metrics import first_token_logprobs, refusal_logodds, refusal_rate, refusal_token_ids
 
@@ -161,3 +161,23 @@ def test_ablating_a_zero_direction_is_an_error(tiny, fitted):
     assert float(pr.refusal.raw_norms[0]) == 0  # the last token at resid_pre.0 is always the same embedding
     with pytest.raises(InterventionError, match="zero at every chosen layer"):
         Ablate(pr.refusal, layers=[0]).hooks(tiny)
+
+
+def test_steering_a_zero_direction_is_an_error(tiny, arch, fitted):
+    # resid_pre.0 at the last token is one template token's embedding for every prompt: no refusal direction.
+    refusal = fitted[0][arch].refusal
+    zero = [s.layer for s, r in zip(refusal.sites, refusal.raw_norms) if float(r) == 0]
+    if not zero:
+        pytest.skip("this architecture adds position embeddings at layer 0 (no zero direction)")
+    with pytest.raises(InterventionError, match=f"no direction at layer {zero[0]}.*choose layers"):
+        Steer(refusal, alpha=1.0, layers=[zero[0]]).hooks(tiny)
+
+
+def test_plain_strings_are_user_messages(tiny):
+    from persona_gate import ChatPrompt
+    from persona_gate.scoring.metrics import first_token_logprobs
+
+    texts = ["Plan a trip.", "Write a short poem about rain."]
+    as_strings = first_token_logprobs(tiny, texts)
+    as_prompts = first_token_logprobs(tiny, [ChatPrompt(system=None, user=t, group="user") for t in texts])
+    assert torch.equal(as_strings, as_prompts)

@@ -205,6 +205,7 @@ def test_load_refuses_other_kinds_and_broken_folders(result, tmp_path):
         LabelledResult.load(path)
     path = result.save(tmp_path / "sweep")
     manifest = json.loads((path / "manifest.json").read_text())
+    manifest.pop("checksum")  # a folder written before checksums: the structural checks still apply
     manifest["coords"]["layer"] = [0.0, 3.0, 7.0]  # floats where the tag says int
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtefactError, match="recorded types"):
@@ -305,3 +306,23 @@ def test_save_load_and_frame_properties(args):
         back = LabelledResult.load(r.save(Path(tmp) / "r"))
     assert back == r and all(type(x) is type(y) for d in r.dims for x, y in zip(back.coords[d], r.coords[d]))
     assert len(r.to_dataframe()) == math.prod(r.sizes.values())
+
+
+def test_a_hand_edited_folder_is_refused_by_its_checksum(tmp_path):
+    from persona_gate import DirectionSet, HookSite
+
+    ds = DirectionSet.from_means("persona", [HookSite(0), HookSite(1)], torch.randn(2, 4), torch.randn(2, 4), "p", "n", {}, "last")
+    path = ds.save(tmp_path / "dirs")
+    assert torch.equal(DirectionSet.load(path).vectors, ds.vectors)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["sites"] = manifest["sites"][::-1]  # reordered sites: every vector now sits at the wrong layer
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtefactError, match="changed after it was saved.*save it again"):
+        DirectionSet.load(path)
+    path = ds.save(tmp_path / "dirs")
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(path / "tensors.safetensors"))
+    save_file({k: v * 2 for k, v in t.items()}, str(path / "tensors.safetensors"))  # rescaled vectors
+    with pytest.raises(ArtefactError, match="changed after it was saved"):
+        DirectionSet.load(path)

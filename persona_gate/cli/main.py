@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .. import __version__
 from . import organism as organism_cli
 from ..errors import PersonaGateError
 
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Does this chat model's persona gate its refusal, and at which layers?",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"persona-gate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("directions", help="fit per-layer persona and refusal directions and print a summary")
@@ -354,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        # Finished stages and cells are on disk (atomic writes); the same command picks up from them.
+        print("persona-gate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except PersonaGateError as e:
         # Named errors carry their fix in one line; anything else is a bug and keeps its traceback.
         print(f"persona-gate: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -61,7 +61,7 @@ class Batch:
     acts: Float[Tensor, "pos batch site d_model"]
 
 
-def as_rendered(model: ChatModel, prompts: Sequence[ChatPrompt | RenderedPrompt]) -> list[RenderedPrompt]:
+def as_rendered(model: ChatModel, prompts: Sequence[ChatPrompt | RenderedPrompt | str]) -> list[RenderedPrompt]:
     from ..models.loading import check_model
 
     check_model(model)
@@ -69,6 +69,11 @@ def as_rendered(model: ChatModel, prompts: Sequence[ChatPrompt | RenderedPrompt]
         raise PositionError(f"pass a list of prompts, not one {type(prompts).__name__}; wrap it: [prompt].")
     if not prompts:
         raise EmptyGroupError("no prompts were given; pass at least one prompt.")
+    if any(isinstance(p, str) for p in prompts):
+        if not all(isinstance(p, str) for p in prompts):
+            raise PositionError("pass either strings (user messages) or prompts, not a mix; wrap each string in ChatPrompt.")
+        # A plain string is one user message without a system prompt.
+        prompts = [ChatPrompt(system=None, user=p, group="user", request_id=f"user-{i:03d}") for i, p in enumerate(prompts)]
     if all(isinstance(p, RenderedPrompt) for p in prompts):
         return list(prompts)  # type: ignore[arg-type]
     if any(isinstance(p, RenderedPrompt) for p in prompts):
@@ -132,7 +137,7 @@ def padded_batches(rendered: Sequence[Tokens], batch_size: int, pad_id: int) -> 
 
 def iter_activations(
     model: ChatModel,
-    prompts: Sequence[ChatPrompt | RenderedPrompt],
+    prompts: Sequence[ChatPrompt | RenderedPrompt | str],
     sites: Sequence[HookSite | str],
     positions: Sequence[Position | str] = ("last",),
     *,
@@ -254,7 +259,7 @@ class ActivationStore:
 
 def cache_activations(
     model: ChatModel,
-    prompts: Sequence[ChatPrompt | RenderedPrompt],
+    prompts: Sequence[ChatPrompt | RenderedPrompt | str],
     sites: Sequence[HookSite | str],
     position: Position | str = "last",
     *,

@@ -156,7 +156,7 @@ class GroupMeans:
 
 def fit_group_means(
     model: ChatModel,
-    prompts: Sequence[ChatPrompt | RenderedPrompt],
+    prompts: Sequence[ChatPrompt | RenderedPrompt | str],
     sites: Sequence[HookSite | str],
     positions: Sequence[Position | str] = ("last",),
     *,

@@ -49,7 +49,7 @@ class Generation:
 
 def generate(
     model: ChatModel,
-    prompts: Sequence[ChatPrompt | RenderedPrompt],
+    prompts: Sequence[ChatPrompt | RenderedPrompt | str],
     *,
     max_new_tokens: int = 48,
     batch_size: int = 16,

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from .directions import DirectionSet
 from ..errors import HookNotFiredError, InterventionError
+from ..models.loading import check_model
 from .prompt_layout import SCOPES, position_mask, prompt_layout, record_early_stops  # noqa: F401  (re-exported)
 from ..sites import HookSite, check_layer, resolve
 
@@ -95,6 +96,12 @@ class Steer:
         out = []
         for layer in _layers(self.direction, self.layers, model):
             v, r = _vector(self.direction, layer, self.source_layer)
+            if r == 0 or float(v.norm()) == 0:
+                raise InterventionError(
+                    f"direction set {self.direction.name!r} has no direction at layer "
+                    f"{layer if self.source_layer is None else self.source_layer} (raw norm 0), so steering there would do "
+                    "nothing; choose layers where it has one (e.g. not resid_pre.0 for a last-token direction)."
+                )
             shift = v * (self.alpha * (r if self.units == "raw" else 1.0))
 
             def hook(x: Tensor, hook: Any, shift: Tensor = shift) -> Tensor:
@@ -159,6 +166,7 @@ class InterventionReport:
 @contextmanager
 def apply(model: ChatModel, *specs: Steer | Ablate | AddBack) -> Iterator[InterventionReport]:
     """Install every spec's hooks for the duration of the block; always remove them."""
+    check_model(model)
     hooks: list[tuple[str, Callable]] = []
     for spec in specs:
         hooks.extend(spec.hooks(model))

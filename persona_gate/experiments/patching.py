@@ -202,8 +202,8 @@ def _slot_sets(model: ChatModel, pairs: list, positions: str) -> tuple[list[list
 
 def activation_patching(
     model: ChatModel,
-    source: Sequence[ChatPrompt | RenderedPrompt],
-    target: Sequence[ChatPrompt | RenderedPrompt],
+    source: Sequence[ChatPrompt | RenderedPrompt | str],
+    target: Sequence[ChatPrompt | RenderedPrompt | str],
     token_ids: Sequence[int],
     *,
     kind: str = "resid_pre",
@@ -319,8 +319,8 @@ def gate_layers(result: LabelledResult, threshold: float = 0.5, exclude: Sequenc
 
 def attribution_patching(
     model: ChatModel,
-    source: Sequence[ChatPrompt | RenderedPrompt],
-    target: Sequence[ChatPrompt | RenderedPrompt],
+    source: Sequence[ChatPrompt | RenderedPrompt | str],
+    target: Sequence[ChatPrompt | RenderedPrompt | str],
     token_ids: Sequence[int],
     *,
     kind: str = "resid_pre",

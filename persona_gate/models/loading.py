@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import weakref
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAModelError
 from ..prompts.templates import resolve_template, template_hash
@@ -96,6 +98,25 @@ def organism_dir() -> Path:
     return data_dir() / "organism"
 
 
+# Any one of these makes a folder's tokenizer loadable (fast, sentencepiece, BPE vocab files).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, if this machine has it; else a named error that says what to pass."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {str(device)!r}; pass cpu, cuda, cuda:1 or mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} asks for CUDA, which this machine does not have; pass --device cpu (or device='cpu').")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of them.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} asks for Apple's MPS, which this machine does not have; pass --device cpu.")
+    return dev
+
+
 def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
     text = str(name_or_path)
     if text == ORGANISM:
@@ -119,7 +140,15 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
                 f"{path} is a folder but holds no config.json; point to a folder written by "
                 "save_pretrained (config.json + weights + tokenizer files)."
             )
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelNotFoundError(
+                f"{path} holds a model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the tokenizer "
+                "into the same folder (tokenizer.save_pretrained(folder))."
+            )
         return "local", path
+    close = difflib.get_close_matches(text, [ORGANISM, *PACKAGED_GGUF], n=1, cutoff=0.75)
+    if close and "/" not in text:
+        raise ModelNotFoundError(f"no model {text!r}; did you mean {close[0]}? (or a local folder, a .gguf file, or 'org/name' on the hub)")
     # Hub ids are 'name' or 'org/name'; anything else that reached here is a bad local path.
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelNotFoundError(
@@ -205,6 +234,8 @@ def load_chat_model(
         raise ConfigError("pass either device or device_map, not both.")
     if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is not None:
+        check_device(device)
     if profile is not None and not isinstance(profile, ModelProfile):
         raise ConfigError(f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...).")
     source, where = _resolve_source(name_or_path)
@@ -235,6 +266,11 @@ def load_chat_model(
                 "HF_TOKEN, or download it and pass the local folder."
             ) from e
         raise ModelNotFoundError(f"could not load {where}: {e}") from e
+    except SafetensorError as e:
+        raise ModelNotFoundError(
+            f"the weights in {where} are truncated or corrupt ({e}); copy or download them again (save_pretrained writes "
+            "complete files)."
+        ) from None
 
     bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
     bridge.eval()

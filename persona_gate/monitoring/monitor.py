@@ -41,12 +41,32 @@ from torch import Tensor
 
 from ..prompts.conversation import Conversation
 from ..core.directions import DirectionSet
-from ..errors import DModelMismatchError, UnknownHookSiteError
+from ..errors import ConfigError, DModelMismatchError, UnknownHookSiteError
 from .calibration import MonitorCalibration
 from ..results import LabelledResult
 from .readings import READINGS, as_conversation, direction_sites, fingerprint, project_turns, turn_activations, unit_vectors
 
 KIND = "persona_monitor"
+
+
+def check_roles(persona: DirectionSet, refusal: DirectionSet) -> None:
+    """Refuse a persona and a refusal set passed the wrong way round (their sign conventions say which is which).
+
+    A persona direction contrasts personas (its groups name ``compliant``/``safe``); a refusal
+    direction contrasts requests (``harmful`` - ``harmless``) under one persona.
+    """
+    def contrasts_requests(ds: DirectionSet) -> bool:
+        return "harmless" in ds.negative and "harmless" not in ds.positive
+
+    def contrasts_personas(ds: DirectionSet) -> bool:
+        return "compliant" in ds.positive and "safe" in ds.negative
+
+    if contrasts_requests(persona) and contrasts_personas(refusal):
+        raise ConfigError(
+            f"the persona and refusal sets are swapped: {persona.name!r} is {persona.positive} - {persona.negative} (a "
+            f"refusal contrast) and {refusal.name!r} is {refusal.positive} - {refusal.negative} (a persona contrast); "
+            "pass monitor(model, conversation, persona, refusal) in that order."
+        )
 
 
 def monitor(
@@ -66,6 +86,7 @@ def monitor(
     projection of the calibration's reading exceeds that layer's threshold.
     """
     conv = as_conversation(conversation)
+    check_roles(persona, refusal)
     persona.check_model(model)
     refusal.check_model(model)
     if layers is None and calibration is not None:

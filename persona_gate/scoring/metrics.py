@@ -53,7 +53,7 @@ def refusal_token_ids(tokenizer: Any, phrases: Sequence[str]) -> list[int]:
 
 def first_token_logprobs(
     model: ChatModel,
-    prompts: Sequence[ChatPrompt | RenderedPrompt],
+    prompts: Sequence[ChatPrompt | RenderedPrompt | str],
     *,
     batch_size: int = 16,
     progress: bool = False,
@@ -132,7 +132,7 @@ def kl_divergence(
 
 def derive_refusal_tokens(
     model: ChatModel,
-    harmful: Sequence[ChatPrompt | RenderedPrompt],
+    harmful: Sequence[ChatPrompt | RenderedPrompt | str],
     *,
     max_new_tokens: int = 12,
     min_count: int = 2,
