@@ -58,6 +58,8 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
             else:
                 continue
             names = [a.name for a in node.names]
+            if not target and names == ["__version__"]:
+                continue  # the package's version string, defined in its root for every layer to read
             if not node.module:  # "from . import x": x is a module of that package
                 out += [(f"{target}.{n}".strip("."), [], node.lineno) for n in names]
             else:
