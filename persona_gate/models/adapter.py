@@ -222,7 +222,6 @@ class BlockRecord:
 
     inputs: dict[int, Tensor] = field(default_factory=dict)
     arguments: dict[int, dict[str, Any]] = field(default_factory=dict)
-    hidden_name: dict[int, str] = field(default_factory=dict)
 
 
 def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None) -> Callable:
@@ -236,8 +235,7 @@ def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None) -> Cal
         else:  # an opaque block: positional hidden state, keyword rest
             bound = {"hidden_states": args[0] if args else kwargs["hidden_states"], **kwargs}
             name = "hidden_states"
-        hidden = bound.pop(name)
-        record.hidden_name[k] = name
+        hidden = bound.pop(name)  # re-runs pass it first, positionally
         record.inputs[k] = hidden.detach().clone()
         record.arguments[k] = {key: v for key, v in bound.items() if key not in CACHE_ARGUMENTS}
 
