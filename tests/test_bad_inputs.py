@@ -240,6 +240,7 @@ WRONG_TYPES = [
     # public functions take `model: ChatModel`; under pytest the instrumentation rejects these first
     ("a model name where a model is needed", "steering_sweep('organism', d)", "NotAModelError", r"load_chat_model\('organism'\)"),
     ("a tokenizer where a model is needed", "pg.fit_persona_and_refusal(m.tokenizer)", "NotAModelError", r"load_chat_model"),
+    ("prompt sets of the wrong type in a profile", "pg.ModelProfile(name='x', prompt_sets=object())", "ConfigError", r"persona_gate\.prompts\.OPEN_SETS"),
     ("apply() on a plain Hugging Face model", "pg.apply(m.original_model, pg.Steer(d, alpha=1.0, layers=[2])).__enter__()", "NotAModelError", r"load_chat_model"),
     ("a prompt, not a list of prompts", "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)", "PositionError", r"wrap it"),
     ("cli: config value of the wrong type", "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])", "exit 2", r"fix it in the config file"),

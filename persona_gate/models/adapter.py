@@ -8,8 +8,8 @@ Everything beyond the :class:`~persona_gate.models.protocol.ChatModel` surface g
   only what a patch at layer ``k`` changes);
 * **the head** -- :func:`head_logits` applies the final norm and unembedding that the bridge
   itself declares for the architecture (its ``ln_final`` and ``unembed`` components, so every
-  architecture TransformerLens supports works without a list of our own) and the logit
-  soft-capping of models that cap (Gemma 2);
+  architecture TransformerLens supports works without a list of our own) and the output
+  transform it declares (the logit soft-capping of Gemma 2);
 * **forwards for the last position only** -- :func:`last_logits` passes ``logits_to_keep=1`` when
   the wrapped model takes it (on a 262k vocabulary the unembedding of every position would cost
   more than the rest of the forward);
@@ -174,28 +174,17 @@ def last_logits(model: Any, input_ids: Tensor, attention_mask: Tensor | None = N
     return model(input_ids, **kwargs)[:, -1]
 
 
-def softcap(model: Any) -> float | None:
-    """The final-logit soft-cap ``c`` of models that apply ``c * tanh(logits / c)`` (Gemma 2), else None."""
-    cap = getattr(_hf_config(model), "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
 def head_logits(model: Any, x: Tensor) -> Tensor:
-    """Final norm, unembedding and soft-capping of residual-stream vectors ``x`` (``[..., d_model]``)."""
+    """Final norm, unembedding and output transform (soft-capping) of residual-stream vectors ``x`` (``[..., d_model]``)."""
     head = _head(model)
     if head is None:
         check_supported(model, "replay", what="unembedding a residual stream")
     norm, unembed = head  # type: ignore[misc]
     logits = unembed(norm(x) if norm is not None else x)
-    # The output transform the bridge declares for the architecture (Gemma 2's final soft-cap is
-    # applied by the HF model's forward, not by its unembedding); else the config's cap.
+    # The output transform the bridge declares for the architecture: Gemma 2's final soft-cap (which
+    # the HF model applies in its forward, not in its unembedding), Granite's and Cohere's scaling.
     declared = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
-    if callable(declared):
-        return declared(logits)
-    cap = softcap(model)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return declared(logits) if callable(declared) else logits
 
 
 # ------------------------------------------------------------------------------ block re-runs

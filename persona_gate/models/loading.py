@@ -39,7 +39,7 @@ from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAMod
 from ..prompts.templates import resolve_template, template_hash
 from ..provenance import stamp
 from .adapter import input_device
-from .profile import ModelProfile, profile_in_folder, set_profile
+from .profile import ModelProfile, profile_of, set_profile
 from .protocol import ChatModel
 
 log = logging.getLogger(__name__)
@@ -291,16 +291,9 @@ def load_chat_model(
     )
     _INFO[bridge] = info
     # The profile is decided once, here, and travels with the model.
-    folder = Path(where) if source != "hub" else None
-    set_profile(bridge, profile or profile_in_folder(folder.parent if source == "gguf" and folder else folder) or _default_profile())
+    set_profile(bridge, profile or profile_of(bridge))  # the model's own folder's, else the defaults
     log.info("loaded %s (%s) with %d layers, d_model %d", info.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
     return bridge
-
-
-def _default_profile() -> ModelProfile:
-    from .profile import DEFAULT_PROFILE
-
-    return DEFAULT_PROFILE
 
 
 def check_model(model: Any) -> ChatModel:

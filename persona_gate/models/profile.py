@@ -30,7 +30,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..errors import ArtefactError, ConfigError
 from ..prompts.sets import OPEN_SETS, PromptSets
@@ -93,13 +93,14 @@ class ModelProfile:
         """Write ``persona_gate_profile.json`` into a model folder (atomically)."""
         from ..io import atomic_write_text
 
-        if self.to_dict()["prompt_sets"] not in PROMPT_SETS:
+        data = self.to_dict()
+        if data["prompt_sets"] not in PROMPT_SETS:
             raise ConfigError(
-                f"prompt sets {self.to_dict()['prompt_sets']!r} have no registered name, so a profile file cannot "
+                f"prompt sets {data['prompt_sets']!r} have no registered name, so a profile file cannot "
                 f"refer to them; use one of {sorted(PROMPT_SETS)} or pass the profile to load_chat_model instead."
             )
         path = Path(folder) / PROFILE_FILE
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
         return path
 
 
@@ -115,20 +116,23 @@ def named_prompt_sets(name: str) -> PromptSets:
 
 
 def profile_from_dict(data: Mapping[str, Any], where: str = "the profile") -> ModelProfile:
+    if not isinstance(data, Mapping) or data.get("kind") != PROFILE_KIND:
+        kind = data.get("kind") if isinstance(data, Mapping) else type(data).__name__
+        raise ArtefactError(f"{where} is not a persona_gate model profile (kind {kind!r}).")
     try:
-        if data.get("kind") != PROFILE_KIND:
-            raise ArtefactError(f"{where} is not a persona_gate model profile (kind {data.get('kind')!r}).")
-        if int(data.get("schema", 0)) > SCHEMA:
-            raise ArtefactError(f"{where} has schema {data['schema']}, newer than {SCHEMA}; upgrade persona_gate.")
+        schema = int(data.get("schema", 0))
+    except (TypeError, ValueError):
+        raise ArtefactError(f"{where} has schema {data.get('schema')!r}, not a number; fix or delete it.") from None
+    if schema > SCHEMA:
+        raise ArtefactError(f"{where} has schema {schema}, newer than {SCHEMA}; upgrade persona_gate.")
+    try:
         return ModelProfile(
             name=str(data["name"]),
             prompt_sets=named_prompt_sets(str(data.get("prompt_sets", "open"))),
             refusal_phrases=None if data.get("refusal_phrases") is None else tuple(data["refusal_phrases"]),
             attacks=None if data.get("attacks") is None else tuple(data["attacks"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ArtefactError):
-            raise
+    except (KeyError, TypeError, ValueError) as e:  # ConfigError of a bad field, too
         raise ArtefactError(f"{where} is malformed ({e}); fix or delete it.") from None
 
 
@@ -167,12 +171,3 @@ def profile_of(model: Any | None) -> ModelProfile:
     from .adapter import weights_folder
 
     return profile_in_folder(weights_folder(model)) or DEFAULT_PROFILE
-
-
-def attack_dicts(attacks: Sequence[Any]) -> tuple[dict[str, Any], ...]:
-    """Attack templates as the plain dicts a profile stores (``name``, ``family``, ``user``, ``system``)."""
-    out = []
-    for a in attacks:
-        d = a.to_dict() if hasattr(a, "to_dict") else dict(a)
-        out.append({k: d.get(k) for k in ("name", "family", "user", "system")})
-    return tuple(out)
