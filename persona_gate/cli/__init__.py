@@ -8,7 +8,8 @@ Example::
 """
 
 
-def main(argv=None) -> int:
-    from .main import main as _main
+def main(argv=None) -> None:
+    """The ``persona-gate`` command (see :func:`persona_gate.cli.main.run`)."""
+    from .main import run
 
-    return _main(argv)
+    run(argv)

@@ -366,5 +366,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """The console entry point: :func:`main`, then exit with its status.
+
+    After Ctrl-C the exit is immediate (``os._exit`` once the streams are flushed): when the
+    interrupt surfaced inside library code, CPython would otherwise re-raise SIGINT at shutdown and
+    the shell would see a kill (status -2) instead of 130. Every result on disk is written
+    atomically, so nothing is lost by skipping the interpreter's clean-up.
+    """
+    code = main(argv)
+    if code == 130:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
