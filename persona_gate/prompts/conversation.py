@@ -39,7 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .chat import RenderedPrompt, char_to_token_span, require_template, supports_system_role
+from .chat import (
+    FOLD_SEPARATOR,
+    RenderedPrompt,
+    render_text,
+    char_to_token_span,
+    place,
+    require_fast,
+    require_template,
+    supports_system_role,
+)
 from ..errors import ChatTemplateError, ConversationError
 from .sets import ChatPrompt
 
@@ -197,20 +206,9 @@ def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
     for m in rest:
         if m["role"] == "user":
-            m["content"] = f"{system}\n\n{m['content']}"
+            m["content"] = f"{system}{FOLD_SEPARATOR}{m['content']}"
             return rest
     return rest
-
-
-def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    except Exception as e:  # Jinja's raise_exception surfaces as various exception types
-        raise ChatTemplateError(
-            f"the model's chat template rejects this conversation ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-            "fix the conversation to the template's rules (e.g. put a mid-conversation persona change in a user "
-            "message, not a second system message) or load the model with another chat_template."
-        ) from None
 
 
 class _Tokenized:
@@ -219,36 +217,31 @@ class _Tokenized:
         self.text, self.ids, self.offsets = text, tuple(enc["input_ids"]), enc["offset_mapping"]
 
 
-def _reply_span(full: _Tokenized, after: int, content: str) -> tuple[int, int] | None:
-    """Characters of the reply ``content`` right after its prompt (which ends at ``after``), or None.
+def _position(
+    tokenizer: Any, rendered: list[dict[str, str]], full: _Tokenized, prefix_text: str, prefix_ids: tuple[int, ...],
+    turn: Turn, reply_at: int, generation_prompt: bool,
+) -> TurnPosition | None:
+    """Turn ``turn``'s positions in ``full``, or None if ``full`` does not extend its prefix exactly.
 
-    The reply as written, or stripped: Llama 3 and Gemma templates ``trim`` message content. The
-    template may put whitespace between prompt and reply; the same text further on is another
-    turn's reply, not this one's.
+    The reply (message ``reply_at`` of ``rendered``) is placed by construction
+    (:func:`persona_gate.prompts.chat.place`); a reply the template rewrites in this render (e.g.
+    strips reasoning from an earlier turn) is not read here.
     """
-    for text in dict.fromkeys((content, content.strip())):
-        at = full.text.find(text, after) if text else -1
-        if at >= 0 and not full.text[after:at].strip():
-            return at, at + len(text)
-    return None
-
-
-def _position(full: _Tokenized, prefix_text: str, prefix_ids: tuple[int, ...], turn: Turn) -> TurnPosition | None:
-    """Turn ``turn``'s positions in ``full``, or None if ``full`` does not extend its prefix exactly."""
     if not full.text.startswith(prefix_text):
         return None
     if not prefix_ids or full.ids[: len(prefix_ids)] != prefix_ids:
         return None
     response = None
-    content = turn.response
-    if content:  # a pending turn or an empty reply has no reply tokens
-        chars = _reply_span(full, len(prefix_text), content)
-        if chars is None:
-            if content.strip():
-                return None
-            # A whitespace-only reply that the template trimmed away: no reply tokens, as for an empty one.
-        else:
-            response = char_to_token_span(full.offsets, *chars)
+    if turn.response:  # a pending turn or an empty reply has no reply tokens
+        try:
+            _, placed = place(tokenizer, rendered, [reply_at], generation_prompt, text=full.text)
+        except ChatTemplateError:
+            return None
+        at = placed[reply_at]
+        if at is None or at.start < len(prefix_text):
+            return None
+        if at.end > at.start:  # a whitespace-only reply the template trimmed away has no tokens
+            response = char_to_token_span(full.offsets, at.start, at.end)
             if response[0] < len(prefix_ids):
                 return None
     return TurnPosition(turn.index, len(prefix_ids) - 1, response)
@@ -257,11 +250,7 @@ def _position(full: _Tokenized, prefix_text: str, prefix_ids: tuple[int, ...], t
 def render_conversation(tokenizer: Any, conversation: Conversation) -> list[RenderedConversation]:
     """As few renders as the template allows (one for prefix-stable templates) covering every turn."""
     require_template(tokenizer)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ChatTemplateError(
-            "persona_gate needs a fast (Rust) tokenizer to map turns to tokens; load the model with a "
-            "tokenizer.json (AutoTokenizer(use_fast=True))."
-        )
+    require_fast(tokenizer)
     messages = conversation.to_messages()
     fold = messages[0]["role"] == "system" and not supports_system_role(tokenizer)
     prep = _fold_system if fold else (lambda m: m)
@@ -269,18 +258,20 @@ def render_conversation(tokenizer: Any, conversation: Conversation) -> list[Rend
     # Each turn's prompt, rendered and tokenized once (not again for every render that may extend it).
     prefixes = {}
     for t in turns:
-        text = _apply(tokenizer, prep(messages[: t.message_index]), True)
+        text = render_text(tokenizer, prep(messages[: t.message_index]), True)
         prefixes[t.index] = (text, _Tokenized(tokenizer, text).ids)
     segments: list[RenderedConversation] = []
     while turns:
         # Render up to the latest unread turn; read every earlier turn this render extends exactly.
         last = turns[-1]
         n = min(last.message_index + 1, len(messages))
-        text = _apply(tokenizer, prep(messages[:n]), generation_prompt=last.pending)
+        text = render_text(tokenizer, prep(messages[:n]), last.pending)
         full = _Tokenized(tokenizer, text)
+        rendered = prep(messages[:n])
         read = {}
         for t in turns:
-            pos = _position(full, *prefixes[t.index], t)
+            reply_at = t.message_index - (1 if fold else 0)  # folding removes the system message
+            pos = _position(tokenizer, rendered, full, *prefixes[t.index], t, reply_at, last.pending)
             if pos is not None:
                 read[t.index] = pos
         if last.index not in read:
@@ -300,21 +291,36 @@ def prefix_prompt(tokenizer: Any, conversation: Conversation, group: str = "") -
         raise ConversationError("the conversation must end with a user message to generate the next reply.")
     messages = conversation.to_messages()
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
-    fold = system is not None and not supports_system_role(tokenizer)
-    text = _apply(tokenizer, _fold_system(messages) if fold else messages, True)
-    tok = _Tokenized(tokenizer, text)
-    user = messages[-1]["content"]
-    at = text.rfind(user)
-    if not user or at < 0:
-        raise ChatTemplateError(
-            "the rendered conversation does not contain the last user message verbatim; pass a chat template "
-            "that keeps messages as written (chat_template=...)."
+    if system is not None and not system.strip():
+        raise ConversationError(
+            f"the conversation's system prompt is empty ({system!r}); give it a text or leave the system message out."
         )
-    user_span = char_to_token_span(tok.offsets, at, at + len(user))
+    fold = system is not None and not supports_system_role(tokenizer)
+    rendered = _fold_system(messages) if fold else messages
+    last = len(rendered) - 1
+    text, placed = place(tokenizer, rendered, [last] if fold or system is None else [0, last])
+    tok = _Tokenized(tokenizer, text)
+    user_at = placed[last]
+    if user_at is None:
+        raise ChatTemplateError("the chat template drops the last user message; load the model with one that writes it.")
+    user = messages[-1]["content"]
     sys_span = None
-    if system:
-        s = text.find(system)
-        sys_span = char_to_token_span(tok.offsets, s, s + len(system)) if s >= 0 else None
+    if fold:
+        first_user = next(i for i, m in enumerate(rendered) if m["role"] == "user")
+        n = len(system)  # type: ignore[arg-type]
+        if first_user == last:
+            user_chars = user_at.part(n + len(FOLD_SEPARATOR), n + len(FOLD_SEPARATOR) + len(user))
+            sys_span = char_to_token_span(tok.offsets, *user_at.part(0, n))
+        else:
+            user_chars = (user_at.start, user_at.end)
+            _, first = place(tokenizer, rendered, [first_user], text=text)
+            if first[first_user] is not None:
+                sys_span = char_to_token_span(tok.offsets, *first[first_user].part(0, n))
+    else:
+        user_chars = (user_at.start, user_at.end)
+        if system is not None and placed[0] is not None:
+            sys_span = char_to_token_span(tok.offsets, placed[0].start, placed[0].end)
+    user_span = char_to_token_span(tok.offsets, *user_chars)
     return RenderedPrompt(
         prompt=ChatPrompt(system=system, user=user, group=group),
         text=text,
