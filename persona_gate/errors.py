@@ -110,3 +110,7 @@ class UnsupportedModelError(PersonaGateError, TypeError):
 
 class OutputExistsError(PersonaGateError, FileExistsError):
     """An output folder already holds something this command would overwrite."""
+
+
+class OutputNotWritableError(PersonaGateError, PermissionError):
+    """An output folder that cannot be created or written (permissions, a read-only disk); raised before any work."""

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import ArtefactError, SchemaVersionError
+from .errors import ArtefactError, OutputExistsError, OutputNotWritableError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -109,7 +109,12 @@ def _checksum(manifest: dict[str, Any], tensors_file: Path) -> str:
 
 
 def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
-    """Write ``path/manifest.json`` and ``path/tensors.safetensors`` atomically."""
+    """Write ``path/manifest.json`` and ``path/tensors.safetensors`` atomically.
+
+    ``path`` may be new, empty, or a saved ``kind`` (which is replaced); anything else there is
+    an :class:`~persona_gate.errors.OutputExistsError`, before any file is written.
+    """
+    check_replaceable(path, lambda p: _manifest_kind(p) == kind, f"a saved {kind!r}")
     return atomic_replace_dir(path, lambda tmp: write_artefact_files(tmp, kind, tensors, manifest))
 
 
@@ -160,3 +165,147 @@ def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str
                 f"{tpath} does not match its manifest at {key!r}; the folder is inconsistent, save it again."
             )
     return manifest, tensors
+
+
+# --- Output folders: every command writes into a folder that is new, empty or of its own kind ---
+
+FOLDER_MARK = ".persona_gate.json"  # {"kind": ..., "written_by": ...}: what this folder is
+
+FOLDER_KINDS: dict[str, str] = {
+    "run": "a paper run (persona-gate run / demo)",
+    "directions": "fitted directions (persona-gate directions)",
+    "redteam": "a red-team run (persona-gate redteam)",
+    "monitor": "a monitor run (persona-gate monitor)",
+    "comparison": "a checkpoint comparison (persona-gate compare)",
+    "organism": "a chat-model organism (persona-gate organism train)",
+}
+
+
+def _visible(path: Path) -> list[str]:
+    """Entries that are not hidden (hidden ones are marks and this package's own temporaries)."""
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+
+
+def _manifest_kind(path: Path) -> str | None:
+    try:
+        kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _json_keys(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def folder_kind(path: str | Path) -> str | None:
+    """What persona_gate folder ``path`` is: a key of :data:`FOLDER_KINDS`, ``"result:<kind>"`` for
+    one saved result, or None (absent, empty, or not written by persona_gate).
+
+    Read from the folder's mark; folders written before marks existed are recognised by their files.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    mark = path / FOLDER_MARK
+    if mark.is_file():
+        try:
+            kind = json.loads(mark.read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind in FOLDER_KINDS:
+            return kind
+    names = set(_visible(path))
+    if MANIFEST in names:
+        kind = _manifest_kind(path)
+        return f"result:{kind}" if kind else None
+    if {"scores", "projections", "summary.json"} <= names:
+        return "result:red_team"  # one saved RedTeamResult (a folder of two results)
+    if "red_team" in names:
+        return "redteam"
+    if "comparison" in names:
+        return "comparison"
+    if "monitor" in names or "calibration" in names:
+        return "monitor"
+    if "config.json" in names and ({"card.json", "persona_gate_profile.json", "model.safetensors"} & names):
+        return "organism"
+    if "config.json" in names and (
+        {"stage_seconds.json", "cells"} & names
+        or "n_prompts_per_group" in _json_keys(path / "summary.json")
+        or {"model", "n_fit", "n_eval"} <= _json_keys(path / "config.json")  # a run's RunConfig
+    ):
+        return "run"
+    if "summary.json" in names and "rows" in _json_keys(path / "summary.json"):
+        return "directions"
+    return None
+
+
+def describe_folder(path: str | Path) -> str:
+    """What ``path`` holds, in words, for error messages."""
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind in FOLDER_KINDS:
+        return FOLDER_KINDS[kind]
+    if kind is not None:
+        return f"one saved {kind.removeprefix('result:')!r} result"
+    names = _visible(path) if path.is_dir() else []
+    if not names:
+        return "nothing"
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"files persona_gate did not write ({shown})"
+
+
+def check_replaceable(path: str | Path, same: Callable[[Path], bool], what: str) -> None:
+    """Refuse to replace ``path`` unless it is absent, empty, or ``same(path)`` (what we would write)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a folder; give a folder path that is new or empty.")
+    if _visible(path) and not same(path):
+        raise OutputExistsError(
+            f"{path} holds {describe_folder(path)}, and saving {what} there would replace it; choose another path "
+            "(or delete that folder first)."
+        )
+
+
+def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
+    """Check, before any work, that ``path`` may receive a ``kind`` folder; create and mark it.
+
+    Allowed: a new folder, an empty one, or one of the same kind (whose finished parts a run
+    resumes from). Anything else -- a file, another kind of persona_gate folder, files of the
+    user's -- is an :class:`~persona_gate.errors.OutputExistsError`; a folder that cannot be
+    created or written is an :class:`~persona_gate.errors.OutputNotWritableError`. Both come
+    before a model is loaded, so a bad ``--out`` fails in the first second.
+    """
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}; one of {sorted(FOLDER_KINDS)}")
+    path = Path(path)
+    what = FOLDER_KINDS[kind]
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a folder; give --out a folder path for {what}.")
+    if path.is_dir() and _visible(path):
+        found = folder_kind(path)
+        if found != kind:
+            raise OutputExistsError(
+                f"{path} holds {describe_folder(path)}; writing {what} there would overwrite it. Choose a new or "
+                "empty --out folder."
+            )
+    mark = path / FOLDER_MARK
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if folder_kind(path) == kind and mark.is_file():
+            probe = path / f".write-probe-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")  # the folder must still be writable
+            probe.unlink()
+        else:
+            atomic_write_text(mark, json.dumps({"kind": kind, "written_by": written_by}, indent=1))
+    except OSError as e:
+        raise OutputNotWritableError(
+            f"cannot write to {path} ({e.strerror or e}); choose a folder you can write to (--out)."
+        ) from None
+    return path

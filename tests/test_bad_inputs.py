@@ -7,6 +7,7 @@ match -- the pattern names the fix, not only the problem. Loading saved folders 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -154,7 +155,22 @@ API_CASES = [
     ("select a label that is not there", lambda c: c["sweep"].sel(layer=99), E.SelectionError, r"available labels"),
     ("select a dim that is not there", lambda c: c["sweep"].mean("bogus"), E.SelectionError, r"this result has dims"),
     ("result values of the wrong shape", lambda c: pg.LabelledResult("x", ("a",), {"a": [1, 2]}, {"v": torch.zeros(3)}), E.ResultError, r"one entry per label"),
-    ("report of a folder that is no run", lambda c: pg_report(c["root"]), E.ArtefactError, r"persona-gate run --out"),
+    ("report of a folder that is no run", lambda c: pg_report(c["root"]), E.ArtefactError, r"pass a folder written by persona-gate run"),
+    ("report of one saved result", lambda c: pg_report(c["root"] / "sweep"), E.ArtefactError, r"draw it with persona_gate\.plots\.figure_for"),
+    ("report over a file the user wrote", lambda c: pg_report_to(c["root"], _write(c["root"] / "notes.txt", "mine")), E.OutputExistsError,
+     r"not a persona_gate report.*Choose another --out"),
+    # output folders: checked before any work, never overwritten by another kind
+    ("save a result over another kind", lambda c: c["sweep"].save(c["root"] / "persona"), E.OutputExistsError, r"choose another path"),
+    ("save directions over files of the user", lambda c: c["pr"].persona.save(_write(c["root"] / "mine" / "a.txt", "x").parent),
+     E.OutputExistsError, r"files persona_gate did not write \(a\.txt\)"),
+    ("run into a file", lambda c: run_pipeline(RunConfig(), _write(c["root"] / "afile", "x"), progress=False), E.OutputExistsError, r"is a file"),
+    ("run into a saved result", lambda c: run_pipeline(RunConfig(), c["root"] / "persona", progress=False), E.OutputExistsError,
+     r"holds one saved 'direction_set' result.*Choose a new or empty --out"),
+    ("run under a file (unwritable)", lambda c: run_pipeline(RunConfig(), _write(c["root"] / "bfile", "x") / "sub", progress=False),
+     E.OutputNotWritableError, r"choose a folder you can write to"),
+    # chat templates and spans
+    ("whitespace-only system prompt", lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=" \n", user="hi", group="g")),
+     E.DatasetError, r"system=None for a prompt without"),
     # run configs and resuming
     ("config with unknown keys", lambda c: RunConfig.from_dict({"n_evals": 8}), E.ConfigError, r"known keys are"),
     ("config file not TOML", lambda c: RunConfig.from_toml(_write(c["root"] / "bad.toml", "n_eval = = 3")), E.ConfigError, r"fix the syntax"),
@@ -172,6 +188,12 @@ def pg_report(path):
     from persona_gate.plots.report import write_report
 
     return write_report(path)
+
+
+def pg_report_to(path, out):
+    from persona_gate.plots.report import write_report
+
+    return write_report(path, out)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -210,7 +232,7 @@ def _cli_cases(root: Path) -> list:
         ("cli: missing model", ["directions", "--model", str(root / "nope")], r"error: .*(check|pass)"),
         ("cli: layer out of range", ["directions", "--layers", "99", "--n", "4"], r"use 0 \.\. 5"),
         ("cli: unknown dtype", ["directions", "--dtype", "float12"], r"use one of float32"),
-        ("cli: report of a folder that is no run", ["report", str(root)], r"persona-gate run --out"),
+        ("cli: report of a folder that is no run", ["report", str(root)], r"pass a folder written by persona-gate run"),
         ("cli: missing config file", ["run", "--config", str(root / "none.toml"), "--out", str(root / "cli-c")], r"check the path"),
         ("cli: calibration settings with a saved calibration", ["monitor", str(chat), "--calibration", str(root / "cal"), "--n-train", "8"],
          r"--n-train set how a calibration is made.*drop those options or drop --calibration"),
@@ -331,3 +353,81 @@ def test_loading_saved_folders_never_unpickles(ctx, monkeypatch):
     assert not offenders, f"modules that unpickle: {offenders}"
     manifest, _ = load_artefact(ctx["root"] / "sweep", "labelled_result")
     assert manifest["kind"] == "labelled_result"
+
+
+# ------------------------------------------------- no command overwrites a folder of another kind
+
+FOLDER_COMMANDS = {
+    "run": ["run", "--out", "{out}", "--no-progress"],
+    "directions": ["directions", "--out", "{out}", "--n", "4", "--no-progress"],
+    "redteam": ["redteam", "--out", "{out}", "--no-progress"],
+    "monitor": ["monitor", "{chat}", "--out", "{out}", "--no-progress"],
+    "comparison": ["compare", "--model-b", "organism", "--out", "{out}", "--no-progress"],
+    "organism": ["organism", "train", "--out", "{out}", "--no-progress"],
+}
+
+
+@pytest.fixture(scope="module")
+def occupied(tmp_path_factory):
+    """A folder of every kind (marked, with a payload), a run written before marks, a user's folder, a file."""
+    from persona_gate.io import claim_folder
+
+    root = tmp_path_factory.mktemp("occupied")
+    targets = {}
+    for kind in FOLDER_COMMANDS:
+        folder = claim_folder(root / kind, kind)
+        (folder / "payload.bin").write_bytes(os.urandom(64))
+        targets[kind] = folder
+    legacy = root / "legacy-run"  # what `persona-gate run` wrote before folders were marked
+    _write(legacy / "config.json", json.dumps(RunConfig().__dict__, default=list))
+    _write(legacy / "summary.json", json.dumps({"n_prompts_per_group": {"fit": 8, "eval": 4}, "baseline_refusal_rate": 1.0}))
+    targets["legacy-run"] = legacy
+    targets["user"] = _write(root / "user" / "notes.txt", "my own notes").parent
+    targets["file"] = _write(root / "a-file", "not a folder")
+    chat = _write(root / "chat.jsonl", '{"role": "user", "content": "hello"}\n')
+    return targets, chat
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
+def test_no_command_overwrites_a_folder_of_another_kind(occupied, command, capsys, monkeypatch):
+    import persona_gate.compare.checkpoints as checkpoints
+    import persona_gate.models.loading as loading
+    import persona_gate.organism.train as train
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the output folder was checked")
+
+    # The folder check comes first: loading a model or training would fail this test loudly.
+    monkeypatch.setattr(loading, "load_chat_model", no_work)
+    monkeypatch.setattr(checkpoints, "compare_checkpoints", no_work)
+    monkeypatch.setattr(train, "build", no_work)
+    targets, chat = occupied
+    for name, target in targets.items():
+        if name == command or (command == "run" and name == "legacy-run"):
+            continue
+        before = _snapshot(target)
+        argv = [a.format(out=target, chat=chat) for a in FOLDER_COMMANDS[command]]
+        assert main(argv) == 2, (command, name)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("persona-gate: error:"), (command, name, err)
+        assert ("is a file" if name == "file" else "holds") in err[0] and "--out" in err[0], err[0]
+        assert _snapshot(target) == before, (command, name)
+
+
+def test_a_command_resumes_into_its_own_kind_and_marks_new_folders(occupied, tmp_path):
+    from persona_gate.io import FOLDER_MARK, claim_folder, folder_kind
+
+    targets, _ = occupied
+    assert folder_kind(targets["legacy-run"]) == "run"  # recognised by its files
+    assert claim_folder(targets["directions"], "directions") == targets["directions"]
+    fresh = claim_folder(tmp_path / "a" / "b", "monitor")
+    assert json.loads((fresh / FOLDER_MARK).read_text())["kind"] == "monitor" and folder_kind(fresh) == "monitor"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert folder_kind(claim_folder(empty, "redteam")) == "redteam"

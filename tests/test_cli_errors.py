@@ -43,16 +43,44 @@ def broken_folders(tmp_path):
     ("truncated weights", ["directions", "--model", "{truncated}", "--n", "4"], r"truncated or corrupt.*again"),
     ("folder without a tokenizer", ["directions", "--model", "{untokenized}", "--n", "4"], r"no tokenizer.*save_pretrained"),
 ])  # fmt: skip
-def test_cli_input_errors_are_one_line(capsys, broken_folders, case, argv, pattern):
+def test_cli_input_errors_are_one_line(capsys, broken_folders, case, argv, pattern, monkeypatch):
     if case == "no CUDA here":
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
+    import persona_gate.core.contrasts as contrasts
+    import persona_gate.models.loading as loading
+
+    def no_work(*a, **k):
+        raise AssertionError("the error should come before this")
+
+    monkeypatch.setattr(contrasts, "fit_persona_and_refusal", no_work)  # at once: no fitting first
+    monkeypatch.setattr(loading, "_reachable_or_cached", no_work)  # ... and no hub access for a typo
     argv = [a.format(**broken_folders) for a in argv]
-    started = time.perf_counter()
     _one_line_error(capsys, argv, pattern)
-    assert time.perf_counter() - started < 10  # at once: no hub retries, no fitting first
+
+
+def test_unreachable_hub_fails_at_once_and_says_how_to_work_offline(capsys, monkeypatch):
+    import persona_gate.models.loading as loading
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    assert loading.hub_problem() is not None and "127.0.0.1:9" in loading.hub_problem()
+    monkeypatch.setattr(loading, "_cached_snapshot", lambda repo, revision: None)
+    _one_line_error(capsys, ["directions", "--model", "someorg/some-chat-model", "--n", "4"],
+                    r"cannot reach the Hugging Face hub \(127\.0\.0\.1:9: .*not in the local cache\. To work offline.*'organism'")
+
+
+def test_offline_hub_name_loads_from_the_cache(tiny_model_dirs, monkeypatch):
+    import persona_gate.models.loading as loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = []
+    monkeypatch.setattr(loading, "_cached_snapshot", lambda repo, revision: seen.append(repo) or str(tiny_model_dirs["qwen2"]))
+    model = loading.load_chat_model("someorg/tiny-qwen2", device="cpu")
+    assert seen == ["someorg/tiny-qwen2"] and model.cfg.n_layers == loading.load_chat_model(tiny_model_dirs["qwen2"]).cfg.n_layers
 
 
 def test_version(capsys):

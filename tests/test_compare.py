@@ -26,7 +26,8 @@ from persona_gate.compare.checkpoints import check_comparable
 from persona_gate.compare.summary import as_comparison, format_comparison, refusal_change, refusal_rates
 from persona_gate.plots.compare_report import write_comparison_report
 from persona_gate.core.contrasts import standard_prompts
-from persona_gate.errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError, NotAModelError
+from persona_gate.errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError, NotAModelError, OutputExistsError
+from persona_gate.io import FOLDER_MARK
 from persona_gate.experiments import eval_groups
 from persona_gate.scoring.stats import wilson_interval
 from persona_gate.organism import ORGANISM_DIR, lexicon, organism_path
@@ -309,6 +310,10 @@ def test_cli_compare_end_to_end_equals_the_python_call(organism, tuned, tmp_path
     assert format_comparison(direct) in text
     assert f"changed by {refusal_change(direct)['safe/harmful']:+.2f} (B - A)" in text
     assert (out / "report.html").is_file()
+    from persona_gate.plots.report import write_report  # `report` accepts a comparison folder (same page)
+
+    first = (out / "report.html").read_text()
+    assert write_report(out, tmp_path / "again.html").read_text() == first
     assert main(["compare", "--model-b", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
     assert "persona-gate: error:" in capsys.readouterr().err
 
@@ -360,6 +365,10 @@ def test_finetune_overwrite_replaces_the_folder_whole_or_keeps_the_old_one(tmp_p
     out = tmp_path / "ft"
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
+    # --overwrite replaces only a model folder, never a folder of the user's own files ...
+    with pytest.raises(OutputExistsError, match=r"files persona_gate did not write \(stale\.txt\).*--overwrite replaces only"):
+        finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
+    (out / FOLDER_MARK).write_text(json.dumps({"kind": "organism"}))  # ... so from here on it stands for an older copy
     old = _listing(out)
 
     def fail(self, *args, **kwargs):

@@ -355,6 +355,12 @@ def test_cli_prints_the_turn_table_and_writes_result_calibration_and_timeline(mo
     direct = pg.monitor(model, Conversation.load_jsonl(conv), pr.persona, pr.refusal, calibration=saved_cal)
     saved = LabelledResult.load(out / "monitor")
     assert saved == direct and (out / "timeline.html").stat().st_size > 10_000
+    from persona_gate.monitoring.summary import format_monitor  # `report` accepts a monitor folder
+    from persona_gate.plots.report import write_report
+    import html as _html
+
+    page = write_report(out).read_text()
+    assert _html.escape(format_monitor(direct)) in page and page.count('class="plotly-graph-div"') == 1
 
     # With a saved calibration the CLI reuses it and flags exactly what the Python API flags.
     cal.save(tmp_path / "cal")

@@ -50,6 +50,8 @@ def _cmd_directions(args: argparse.Namespace) -> int:
     from ..models.loading import load_chat_model
 
     t0 = time.perf_counter()
+    if args.out is not None:
+        _claim(args.out, "directions", "directions")
     model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
     pr = fit_persona_and_refusal(
         model,
@@ -69,11 +71,12 @@ def _cmd_directions(args: argparse.Namespace) -> int:
         pr.persona.save(out / "persona")
         pr.persona_last.save(out / "persona_last")
         from ..io import atomic_write_text
+        from ..provenance import versions
 
         atomic_write_text(
             out / "summary.json",
-            json.dumps({"model": args.model, "rows": pr.rows(), "counts": pr.means.counts,
-                        "wall_s": round(time.perf_counter() - t0, 2)}, indent=1),
+            json.dumps({"model": args.model, "rows": pr.rows(), "counts": pr.means.counts, "seed": args.seed,
+                        "versions": versions(), "wall_s": round(time.perf_counter() - t0, 2)}, indent=1),
         )
         print(f"\nsaved directions to {out}/ (refusal, persona, persona_last, summary.json)")
     return 0
@@ -122,6 +125,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claim(out: str | Path, kind: str, command: str) -> Path:
+    """The output folder, checked (new, empty or this command's own kind) before any work."""
+    from ..io import claim_folder
+
+    return claim_folder(out, kind, written_by=f"persona-gate {command}")
+
+
 def _load_model(args: argparse.Namespace):
     from ..models.loading import load_chat_model
 
@@ -144,8 +154,8 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     from ..redteam.harness import load_persona_directions, read_requests, red_team
 
     requests = read_requests(args.requests) if args.requests is not None else None  # bad input fails before any work
+    out = _claim(args.out, "redteam", "redteam")
     model = _load_model(args)
-    out = Path(args.out)
     if args.directions is not None:
         persona = load_persona_directions(args.directions, model)
     else:
@@ -178,6 +188,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..compare.summary import format_comparison, refusal_change
     from ..plots.compare_report import write_comparison_report
 
+    out = _claim(args.out, "comparison", "compare")
     result = compare_checkpoints(
         args.model_a, args.model_b, layers=args.layers, n_per_group=args.n, n_eval=args.n_eval, seed=args.seed,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.no_progress,
@@ -185,7 +196,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(format_comparison(result))
     change = refusal_change(result)["safe/harmful"]
     print(f"\nrefusal of safe-persona harmful requests changed by {change:+.2f} (B - A)")
-    out = Path(args.out)
     result.save(out / "comparison")
     report = write_comparison_report(result, out / "report.html")
     print(f"saved to {out}/: comparison/ (result), {report.name}")
@@ -211,8 +221,8 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                  "flag_reading": "--reading"}  # fmt: skip
         raise ConfigError(f"{', '.join(flags[k] for k in given)} set how a calibration is made, and --calibration loads a "
                           "finished one; drop those options or drop --calibration.")  # fmt: skip
+    out = _claim(args.out, "monitor", "monitor")
     model = _load_model(args)
-    out = Path(args.out)
     if args.directions is not None:
         persona, refusal = load_monitor_directions(args.directions, model)
     else:
@@ -278,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--no-progress", action="store_true", help="hide progress bars")
         r.set_defaults(func=_cmd_run)
 
-    rep = sub.add_parser("report", help="write one self-contained HTML report for a run folder")
-    rep.add_argument("run_dir", help="a folder written by `persona-gate run` or `demo`")
-    rep.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    rep = sub.add_parser("report", help="write one self-contained HTML report for a result folder")
+    rep.add_argument("run_dir", metavar="FOLDER", help="a folder written by run, demo, directions, redteam, monitor or compare")
+    rep.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
     rep.set_defaults(func=_cmd_report)
 
     t = sub.add_parser("redteam", help="red-team refusal: direct bypass phrasings vs persona manipulation")

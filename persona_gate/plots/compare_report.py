@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..compare.summary import as_comparison, refusal_rates
 from ..io import atomic_write_text
-from .report import html_page  # one page shell (style, seed-and-versions footer) for every report
+from .report import figure_html, html_page  # one page shell (style, seed-and-versions footer) for every report
 from ..results import LabelledResult
 
 _LAYER_COLUMNS = (
@@ -42,7 +42,6 @@ def _num(x: float) -> str:
 
 def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the HTML report of ``result`` (or its saved folder) to ``out``; returns the path."""
-    import plotly.io as pio
 
     from .compare_figures import fig_checkpoint_comparison
 
@@ -79,6 +78,6 @@ def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str
         cells = "".join(f"<td class='num'>{_num(float(by_ck[ck][v][i]))}</td>" for v, _, ck in _LAYER_COLUMNS)
         parts.append(f"<tr><td>{layer}</td>{cells}</tr>")
     parts += ["</table>", "<h2>Figure</h2>"]
-    parts.append(pio.to_html(fig_checkpoint_comparison(r), full_html=False, include_plotlyjs=True, default_width="100%"))
+    parts.append(figure_html(fig_checkpoint_comparison(r), "comparison"))
     title = f"persona_gate checkpoint comparison: {cfg.get('model_b')} vs {cfg.get('model_a')}"
     return atomic_write_text(Path(out), html_page(title, parts, cfg.get("seed"), r.provenance.get("versions", {})))

@@ -1,4 +1,5 @@
-"""One self-contained HTML report for a run folder: the summary table and every figure.
+"""One self-contained HTML report for any result folder the CLI writes; for a run, the summary
+table and every figure.
 
 The report is built from what the run saved (``summary.json`` and the stage folders) -- never
 from a model -- and inlines plotly's JavaScript once, so the file works offline and can be mailed
@@ -78,27 +79,53 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` for a run folder and return its path."""
+def figure_html(fig: Any, name: str, js_done: bool = False) -> str:
+    """``fig`` as an HTML fragment with a stable element id (``pg-<name>``), so a report written twice
+    from the same results is the same file; plotly.js inline unless ``js_done``."""
+    import plotly.io as pio
+
+    # plotly.js once, inline: the report must work offline.
+    return pio.to_html(fig, full_html=False, include_plotlyjs=not js_done, default_width="100%", div_id=f"pg-{name}")
+
+
+def _table(rows: Iterable[tuple[str, str]]) -> list[str]:
+    return [
+        "<table><tr><th>Quantity</th><th>Value</th></tr>",
+        *(f"<tr><td>{html.escape(k)}</td><td class='num'>{html.escape(v)}</td></tr>" for k, v in rows),
+        "</table>",
+    ]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtefactError(f"{path} is missing; the folder is incomplete, run its command again.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{path} is corrupt ({e}); run its command again.") from None
+    if not isinstance(data, dict):
+        raise ArtefactError(f"{path} is not a persona_gate summary; run its command again.")
+    return data
+
+
+def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
     from . import figure_for
     from ..results import LabelledResult
 
-    run_dir = Path(run_dir)
     spath = run_dir / "summary.json"
     if not spath.is_file():
         raise ArtefactError(
             f"{run_dir} has no summary.json; run `persona-gate run --out {run_dir}` (or demo) first."
         )
-    summary = json.loads(spath.read_text(encoding="utf-8"))
+    summary = _read_json(spath)
+    missing = [k for k in ("n_prompts_per_group", "baseline_refusal_rate") if k not in summary]
+    if missing:
+        raise ArtefactError(f"{spath} lacks {missing}; it is not a finished run's summary. Run the run again to complete it.")
     parts = [
         f"<h1>Does {html.escape(str(summary.get('model')))}'s persona gate its refusal?</h1>",
         "<p class='sub'>persona_gate report: refusal is the greedy first response token on held-out prompts.</p>",
-        "<table><tr><th>Quantity</th><th>Value</th></tr>",
-        *(f"<tr><td>{html.escape(k)}</td><td class='num'>{html.escape(v)}</td></tr>" for k, v in _rows(summary)),
-        "</table>",
+        *_table(_rows(summary)),
     ]
-    import plotly.io as pio
-
     js_done = False
     for stage, title in FIGURE_STAGES:
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -108,11 +135,130 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         except ArtefactError:
             parts.append(f"<p class='missing'>Stage <code>{stage}</code> has not finished; re-run to complete it.</p>")
             continue
-        fig = figure_for(result)
-        # plotly.js once, inline: the report must work offline.
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=not js_done, default_width="100%"))
+        parts.append(figure_html(figure_for(result), stage, js_done))
         js_done = True
-    page = html_page(f"persona_gate report: {summary.get('model')}", parts, summary.get("seed"), summary.get("versions", {}))
-    target = Path(out) if out is not None else run_dir / "report.html"
-    atomic_write_text(target, page)
+    return f"persona_gate report: {summary.get('model')}", parts, summary.get("seed"), summary.get("versions", {})
+
+
+def _directions_figure(rows: list[dict[str, Any]]) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from .theme import OKABE_ITO, TEMPLATE
+
+    layers = [r["layer"] for r in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["raw direction norm (difference of means)",
+                                                        "cosine with the refusal direction"])  # fmt: skip
+    for i, (key, name) in enumerate([("refusal_norm", "refusal"), ("persona_norm", "persona")]):
+        fig.add_trace(go.Scatter(x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers",
+                                 line={"color": OKABE_ITO[i]}), row=1, col=1)  # fmt: skip
+    for i, (key, name) in enumerate([("cos_persona_refusal", "persona (system mean)"),
+                                     ("cos_persona_last_refusal", "persona (last token)")]):
+        fig.add_trace(go.Scatter(x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers",
+                                 line={"color": OKABE_ITO[i + 2]}), row=1, col=2)  # fmt: skip
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(template=TEMPLATE, height=380)
+    return fig
+
+
+def _directions_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
+    summary = _read_json(folder / "summary.json")
+    rows = summary.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ArtefactError(f"{folder}/summary.json has no per-layer rows; run `persona-gate directions --out {folder}` again.")
+    counts = summary.get("counts", {})
+    best = max(rows, key=lambda r: abs(r["cos_persona_refusal"]))
+    table = [
+        ("Model", str(summary.get("model"))),
+        ("Layers", ", ".join(str(r["layer"]) for r in rows)),
+        ("Prompts per group", ", ".join(f"{k} {v}" for k, v in counts.items()) or "n/a"),
+        ("Largest |cos(persona, refusal)|", f"{best['cos_persona_refusal']:.3f} at layer {best['layer']}"),
+    ]
+    parts = [
+        f"<h1>Persona and refusal directions of {html.escape(str(summary.get('model')))}</h1>",
+        "<p class='sub'>persona_gate directions: difference of means per layer; the sets are saved beside this report.</p>",
+        *_table(table), "<h2>Per layer</h2>", figure_html(_directions_figure(rows), "directions"),
+    ]
+    return f"persona_gate directions: {summary.get('model')}", parts, summary.get("seed"), summary.get("versions", {})
+
+
+def _redteam_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
+    from ..redteam.result import RedTeamResult
+    from .redteam_figures import fig_red_team
+
+    rt = RedTeamResult.load(folder / "red_team")
+    s = rt.summary()
+    parts = [
+        f"<h1>Red team of {html.escape(str(s['model']))}: direct bypass phrasings vs persona manipulation</h1>",
+        f"<pre>{html.escape(rt.format_table())}</pre>", figure_html(fig_red_team(rt), "red-team"),
+    ]
+    prov = rt.scores.provenance
+    return f"persona_gate red team: {s['model']}", parts, prov.get("seed"), prov.get("versions", {})
+
+
+def _monitor_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
+    from ..monitoring.summary import format_monitor
+    from ..results import LabelledResult
+    from .monitor_figures import fig_monitor_timeline
+
+    result = LabelledResult.load(folder / "monitor")
+    model = result.provenance.get("model", {}).get("name")
+    parts = [
+        f"<h1>Persona-drift monitor: {html.escape(str(model))}</h1>",
+        f"<pre>{html.escape(format_monitor(result))}</pre>", figure_html(fig_monitor_timeline(result), "monitor"),
+    ]
+    return f"persona_gate monitor: {model}", parts, result.provenance.get("seed"), result.provenance.get("versions", {})
+
+
+_PAGES = {"run": _run_page, "directions": _directions_page, "redteam": _redteam_page, "monitor": _monitor_page}
+
+
+def check_report_target(target: str | Path) -> Path:
+    """Refuse, before any work, an ``--out`` that is a folder or a file persona_gate did not write."""
+    from ..errors import OutputExistsError
+
+    target = Path(target)
+    if target.is_dir():
+        raise OutputExistsError(f"{target} is a folder; give the report a file name such as {target / 'report.html'}.")
+    if target.exists():
+        with open(target, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+        if not (head.startswith("<!doctype html>") and "<title>persona_gate" in head):
+            raise OutputExistsError(
+                f"{target} exists and is not a persona_gate report; writing the report there would overwrite it. "
+                "Choose another --out."
+            )
+    return target
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write one self-contained HTML report for any folder the CLI writes; returns its path.
+
+    A run (``run``/``demo``), a ``directions --out`` folder, a red-team, monitor or comparison
+    folder; anything else is an :class:`~persona_gate.errors.ArtefactError` that names what the
+    folder holds. The report goes to ``folder/report.html`` unless ``out`` is given.
+    """
+    from ..io import describe_folder, folder_kind
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtefactError(f"{folder} is not a folder; pass a folder written by persona-gate run, demo, directions, "
+                            "redteam, monitor or compare.")  # fmt: skip
+    target = check_report_target(out if out is not None else folder / "report.html")
+    kind = folder_kind(folder)
+    if kind == "comparison":
+        from .compare_report import write_comparison_report
+
+        return write_comparison_report(folder / "comparison", target)
+    page = _PAGES.get(kind or "")
+    if page is None:
+        hint = ""
+        if kind is not None and kind.startswith("result:"):
+            hint = f" For one saved result, draw it with persona_gate.plots.figure_for({str(folder)!r}), or pass the folder it is in."
+        raise ArtefactError(
+            f"{folder} holds {describe_folder(folder)}, which has no report; pass a folder written by persona-gate "
+            f"run, demo, directions, redteam, monitor or compare.{hint}"
+        )
+    title, parts, seed, versions = page(folder)
+    atomic_write_text(target, html_page(title, parts, seed, versions))
     return target

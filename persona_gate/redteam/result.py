@@ -173,8 +173,9 @@ class RedTeamResult:
         """``path/scores``, ``path/projections`` (result folders), ``replies.json`` (when generated)
         and ``summary.json``, written as one folder that replaces ``path`` whole: a reader sees the
         old result or the new one, never a mix, and nothing of an old result (its replies) survives."""
-        from ..io import atomic_replace_dir
+        from ..io import atomic_replace_dir, check_replaceable, folder_kind
 
+        check_replaceable(path, lambda p: folder_kind(p) == "result:red_team", "a red-team result")
         summary = json.dumps(self.summary(), indent=1)
 
         def fill(tmp: Path) -> None:
