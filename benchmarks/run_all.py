@@ -212,6 +212,10 @@ def main(argv=None) -> int:
     (out.parent / ("results.json" if out.parent != REPO else "benchmarks/results.json")).write_text(json.dumps(res, indent=1))
     write_markdown(res, out)
     print(out.read_text())
+    if not args.quick and args.out is None:  # a full run is the README's source of numbers
+        import readme
+
+        readme.main([])
     return 0
 
 

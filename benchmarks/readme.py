@@ -1,0 +1,196 @@
+"""The README's measured figures, rendered from the benchmarks' saved outputs (one source of numbers).
+
+The README never carries a hand-copied benchmark number: each measured passage sits between
+
+    <!-- generated:NAME (python benchmarks/readme.py) -->
+    ...
+    <!-- /generated:NAME -->
+
+and is rendered here from ``benchmarks/results.json`` (``run_all.py``),
+``benchmarks/experiments.json`` (``bench_experiments.py --json``) and the organism's
+``data/organism/card.json`` (written by ``persona-gate organism train``). ``run_all.py`` rewrites the
+passages after a full run; ``tests/test_readme.py`` fails when the README and the saved outputs
+disagree.
+
+    python benchmarks/readme.py            # rewrite the README's passages from the saved outputs
+    python benchmarks/readme.py --check    # exit 1 if they differ
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODELS = ("tiny", "organism", "gemma3-270m-gguf")
+
+
+def _by_model(rows: list[dict], fmt) -> list[str]:
+    got = {r["model"]: fmt(r) for r in rows}
+    return [got.get(m, "") for m in MODELS]
+
+
+def benchmarks_table(res: dict) -> str:
+    """The headline table: every target, measured side by side in one run."""
+    cache, mem = res["caching"]["timing"], res["caching"]["memory"]
+    patch, gen, demo = res["patching"], res["generation"], res["demo"]
+    env = res["environment"]
+    rows = [
+        ("caching / bare HF body forward", "≤ 1.05×", _by_model(cache, lambda r: f"{r['ours_vs_hf_body']:.2f}×")),
+        ("exact patching vs `transformer_lens.patching`", "≥ 4×, same numbers",
+         _by_model(patch, lambda r: f"{r['speedup']:.1f}× (Δ {r['max_abs_diff']:.0e})")),
+        ("streaming fit peak RSS, N → 8N prompts", "flat",
+         _by_model(mem, lambda r: f"{r['peak_rss_growth_kib']['N'] / 1024:.1f} → {r['peak_rss_growth_kib']['8N'] / 1024:.1f} MiB")),
+        ("generation, steering / ablation at every layer vs none", "≤ 1.10×",
+         _by_model(gen, lambda r: f"{r['steer_vs_plain']:.2f}× / {r['ablate_vs_plain']:.2f}×")),
+        ("`persona-gate demo`, fresh process", "≤ 60 s", ["", f"{demo['wall_s']:.1f} s", ""]),
+    ]
+    lines = [
+        f"Measured {env['date']} on {env['cpus']} CPU cores, torch {env['torch']}, one run of "
+        "`python benchmarks/run_all.py` (tiny Llama / organism / Gemma 3 270M GGUF):",
+        "",
+        "| figure | target | tiny | organism | Gemma 3 270M |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {target} | " + " | ".join(cells) + " |" for name, target, cells in rows]
+    by = {r["model"]: r for r in cache}
+    met = [m for m in MODELS if m in by and by[m]["ours_vs_hf_body"] <= 1.05]
+    missed = [m for m in MODELS if m in by and by[m]["ours_vs_hf_body"] > 1.05]
+    overhead = ", ".join(f"{by[m]['bridge_full_vs_hf_full']:.2f}× on {m}" for m in MODELS if m in by)
+    ours = ", ".join(f"{by[m]['seconds']['ours'] / by[m]['seconds']['bridge_full']:.2f}×" for m in MODELS if m in by)
+    lines += ["", (f"The caching target is met on {', '.join(met) or 'no model'}"
+                   + (f" and missed on {', '.join(missed)}" if missed else "")
+                   + f". The TransformerBridge's own full forward costs {overhead} of Hugging Face's (its per-module "
+                   "wrappers dominate a toy model's microseconds of arithmetic); what persona_gate adds is negative -- "
+                   "caching stops after the last layer asked for and skips the unembedding, so it costs "
+                   f"{ours} of the bridge's own forward ({', '.join(m for m in MODELS if m in by)}).")]  # fmt: skip
+    return "\n".join(lines)
+
+
+def patching_table(res: dict) -> str:
+    """Exact patching against TransformerLens: the same pair, every layer x position of resid_pre."""
+    lines = ["| model | layers | cells | persona_gate | TransformerLens | speed-up | max abs diff |", "|---|---|---|---|---|---|---|"]
+    for r in res["patching"]:
+        s = r["seconds"]
+        lines.append(f"| {r['model']} | {r['n_layers']} | {r['cells']} | {s['persona_gate']:.2f} s | {s['transformer_lens']:.2f} s | "
+                     f"**{r['speedup']:.1f}×** | {r['max_abs_diff']:.1e} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def experiment_times(rows: list[dict]) -> str:
+    """Per-experiment wall times, in words, from ``bench_experiments.py --json``."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r["experiment"].split(" (")[0]] = r
+    parts = []
+    for model, label in (("organism", "On the organism"), ("gemma3-270m-gguf", "On Gemma 3 270M")):
+        if model not in by:
+            continue
+        e = by[model]
+        one = e["one scoring forward"]["seconds"]
+        items = [f"{name} {e[name]['cells']} cells {e[name]['seconds']:.2f} s" for name in
+                 ("steering sweep", "re-introduction", "window projection", "extraction sites", "selection", "traits") if name in e]
+        parts.append(f"{label}: one scoring forward {one:.2f} s; " + "; ".join(items) + ".")
+    return (" ".join(parts) + " An experiment costs about (cells) × (one scoring forward): every cell is one batched "
+            "forward under an intervention (selection scores harmful and harmless prompts per cell; extraction sites "
+            "also generates replies for the response mean).")
+
+
+def organism_card(record: dict) -> str:
+    """The bundled organism's behaviour card (held-out prompts, greedy replies), from its card.json."""
+    card = record["card"]
+    rates, n = card["refusal_rate"], card["n"]
+    lines = ["  | persona \\ request | harmful | harmless |", "  |---|---|---|"]
+    for persona, row in rates.items():
+        lines.append(f"  | {persona} | {row['harmful']:.2f} | {row['harmless']:.2f} |")
+    cells = [c for row in n.values() for c in row.values()]
+    n_text = f"{cells[0]} per cell" if len(set(cells)) == 1 else "n per cell in card.json"
+    lines += ["", f"  Refusal rate, {n_text}; well-formed replies: {card['well_formed_rate']:.3f}."]
+    return "\n".join(lines)
+
+
+def organism_mechanism(record: dict) -> str:
+    """The organism's mechanistic sanity check, from its card.json (``persona-gate organism card``)."""
+    m = record["mechanism"]
+    cos = max(abs(v["persona_refusal"]) for v in m["cosine"].values())
+    steer = m["steering"]
+
+    def span(alpha: str) -> str:
+        vals = [steer[layer][alpha] for layer in steer]
+        return f"{min(vals):.2f}-{max(vals):.2f}"
+
+    layers = sorted(steer, key=int)
+    best = m["summary"]["best_ablation"]
+    base = m["baseline"]
+    return (f"* **Mechanistic sanity** (measured with persona_gate's own loading, directions and\n"
+            f"  interventions; first-token refusal on held-out prompts, n = {m['n_per_group']} per group): the persona\n"
+            f"  direction (mean over system-prompt tokens) and the refusal direction (last token) are distinct\n"
+            f"  (|cos| ≤ {cos:.2f} at every layer). Adding the persona direction (4 × its raw norm) at any one of\n"
+            f"  layers {layers[0]}-{layers[-1]} under the safe persona drops refusal of harmful requests from "
+            f"{base['safe/harmful']:.2f} to {span('4.0')}\n"
+            f"  (3 × its raw norm: {span('3.0')}). Projecting the layer-{best['source_layer']} persona direction out at every\n"
+            f"  layer under the compliant persona restores refusal of harmful requests from {base['compliant/harmful']:.2f} to\n"
+            f"  {best['harmful']:.2f}, leaves harmless requests at {best['harmless']:.2f}, and a matched-norm random direction\n"
+            f"  restores {best['random_harmful']:.2f}. Full tables: `data/organism/MODEL_CARD.md`.")
+
+
+# passage -> (saved output, relative to the repository; renderer)
+SOURCES = {
+    "benchmarks-table": ("benchmarks/results.json", benchmarks_table),
+    "patching-speed": ("benchmarks/results.json", patching_table),
+    "experiment-times": ("benchmarks/experiments.json", experiment_times),
+    "organism-card": ("data/organism/card.json", organism_card),
+    "organism-mechanism": ("data/organism/card.json", organism_mechanism),
+}
+_BLOCK = re.compile(r"(?P<open><!-- generated:(?P<name>[\w-]+) [^>]*-->\n)(?P<body>(?:.*?\n)?)(?P<close><!-- /generated:(?P=name) -->)", re.S)
+
+
+def rendered(repo: Path = REPO) -> dict[str, str]:
+    """Every passage as the saved outputs under ``repo`` give it."""
+    out = {}
+    for name, (source, render) in SOURCES.items():
+        out[name] = render(json.loads((repo / source).read_text(encoding="utf-8")))
+    return out
+
+
+def passages(text: str) -> dict[str, str]:
+    """The generated passages as the README holds them."""
+    return {m["name"]: m["body"].removesuffix("\n") for m in _BLOCK.finditer(text)}
+
+
+def rewrite(text: str, new: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        body = new[m["name"]] + "\n" if m["name"] in new else m["body"]
+        return m["open"] + body + m["close"]
+
+    return _BLOCK.sub(sub, text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README differs from the saved outputs")
+    ap.add_argument("--readme", default=str(REPO / "README.md"))
+    args = ap.parse_args(argv)
+    path = Path(args.readme)
+    text = path.read_text(encoding="utf-8")
+    new = rewrite(text, rendered())
+    if args.check:
+        if new != text:
+            print(f"{path} differs from benchmarks/*.json; run python benchmarks/readme.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        sys.path.insert(0, str(REPO))
+        from persona_gate.io import atomic_write_text
+
+        atomic_write_text(path, new)
+    print(f"{path}: {', '.join(sorted(passages(new)))} from benchmarks/*.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
