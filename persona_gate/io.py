@@ -284,6 +284,8 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
     """
     if kind not in FOLDER_KINDS:
         raise ValueError(f"unknown folder kind {kind!r}; one of {sorted(FOLDER_KINDS)}")
+    if not str(path).strip():
+        raise OutputExistsError(f"the output folder is empty text; give --out a folder path for {FOLDER_KINDS[kind]}.")
     path = Path(path)
     what = FOLDER_KINDS[kind]
     if path.exists() and not path.is_dir():

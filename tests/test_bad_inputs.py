@@ -169,6 +169,8 @@ API_CASES = [
     ("run under a file (unwritable)", lambda c: run_pipeline(RunConfig(), _write(c["root"] / "bfile", "x") / "sub", progress=False),
      E.OutputNotWritableError, r"choose a folder you can write to"),
     # chat templates and spans
+    ("a sweep without alphas", lambda c: steering_sweep(c["m"], c["pr"].persona, layers=[2], alphas=(), groups=c["groups"], scorer=c["scorer"], progress=False),
+     E.InterventionError, r"pass e\.g\. \(0\.0, 2\.0, 4\.0\)"),
     ("whitespace-only system prompt", lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=" \n", user="hi", group="g")),
      E.DatasetError, r"system=None for a prompt without"),
     # run configs and resuming
@@ -237,10 +239,15 @@ def _cli_cases(root: Path) -> list:
         ("cli: calibration settings with a saved calibration", ["monitor", str(chat), "--calibration", str(root / "cal"), "--n-train", "8"],
          r"--n-train set how a calibration is made.*drop those options or drop --calibration"),
         ("cli: a conversation file that is not JSONL", ["monitor", str(bad_chat)], r"bad_chat.jsonl:1 is not valid JSON.*one JSON object per line"),
+        ("cli: a negative number of prompts", ["directions", "--n", "-3"], r"n_per_group must be a positive number.*pass e\.g\. 32"),
+        ("cli: an empty --out", ["directions", "--n", "4", "--out", ""], r"the output folder is empty text; give --out a folder path"),
+        ("cli: an empty --model", ["directions", "--model", ""], r"the model name is empty; pass 'organism'"),
+        ("cli: --out under a file", ["directions", "--n", "4", "--out", str(_write(root / "cli" / "f", "x") / "sub")],
+         r"cannot write to .*choose a folder you can write to"),
     ]
 
 
-@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("i", range(12))
 def test_cli_bad_input_exits_2_with_one_line_that_says_what_to_do(ctx, i, capsys):
     name, argv, fix = _cli_cases(ctx["root"])[i]
     assert main([*argv, "--no-progress"] if argv[0] in ("run", "directions", "monitor") else argv) == 2, name
@@ -265,6 +272,7 @@ WRONG_TYPES = [
     ("prompt sets of the wrong type in a profile", "pg.ModelProfile(name='x', prompt_sets=object())", "ConfigError", r"persona_gate\.prompts\.OPEN_SETS"),
     ("apply() on a plain Hugging Face model", "pg.apply(m.original_model, pg.Steer(d, alpha=1.0, layers=[2])).__enter__()", "NotAModelError", r"load_chat_model"),
     ("a prompt, not a list of prompts", "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)", "PositionError", r"wrap it"),
+    ("render something that is no prompt", "pg.render(m.tokenizer, 42)", "DatasetError", r"build one with ChatPrompt"),
     ("cli: config value of the wrong type", "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])", "exit 2", r"fix it in the config file"),
 ]
 
@@ -316,7 +324,20 @@ def test_wrong_types_raise_named_errors_outside_the_test_instrumentation(wrong_t
 def test_cli_malformed_option_is_an_argparse_error(capsys, layers):
     with pytest.raises(SystemExit) as info:
         main(["directions", "--layers", layers])
-    assert info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "comma-separated integers" in err[0], err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["directions", "--seed", "abc"], r"^persona-gate: error: argument --seed: invalid int value: 'abc' \(see `persona-gate directions --help`\)$"),
+    (["directions", "--bogus"], r"^persona-gate: error: unrecognized arguments: --bogus"),
+    (["nonsense"], r"^persona-gate: error: argument command: invalid choice: 'nonsense'"),
+])  # fmt: skip
+def test_usage_errors_are_one_line_too(capsys, argv, says):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and __import__("re").search(says, err[0]), err
 
 
 def test_a_closed_pipe_is_not_an_error(tmp_path):

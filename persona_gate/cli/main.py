@@ -249,8 +249,15 @@ def dataclass_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``persona-gate: error: ...``), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"persona-gate: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="persona-gate",
         description="Does this chat model's persona gate its refusal, and at which layers?",
     )

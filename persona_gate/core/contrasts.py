@@ -30,6 +30,7 @@ from .directions import DirectionSet, GroupMeans, fit_group_means
 from ..models.profile import profile_of
 from ..prompts.positions import LAST, SYSTEM_MEAN, Position, parse_position
 from ..prompts.sets import ChatPrompt, Persona, Request, paired_grid
+from ..errors import EmptyGroupError
 from ..sites import sites_for
 
 GROUPS = ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")
@@ -53,6 +54,8 @@ def standard_prompts(
     its own corpus' requests and personas (it knows only its small lexicon). Without a model, the
     open sets.
     """
+    if n_per_group is not None and (isinstance(n_per_group, bool) or not isinstance(n_per_group, int) or n_per_group < 0):
+        raise EmptyGroupError(f"n_per_group must be a positive number of requests, got {n_per_group!r}; pass e.g. 32 (or None for all).")
     sets = profile_of(model).prompt_sets
     harmful = list(harmful if harmful is not None else sets.requests("harmful", split, n_per_group, seed))
     harmless = list(harmless if harmless is not None else sets.requests("harmless", split, n_per_group, seed))

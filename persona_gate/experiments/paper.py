@@ -16,7 +16,7 @@ Restoration is normalised so 0 = the compliant state and 1 = the safe baseline:
 
 Example::
 
-    sweep = steering_sweep(model, pr.persona, alphas=(0, 1, 2, 4))
+    sweep = steering_sweep(model, pr.persona, alphas=(0.0, 1.0, 2.0, 4.0))
     sweep.sel(request="harmful").mean("example")["refused"]     # [layer, alpha]
 """
 
@@ -113,6 +113,8 @@ def steering_sweep(
     """
     from ..scoring.metrics import kl_divergence
 
+    if isinstance(alphas, (str, bytes)) or not len(alphas):
+        raise InterventionError(f"alphas must hold at least one steering strength, got {alphas!r}; pass e.g. (0.0, 2.0, 4.0).")
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
     requests = ("harmful", "harmless")

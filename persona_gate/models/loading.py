@@ -120,6 +120,10 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
     text = str(name_or_path)
+    if not text.strip():
+        raise ModelNotFoundError(
+            f"the model name is empty; pass {', '.join(map(repr, BUNDLED_NAMES))}, a local folder, a .gguf file or a hub name."
+        )
     if text == ORGANISM:
         path = organism_dir()
         if not (path / "config.json").is_file():

@@ -114,7 +114,8 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
             )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise OutputExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite).")
+            what = "is a file" if not out.is_dir() else "exists and is not empty"
+            raise OutputExistsError(f"{out} {what}; pick a new folder or pass overwrite=True (--overwrite).")
         if out.is_dir() and not out.is_symlink() and folder_kind(out) != "organism":
             raise OutputExistsError(
                 f"{out} holds {describe_folder(out)}; --overwrite replaces only a model folder (an organism or a "

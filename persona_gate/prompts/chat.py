@@ -239,9 +239,19 @@ def _check_texts(prompt: ChatPrompt) -> None:
         )
 
 
-def render(tokenizer: Any, prompt: ChatPrompt, fold_system: bool | None = None) -> RenderedPrompt:
-    """Render one prompt with the tokenizer's template and locate its spans (by construction)."""
+def render(tokenizer: Any, prompt: ChatPrompt | str, fold_system: bool | None = None) -> RenderedPrompt:
+    """Render one prompt with the tokenizer's template and locate its spans (by construction).
+
+    A plain string is a user message without a system prompt.
+    """
     require_template(tokenizer)
+    if isinstance(prompt, str):
+        prompt = ChatPrompt(system=None, user=prompt, group="")
+    elif not isinstance(prompt, ChatPrompt):
+        raise DatasetError(
+            f"render takes a ChatPrompt (or a string, as a user message), not a {type(prompt).__name__}; "
+            "build one with ChatPrompt(system=..., user=..., group=...)."
+        )
     _check_texts(prompt)
     require_fast(tokenizer)
     if fold_system is None:
@@ -289,7 +299,7 @@ def render(tokenizer: Any, prompt: ChatPrompt, fold_system: bool | None = None) 
     )
 
 
-def render_all(tokenizer: Any, prompts: Sequence[ChatPrompt]) -> list[RenderedPrompt]:
-    """Render many prompts; the system-role probe runs once."""
+def render_all(tokenizer: Any, prompts: Sequence[ChatPrompt | str]) -> list[RenderedPrompt]:
+    """Render many prompts (strings are user messages); the system-role probe runs once."""
     fold = supports_system_role(tokenizer) is False
-    return [render(tokenizer, p, fold_system=fold and p.system is not None) for p in prompts]
+    return [render(tokenizer, p, fold_system=fold and getattr(p, "system", None) is not None) for p in prompts]
