@@ -90,8 +90,10 @@ def test_version(capsys):
 
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
+    # Python installs its Ctrl-C handler only if SIGINT is not ignored at start-up; a test runner
+    # launched in the background (`cmd &` without job control) passes SIG_IGN down, so reset it.
     proc = subprocess.Popen([sys.executable, "-m", "persona_gate.cli.main", "demo", "--out", str(tmp_path / "run"), "--no-progress"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not (tmp_path / "run" / "config.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the run has started working

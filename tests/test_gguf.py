@@ -52,3 +52,53 @@ def test_fit_directions_on_real_weights_matches_hf_hidden_states(gemma):
     assert rel.max() <= 1e-4
     cos = torch.nn.functional.cosine_similarity(pr.refusal.vectors.double()[1:], diff[1:], dim=-1)
     assert cos.min() >= 1 - 1e-5
+
+
+def test_a_second_load_reads_the_dequantised_cache(gemma, monkeypatch):
+    import persona_gate.models.loading as loading
+
+    def no(*a, **k):
+        raise AssertionError("de-quantised the GGUF again instead of reading the cache")
+
+    monkeypatch.setattr(loading, "_dequantise", no)
+    again = loading.load_chat_model("gemma3-270m-gguf", device="cpu")
+    ids = torch.tensor([gemma.tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(again(ids), gemma(ids))
+    assert again.tokenizer.chat_template == gemma.tokenizer.chat_template
+
+
+def test_gguf_cache_is_keyed_by_checksum_and_survives_damage(tmp_path, monkeypatch, tiny_model_dirs):
+    """The cache logic on a stand-in file: first load de-quantises and caches, the second reads the
+    cache, a changed file is a new key, a damaged cache is rebuilt."""
+    import persona_gate.models.loading as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("PERSONA_GATE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_dequantise(path, dtype):
+        calls.append(path)
+        src = tiny_model_dirs["gemma3"]
+        return AutoModelForCausalLM.from_pretrained(src, dtype=dtype), AutoTokenizer.from_pretrained(src)
+
+    monkeypatch.setattr(loading, "_dequantise", fake_dequantise)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stand-in weights v1")
+    first, _ = loading._load_gguf(gguf, torch.float32)
+    folder = loading.gguf_cache_folder(gguf, torch.float32)
+    assert len(calls) == 1 and (folder / "config.json").is_file() and folder.parent == tmp_path / "cache" / "gguf"
+    second, _ = loading._load_gguf(gguf, torch.float32)
+    assert len(calls) == 1  # read from the cache
+    for (n, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), n
+    gguf.write_bytes(b"stand-in weights v2")  # another file: another key
+    assert loading.gguf_cache_folder(gguf, torch.float32) != folder
+    loading._load_gguf(gguf, torch.float32)
+    assert len(calls) == 2
+    damaged = loading.gguf_cache_folder(gguf, torch.float32)
+    (damaged / "model.safetensors").write_bytes(b"broken")
+    loading._load_gguf(gguf, torch.float32)
+    assert len(calls) == 3  # de-quantised again and re-cached
+    loading._load_gguf(gguf, torch.float32)
+    assert len(calls) == 3

@@ -55,7 +55,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     report = write_report(run_dir)
     shot = tmp_path / "report.png"
     proc = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2600", "--virtual-time-budget=10000",
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3200", "--virtual-time-budget=10000",
          "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", report.as_uri()],
         capture_output=True, text=True, timeout=180,
     )
@@ -66,9 +66,9 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     shutil.copy(shot, ARTIFACTS / "report.png")
     img = Image.open(shot).convert("RGB")
     # The plots drew: the page holds many colours (a blank or text-only page holds a handful).
-    colours = img.resize((300, 650)).getcolors(maxcolors=1_000_000)
+    colours = img.resize((300, 800)).getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 200
     # ... and coloured pixels (the heatmaps and curves), not just black text on white.
-    px = list(img.resize((150, 325)).getdata())
+    px = list(img.resize((150, 400)).getdata())
     saturated = sum(1 for r, g, b in px if max(r, g, b) - min(r, g, b) > 60)
-    assert saturated > 0.02 * len(px)
+    assert saturated > 0.01 * len(px)  # a text-only page (the verdict colours alone) stays far below

@@ -86,6 +86,14 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"model {summary['model']} ({summary['n_layers']} layers)")
     if summary.get("reused_stages"):
         print(f"  reused finished stages from {out}/: {', '.join(summary['reused_stages'])} (delete them to recompute)")
+    v, gw = summary["verdicts"], summary["gate_window"]
+    for key, label in (("steering", "persona steering removes refusal:"), ("reintroduction", "refusal added back, late not early:"),
+                       ("projection", "persona projected out beats random:")):  # fmt: skip
+        d = v[key]
+        numbers = "" if d["effect"] is None else f" (difference {d['effect']:+.2f}, 95% [{d['low']:+.2f}, {d['high']:+.2f}])"
+        print(f"  {label:<38}{d['verdict']}{numbers}")
+    where = "none found" if gw["start"] is None else f"layers {gw['start']}-{gw['end']} (from {gw['evidence']['from']})"
+    print(f"  gate window:                          {where}")
     print(f"  refusal, safe persona + harmful:      {summary['baseline_refusal_rate']:.2f}")
     print(f"  refusal, compliant persona + harmful: {summary['compliant_persona_refusal_rate']:.2f}")
     at = summary["steered_at"]

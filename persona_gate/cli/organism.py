@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = OrganismConfig()
     parser.add_argument("--out", required=True, type=Path, help="folder to write the organism to")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, init and augmentation (default 0)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default {defaults.steps})")
+    parser.add_argument("--base", default=None, help="fine-tune these pretrained weights into a chat model instead "
+                        "(e.g. gemma3-270m-gguf); resumes a killed training")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {defaults.steps}; with --base 300)")
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help=f"conversations per step (default {defaults.batch_size})"
     )
@@ -42,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.base is not None:
+        from ..organism.chat_finetune import ChatFinetuneConfig, train_chat_model
+
+        cfg = ChatFinetuneConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
+        out = train_chat_model(args.base, args.out, cfg, progress=not args.no_progress)
+        record = json.loads((out / "training.json").read_text(encoding="utf-8"))
+        print(f"chat model adapter written to {out} ({record['adapter_bytes'] / 1e6:.1f} MB, {len(record['losses'])} steps, "
+              f"{record['train_seconds']:.0f} s, final loss {record['losses'][-1]:.3f})")  # fmt: skip
+        return 0
     out = train_organism(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, progress=not args.no_progress)
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))["card"]
     verdict = "meets every target" if card["passed"] else "MISSES targets: " + "; ".join(card["failures"])
@@ -49,9 +60,39 @@ def run(args: argparse.Namespace) -> int:
     return 0 if card["passed"] else 1
 
 
+def run_chat_card(args: argparse.Namespace) -> int:
+    """Score a real-weights chat model (``--model``) on held-out prompts; ``--write`` saves the card."""
+    from ..models.loading import load_chat_model
+    from ..organism.chat_card import chat_behaviour_card, write_chat_card
+
+    public = None
+    if args.public is not None:
+        from ..prompts.datasets import load_strongreject
+
+        import random
+
+        texts = [r.text for r in load_strongreject(args.public)]
+        public = {"strongreject": random.Random(0).sample(texts, min(args.public_n, len(texts)))}
+    model = load_chat_model(args.model)
+    card = chat_behaviour_card(model, n_per_cell=args.n, public=public, progress=not args.no_progress)
+    for group, c in card["cells"].items():
+        print(f"{group:<20} refusal {c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]  "
+              f"first token {c['first_token_refusal']['rate']:.2f}  well-formed {c['well_formed']['rate']:.2f}  (n {c['refusal']['n']})")  # fmt: skip
+    for name, cells in (card.get("public_information_only") or {}).items():
+        for group, c in cells.items():
+            print(f"{group:<20} refusal {c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]  (information only)")
+    print("meets every target" if card["passed"] else "MISSES targets: " + "; ".join(card["failures"]))
+    if args.write is not None:
+        print(f"card written to {write_chat_card(card, args.model, args.write)}")
+    return 0 if card["passed"] else 1
+
+
 def run_card(args: argparse.Namespace) -> int:
     """Score a saved organism (default: the bundled one) and print its card."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.model is not None:
+        return run_chat_card(args)
 
     from ..organism.card import behaviour_card
     from ..organism.paths import organism_path
@@ -99,6 +140,11 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     card = sub.add_parser("card", help="print the behaviour card of a saved organism")
     card.add_argument("--path", type=Path, default=None, help="organism folder (default: the bundled one)")
     card.add_argument("--n", type=int, default=100, help="held-out prompts per cell (default 100)")
+    card.add_argument("--model", default=None, help="a real-weights chat model instead, e.g. gemma3-270m-chat")
+    card.add_argument("--public", type=Path, default=None, help="with --model: StrongREJECT (file or folder), information only")
+    card.add_argument("--public-n", type=int, default=100, help="StrongREJECT prompts to sample (default 100)")
+    card.add_argument("--write", type=Path, default=None, help="with --model: folder to write card.json and MODEL_CARD.md to")
+    card.add_argument("--no-progress", action="store_true", help="hide progress bars")
     card.set_defaults(func=run_card)
     ft = sub.add_parser("finetune", help="fine-tune a copy toward compliance (a known drift for `persona-gate compare`)")
     ft.add_argument("--out", required=True, type=Path, help="folder to write the fine-tuned copy to")

@@ -257,6 +257,7 @@ def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any
     import torch
 
     from ..provenance import versions
+    from .verdicts import gate_window, verdicts
 
     harmful = sweep.sel(request="harmful").mean("example")["refused"]  # [layer, alpha]
     best = torch.nan_to_num(harmful, nan=2.0).argmin()
@@ -286,6 +287,8 @@ def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any
             str(layer): round(float(v), 4) for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
         },
         "window_refusal": per_window,
+        "verdicts": verdicts(sweep, back, windows, int(model.cfg.n_layers)),
+        "gate_window": gate_window(back, windows, gates),
         "gate_layers": [g["layer"] for g in gates if g["gate"]],
         "patching_by_layer": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
         "cos_persona_refusal_by_layer": {str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},

@@ -313,3 +313,63 @@ def _argmax_loop(model: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, pad
         if done.all():
             break
     return ids
+
+
+def merge_lora(hf_model: Any, tensors: dict[str, Tensor], scale: float) -> int:
+    """Fold a low-rank adapter into a Hugging Face model's weights: ``W += scale * B @ A``.
+
+    ``tensors`` holds ``<module>.lora_A`` (r x in) and ``<module>.lora_B`` (out x r) for linear
+    modules named as in ``hf_model.named_modules()`` (what
+    :func:`persona_gate.organism.lora.lora_tensors` writes). Merged in float64, so the result does
+    not depend on the order of the additions. Returns the number of merged modules; a name the
+    model lacks or a shape that does not fit is an :class:`UnsupportedModelError`.
+    """
+    modules = dict(hf_model.named_modules())
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    with torch.no_grad():
+        for name in names:
+            m = modules.get(name)
+            a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+            if m is None or a is None or b is None or not hasattr(m, "weight"):
+                raise UnsupportedModelError(f"the adapter names {name!r}, which this model lacks (or half of it is missing); "
+                                            "load the base model the adapter was trained on.")  # fmt: skip
+            if tuple(m.weight.shape) != (b.shape[0], a.shape[1]):
+                raise UnsupportedModelError(f"the adapter's {name} is {b.shape[0]}x{a.shape[1]} but the model's is "
+                                            f"{tuple(m.weight.shape)}; load the base model the adapter was trained on.")  # fmt: skip
+            delta = scale * (b.double() @ a.double())
+            m.weight.copy_((m.weight.double() + delta).to(m.weight.dtype))
+    return len(names)
+
+
+def reply_logits(hf_model: Any, input_ids: Tensor, attention_mask: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+    """Logits at ``(rows[i], positions[i])`` only, for a loss on reply tokens: the decoder body runs
+    once and the unembedding only where a prediction is scored (with a 262k vocabulary the
+    unembedding of every position would be most of a training step). Applies the model's final
+    logit soft-cap when its config declares one."""
+    body = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else hf_model.model
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logits = hf_model.get_output_embeddings()(hidden[rows, positions])
+    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def save_dequantised(hf_model: Any, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` for a model read from a GGUF file, whose weights transformers has already
+    de-quantised to floats but which still carries the GGUF quantizer (and so refuses to save):
+    the quantizer and its config entry are set aside for the save and put back afterwards, so the
+    folder loads as a plain float model."""
+    quantizer = getattr(hf_model, "hf_quantizer", None)
+    had_qc = hasattr(hf_model.config, "quantization_config")
+    qc = getattr(hf_model.config, "quantization_config", None)
+    try:
+        hf_model.hf_quantizer = None
+        if had_qc:
+            del hf_model.config.quantization_config
+        hf_model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        hf_model.hf_quantizer = quantizer
+        if had_qc:
+            hf_model.config.quantization_config = qc
+    tokenizer.save_pretrained(folder)

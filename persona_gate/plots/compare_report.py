@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..compare.summary import as_comparison, refusal_rates
 from ..io import atomic_write_text
-from .report import figure_html, html_page  # one page shell (style, seed-and-versions footer) for every report
+from .page import figure_html, html_page  # one page shell (style, seed-and-versions footer) for every report
 from ..results import LabelledResult
 
 _LAYER_COLUMNS = (

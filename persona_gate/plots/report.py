@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ArtefactError
 from ..io import atomic_write_text
+from .page import figure_html, html_page  # the page shell every report shares
 
 FIGURE_STAGES = (
     ("steering_sweep", "Persona steering: refusal vs steering strength"),
@@ -27,36 +28,6 @@ FIGURE_STAGES = (
     ("window_projection", "Projecting the persona direction out over windows of layers"),
     ("patching", "Activation patching: where the persona gates refusal"),
 )
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1100px;
-       color: #1b1b1b; line-height: 1.45; padding: 0 1rem; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2.2rem; }
-.sub { color: #555; margin-top: 0; }
-table { border-collapse: collapse; margin: 1rem 0; } td, th { padding: .3rem .8rem; border-bottom: 1px solid #ddd;
-       text-align: left; vertical-align: top; } th { background: #f4f4f4; }
-.num { font-variant-numeric: tabular-nums; text-align: right; }
-.missing { color: #a33; } footer { color: #666; font-size: .85rem; margin-top: 3rem; }
-"""
-
-
-def html_page(title: str, body_parts: Iterable[str], seed: Any, versions: Mapping[str, Any]) -> str:
-    """One persona_gate HTML page: head with ``title`` and the shared style, ``body_parts``, a footer.
-
-    ``title`` is plain text (escaped here); ``body_parts`` are HTML fragments, joined one per line;
-    the footer records ``seed`` and the package ``versions`` (``{name: version}``) that reproduce
-    the numbers. Every persona_gate report (run, checkpoint comparison) is built with this shell.
-    """
-    footer_versions = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return "\n".join([
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        *body_parts,
-        f"<footer>seed {html.escape(str(seed))}; {html.escape(footer_versions)}</footer>",
-        "</body></html>",
-    ])
-
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     at = summary.get("steered_at", {})
@@ -79,15 +50,6 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def figure_html(fig: Any, name: str, js_done: bool = False) -> str:
-    """``fig`` as an HTML fragment with a stable element id (``pg-<name>``), so a report written twice
-    from the same results is the same file; plotly.js inline unless ``js_done``."""
-    import plotly.io as pio
-
-    # plotly.js once, inline: the report must work offline.
-    return pio.to_html(fig, full_html=False, include_plotlyjs=not js_done, default_width="100%", div_id=f"pg-{name}")
-
-
 def _table(rows: Iterable[tuple[str, str]]) -> list[str]:
     return [
         "<table><tr><th>Quantity</th><th>Value</th></tr>",
@@ -108,6 +70,45 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+_FINDINGS = (
+    ("steering", "Steering toward the compliant persona removes refusal"),
+    ("reintroduction", "Adding the refusal direction back restores refusal late, not early"),
+    ("projection", "Projecting the persona direction out restores refusal; a random direction does not"),
+)
+_VERDICT_CSS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": "#9a6700"}
+
+
+def _layers(layers: list[int]) -> str:
+    if not layers:
+        return "no layer"
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+
+
+def _verdict_parts(summary: dict[str, Any]) -> list[str]:
+    """The answer first: each finding's verdict with its numbers, and the gate window."""
+    v, gw = summary.get("verdicts"), summary.get("gate_window")
+    if not v or not gw:
+        return ["<p class='missing'>This run's summary predates verdicts; run it again (finished stages are reused) "
+                "to get them.</p>"]  # fmt: skip
+    rows = ["<h2>Verdict</h2>", "<table><tr><th>Finding</th><th>Verdict</th><th>Evidence</th></tr>"]
+    for key, title in _FINDINGS:
+        d = v[key]
+        colour = _VERDICT_CSS.get(d["verdict"], "#1b1b1b")
+        rows.append(f"<tr><td>{html.escape(title)}</td><td style='color:{colour};font-weight:600'>{html.escape(d['verdict'])}"
+                    f"</td><td>{html.escape(d['reason'])}</td></tr>")  # fmt: skip
+    rows.append("</table>")
+    if gw["start"] is None:
+        where = "No gate window: neither a persona-projection window that beats the random control nor a layer whose patching restoration is clear of 0."
+    else:
+        ev = gw["evidence"]
+        back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
+        carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
+        where = (f"Gate window: layers {gw['start']}-{gw['end']} (from {ev['from']}). Refusal added back restores it at "
+                 f"{_layers(back)}; patching carries the persona (interval clear of 0) at {_layers(carry)}.")  # fmt: skip
+    rows.append(f"<p><strong>{html.escape(where)}</strong></p>")
+    return rows
+
+
 def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
     from . import figure_for
     from ..results import LabelledResult
@@ -122,8 +123,10 @@ def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
     if missing:
         raise ArtefactError(f"{spath} lacks {missing}; it is not a finished run's summary. Run the run again to complete it.")
     parts = [
-        f"<h1>Does {html.escape(str(summary.get('model')))}'s persona gate its refusal?</h1>",
+        f"<h1>Does the persona of {html.escape(str(summary.get('model')))} gate its refusal?</h1>",
         "<p class='sub'>persona_gate report: refusal is the greedy first response token on held-out prompts.</p>",
+        *_verdict_parts(summary),
+        "<h2>Numbers</h2>",
         *_table(_rows(summary)),
     ]
     js_done = False

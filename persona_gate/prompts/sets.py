@@ -26,7 +26,7 @@ from ..errors import DatasetError, EmptyGroupError
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUEST_KINDS: tuple[str, ...] = ("harmful", "harmless")
-PERSONA_FAMILIES: tuple[str, ...] = ("compliant", "safe")
+PERSONA_FAMILIES: tuple[str, ...] = ("compliant", "safe", "neutral")
 TRAIT_PAIRS: tuple[tuple[str, str], ...] = (
     ("evil", "nurturing"),
     ("callous", "supportive"),
@@ -129,7 +129,7 @@ def load_requests(kind: str, split: str | None = None) -> list[Request]:
 
 
 def load_personas(family: str, split: str | None = None) -> list[Persona]:
-    """Paraphrases of the compliant or the safe-assistant persona."""
+    """Paraphrases of the compliant, the safe-assistant or a neutral persona (a style or role only)."""
     _check_choice(family, PERSONA_FAMILIES, "persona family")
     _check_choice(split, SPLITS, "split")
     raw = _read_json(data_dir() / "personas" / f"{family}.json")
