@@ -133,6 +133,18 @@ def steering_verdict(sweep: LabelledResult) -> dict[str, Any]:
                     at={"layer": sweep.coords["layer"][li], "alpha": alphas[ai]})
 
 
+def _restorable(result: LabelledResult, claim: str) -> tuple[tuple[int, int], tuple[int, int], dict[str, Any] | None]:
+    """The safe baseline and the compliant state a restoration is measured between, and the
+    "inconclusive" verdict when there is nothing to restore (the model hardly refuses, or its
+    compliant persona does not remove refusal)."""
+    base = _base_counts(result, "baseline_refusal_rate")
+    comp = _base_counts(result, "compliant_refusal_rate")
+    if base[0] / base[1] < MIN_BASELINE or comp[0] / comp[1] > base[0] / base[1] - MIN_EFFECT:
+        return base, comp, _not_testable(claim, f"refusal is {base[0]}/{base[1]} under the safe persona and {comp[0]}/{comp[1]} "
+                                                "under the compliant one: the compliant persona does not remove enough refusal to restore.")  # fmt: skip
+    return base, comp, None
+
+
 def _thirds(n_layers: int) -> tuple[int, int]:
     """Layers < the first bound are early, layers >= the second late."""
     return math.ceil(n_layers / 3), n_layers - math.ceil(n_layers / 3)
@@ -140,11 +152,9 @@ def _thirds(n_layers: int) -> tuple[int, int]:
 
 def reintroduction_verdict(back: LabelledResult, n_layers: int) -> dict[str, Any]:
     claim = "adding the refusal direction back restores refusal at late layers, not at early ones"
-    base = _base_counts(back, "baseline_refusal_rate")
-    comp = _base_counts(back, "compliant_refusal_rate")
-    if base[0] / base[1] < MIN_BASELINE or comp[0] / comp[1] > base[0] / base[1] - MIN_EFFECT:
-        return _not_testable(claim, f"refusal is {base[0]}/{base[1]} under the safe persona and {comp[0]}/{comp[1]} under the compliant one: "
-                                    "the compliant persona does not remove enough refusal to restore.")  # fmt: skip
+    base, comp, untestable = _restorable(back, claim)
+    if untestable:
+        return untestable
     early_end, late_start = _thirds(n_layers)
     layers = list(back.coords["layer"])
     rates = {layer: _counts(back.sel(layer=layer)["refused"]) for layer in layers}
@@ -173,11 +183,9 @@ def _window_rows(windows: LabelledResult) -> tuple[list[tuple[int, int]], dict, 
 
 def projection_verdict(windows: LabelledResult) -> dict[str, Any]:
     claim = "projecting the persona direction out over a window restores refusal, a matched-norm random direction does not"
-    base = _base_counts(windows, "baseline_refusal_rate")
-    comp = _base_counts(windows, "compliant_refusal_rate")
-    if base[0] / base[1] < MIN_BASELINE or comp[0] / comp[1] > base[0] / base[1] - MIN_EFFECT:
-        return _not_testable(claim, f"refusal is {base[0]}/{base[1]} under the safe persona and {comp[0]}/{comp[1]} under the compliant one: "
-                                    "the compliant persona does not remove enough refusal to restore.")  # fmt: skip
+    base, comp, untestable = _restorable(windows, claim)
+    if untestable:
+        return untestable
     spans, persona, random = _window_rows(windows)
     if not random:
         return _not_testable(claim, "the window projection ran without random control directions (random_seeds=0).")
