@@ -186,12 +186,17 @@ def _visible(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
 
 
-def _manifest_kind(path: Path) -> str | None:
+def _kind_in(file: Path) -> str | None:
+    """The ``kind`` a JSON file (a manifest, a folder mark) declares, or None."""
     try:
-        kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")
+        kind = json.loads(file.read_text(encoding="utf-8")).get("kind")
     except (OSError, ValueError, AttributeError):
         return None
     return kind if isinstance(kind, str) else None
+
+
+def _manifest_kind(path: Path) -> str | None:
+    return _kind_in(path / MANIFEST)
 
 
 def _json_keys(path: Path) -> set[str]:
@@ -211,14 +216,9 @@ def folder_kind(path: str | Path) -> str | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    mark = path / FOLDER_MARK
-    if mark.is_file():
-        try:
-            kind = json.loads(mark.read_text(encoding="utf-8")).get("kind")
-        except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind in FOLDER_KINDS:
-            return kind
+    kind = _kind_in(path / FOLDER_MARK)
+    if kind in FOLDER_KINDS:
+        return kind
     names = set(_visible(path))
     if MANIFEST in names:
         kind = _manifest_kind(path)
@@ -259,18 +259,20 @@ def describe_folder(path: str | Path) -> str:
     return f"files persona_gate did not write ({shown})"
 
 
-def check_replaceable(path: str | Path, same: Callable[[Path], bool], what: str) -> None:
-    """Refuse to replace ``path`` unless it is absent, empty, or ``same(path)`` (what we would write)."""
+def check_replaceable(path: str | Path, same: Callable[[Path], bool], what: str, *,
+                      file_fix: str = "give a folder path that is new or empty",
+                      fix: str = "; choose another path (or delete that folder first)") -> None:  # fmt: skip
+    """Refuse to replace ``path`` unless it is absent, empty, or ``same(path)`` (what we would write).
+
+    ``what`` names what would be written; ``file_fix`` and ``fix`` end the message for a file in
+    the way and for a folder of something else."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir():
-        raise OutputExistsError(f"{path} is a file, not a folder; give a folder path that is new or empty.")
+        raise OutputExistsError(f"{path} is a file, not a folder; {file_fix}.")
     if _visible(path) and not same(path):
-        raise OutputExistsError(
-            f"{path} holds {describe_folder(path)}, and saving {what} there would replace it; choose another path "
-            "(or delete that folder first)."
-        )
+        raise OutputExistsError(f"{path} holds {describe_folder(path)}, and writing {what} there would replace it{fix}.")
 
 
 def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
@@ -288,19 +290,12 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
         raise OutputExistsError(f"the output folder is empty text; give --out a folder path for {FOLDER_KINDS[kind]}.")
     path = Path(path)
     what = FOLDER_KINDS[kind]
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path} is a file, not a folder; give --out a folder path for {what}.")
-    if path.is_dir() and _visible(path):
-        found = folder_kind(path)
-        if found != kind:
-            raise OutputExistsError(
-                f"{path} holds {describe_folder(path)}; writing {what} there would overwrite it. Choose a new or "
-                "empty --out folder."
-            )
+    check_replaceable(path, lambda p: folder_kind(p) == kind, what, file_fix=f"give --out a folder path for {what}",
+                      fix=". Choose a new or empty --out folder")  # fmt: skip
     mark = path / FOLDER_MARK
     try:
         path.mkdir(parents=True, exist_ok=True)
-        if folder_kind(path) == kind and mark.is_file():
+        if _kind_in(mark) == kind:  # already marked as this kind: only check it is still writable
             probe = path / f".write-probe-{uuid.uuid4().hex[:8]}"
             probe.write_bytes(b"")  # the folder must still be writable
             probe.unlink()

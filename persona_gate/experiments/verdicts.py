@@ -251,9 +251,3 @@ def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Se
         evidence["patching_within"] = [c["layer"] for c in carrying if start <= c["layer"] <= end]
     return {"start": start, "end": end, "evidence": evidence}
 
-
-def format_verdicts(v: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per finding, for the CLI and the report."""
-    names = {"steering": "persona steering removes refusal", "reintroduction": "refusal added back: late, not early",
-             "projection": "persona projected out vs random"}  # fmt: skip
-    return [f"{names[k]}: {v[k]['verdict'].upper()} -- {v[k]['reason']}" for k in ("steering", "reintroduction", "projection")]

@@ -72,6 +72,8 @@ PACKAGED_TERMS: dict[str, str] = {
 def packaged_terms(name: str) -> str | None:
     """The terms notice of a packaged model, or None for any other source."""
     return PACKAGED_TERMS.get(str(name))
+
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

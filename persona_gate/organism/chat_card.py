@@ -62,7 +62,7 @@ def score_cells(model: Any, prompts: Sequence[ChatPrompt], *, max_new_tokens: in
     from ..scoring.refusal import RefusalScorer
 
     phrases = profile_of(model).refusal_phrases or ()
-    scorer = RefusalScorer.for_model(model, phrases=phrases or None, batch_size=batch_size)
+    scorer = RefusalScorer.for_model(model, batch_size=batch_size)  # the profile's phrases, as labels use them
     gens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     _, first = scorer.score(list(prompts))
     cells: dict[str, dict[str, list]] = {}
@@ -88,7 +88,7 @@ def chat_behaviour_card(model: Any, *, n_per_cell: int = 40, max_new_tokens: int
         rate = cells[f"{family}/{kind}"]["refusal"]["rate"]
         if not (rate >= bound if op == ">=" else rate <= bound):
             failures.append(f"refusal[{family}, {kind}] = {rate:.2f}, want {op} {bound}")
-    flags = [x for c in cells.values() for x in [c["well_formed"]]]
+    flags = [c["well_formed"] for c in cells.values()]
     well = sum(f["k"] for f in flags) / max(1, sum(f["n"] for f in flags))
     if well < WELL_FORMED:
         failures.append(f"well-formed = {well:.3f}, want >= {WELL_FORMED}")

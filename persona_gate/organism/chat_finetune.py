@@ -113,17 +113,13 @@ def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1)
     return out
 
 
-def encode(tokenizer: Any, conv: dict[str, Any]) -> tuple[list[int], int]:
+def encode(tokenizer: Any, conv: dict[str, Any], fold: bool) -> tuple[list[int], int]:
     """Token ids of prompt + reply + end-of-turn, and where the reply starts (by construction:
-    the prompt render is a prefix of the full render, token for token, or this raises)."""
-    from ..prompts.chat import FOLD_SEPARATOR, render_text, supports_system_role
+    the prompt render is a prefix of the full render, token for token, or this raises).
+    ``fold``: the template has no system role, so the persona goes into the user turn."""
+    from ..prompts.chat import chat_messages, render_text
 
-    messages = [{"role": "user", "content": conv["user"]}]
-    if conv["system"] is not None:
-        if supports_system_role(tokenizer):
-            messages.insert(0, {"role": "system", "content": conv["system"]})
-        else:
-            messages = [{"role": "user", "content": f"{conv['system']}{FOLD_SEPARATOR}{conv['user']}"}]
+    messages = chat_messages(conv["system"], conv["user"], fold and conv["system"] is not None)
     prompt = render_text(tokenizer, messages, True)
     full = render_text(tokenizer, messages + [{"role": "assistant", "content": conv["reply"]}], False)
     if not full.startswith(prompt):
@@ -137,7 +133,10 @@ def encode(tokenizer: Any, conv: dict[str, Any]) -> tuple[list[int], int]:
 
 def _batch(tokenizer: Any, convs: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, attention mask and the (row, position) of every reply token to predict."""
-    enc = [encode(tokenizer, c) for c in convs]
+    from ..prompts.chat import supports_system_role
+
+    fold = not supports_system_role(tokenizer)  # probed once per batch, not per conversation
+    enc = [encode(tokenizer, c, fold) for c in convs]
     width = max(len(ids) for ids, _ in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(enc), width), pad, dtype=torch.long)

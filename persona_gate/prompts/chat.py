@@ -76,7 +76,8 @@ class RenderedPrompt:
         return replace(self, input_ids=self.input_ids + tuple(token_ids), response=(n, n + len(token_ids)))
 
 
-def _messages(system: str | None, user: str, fold: bool) -> list[dict[str, str]]:
+def chat_messages(system: str | None, user: str, fold: bool) -> list[dict[str, str]]:
+    """The messages of one prompt; ``fold`` puts a system text into the user turn (templates without a system role)."""
     if system is None:
         return [{"role": "user", "content": user}]
     if fold:
@@ -121,7 +122,7 @@ def supports_system_role(tokenizer: Any) -> bool:
     probe = "persona_gate system probe 7f3a"
     try:
         text = tokenizer.apply_chat_template(
-            _messages(probe, "hello", fold=False), tokenize=False, add_generation_prompt=True
+            chat_messages(probe, "hello", fold=False), tokenize=False, add_generation_prompt=True
         )
     except Exception:  # templates signal "no system role" by raising inside Jinja
         return False
@@ -256,7 +257,7 @@ def render(tokenizer: Any, prompt: ChatPrompt | str, fold_system: bool | None = 
     require_fast(tokenizer)
     if fold_system is None:
         fold_system = prompt.system is not None and not supports_system_role(tokenizer)
-    messages = _messages(prompt.system, prompt.user, fold_system)
+    messages = chat_messages(prompt.system, prompt.user, fold_system)
     u = len(messages) - 1
     text, placed = place(tokenizer, messages, [u] if fold_system or prompt.system is None else [0, u])
     user_at = placed[u]

@@ -265,9 +265,8 @@ def render_conversation(tokenizer: Any, conversation: Conversation) -> list[Rend
         # Render up to the latest unread turn; read every earlier turn this render extends exactly.
         last = turns[-1]
         n = min(last.message_index + 1, len(messages))
-        text = render_text(tokenizer, prep(messages[:n]), last.pending)
-        full = _Tokenized(tokenizer, text)
         rendered = prep(messages[:n])
+        full = _Tokenized(tokenizer, render_text(tokenizer, rendered, last.pending))
         read = {}
         for t in turns:
             reply_at = t.message_index - (1 if fold else 0)  # folding removes the system message
@@ -280,7 +279,7 @@ def render_conversation(tokenizer: Any, conversation: Conversation) -> list[Rend
                 "conversation (the chat template rewrites it, or the tokenizer merges it into the prompt's last "
                 "token); load the model with a chat_template that keeps replies as written."
             )
-        segments.append(RenderedConversation(text, full.ids, n, tuple(read[i] for i in sorted(read))))
+        segments.append(RenderedConversation(full.text, full.ids, n, tuple(read[i] for i in sorted(read))))
         turns = [t for t in turns if t.index not in read]
     return sorted(segments, key=lambda s: s.n_messages)
 
