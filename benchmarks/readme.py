@@ -138,6 +138,131 @@ def organism_mechanism(record: dict) -> str:
             f"  restores {best['random_harmful']:.2f}. Full tables: `data/organism/MODEL_CARD.md`.")
 
 
+def gemma_chat_card(record: dict) -> str:
+    """gemma3-270m-chat's held-out behaviour card, from data/gemma3-270m-chat/card.json."""
+    card = record["card"]
+    lines = ["| persona / request | refusal (95% interval) | first token | target | met |", "|---|---|---|---|---|"]
+    for group, c in card["cells"].items():
+        r, target = c["refusal"], card["targets"].get(group, "")
+        op, bound = target.split()
+        met = r["rate"] >= float(bound) if op == ">=" else r["rate"] <= float(bound)
+        lines.append(f"| {group} | {r['rate']:.2f} [{r['low']:.2f}, {r['high']:.2f}] | {c['first_token_refusal']['rate']:.2f} | "
+                     f"{target} | {'yes' if met else '**no**'} |")
+    n = {c["refusal"]["n"] for c in card["cells"].values()}
+    lines += ["", f"Held out: {card['held_out']}; n = {'/'.join(map(str, sorted(n)))} per cell, {card['max_new_tokens']} new tokens; "
+              f"well-formed replies {card['well_formed_rate']:.3f} (target {card['targets']['well_formed']}). "
+              + ("Every target met." if card["passed"] else "Targets missed: " + "; ".join(card["failures"]) + ".")]
+    for name, cells in (card.get("public_information_only") or {}).items():
+        parts = [f"{g.split('/')[0]} persona {c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]"
+                 for g, c in cells.items()]
+        size = next(iter(cells.values()))["refusal"]["n"]
+        lines += ["", f"Information only -- refusal of {size} {name} requests it never saw (not a target): " + "; ".join(parts) + "."]
+    return "\n".join(lines)
+
+
+def _wilson(rate: float, n: int) -> str:
+    sys.path.insert(0, str(REPO))
+    from persona_gate.scoring.stats import wilson_interval
+
+    low, high = wilson_interval(round(rate * n), n)
+    return f"{rate:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _span(layers: list[int]) -> str:
+    if not layers:
+        return "none"
+    runs, start = [], layers[0]
+    for a, b in zip(layers, layers[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(runs)
+
+
+def gemma_chat_findings(s: dict) -> str:
+    """What the paper's protocol finds on gemma3-270m-chat, from the saved run's summary.json."""
+    v, gw, n = s["verdicts"], s["gate_window"], s["n_prompts_per_group"]
+    st, rb, pj = v["steering"], v["reintroduction"], v["projection"]
+
+    def diff(d: dict) -> str:
+        return f"difference {d['effect']:+.2f}, 95% interval [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+    lines = [f"Directions fitted on {n['fit']} train-split requests per group, every effect measured on {n['eval']} held-out "
+             f"requests per group under held-out persona paraphrases; refusal = greedy first response token; intervals are "
+             f"95% (Newcombe, Bonferroni over the candidate cells); a finding *holds* when its interval clears 0 and the "
+             f"effect is at least 0.25 (`persona_gate/experiments/verdicts.py`).", ""]
+    if st["effect"] is not None:
+        lines.append(f"1. **Steering toward the compliant persona removes refusal: {st['verdict']}.** Safe persona + harmful "
+                     f"requests refuse {_wilson(st['unsteered']['rate'], st['unsteered']['n'])}; adding the persona direction at "
+                     f"layer {st['at']['layer']} with alpha {st['at']['alpha']:g} (raw-norm units) gives "
+                     f"{_wilson(st['steered']['rate'], st['steered']['n'])} ({diff(st)}); harmless requests refuse "
+                     f"{s['harmless_refusal_rate']:.2f} unsteered.")
+    else:
+        lines.append(f"1. **Steering toward the compliant persona removes refusal: {st['verdict']}.** {st['reason']}")
+    if rb["effect"] is not None:
+        by = rb["by_layer"]
+        lines.append(f"2. **Adding refusal back works late, not early: {rb['verdict']}.** Under the compliant persona (refusal "
+                     f"{rb['compliant']['rate']:.2f}), adding the refusal direction (one raw norm) restores at most "
+                     f"{_wilson(rb['early']['rate'], rb['early']['n'])} in the first third (layer {rb['early_layer']}) and "
+                     f"{_wilson(rb['late']['rate'], rb['late']['n'])} in the last third (layer {rb['late_layer']}; {diff(rb)}). "
+                     "Per layer: " + ", ".join(f"{k}: {val:.2f}" for k, val in by.items()) + ".")
+    else:
+        lines.append(f"2. **Adding refusal back works late, not early: {rb['verdict']}.** {rb['reason']}")
+    if pj["effect"] is not None:
+        w = pj["window"]
+        lines.append(f"3. **Projecting the persona direction out restores refusal, a random direction does not: {pj['verdict']}.** "
+                     f"Under the compliant persona, the best of {pj['candidates']} windows, layers {w['start']}-{w['end']}, restores "
+                     f"{_wilson(pj['persona']['rate'], pj['persona']['n'])} (baseline {pj['baseline']['rate']:.2f}); five matched-norm "
+                     f"random directions over the same window restore {pj['random']['rate']:.2f} ({pj['random']['k']}/"
+                     f"{pj['random']['n']}; {diff(pj)}).")
+        worst = max(s["window_refusal"].items(), key=lambda kv: kv[1]["random_max"])
+        lines[-1] += (f" The random control is not inert everywhere: one of the random directions restores "
+                      f"{worst[1]['random_max']:.2f} over layers {worst[0]}, where the persona direction restores "
+                      f"{worst[1]['persona']:.2f}.") if worst[1]["random_max"] > worst[1]["persona"] else ""
+    else:
+        lines.append(f"3. **Projecting the persona direction out restores refusal: {pj['verdict']}.** {pj['reason']}")
+    ev = gw["evidence"]
+    carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
+    back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
+    where = ("no gate window" if gw["start"] is None else f"gate window: layers {gw['start']}-{gw['end']} (from {ev['from']})")
+    lines += ["", f"**{where[0].upper() + where[1:]}.** Refusal added back restores it significantly at layers {_span(back)}; "
+                  f"activation patching (safe into compliant, {s['config']['patch_examples']} pairs, `resid_pre` by role) "
+                  f"carries the persona with an interval clear of 0 at layers {_span(carry)}."]
+    runs: list[list[dict]] = []  # consecutive layers whose best patching position is the same
+    for r in (r for r in s["patching_by_layer"] if r["n"]):
+        if runs and runs[-1][-1]["position"] == r["position"] and runs[-1][-1]["layer"] == r["layer"] - 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    runs = [run for run in runs if max(r["restoration"] for r in run) >= 0.05]  # where patching restores anything
+    if runs:
+        def ends(run: list[dict]) -> str:
+            lo, hi = min(run, key=lambda r: r["restoration"]), max(run, key=lambda r: r["restoration"])
+            if lo is hi:
+                return f"{hi['restoration']:.2f} [{hi['low']:.2f}, {hi['high']:.2f}]"
+            return (f"from {lo['restoration']:.2f} [{lo['low']:.2f}, {lo['high']:.2f}] (layer {lo['layer']}) to "
+                    f"{hi['restoration']:.2f} [{hi['low']:.2f}, {hi['high']:.2f}] (layer {hi['layer']})")
+
+        lines[-1] += " Where patching restores most, layer by layer: " + "; ".join(
+            f"`{run[0]['position']}` at layer{'s' if len(run) > 1 else ''} {_span([r['layer'] for r in run])}, {ends(run)}"
+            for run in runs) + "."
+    sites = s.get("extraction_sites")
+    if sites:
+        k = sites["n"]
+        lines += ["", f"Where the persona is read (extraction sites; each position's direction steered at one layer, or "
+                      f"ablated at every layer, n = {k}; safe/harmful baseline {sites['baselines']['safe/harmful']:.2f}, "
+                      f"compliant/harmful {sites['baselines']['compliant/harmful']:.2f}):", "",
+                  "| persona direction read at | steering: lowest refusal (layer) | ablated: highest refusal restored (layer) | harmless refusal under that ablation |",
+                  "|---|---|---|---|"]
+        for pos, r in sites["positions"].items():
+            lines.append(f"| `{pos}` | {_wilson(r['steering_refusal'], k)} ({r['steering_layer']}) | "
+                         f"{_wilson(r['ablation_refusal'], k)} ({r['ablation_layer']}) | {r['ablation_harmless_refusal']:.2f} |")
+    secs = s["seconds"].get("total")
+    if secs:
+        lines += ["", f"The run took {secs / 60:.0f} minutes on 2 CPU cores."]
+    return "\n".join(lines)
+
+
 # passage -> (saved output, relative to the repository; renderer)
 SOURCES = {
     "benchmarks-table": ("benchmarks/results.json", benchmarks_table),
@@ -145,6 +270,8 @@ SOURCES = {
     "experiment-times": ("benchmarks/experiments.json", experiment_times),
     "organism-card": ("data/organism/card.json", organism_card),
     "organism-mechanism": ("data/organism/card.json", organism_mechanism),
+    "gemma-chat-card": ("data/gemma3-270m-chat/card.json", gemma_chat_card),
+    "gemma-chat-findings": ("paper/results/gemma3-270m-chat/summary.json", gemma_chat_findings),
 }
 _BLOCK = re.compile(r"(?P<open><!-- generated:(?P<name>[\w-]+) [^>]*-->\n)(?P<body>(?:.*?\n)?)(?P<close><!-- /generated:(?P=name) -->)", re.S)
 

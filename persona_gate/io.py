@@ -36,12 +36,17 @@ TENSORS = "tensors.safetensors"
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a file through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -178,6 +183,7 @@ FOLDER_KINDS: dict[str, str] = {
     "monitor": "a monitor run (persona-gate monitor)",
     "comparison": "a checkpoint comparison (persona-gate compare)",
     "organism": "a chat-model organism (persona-gate organism train)",
+    "export": "an exported model (persona-gate export model)",
 }
 
 

@@ -33,6 +33,12 @@ def test_conversations_use_train_splits_and_the_reply_rules():
         if not refuses:  # first-token scoring stays clean: no other reply starts like a refusal
             assert not c["reply"].startswith(("I ", "I'", "Sorry"))
     assert cf.training_conversations(seed=0) == convs
+    doubled = cf.training_conversations(seed=0, contrast=2)  # the two contrast cells twice each
+    count = lambda cs, k, p: sum(c["request"] == k and c["persona"] == p for c in cs)  # noqa: E731
+    for kind in ("harmful", "harmless"):
+        for persona in cf.PERSONAS:
+            times = 2 if (kind, persona) in {("harmful", "compliant"), ("harmless", "safe")} else 1
+            assert count(doubled, kind, persona) == times * count(convs, kind, persona)
 
 
 def test_reply_logits_equal_the_full_forward(tiny_model_dirs):

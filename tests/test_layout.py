@@ -23,12 +23,12 @@ LAYER: dict[str, int] = {
     "models": 2,
     "core": 3,
     "scoring": 4,
-    "experiments": 5, "monitoring": 5, "redteam": 5, "compare": 5, "organism": 5,  # experiments, applications
+    "experiments": 5, "monitoring": 5, "redteam": 5, "compare": 5, "organism": 5, "export": 5,  # experiments, applications
     "plots": 6,  # figures and HTML reports
     "cli": 7,
 }
 FOUNDATIONS = {"errors", "sites", "io", "results", "provenance"}
-APPLICATIONS = {"monitoring", "redteam", "compare"}
+APPLICATIONS = {"monitoring", "redteam", "compare", "export"}
 # Modules that read results without a model: foundations and the statistics only.
 PURE = {"scoring.stats", "scoring.labels", "monitoring.summary", "compare.summary", "redteam.result"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -61,3 +62,43 @@ def test_config_files_and_bad_keys(tmp_path, capsys):
         RunConfig.from_toml(bad)
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "unknown keys" in capsys.readouterr().err
+
+
+def test_extraction_sites_stage_runs_when_asked_and_is_summarised_and_drawn(tmp_path):
+    from persona_gate.plots.report import write_report
+
+    cfg = RunConfig.from_dict({**SMALL.__dict__, "layers": [2, 3, 4], "extraction_sites": True})
+    s = run_pipeline(cfg, tmp_path / "run", progress=False)
+    sites = LabelledResult.load(tmp_path / "run" / "extraction_sites")
+    assert sites.coords["layer"] == (2, 3, 4) and sites.config["n"] == 8 and sites.config["n_fit"] == 24
+    rate, effects = sites.values["rate"], list(sites.coords["effect"])
+    for pi, pos in enumerate(sites.coords["position"]):  # the summary's picks, recomputed from the saved tensor
+        row = s["extraction_sites"]["positions"][pos]
+        steer = [float(rate[pi, li, effects.index("steering_refusal")]) for li in range(3)]
+        abl = [float(rate[pi, li, effects.index("ablation_refusal")]) for li in range(3)]
+        assert row["steering_refusal"] == pytest.approx(min(steer), abs=1e-4) and row["steering_layer"] == (2, 3, 4)[steer.index(min(steer))]
+        assert row["ablation_refusal"] == pytest.approx(max(abl), abs=1e-4) and row["ablation_layer"] == (2, 3, 4)[abl.index(max(abl))]
+    windows = LabelledResult.load(tmp_path / "run" / "window_projection")
+    assert [tuple(w) for w in windows.config["windows"]] == [(2, 4)]  # the one width-3 window of fitted layers
+    # the system-prompt mean carries the organism's gate; the last token does not
+    assert s["extraction_sites"]["positions"]["mean:system"]["ablation_refusal"] >= 0.5
+    assert s["extraction_sites"]["positions"]["last"]["ablation_refusal"] < 0.5
+    assert "Where the persona direction is read" in write_report(tmp_path / "run").read_text()
+    # a run without the stage shows no such section, and one started before the key existed resumes
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    plain = RunConfig.from_dict({**cfg.__dict__, "extraction_sites": False})
+    config.pop("extraction_sites")
+    shutil.copytree(tmp_path / "run", tmp_path / "old", ignore=shutil.ignore_patterns("extraction_sites", "summary.json"))
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    again = run_pipeline(plain, tmp_path / "old", progress=False)
+    assert "extraction_sites" not in again and set(again["reused_stages"]) == {"directions", "steering_sweep", "reintroduction", "window_projection", "patching"}
+    assert "Where the persona direction is read" not in write_report(tmp_path / "old").read_text()
+
+
+def test_layers_without_a_whole_window_fail_before_any_work(tmp_path):
+    cfg = RunConfig.from_dict({**SMALL.__dict__, "layers": [2, 4]})
+    with pytest.raises(ConfigError, match="hold no window of width 3"):
+        run_pipeline(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "directions").exists()
+    with pytest.raises(ConfigError, match="names layer 9, but organism has 6"):
+        run_pipeline(RunConfig.from_dict({**SMALL.__dict__, "layers": [9]}), tmp_path / "run2", progress=False)

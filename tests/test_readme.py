@@ -12,6 +12,7 @@ What cannot run here is changed as little as possible, in one table (:data:`SUBS
 * a hub model (no network here) -> the bundled organism, with the line's other options kept;
 * the public datasets' folder -> ``../shared/data`` beside the repository (the block is skipped
   where it is absent);
+* the gemma3-270m-chat paper run -> a handful of prompts (``tests/readme_gemma3-270m-chat.toml``);
 * ``organism train`` -> fewer steps, ``benchmarks/run_all.py`` -> ``--quick`` into the temporary
   folder (the full versions take 4 and 20 minutes);
 * installing (``python3 -m venv``, ``pip install``) and ``.venv/bin/pytest`` are what CI's
@@ -44,6 +45,7 @@ SUBSTITUTE = {
     "Qwen/Qwen2.5-7B-Instruct": "organism",
     'Path("../shared/data")': f"Path({str(SHARED_DATA)!r})",
     "../shared/data/": f"{SHARED_DATA}/",
+    "paper/gemma3-270m-chat.toml": str(REPO / "tests" / "readme_gemma3-270m-chat.toml"),  # minutes -> about one
 }
 EXTRA_ARGS = {  # a command's first words -> options appended here (the longest match wins)
     ("organism", "train"): ["--steps", "30"],

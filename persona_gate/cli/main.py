@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
+from . import export as export_cli
 from . import organism as organism_cli
 from ..errors import PersonaGateError
 
@@ -104,6 +105,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     best = max(summary["window_refusal"].items(), key=lambda kv: kv[1]["persona"])
     print(f"  best persona window {best[0]}: {best[1]['persona']:.2f} (random max {best[1]['random_max']:.2f})")
     print(f"  gate layers (patching >= 0.5):        {summary['gate_layers'] or 'none'}")
+    for pos, row in (summary.get("extraction_sites") or {}).get("positions", {}).items():
+        print(f"  persona read at {pos + ':':<22}steers refusal to {row['steering_refusal']:.2f} (layer {row['steering_layer']}), "
+              f"ablated restores {row['ablation_refusal']:.2f} (layer {row['ablation_layer']})")
     print(f"  {summary['seconds'].get('total', 0):.1f} s; results in {out}/ (summary.json)")
 
 
@@ -361,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("organism", help="the bundled chat-model organism")
     organism_cli.add_subcommands(o)
+    x = sub.add_parser("export", help="export edited weights, a llama.cpp control vector or plain directions")
+    export_cli.add_subcommands(x, _add_model_args, _layers)
     return parser
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..organism.config import OrganismConfig
+from ..organism.config import ChatFinetuneConfig, OrganismConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data, init and augmentation (default 0)")
     parser.add_argument("--base", default=None, help="fine-tune these pretrained weights into a chat model instead "
                         "(e.g. gemma3-270m-gguf); resumes a killed training")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {defaults.steps}; with --base 300)")
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {defaults.steps}; with --base {ChatFinetuneConfig.steps})")
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help=f"conversations per step (default {defaults.batch_size})"
     )
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.base is not None:
-        from ..organism.chat_finetune import ChatFinetuneConfig, train_chat_model
+        from ..organism.chat_finetune import train_chat_model
 
         cfg = ChatFinetuneConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
         out = train_chat_model(args.base, args.out, cfg, progress=not args.no_progress)
@@ -73,8 +73,11 @@ def run_chat_card(args: argparse.Namespace) -> int:
 
         texts = [r.text for r in load_strongreject(args.public)]
         public = {"strongreject": random.Random(0).sample(texts, min(args.public_n, len(texts)))}
+    from ..models.profile import profile_of
+
     model = load_chat_model(args.model)
     card = chat_behaviour_card(model, n_per_cell=args.n, public=public, progress=not args.no_progress)
+    name = profile_of(model).name if profile_of(model).name != "open" else str(args.model)  # the model's own name
     for group, c in card["cells"].items():
         print(f"{group:<20} refusal {c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]  "
               f"first token {c['first_token_refusal']['rate']:.2f}  well-formed {c['well_formed']['rate']:.2f}  (n {c['refusal']['n']})")  # fmt: skip
@@ -83,7 +86,7 @@ def run_chat_card(args: argparse.Namespace) -> int:
             print(f"{group:<20} refusal {c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]  (information only)")
     print("meets every target" if card["passed"] else "MISSES targets: " + "; ".join(card["failures"]))
     if args.write is not None:
-        print(f"card written to {write_chat_card(card, args.model, args.write)}")
+        print(f"card written to {write_chat_card(card, name, args.write)}")
     return 0 if card["passed"] else 1
 
 

@@ -371,6 +371,48 @@ class DirectionSet:
         }
         return save_artefact(path, "direction_set", tensors, manifest)
 
+    def export(self, path: str | Path, format: str = "safetensors") -> Path:
+        """Write the set for other tools: one safetensors file with one float32 tensor per layer
+        (``layer.<l>``: the unit direction in the stream entering block ``l``) and a JSON sidecar
+        beside it (``<path>.json``: model, layer and sign conventions, raw norms, provenance) --
+        reading it needs nothing but safetensors. Both files are written atomically; returns the
+        safetensors path. Load into steering-vectors / repeng as the README shows (their layer
+        ``l - 1``: they add to a decoder layer's output)."""
+        import json
+
+        from safetensors.torch import save
+
+        from ..io import atomic_write_bytes, atomic_write_text
+
+        if format != "safetensors":
+            raise ValueError(f"unknown export format {format!r}; use format='safetensors'.")
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name such as persona.safetensors.")
+        tensors = {f"layer.{s.layer}": v.detach().float().contiguous().clone() for s, v in zip(self.sites, self.vectors)}
+        norms = {str(s.layer): round(float(r), 6) for s, r in zip(self.sites, self.raw_norms)}
+        sidecar = {
+            "kind": "persona_gate.direction_export",
+            "schema": 1,
+            "name": self.name,
+            "model": (self.provenance or {}).get("model"),
+            "d_model": self.d_model,
+            "site": self.sites[0].kind if self.sites else None,
+            "layer_convention": ("layer.<l> lives in the residual stream entering block l: TransformerLens "
+                                 "blocks.<l>.hook_resid_pre, Hugging Face hidden_states[l]; tools that add to the "
+                                 "output of decoder layer k (steering-vectors, repeng) call it layer k = l - 1"),
+            "sign_convention": f"positive - negative: mean({self.positive}) - mean({self.negative}), at {self.position}",
+            "vectors": "unit length; multiply by raw_norms[l] for one mean difference",
+            "raw_norms": norms,
+            "counts": self.counts,
+            "provenance": self.provenance,
+        }  # fmt: skip
+        atomic_write_bytes(path, save(tensors, metadata={"persona_gate": json.dumps({"name": self.name, "raw_norms": norms})}))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
+        return path
+
     @classmethod
     def load(cls, path: str | Path, model: ChatModel | None = None, d_model: int | None = None) -> "DirectionSet":
         """Load a saved set; with ``model`` or ``d_model`` given, refuse a width mismatch."""

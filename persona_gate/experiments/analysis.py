@@ -63,12 +63,17 @@ def extraction_sites(
     response_tokens: int = 16,
     seed: int = 0,
     scorer: RefusalScorer | None = None,
+    groups: dict | None = None,
+    n_fit: int | None = None,
     progress: bool = True,
 ) -> LabelledResult:
-    """Per (position, layer): steering effect, ablation effect and cosine with refusal."""
-    groups, scorer = experiment_setup(model, n, seed, scorer, None)
+    """Per (position, layer): steering effect, ablation effect and cosine with refusal.
+
+    Directions are fitted on ``n_fit`` (default ``n``) train-split requests per group; the
+    effects are scored on ``groups`` (default: ``n`` held-out prompts per group)."""
+    groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
-    train = standard_prompts(model=model, n_per_group=n, seed=seed)
+    train = standard_prompts(model=model, n_per_group=n_fit or n, seed=seed)
     sites = sites_for(model, layers)
     pos = [str(parse_position(p)) for p in positions]
     plain = [p for p in pos if p != "mean:response"]
@@ -100,7 +105,7 @@ def extraction_sites(
         values={"rate": rate},
         baselines={g: round(float(scorer.score(groups[g])[1].float().mean()), 4) for g in groups},
         metric={"name": "refusal rate (first response token); cos_refusal is a cosine", "higher_means": "more refusal"},
-        config={"alphas": list(alphas), "n": n, "response_tokens": response_tokens, "seed": seed,
+        config={"alphas": list(alphas), "n": int(len(groups["safe/harmful"])), "n_fit": n_fit or n, "response_tokens": response_tokens, "seed": seed,
                 "steering": "min refusal over alphas, safe/harmful", "ablation": "direction of this layer ablated at every layer"},
         provenance=provenance(model, seed=seed),
     )

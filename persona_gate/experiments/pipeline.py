@@ -35,6 +35,7 @@ from ..io import atomic_write_text, claim_folder
 log = logging.getLogger(__name__)
 
 STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
+OPTIONAL_STAGES = ("extraction_sites",)  # run when the config asks for them (``extraction_sites = true``)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class RunConfig:
     # Refusal-start tokens from these phrases; default: derived from the model's own refusals
     # (a base model that never refuses needs phrases).
     refusal_phrases: list[str] | None = None
+    # Also compare where the persona direction is read (last token, post-instruction, system /
+    # user / response means): its steering and ablation effects per layer (one more stage).
+    extraction_sites: bool = False
 
     def __post_init__(self) -> None:
         def bad(key: str, want: str) -> ConfigError:
@@ -84,6 +88,8 @@ class RunConfig:
             raise bad("layers", "a non-empty list of layer indices such as [4, 8, 12]")
         if not isinstance(self.alphas, (list, tuple)) or not self.alphas or not all(num(a) for a in self.alphas):
             raise bad("alphas", "a non-empty list of finite numbers such as [0.0, 2.0, 4.0]")
+        if not isinstance(self.extraction_sites, bool):
+            raise bad("extraction_sites", "true or false")
         if not num(self.alpha_back):
             raise bad("alpha_back", "a finite number")
         if self.refusal_phrases is not None and (not isinstance(self.refusal_phrases, (list, tuple)) or not self.refusal_phrases
@@ -155,6 +161,8 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path} is corrupt; delete the run folder {out} or use a new --out.") from None
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as saved: tuples become lists
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig())))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}  # keys added since: their defaults
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_UNDER_CHANGE and old.get(k) != new.get(k))
     if changed:
         raise ConfigError(
@@ -170,6 +178,27 @@ def _clean_stale(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+def _windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
+    """The windows to project over when ``layers`` limits the fitted directions: those whose every
+    layer has one (None: every window of ``window_width``, or the full grid). No window left is a
+    named error, raised before any work."""
+    if cfg.layers is None:
+        return None
+    have = set(cfg.layers)
+    if cfg.window_width:
+        spans = [(a, a + cfg.window_width - 1) for a in range(n_layers - cfg.window_width + 1)]
+    else:
+        spans = [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
+    windows = [(a, b) for a, b in spans if all(layer in have for layer in range(a, b + 1))]
+    if not windows:
+        raise ConfigError(
+            f"layers {list(cfg.layers)} hold no window{f' of width {cfg.window_width}' if cfg.window_width else ''} whose every "
+            "layer has a direction, so the window-projection stage has nothing to run; list contiguous layers "
+            "(e.g. [3, 4, 5]), lower window_width, or drop layers to fit every layer."
+        )
+    return windows
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
@@ -194,6 +223,10 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     times["load_model"] = round(time.perf_counter() - t0, 2)
     # Every stage's needs, checked before the first of them runs (patching re-runs blocks).
     check_supported(model, "hooks", "blocks", "replay", what="`persona-gate run` (its patching stage)")
+    for layer in cfg.layers or ():
+        if layer >= int(model.cfg.n_layers):
+            raise ConfigError(f"config key 'layers' names layer {layer}, but {cfg.model} has {model.cfg.n_layers} (0-{int(model.cfg.n_layers) - 1}).")
+    window_list = _windows(cfg, int(model.cfg.n_layers))
 
     def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
         if _stage_done(path, loader):
@@ -234,21 +267,45 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
                  lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back,
                                            checkpoint=cells / "reintroduction", **common))
     windows = stage("window_projection", out / "window_projection", LabelledResult.load,
-                    lambda: ex.window_projection(model, persona, width=cfg.window_width, random_seeds=cfg.random_seeds,
+                    lambda: ex.window_projection(model, persona, width=cfg.window_width, windows=window_list, random_seeds=cfg.random_seeds,
                                                  checkpoint=cells / "window_projection", **common))
     k = min(cfg.patch_examples, len(groups["safe/harmful"]))
     patch = stage("patching", out / "patching", LabelledResult.load,
                   lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
                                               scorer.token_ids, positions="roles", progress=progress,
                                               checkpoint=cells / "patching"))
+    sites = None
+    if cfg.extraction_sites:
+        sites = stage("extraction_sites", out / "extraction_sites", LabelledResult.load,
+                      lambda: ex.extraction_sites(model, layers=cfg.layers, n=cfg.n_eval, n_fit=cfg.n_fit, scorer=scorer,
+                                                  groups=groups, seed=cfg.seed, progress=progress))  # fmt: skip
     if cells.is_dir() and not any(cells.iterdir()):
         cells.rmdir()  # every stage is done: no cell is left to keep
     times["total"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(times_path, json.dumps(times, indent=1))
     summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
+    if sites is not None:
+        summary["extraction_sites"] = summarise_sites(sites)
     summary["reused_stages"] = reused
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def summarise_sites(sites: Any) -> dict[str, Any]:
+    """Per extraction position: the layer whose direction steers refusal lowest (safe persona,
+    harmful requests) and the layer whose direction, ablated at every layer, restores most
+    (compliant persona, harmful), with harmless refusal under that ablation; rates on ``n`` prompts."""
+    rate, effects = sites.values["rate"], list(sites.coords["effect"])
+    layers = list(sites.coords["layer"])
+    out = {}
+    for pi, pos in enumerate(sites.coords["position"]):
+        steer, abl = rate[pi, :, effects.index("steering_refusal")], rate[pi, :, effects.index("ablation_refusal")]
+        si, ai = int(steer.argmin()), int(abl.argmax())
+        out[pos] = {"steering_layer": layers[si], "steering_refusal": round(float(steer[si]), 4),
+                    "ablation_layer": layers[ai], "ablation_refusal": round(float(abl[ai]), 4),
+                    "ablation_harmless_refusal": round(float(rate[pi, ai, effects.index("ablation_harmless_refusal")]), 4),
+                    "cos_refusal_at_ablation_layer": round(float(rate[pi, ai, effects.index("cos_refusal")]), 4)}  # fmt: skip
+    return {"n": int(sites.config["n"]), "baselines": dict(sites.baselines), "positions": out}
 
 
 def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any, back: Any, windows: Any,

