@@ -157,6 +157,13 @@ def gemma_chat_card(record: dict) -> str:
                  for g, c in cells.items()]
         size = next(iter(cells.values()))["refusal"]["n"]
         lines += ["", f"Information only -- refusal of {size} {name} requests it never saw (not a target): " + "; ".join(parts) + "."]
+    training = REPO / "data" / "gemma3-270m-chat" / "training.json"
+    if training.is_file():
+        t = json.loads(training.read_text(encoding="utf-8"))
+        lines += ["", f"Trained in {t['train_seconds'] / 60:.0f} minutes on the 2-core machine that made it"
+                      f"{'' if t.get('flush_denormal') else ' (before the recipe flushed denormals)'}: {len(t['losses'])} steps of "
+                      f"{t['config']['batch_size']} conversations, loss {t['losses'][0]:.2f} -> {t['losses'][-1]:.3f} "
+                      f"(`data/gemma3-270m-chat/training.json`)."]
     return "\n".join(lines)
 
 
@@ -169,6 +176,8 @@ def _wilson(rate: float, n: int) -> str:
 
 
 def _span(layers: list[int]) -> str:
+    """``[3, 1, 2, 7]`` -> ``"1-3, 7"``."""
+    layers = sorted(set(layers))
     if not layers:
         return "none"
     runs, start = [], layers[0]
@@ -181,16 +190,23 @@ def _span(layers: list[int]) -> str:
 
 def gemma_chat_findings(s: dict) -> str:
     """What the paper's protocol finds on gemma3-270m-chat, from the saved run's summary.json."""
-    v, gw, n = s["verdicts"], s["gate_window"], s["n_prompts_per_group"]
+    sys.path.insert(0, str(REPO))
+    from persona_gate.experiments.verdicts import MIN_EFFECT
+
+    v, gw, n, cfg = s["verdicts"], s["gate_window"], s["n_prompts_per_group"], s["config"]
     st, rb, pj = v["steering"], v["reintroduction"], v["projection"]
+
+    def layers(ls: list[int]) -> str:
+        return "no layer" if not ls else f"layer{'s' if len(set(ls)) > 1 else ''} {_span(ls)}"
 
     def diff(d: dict) -> str:
         return f"difference {d['effect']:+.2f}, 95% interval [{d['low']:+.2f}, {d['high']:+.2f}]"
 
     lines = [f"Directions fitted on {n['fit']} train-split requests per group, every effect measured on {n['eval']} held-out "
-             f"requests per group under held-out persona paraphrases; refusal = greedy first response token; intervals are "
-             f"95% (Newcombe, Bonferroni over the candidate cells); a finding *holds* when its interval clears 0 and the "
-             f"effect is at least 0.25 (`persona_gate/experiments/verdicts.py`).", ""]
+             f"requests per group under held-out persona paraphrases; refusal = greedy first response token; rates carry 95% "
+             f"Wilson intervals, differences 95% Newcombe intervals (Bonferroni over the candidate cells); a finding *holds* "
+             f"when its difference's interval clears 0 and the difference is at least {MIN_EFFECT} "
+             f"(`persona_gate/experiments/verdicts.py`).", ""]
     if st["effect"] is not None:
         lines.append(f"1. **Steering toward the compliant persona removes refusal: {st['verdict']}.** Safe persona + harmful "
                      f"requests refuse {_wilson(st['unsteered']['rate'], st['unsteered']['n'])}; adding the persona direction at "
@@ -202,7 +218,7 @@ def gemma_chat_findings(s: dict) -> str:
     if rb["effect"] is not None:
         by = rb["by_layer"]
         lines.append(f"2. **Adding refusal back works late, not early: {rb['verdict']}.** Under the compliant persona (refusal "
-                     f"{rb['compliant']['rate']:.2f}), adding the refusal direction (one raw norm) restores at most "
+                     f"{rb['compliant']['rate']:.2f}), adding the refusal direction ({cfg['alpha_back']:g} × its raw norm) restores at most "
                      f"{_wilson(rb['early']['rate'], rb['early']['n'])} in the first third (layer {rb['early_layer']}) and "
                      f"{_wilson(rb['late']['rate'], rb['late']['n'])} in the last third (layer {rb['late_layer']}; {diff(rb)}). "
                      "Per layer: " + ", ".join(f"{k}: {val:.2f}" for k, val in by.items()) + ".")
@@ -210,9 +226,13 @@ def gemma_chat_findings(s: dict) -> str:
         lines.append(f"2. **Adding refusal back works late, not early: {rb['verdict']}.** {rb['reason']}")
     if pj["effect"] is not None:
         w = pj["window"]
+        where = (f"no window of the {pj['candidates']} restores any refusal (the first, layers {w['start']}-{w['end']}: "
+                 if pj["persona"]["k"] == 0 else
+                 f"the best of {pj['candidates']} windows, layers {w['start']}-{w['end']}, restores ")
         lines.append(f"3. **Projecting the persona direction out restores refusal, a random direction does not: {pj['verdict']}.** "
-                     f"Under the compliant persona, the best of {pj['candidates']} windows, layers {w['start']}-{w['end']}, restores "
-                     f"{_wilson(pj['persona']['rate'], pj['persona']['n'])} (baseline {pj['baseline']['rate']:.2f}); five matched-norm "
+                     f"Under the compliant persona, {where}"
+                     f"{_wilson(pj['persona']['rate'], pj['persona']['n'])}{'; ' if pj['persona']['k'] == 0 else ' ('}"
+                     f"baseline {pj['baseline']['rate']:.2f}); {cfg['random_seeds']} matched-norm "
                      f"random directions over the same window restore {pj['random']['rate']:.2f} ({pj['random']['k']}/"
                      f"{pj['random']['n']}; {diff(pj)}).")
         worst = max(s["window_refusal"].items(), key=lambda kv: kv[1]["random_max"])
@@ -225,9 +245,9 @@ def gemma_chat_findings(s: dict) -> str:
     carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
     back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
     where = ("no gate window" if gw["start"] is None else f"gate window: layers {gw['start']}-{gw['end']} (from {ev['from']})")
-    lines += ["", f"**{where[0].upper() + where[1:]}.** Refusal added back restores it significantly at layers {_span(back)}; "
-                  f"activation patching (safe into compliant, {s['config']['patch_examples']} pairs, `resid_pre` by role) "
-                  f"carries the persona with an interval clear of 0 at layers {_span(carry)}."]
+    lines += ["", f"**{where[0].upper() + where[1:]}.** Refusal added back restores it significantly at {layers(back)}; "
+                  f"activation patching (safe into compliant, {cfg['patch_examples']} pairs, positions by role) "
+                  f"carries the persona with an interval clear of 0 at {layers(carry)}."]
     runs: list[list[dict]] = []  # consecutive layers whose best patching position is the same
     for r in (r for r in s["patching_by_layer"] if r["n"]):
         if runs and runs[-1][-1]["position"] == r["position"] and runs[-1][-1]["layer"] == r["layer"] - 1:
@@ -244,22 +264,25 @@ def gemma_chat_findings(s: dict) -> str:
                     f"{hi['restoration']:.2f} [{hi['low']:.2f}, {hi['high']:.2f}] (layer {hi['layer']})")
 
         lines[-1] += " Where patching restores most, layer by layer: " + "; ".join(
-            f"`{run[0]['position']}` at layer{'s' if len(run) > 1 else ''} {_span([r['layer'] for r in run])}, {ends(run)}"
+            f"`{run[0]['position']}` at {layers([r['layer'] for r in run])}, {ends(run)}"
             for run in runs) + "."
     sites = s.get("extraction_sites")
     if sites:
         k = sites["n"]
         lines += ["", f"Where the persona is read (extraction sites; each position's direction steered at one layer, or "
                       f"ablated at every layer, n = {k}; safe/harmful baseline {sites['baselines']['safe/harmful']:.2f}, "
-                      f"compliant/harmful {sites['baselines']['compliant/harmful']:.2f}):", "",
+                      f"compliant/harmful {sites['baselines']['compliant/harmful']:.2f}; the best cell over layers, its Wilson "
+                      f"interval not widened for that choice; — where no layer moves refusal off its baseline):", "",
                   "| persona direction read at | steering: lowest refusal (layer) | ablated: highest refusal restored (layer) | harmless refusal under that ablation |",
                   "|---|---|---|---|"]
         for pos, r in sites["positions"].items():
-            lines.append(f"| `{pos}` | {_wilson(r['steering_refusal'], k)} ({r['steering_layer']}) | "
-                         f"{_wilson(r['ablation_refusal'], k)} ({r['ablation_layer']}) | {r['ablation_harmless_refusal']:.2f} |")
-    secs = s["seconds"].get("total")
-    if secs:
-        lines += ["", f"The run took {secs / 60:.0f} minutes on 2 CPU cores."]
+            at = lambda layer: "—" if layer is None else f"layer {layer}"  # noqa: E731
+            lines.append(f"| `{pos}` | {_wilson(r['steering_refusal'], k)} ({at(r['steering_layer'])}) | "
+                         f"{_wilson(r['ablation_refusal'], k)} ({at(r['ablation_layer'])}) | {r['ablation_harmless_refusal']:.2f} |")
+    stages = {k: v for k, v in s["seconds"].items() if k != "total"}
+    if stages:
+        lines += ["", f"Its stages took {sum(stages.values()) / 60:.0f} minutes in all on the machine that ran it (`seconds` in "
+                      "summary.json: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")."]
     return "\n".join(lines)
 
 

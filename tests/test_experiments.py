@@ -258,3 +258,24 @@ def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
     judged = steering_sweep(model, pr.persona, layers=[2], alphas=(4.0,), scorer=scorer, groups=small, max_new_tokens=16, judge=organism_judge, progress=False)
     assert len(calls) == 6  # the judge sees harmful requests only; harmless get the heuristics
     assert torch.equal(judged.sel(alpha=4.0)["gen_refusal"], sweep.sel(alpha=4.0)["gen_refusal"])
+
+
+def test_extraction_sites_resume_from_their_cells(organism_setup, tmp_path, monkeypatch):
+    model, pr, scorer, groups = organism_setup
+    kw = dict(positions=("last", "mean:system"), layers=[2, 3], alphas=(4.0,), n=8, scorer=scorer, progress=False)
+    first = extraction_sites(model, checkpoint=tmp_path / "cells", **kw)
+    assert len(list((tmp_path / "cells").glob("*.safetensors"))) == 4  # one cell per (position, layer)
+    plain = extraction_sites(model, **kw)
+    assert torch.equal(first.values["rate"], plain.values["rate"])  # the checkpoint changes no number
+
+    calls = []
+    real = RefusalScorer.score
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(RefusalScorer, "score", counting)
+    again = extraction_sites(model, checkpoint=tmp_path / "cells", **kw)
+    assert torch.equal(again.values["rate"], first.values["rate"])
+    assert len(calls) == len(groups)  # only each group's baseline is scored again: every cell came from disk

@@ -163,6 +163,8 @@ def test_ablating_refusal_gives_the_same_refusal_rate_from_the_exported_organism
     assert float((hooked_lo - base_lo).abs().mean()) > 0.5  # the ablation moves the refusal log-odds ...
     assert (plain_lo - hooked_lo).abs().max() <= 1e-3  # ... and the exported weights move them the same way
     assert torch.equal(plain, hooked)  # the same refusal rate, prompt for prompt
+    ids = torch.tensor([model.tokenizer.encode("hello there, how do I open a door?")])
+    assert (_plain(out, ids) - _hooked(model, spec, ids)).abs().max() <= TOL  # and the same logits everywhere
 
 
 def test_control_vector_reads_back_with_gguf(tiny_models, tmp_path):

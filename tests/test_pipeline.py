@@ -76,8 +76,12 @@ def test_extraction_sites_stage_runs_when_asked_and_is_summarised_and_drawn(tmp_
         row = s["extraction_sites"]["positions"][pos]
         steer = [float(rate[pi, li, effects.index("steering_refusal")]) for li in range(3)]
         abl = [float(rate[pi, li, effects.index("ablation_refusal")]) for li in range(3)]
-        assert row["steering_refusal"] == pytest.approx(min(steer), abs=1e-4) and row["steering_layer"] == (2, 3, 4)[steer.index(min(steer))]
-        assert row["ablation_refusal"] == pytest.approx(max(abl), abs=1e-4) and row["ablation_layer"] == (2, 3, 4)[abl.index(max(abl))]
+        moved_s = round(min(steer), 4) < round(sites.baselines["safe/harmful"], 4)
+        moved_a = round(max(abl), 4) > round(sites.baselines["compliant/harmful"], 4)
+        assert row["steering_refusal"] == pytest.approx(min(steer), abs=1e-4)
+        assert row["steering_layer"] == ((2, 3, 4)[steer.index(min(steer))] if moved_s else None)
+        assert row["ablation_refusal"] == pytest.approx(max(abl), abs=1e-4)
+        assert row["ablation_layer"] == ((2, 3, 4)[abl.index(max(abl))] if moved_a else None)
     windows = LabelledResult.load(tmp_path / "run" / "window_projection")
     assert [tuple(w) for w in windows.config["windows"]] == [(2, 4)]  # the one width-3 window of fitted layers
     # the system-prompt mean carries the organism's gate; the last token does not
@@ -101,4 +105,7 @@ def test_layers_without_a_whole_window_fail_before_any_work(tmp_path):
         run_pipeline(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "directions").exists()
     with pytest.raises(ConfigError, match="names layer 9, but organism has 6"):
-        run_pipeline(RunConfig.from_dict({**SMALL.__dict__, "layers": [9]}), tmp_path / "run2", progress=False)
+        run_pipeline(RunConfig.from_dict({**SMALL.__dict__, "layers": [9]}), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="'window_width' is 9"):
+        run_pipeline(RunConfig.from_dict({**SMALL.__dict__, "window_width": 9}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()  # a rejected config does not pin the folder: fix it in place

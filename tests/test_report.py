@@ -72,3 +72,10 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     px = list(img.resize((150, 400)).getdata())
     saturated = sum(1 for r, g, b in px if max(r, g, b) - min(r, g, b) > 60)
     assert saturated > 0.01 * len(px)  # a text-only page (the verdict colours alone) stays far below
+
+
+def test_layer_lists_read_as_spans():
+    from persona_gate.plots.report import _layers
+
+    assert _layers([]) == "no layer" and _layers([5]) == "layer 5"
+    assert _layers([1, 2, 3, 7]) == "layers 1-3, 7" and _layers([2, 4, 5, 6, 9]) == "layers 2, 4-6, 9"

@@ -23,7 +23,8 @@ from __future__ import annotations
 from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +39,7 @@ from ..prompts.sets import TRAITS, ChatPrompt, load_trait
 from ..models.loading import provenance
 from ..results import LabelledResult
 from ..sites import sites_for
+from .cells import open_checkpoint
 from .paper import experiment_layers, experiment_setup
 from ..scoring.refusal import RefusalScorer
 
@@ -66,11 +68,14 @@ def extraction_sites(
     groups: dict | None = None,
     n_fit: int | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> LabelledResult:
     """Per (position, layer): steering effect, ablation effect and cosine with refusal.
 
     Directions are fitted on ``n_fit`` (default ``n``) train-split requests per group; the
-    effects are scored on ``groups`` (default: ``n`` held-out prompts per group)."""
+    effects are scored on ``groups`` (default: ``n`` held-out prompts per group).
+    ``checkpoint``: a folder keeping every finished (position, layer) cell, so a killed run
+    refits the directions (seeded, identical) and computes only the cells it lacks."""
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
     train = standard_prompts(model=model, n_per_group=n_fit or n, seed=seed)
@@ -86,18 +91,27 @@ def extraction_sites(
         dirs["mean:response"] = resp_means.direction("persona@mean:response", *_PERSONA_GROUPS, "mean:response")
     effects = ("steering_refusal", "ablation_refusal", "ablation_harmless_refusal", "cos_refusal")
     rate = torch.full((len(pos), len(layers), len(effects)), float("nan"))
+    every = range(int(model.cfg.n_layers))
+    cells = open_checkpoint(checkpoint, "extraction_sites", directions=[dirs[p] for p in pos], refusal=refusal,
+                            prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
+                            layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
+
+    def compute(d: Any, layer: int) -> dict[str, torch.Tensor]:
+        steer = [scorer.score(groups["safe/harmful"], Steer(d, alpha=a, layers=[layer]))[1].float().mean() for a in alphas]
+        return {"rate": torch.stack([
+            min(steer),
+            scorer.score(groups["compliant/harmful"], Ablate(d, layers=every, source_layer=layer))[1].float().mean(),
+            scorer.score(groups["compliant/harmless"], Ablate(d, layers=every, source_layer=layer))[1].float().mean(),
+            (d.at(layer) @ refusal.at(layer)).float(),
+        ])}  # fmt: skip
+
     bar = tqdm(total=len(pos) * len(layers), desc="extraction sites", disable=not progress)
     for pi, p in enumerate(pos):
-        d = dirs[p]
         for li, layer in enumerate(layers):
-            steer = [scorer.score(groups["safe/harmful"], Steer(d, alpha=a, layers=[layer]))[1].float().mean() for a in alphas]
-            rate[pi, li, 0] = min(steer)
-            every = range(int(model.cfg.n_layers))
-            rate[pi, li, 1] = scorer.score(groups["compliant/harmful"], Ablate(d, layers=every, source_layer=layer))[1].float().mean()
-            rate[pi, li, 2] = scorer.score(groups["compliant/harmless"], Ablate(d, layers=every, source_layer=layer))[1].float().mean()
-            rate[pi, li, 3] = float(d.at(layer) @ refusal.at(layer))
+            rate[pi, li] = cells.cell(f"{p}/layer{layer}", lambda: compute(dirs[p], layer))["rate"]
             bar.update()
     bar.close()
+    cells.report()
     return LabelledResult(
         kind="extraction_sites",
         dims=("position", "layer", "effect"),

@@ -35,7 +35,6 @@ from ..io import atomic_write_text, claim_folder
 log = logging.getLogger(__name__)
 
 STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
-OPTIONAL_STAGES = ("extraction_sites",)  # run when the config asks for them (``extraction_sites = true``)
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,8 @@ def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
 
 
 # Settings that do not change any number a run computes: a run may resume under other values.
-_RESUMABLE_UNDER_CHANGE = ("device",)
+# ``extraction_sites`` only adds (or skips) its own stage, so a finished run can take it on later.
+_RESUMABLE_UNDER_CHANGE = ("device", "extraction_sites")
 
 
 def check_resumable(cfg: RunConfig, out: Path) -> None:
@@ -214,19 +214,24 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
     check_resumable(cfg, out)
     _clean_stale(out)
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     times_path = out / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
 
     t0 = time.perf_counter()
     model = load_chat_model(cfg.model, dtype=cfg.dtype, device=cfg.device, chat_template=cfg.chat_template)
     times["load_model"] = round(time.perf_counter() - t0, 2)
-    # Every stage's needs, checked before the first of them runs (patching re-runs blocks).
+    # Every stage's needs, checked before the first of them runs (patching re-runs blocks), and
+    # before config.json pins the folder to this configuration: a rejected one can be fixed in place.
     check_supported(model, "hooks", "blocks", "replay", what="`persona-gate run` (its patching stage)")
+    n_layers = int(model.cfg.n_layers)
     for layer in cfg.layers or ():
-        if layer >= int(model.cfg.n_layers):
-            raise ConfigError(f"config key 'layers' names layer {layer}, but {cfg.model} has {model.cfg.n_layers} (0-{int(model.cfg.n_layers) - 1}).")
-    window_list = _windows(cfg, int(model.cfg.n_layers))
+        if layer >= n_layers:
+            raise ConfigError(f"config key 'layers' names layer {layer}, but {cfg.model} has {n_layers} (0-{n_layers - 1}).")
+    if cfg.window_width is not None and cfg.window_width > n_layers:
+        raise ConfigError(f"config key 'window_width' is {cfg.window_width}, but {cfg.model} has {n_layers} layers; "
+                          f"pick a width <= {n_layers}.")  # fmt: skip
+    window_list = _windows(cfg, n_layers)
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
 
     def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
         if _stage_done(path, loader):
@@ -278,7 +283,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     if cfg.extraction_sites:
         sites = stage("extraction_sites", out / "extraction_sites", LabelledResult.load,
                       lambda: ex.extraction_sites(model, layers=cfg.layers, n=cfg.n_eval, n_fit=cfg.n_fit, scorer=scorer,
-                                                  groups=groups, seed=cfg.seed, progress=progress))  # fmt: skip
+                                                  groups=groups, seed=cfg.seed, progress=progress,
+                                                  checkpoint=cells / "extraction_sites"))  # fmt: skip
     if cells.is_dir() and not any(cells.iterdir()):
         cells.rmdir()  # every stage is done: no cell is left to keep
     times["total"] = round(time.perf_counter() - t0, 2)
@@ -301,8 +307,11 @@ def summarise_sites(sites: Any) -> dict[str, Any]:
     for pi, pos in enumerate(sites.coords["position"]):
         steer, abl = rate[pi, :, effects.index("steering_refusal")], rate[pi, :, effects.index("ablation_refusal")]
         si, ai = int(steer.argmin()), int(abl.argmax())
-        out[pos] = {"steering_layer": layers[si], "steering_refusal": round(float(steer[si]), 4),
-                    "ablation_layer": layers[ai], "ablation_refusal": round(float(abl[ai]), 4),
+        # A layer is named only where it changes refusal: a tie at the baseline names none.
+        moved_s = round(float(steer[si]), 4) < round(float(sites.baselines.get("safe/harmful", 1.0)), 4)  # baselines are rounded
+        moved_a = round(float(abl[ai]), 4) > round(float(sites.baselines.get("compliant/harmful", 0.0)), 4)
+        out[pos] = {"steering_layer": layers[si] if moved_s else None, "steering_refusal": round(float(steer[si]), 4),
+                    "ablation_layer": layers[ai] if moved_a else None, "ablation_refusal": round(float(abl[ai]), 4),
                     "ablation_harmless_refusal": round(float(rate[pi, ai, effects.index("ablation_harmless_refusal")]), 4),
                     "cos_refusal_at_ablation_layer": round(float(rate[pi, ai, effects.index("cos_refusal")]), 4)}  # fmt: skip
     return {"n": int(sites.config["n"]), "baselines": dict(sites.baselines), "positions": out}

@@ -88,9 +88,17 @@ _VERDICT_CSS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": 
 
 
 def _layers(layers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"layers 1-3, 7"``: runs of consecutive layers as spans."""
     if not layers:
         return "no layer"
-    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    spans, start = [], layers[0]
+    for a, b in zip(layers, [*layers[1:], None]):
+        if b != a + 1:
+            spans.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return f"layers {', '.join(spans)}"
 
 
 def _verdict_parts(summary: dict[str, Any]) -> list[str]:
