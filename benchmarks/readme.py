@@ -175,19 +175,6 @@ def _wilson(rate: float, n: int) -> str:
     return f"{rate:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _span(layers: list[int]) -> str:
-    """``[3, 1, 2, 7]`` -> ``"1-3, 7"``."""
-    layers = sorted(set(layers))
-    if not layers:
-        return "none"
-    runs, start = [], layers[0]
-    for a, b in zip(layers, layers[1:] + [None]):
-        if b != a + 1:
-            runs.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
-    return ", ".join(runs)
-
-
 def gemma_chat_findings(s: dict) -> str:
     """What the paper's protocol finds on gemma3-270m-chat, from the saved run's summary.json."""
     sys.path.insert(0, str(REPO))
@@ -196,8 +183,7 @@ def gemma_chat_findings(s: dict) -> str:
     v, gw, n, cfg = s["verdicts"], s["gate_window"], s["n_prompts_per_group"], s["config"]
     st, rb, pj = v["steering"], v["reintroduction"], v["projection"]
 
-    def layers(ls: list[int]) -> str:
-        return "no layer" if not ls else f"layer{'s' if len(set(ls)) > 1 else ''} {_span(ls)}"
+    from persona_gate.sites import describe_layers as layers
 
     def diff(d: dict) -> str:
         return f"difference {d['effect']:+.2f}, 95% interval [{d['low']:+.2f}, {d['high']:+.2f}]"

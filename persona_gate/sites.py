@@ -72,6 +72,20 @@ def n_layers_of(model: Any) -> int:
     return int(model.cfg.n_layers)
 
 
+def describe_layers(layers: Iterable[int]) -> str:
+    """Layers in words, consecutive runs as spans: ``[7, 1, 2, 3]`` -> ``"layers 1-3, 7"``;
+    ``[5]`` -> ``"layer 5"``; ``[]`` -> ``"no layer"``."""
+    layers = sorted(set(int(x) for x in layers))
+    if not layers:
+        return "no layer"
+    spans, start = [], layers[0]
+    for a, b in zip(layers, [*layers[1:], None]):
+        if b != a + 1:
+            spans.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return f"layer{'s' if len(layers) > 1 else ''} {', '.join(spans)}"
+
+
 def check_layer(layer: int, n_layers: int) -> int:
     """Return ``layer`` (negative counts from the end) if it lies in ``0 .. n_layers-1``."""
     if isinstance(layer, bool) or not isinstance(layer, int):

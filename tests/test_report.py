@@ -75,7 +75,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
 
 def test_layer_lists_read_as_spans():
-    from persona_gate.plots.report import _layers
+    from persona_gate.sites import describe_layers
 
-    assert _layers([]) == "no layer" and _layers([5]) == "layer 5"
-    assert _layers([1, 2, 3, 7]) == "layers 1-3, 7" and _layers([2, 4, 5, 6, 9]) == "layers 2, 4-6, 9"
+    assert describe_layers([]) == "no layer" and describe_layers([5]) == "layer 5"
+    assert describe_layers([1, 2, 3, 7]) == "layers 1-3, 7" and describe_layers([9, 2, 4, 5, 6, 4]) == "layers 2, 4-6, 9"

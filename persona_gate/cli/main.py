@@ -105,8 +105,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     best = max(summary["window_refusal"].items(), key=lambda kv: kv[1]["persona"])
     print(f"  best persona window {best[0]}: {best[1]['persona']:.2f} (random max {best[1]['random_max']:.2f})")
     print(f"  gate layers (patching >= 0.5):        {summary['gate_layers'] or 'none'}")
+    at = lambda layer: "no layer changes it" if layer is None else f"layer {layer}"  # noqa: E731
     for pos, row in (summary.get("extraction_sites") or {}).get("positions", {}).items():
-        at = lambda layer: "no layer changes it" if layer is None else f"layer {layer}"  # noqa: E731
         print(f"  persona read at {pos + ':':<22}steers refusal to {row['steering_refusal']:.2f} ({at(row['steering_layer'])}), "
               f"ablated restores {row['ablation_refusal']:.2f} ({at(row['ablation_layer'])})")
     print(f"  {summary['seconds'].get('total', 0):.1f} s; results in {out}/ (summary.json)")

@@ -222,6 +222,13 @@ def reintroduction(
     )
 
 
+def window_spans(n_layers: int, width: int | None) -> list[tuple[int, int]]:
+    """Every window ``(start, end)`` (inclusive) of ``width`` layers, or the full start x end grid."""
+    if width:
+        return [(a, a + width - 1) for a in range(n_layers - width + 1)]
+    return [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
+
+
 def window_projection(
     model: ChatModel,
     persona: DirectionSet,
@@ -250,7 +257,7 @@ def window_projection(
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     L = int(model.cfg.n_layers)
     if windows is None:
-        windows = [(a, a + width - 1) for a in range(L - width + 1)] if width else [(a, b) for a in range(L) for b in range(a, L)]
+        windows = window_spans(L, width)
     if not windows:
         raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
     windows = [(check_layer(a, L), check_layer(b, L)) for a, b in windows]

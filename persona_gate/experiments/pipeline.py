@@ -186,12 +186,10 @@ def _windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
     named error, raised before any work."""
     if cfg.layers is None:
         return None
+    from .paper import window_spans
+
     have = set(cfg.layers)
-    if cfg.window_width:
-        spans = [(a, a + cfg.window_width - 1) for a in range(n_layers - cfg.window_width + 1)]
-    else:
-        spans = [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
-    windows = [(a, b) for a, b in spans if all(layer in have for layer in range(a, b + 1))]
+    windows = [(a, b) for a, b in window_spans(n_layers, cfg.window_width) if all(x in have for x in range(a, b + 1))]
     if not windows:
         raise ConfigError(
             f"layers {list(cfg.layers)} hold no window{f' of width {cfg.window_width}' if cfg.window_width else ''} whose every "

@@ -19,11 +19,12 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InterventionError
-from ..io import atomic_write_bytes
 
 ARCH = "controlvector"
 
@@ -77,13 +78,14 @@ def export_control_vector(direction: Any, path: str | Path, *, alpha: float = 1.
         i = direction.site_index(layer)
         scale = float(alpha) * (float(direction.raw_norms[i]) if units == "raw" else 1.0)
         writer.add_tensor(f"direction.{llama_cpp_layer(layer)}", (direction.vectors[i].double() * scale).float().numpy())
-    tmp = path.with_name(f".{path.name}.building")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")  # a sibling, renamed over path when complete
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        atomic_write_bytes(path, tmp.read_bytes())
+        os.replace(tmp, path)
     finally:
+        writer.close()
         tmp.unlink(missing_ok=True)
     return path

@@ -41,7 +41,7 @@ import torch
 from ..core.interventions import AddBack, Ablate, Steer
 from ..errors import InterventionError, UnsupportedModelError
 from ..io import FOLDER_MARK, atomic_replace_dir, claim_folder
-from ..models.adapter import (add_to_residual, hf_model_of, mlp_bias_problem, plain_copy, project_out_of_writes,
+from ..models.adapter import (add_to_residual, mlp_bias_problem, plain_copy, project_out_of_writes,
                               residual_writers, untie_embeddings, weights_folder)
 from ..models.loading import check_model, model_info
 from ..models.profile import PROFILE_FILE
@@ -162,13 +162,12 @@ def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | 
         shifts: list[tuple[int, torch.Tensor]] = []
     else:
         shifts, record = _steer_plan(model, intervention)
-        hf = hf_model_of(model)
-        for layer, _ in shifts:
-            problem = mlp_bias_problem(hf, writers, layer)
-            if problem:
-                raise UnsupportedModelError(problem)
+    hf = plain_copy(model)  # the model that is edited and saved (the loaded one stays as it was)
+    for layer, _ in shifts:  # checked on that model, by the names it has
+        problem = mlp_bias_problem(hf, writers, layer)
+        if problem:
+            raise UnsupportedModelError(problem)
     out = claim_folder(out, "export", written_by="persona_gate.export_model")  # every check passed: now write
-    hf = plain_copy(model)
     if isinstance(intervention, Ablate):
         edited = [*writers.embeddings, *(w for block in writers.blocks[:last] for w in block)]
         if writers.tied:

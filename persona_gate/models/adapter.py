@@ -410,7 +410,6 @@ class ResidualWriters:
     embeddings: tuple[str, ...]  # token (and learned position) embeddings: they make resid_pre.0
     blocks: tuple[tuple[str, str], ...]  # per block: (attention output, MLP output)
     tied: bool  # the token embedding is also the unembedding
-    parallel: bool  # attention and MLP read the same input (GPT-NeoX, Falcon): no resid_mid
 
 
 _WRAPPER = "._original_component"  # how the bridge nests the Hugging Face modules it wraps
@@ -503,12 +502,12 @@ def residual_writers(model: Any) -> ResidualWriters:
     scale = getattr(_original(model.embed), "embed_scale", None)
     if getattr(hf.config, "scale_embedding", False) or (scale is not None and float(torch.as_tensor(scale)) != 1.0):
         raise UnsupportedModelError(f"{architecture(model)} scales its token embeddings; export supports unscaled ones.")
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
-    return ResidualWriters(tuple(embeddings), tuple(out), tied, parallel)
+    return ResidualWriters(tuple(embeddings), tuple(out), tied)
 
 
 def mlp_bias_problem(hf_model: Any, writers: ResidualWriters, layer: int) -> str | None:
-    """Why a constant cannot be added to the stream entering block ``layer`` through weights (None: it can)."""
+    """Why a constant cannot be added to the stream entering block ``layer`` through the weights of
+    ``hf_model`` (a :func:`plain_copy`, whose module names :func:`residual_writers` gives); None: it can."""
     if layer == 0:
         return None
     m = hf_model.get_submodule(writers.blocks[layer - 1][1])

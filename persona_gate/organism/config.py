@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,10 @@ def llama_config(cfg: OrganismConfig, vocab_size: int, bos_id: int, eos_id: int,
     )
 
 
+# The projections of a decoder layer that get low-rank adapters (attention and MLP, every layer).
+LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass(frozen=True)
 class ChatFinetuneConfig:
     """The LoRA chat fine-tune's recipe (:mod:`persona_gate.organism.chat_finetune`): 400 steps of
@@ -113,7 +117,7 @@ class ChatFinetuneConfig:
     checkpoint_every: int = 25
     seed: int = 0
     contrast: int = 2
-    targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "rank", "checkpoint_every", "contrast"):

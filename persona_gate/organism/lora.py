@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from .config import LORA_TARGETS as TARGETS  # one list, shared with the recipe's config
 
 
 class LoRALinear(nn.Module):

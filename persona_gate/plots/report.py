@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ArtefactError
 from ..io import atomic_write_text
+from ..sites import describe_layers
 from .page import figure_html, html_page  # the page shell every report shares
 
 FIGURE_STAGES = (
@@ -87,20 +88,6 @@ _FINDINGS = (
 _VERDICT_CSS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": "#9a6700"}
 
 
-def _layers(layers: list[int]) -> str:
-    """``[1, 2, 3, 7]`` -> ``"layers 1-3, 7"``: runs of consecutive layers as spans."""
-    if not layers:
-        return "no layer"
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    spans, start = [], layers[0]
-    for a, b in zip(layers, [*layers[1:], None]):
-        if b != a + 1:
-            spans.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return f"layers {', '.join(spans)}"
-
-
 def _verdict_parts(summary: dict[str, Any]) -> list[str]:
     """The answer first: each finding's verdict with its numbers, and the gate window."""
     v, gw = summary.get("verdicts"), summary.get("gate_window")
@@ -121,7 +108,7 @@ def _verdict_parts(summary: dict[str, Any]) -> list[str]:
         back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
         carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
         where = (f"Gate window: layers {gw['start']}-{gw['end']} (from {ev['from']}). Refusal added back restores it at "
-                 f"{_layers(back)}; patching carries the persona (interval clear of 0) at {_layers(carry)}.")  # fmt: skip
+                 f"{describe_layers(back)}; patching carries the persona (interval clear of 0) at {describe_layers(carry)}.")  # fmt: skip
     rows.append(f"<p><strong>{html.escape(where)}</strong></p>")
     return rows
 
