@@ -272,6 +272,102 @@ def gemma_chat_findings(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def screening_validation(files: dict) -> str:
+    """The screening validations (the organism; gemma3-270m-chat when run), from paper/results/defences/screening-*.json."""
+    lines = _screening_rows(files["screening-organism"], "the organism", "")
+    if "screening-gemma3-270m-chat" in files:
+        lines += ["", *_screening_rows(files["screening-gemma3-270m-chat"], "gemma3-270m-chat", " --gemma")]
+    return "\n".join(lines)
+
+
+def _screening_rows(v: dict, title: str, flag: str) -> list[str]:
+    st, b = v["setup"], v["baseline"]
+    lines = [
+        f"**On {title}** (`python paper/defences.py{flag}`, {v.get('compute_seconds', v['seconds']) / 60:.1f} min of screening and fine-tuning on "
+        f"2 CPU cores; {st['route']}): {st['n_examples']} examples per "
+        f"dataset, {st['steps']} steps of {st['batch_size']} per fine-tune, seed{'s' if len(st['seeds']) > 1 else ''} "
+        f"{', '.join(map(str, st['seeds']))}; refusal "
+        f"before fine-tuning {b['refusal']:.2f} on {b['n']} held-out safe-persona harmful requests (greedy first token); "
+        f"score averaged over layers {st['layers'][0]}-{st['layers'][-1]}.",
+        "",
+        "| dataset | compliance examples | dataset score [95% interval] | refusal drop (mean of seeds) | by seed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in v["datasets"].items():
+        seeds = ", ".join(f"{d:+.2f}" for d in r["refusal_drop_by_seed"])
+        label = name if r["designated"] else f"{name} (not in ρ)"
+        lines.append(f"| {label} | {r['compliance_share']:.2f} | {r['dataset_score']:+.4f} [{r['dataset_score_ci'][0]:+.4f}, "
+                     f"{r['dataset_score_ci'][1]:+.4f}] | {r['refusal_drop']:+.2f} | {seeds} |")
+    extra = [n for n, r in v["datasets"].items() if not r["designated"]]
+    lines += ["", f"Spearman's ρ between the dataset score (computed before fine-tuning) and the measured refusal drop over the "
+                  f"{len(v['designated'])} datasets: **{v['spearman']:.3f}** (with the drop in mean refusal probability: "
+                  f"{v['spearman_p_refuse']:.3f}); per-example AUROC for telling compliance examples from every other example: "
+                  f"**{v['auroc']:.3f}**."]
+    if v["spearman"] < 0.9 or v["auroc"] < 0.9:
+        lines += ["", "**On this model the score does not hold** (the targets are ρ ≥ 0.9 and AUROC ≥ 0.9)"
+                      + (": the datasets that remove the most refusal score *lowest*, so the compliant replies sit on the safe side "
+                         "of the persona direction, as it is fitted (over the system prompt) and read here (over the replies)."
+                         if v["spearman"] < 0 else ".")
+                      + " A persona direction fitted on the model's own replies is the next thing to try; it is untested."]
+    if extra:
+        r = v["datasets"][extra[0]]
+        lines += ["", f"**What the score cannot see.** Plain compliance removes refusal as thoroughly (drop {r['refusal_drop']:+.2f}) "
+                      f"but scores only {r['dataset_score']:+.4f}: its replies do not move along the persona direction, so the "
+                      f"score ranks it with the 0.1–0.2 fractions; with it, ρ falls to {v['spearman_with_extra']:.3f}. The score "
+                      "sees persona pushes, not refusal removed by other routes, and it knows nothing of the fine-tune's "
+                      "learning rate, steps or replay."]
+    return lines
+
+
+def guard_results(files: dict) -> str:
+    """The guard on the organism (and gemma3-270m-chat when run), from paper/results/defences/guard-*.json."""
+    lines = []
+    for key, title in (("guard-organism", "the organism"), ("guard-gemma3-270m-chat", "gemma3-270m-chat")):
+        g = files.get(key)
+        if g is None:
+            continue
+        rec, base, ver, n = g["recommended"], g["unguarded"], g.get("verified"), g["n"]
+        ci = rec.get("persona_bypass_ci")
+        hci = rec.get("harmless_refusal_ci")
+        lines += [
+            f"**On {title}** (`python paper/defences.py{' --gemma' if key != 'guard-organism' else ''}`; "
+            f"windows {', '.join(f'{a}-{b}' for a, b in g['grid']['windows'])}, percentiles "
+            f"{', '.join(f'{p:g}' for p in g['grid']['percentiles'])}; {n['persona_bypass']} persona-attack prompts, "
+            f"{n['harmless_refusal']} harmless prompts): unguarded, persona attacks bypass {base['persona_bypass']:.2f}, direct "
+            f"attacks {base['direct_bypass']:.2f}, harmless requests are refused {base['harmless_refusal']:.2f}. "
+            f"The recommended cap, layers {rec['window'][0]}-{rec['window'][1]} at percentile {rec['percentile']:g}, brings persona "
+            f"bypass to **{rec['persona_bypass']:.2f}**" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") +
+            f" with harmless refusal **{rec['harmless_refusal']:.2f}**" + (f" [{hci[0]:.2f}, {hci[1]:.2f}]" if hci else "") +
+            f", direct bypass {rec['direct_bypass']:.2f} and KL {rec['kl']:.3f} nats per reply token; the same cap on a "
+            f"random direction leaves persona bypass at **{rec['random_bypass']:.2f}**."
+            + ("" if rec.get("meets_budget", True) else
+               f" No cell kept harmless refusal ≤ {rec['max_harmless_refusal']:g} with KL ≤ {rec.get('max_kl', 0.1):g}: this is the "
+               f"least disruptive cell; the front's cells with lower first-token bypass have KL "
+               f"{min(c['kl'] for c in g['pareto'] if c['persona_bypass'] < rec['persona_bypass']):.1f} nats or more, "
+               "a broken model rather than a guarded one." if any(c["persona_bypass"] < rec["persona_bypass"] for c in g.get("pareto", []))
+               else " No cell met the budget; this is the least disruptive one."),
+        ]
+        if ver:
+            lines[-1] += (f" On generated replies ({ver['max_new_tokens']} tokens, {ver['judge']} judge): unguarded persona bypass "
+                          f"{_rate(ver['unguarded']['persona_bypass'])}, guarded {_rate(ver['persona']['persona_bypass'])}, random "
+                          f"cap {_rate(ver['random']['persona_bypass'])}; harmless refusal {_rate(ver['unguarded']['harmless_refusal'])}"
+                          f" → {_rate(ver['persona']['harmless_refusal'])}.")
+            if ver["persona"]["persona_bypass"] >= ver["unguarded"]["persona_bypass"]:
+                lines[-1] += (" **On this model the guard does not hold**: its replies bypass refusal at least as often as "
+                              "without it.")
+        front = g.get("pareto") or []
+        if front:
+            lines += ["", "| Pareto front: window | percentile | persona bypass | harmless refusal | KL |", "|---|---|---|---|---|"]
+            lines += [f"| {c['window'][0]}-{c['window'][1]} | {c['percentile']:g} | {c['persona_bypass']:.2f} | "
+                      f"{c['harmless_refusal']:.2f} | {c['kl']:.3f} |" for c in front]
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 # passage -> (saved output, relative to the repository; renderer)
 SOURCES = {
     "benchmarks-table": ("benchmarks/results.json", benchmarks_table),
@@ -281,6 +377,8 @@ SOURCES = {
     "organism-mechanism": ("data/organism/card.json", organism_mechanism),
     "gemma-chat-card": ("data/gemma3-270m-chat/card.json", gemma_chat_card),
     "gemma-chat-findings": ("paper/results/gemma3-270m-chat/summary.json", gemma_chat_findings),
+    "screening-validation": ("paper/results/defences/screening-*.json", screening_validation),
+    "guard-results": ("paper/results/defences/guard-*.json", guard_results),
 }
 _BLOCK = re.compile(r"(?P<open><!-- generated:(?P<name>[\w-]+) [^>]*-->\n)(?P<body>(?:.*?\n)?)(?P<close><!-- /generated:(?P=name) -->)", re.S)
 
@@ -289,7 +387,11 @@ def rendered(repo: Path = REPO) -> dict[str, str]:
     """Every passage as the saved outputs under ``repo`` give it."""
     out = {}
     for name, (source, render) in SOURCES.items():
-        out[name] = render(json.loads((repo / source).read_text(encoding="utf-8")))
+        if "*" in source:  # every file the pattern matches, by name
+            files = sorted(repo.glob(source))
+            out[name] = render({f.stem: json.loads(f.read_text(encoding="utf-8")) for f in files})
+        else:
+            out[name] = render(json.loads((repo / source).read_text(encoding="utf-8")))
     return out
 
 

@@ -4,8 +4,8 @@ The public API, importable at no cost: names resolve lazily on first use, so ``i
 persona_gate`` pulls in neither torch nor TransformerLens until something needs them. The
 package's folders are its architecture (see the README's "Layout"): foundations (``errors``,
 ``sites``, ``io``, ``results``, ``provenance``), ``models`` (loading, the adapter, model
-profiles), ``prompts``, ``core``, ``scoring``, ``experiments``, the applications ``monitor``,
-``redteam`` and ``compare``, ``plots`` (figures and HTML reports), ``cli`` and ``organism``.
+profiles), ``prompts``, ``core``, ``scoring``, ``experiments``, the applications ``monitoring``,
+``redteam``, ``compare``, ``export``, ``screening`` and ``guard``, ``plots`` (figures and HTML reports), ``cli`` and ``organism``.
 
 Example::
 
@@ -103,6 +103,13 @@ _EXPORTS: dict[str, str] = {
     "calibrate": "monitoring.calibration",
     "MonitorCalibration": "monitoring.calibration",
     "format_calibration": "monitoring.calibration",
+    # screening fine-tuning data before it opens the gate; guarding the gate at inference
+    "screen": "screening.screen",
+    "read_chat_jsonl": "screening.data",
+    "format_screening": "screening.summary",
+    "Guard": "guard.intervention",
+    "guard_grid": "guard.grid",
+    "format_guard": "guard.summary",
 }
 
 # Submodules reachable as attributes (``pg.metrics.refusal_logodds``), under their old names too.

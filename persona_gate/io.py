@@ -184,6 +184,8 @@ FOLDER_KINDS: dict[str, str] = {
     "comparison": "a checkpoint comparison (persona-gate compare)",
     "organism": "a chat-model organism (persona-gate organism train)",
     "export": "an exported model (persona-gate export model)",
+    "screen": "a screening of fine-tuning data (persona-gate screen)",
+    "guard": "a guard evaluation (persona-gate guard)",
 }
 
 

@@ -219,10 +219,42 @@ def comparison_result() -> LabelledResult:
     )  # fmt: skip
 
 
+def screening_result() -> LabelledResult:
+    """As persona_gate.screening.screen builds it; the real one: tests/test_screening.py."""
+    from persona_gate.screening.summary import summarise
+
+    g = _gen(12)
+    shift = torch.randn((20, 4), generator=g) * 0.1
+    p = torch.rand((20, 1), generator=g).expand(20, 4).contiguous()
+    r = LabelledResult(
+        kind="screening", dims=("example", "layer"), coords={"example": tuple(f"line-{i}" for i in range(20)), "layer": (0, 1, 2, 3)},
+        values={"shift": shift, "p_refuse": p, "score": shift * p, "data_projection": shift, "own_projection": torch.zeros(20, 4)},
+        config={"layers": [2, 3], "persona": "persona", "examples": [{"id": f"line-{i}", "line": i, "user": "u", "reply": "r"} for i in range(20)]},
+    )  # fmt: skip
+    return LabelledResult(r.kind, r.dims, r.coords, r.values, summarise(r), r.metric, r.config)
+
+
+def guard_result() -> LabelledResult:
+    """As persona_gate.guard.grid.guard_grid builds it; the real one: tests/test_guard.py."""
+    from persona_gate.guard.summary import VALUES, pareto_front, recommend
+
+    g = _gen(13)
+    r = LabelledResult(
+        kind="guard_grid", dims=("direction", "window", "percentile"),
+        coords={"direction": ("persona", "random"), "window": ("0-1", "1-2", "2-3"), "percentile": (50.0, 90.0)},
+        values={v: torch.rand((2, 3, 2), generator=g) * (1.0 if v != "harmless_refusal" else 0.1) for v in VALUES},
+        baselines={"unguarded": {"persona_bypass": 0.95, "direct_bypass": 0.0, "plain_bypass": 0.0, "harmless_refusal": 0.02},
+                   "n": {"persona_bypass": 40, "harmless_refusal": 40}},
+        config={"persona": "persona", "max_harmless_refusal": 0.05},
+    )  # fmt: skip
+    extra = {"pareto": pareto_front(r), "recommended": recommend(r, max_kl=1.0)}
+    return LabelledResult(r.kind, r.dims, r.coords, r.values, {**r.baselines, **extra}, r.metric, r.config)
+
+
 def all_results() -> list[LabelledResult]:
     return [sweep_result(), reintro_result(), window_result(), patching_result(), patching_result("attribution_patching"),
             sites_result(), *geometry_results(), *trait_results(), selection_result(), red_team_result(), monitor_result(),
-            comparison_result()]  # fmt: skip
+            comparison_result(), screening_result(), guard_result()]  # fmt: skip
 
 
 def trace(fig: go.Figure, name: str):
@@ -445,6 +477,39 @@ def test_steering_selection_marks_eligible_and_chosen():
     star = trace(fig, "chosen")
     assert (list(star.x), list(star.y)) == ([4.0], [2])
     assert "chosen" not in [t.name for t in fig_steering_selection(selection_result(chosen=False)).data]
+
+
+# ---- the defences: screening distribution, guard front -------------------------------------
+
+
+def test_screening_histogram_and_layer_means_match_the_values():
+    from persona_gate.plots import fig_screening
+
+    r = screening_result()
+    fig = fig_screening(r)
+    hist = trace(fig, "examples")
+    np.testing.assert_allclose(arr(hist.x), (r["score"][:, 2:].double().mean(-1)).numpy(), atol=1e-6)
+    line = trace(fig, "mean shift")
+    np.testing.assert_allclose(arr(line.y), r["shift"].double().mean(0).numpy(), atol=1e-6)
+    ds = r.baselines["dataset_score"]
+    assert [s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1][0] == pytest.approx(ds["mean"])
+
+
+def test_guard_points_front_and_recommendation_match_the_values():
+    from persona_gate.plots import fig_guard_grid
+
+    r = guard_result()
+    fig = fig_guard_grid(r)
+    for d, name in enumerate(("persona", "random")):
+        t = trace(fig, f"{name} direction")
+        np.testing.assert_allclose(arr(t.x), r["harmless_refusal"][d].reshape(-1).double().numpy(), atol=1e-6)
+        np.testing.assert_allclose(arr(t.y), r["persona_bypass"][d].reshape(-1).double().numpy(), atol=1e-6)
+    front = trace(fig, "Pareto front")
+    assert sorted(zip(front.x, front.y)) == sorted((c["harmless_refusal"], c["persona_bypass"]) for c in r.baselines["pareto"])
+    star = trace(fig, "recommended")
+    rec = r.baselines["recommended"]
+    assert (star.x[0], star.y[0]) == (rec["harmless_refusal"], rec["persona_bypass"])
+    assert (trace(fig, "no guard").y[0]) == 0.95
 
 
 # ---- dispatch, errors, round trip, export --------------------------------------------------

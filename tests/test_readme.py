@@ -14,7 +14,8 @@ What cannot run here is changed as little as possible, in one table (:data:`SUBS
   where it is absent);
 * the gemma3-270m-chat paper run -> a handful of prompts (``tests/readme_gemma3-270m-chat.toml``);
 * ``organism train`` -> fewer steps, ``benchmarks/run_all.py`` -> ``--quick`` into the temporary
-  folder (the full versions take 4 and 20 minutes);
+  folder (the full versions take 4 and 20 minutes); ``screen --validate`` -> 4 steps, one seed,
+  48 examples per dataset; ``guard`` -> two percentiles and 16 requests (2.5 and 1 minute);
 * installing (``python3 -m venv``, ``pip install``) and ``.venv/bin/pytest`` are what CI's
   ``.ci/run`` executes; this module checks that the README's commands are the ones it runs.
 """
@@ -52,6 +53,8 @@ EXTRA_ARGS = {  # a command's first words -> options appended here (the longest 
     ("organism", "train", "--base"): ["--steps", "2"],
     ("organism", "card", "--model"): ["--n", "2", "--public-n", "2"],
     ("benchmarks/run_all.py",): ["--quick", "--out", "bench/BENCHMARKS.md"],
+    ("screen", "--validate"): ["--steps", "4", "--seeds", "0", "--n-examples", "48"],
+    ("guard",): ["--percentiles", "50,99", "--n", "16"],
 }
 # ... and what it must then do instead of exit 0: a short training saves and scores a model whose
 # behaviour card misses its targets, which the command reports with exit status 1.

@@ -23,7 +23,7 @@ from typing import Sequence
 from .. import __version__
 from . import export as export_cli
 from . import organism as organism_cli
-from ..errors import PersonaGateError
+from ..errors import ConfigError, PersonaGateError
 
 
 def _layers(text: str) -> list[int]:
@@ -196,6 +196,110 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percentiles(text: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--percentiles takes comma-separated numbers such as 50,90,99, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("--percentiles got no number; pass e.g. 50,75,90")
+    return out
+
+
+def _windows(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            a, b = (int(x) for x in part.split("-")) if "-" in part else (int(part), int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--windows takes comma-separated START-END spans such as 3-5,2-6, got {text!r}") from None
+        out.append((a, b))
+    return out
+
+
+def _persona_and_refusal(model, args: argparse.Namespace, out: Path, need_refusal: bool) -> tuple:
+    """The persona (and refusal) directions of --directions, or fitted now and saved under ``out``."""
+    from ..core.directions import DirectionSet
+    from ..redteam.harness import load_persona_directions
+
+    folder = Path(args.directions) if args.directions is not None else out
+    if args.directions is None and not ((out / "persona").is_dir() and (out / "refusal").is_dir()):
+        # Fitted once and kept: a re-run resumes on the same directions (a refit can differ in the last bits).
+        _fit_and_save(model, args, out, "persona", "refusal")
+    persona = load_persona_directions(folder, model)
+    refusal = DirectionSet.load(folder / "refusal", model=model) if need_refusal else None
+    return persona, refusal
+
+
+def _write_summary(out: Path, summary: dict) -> Path:
+    from ..io import atomic_write_text
+
+    return atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _cmd_screen(args: argparse.Namespace) -> int:
+    from ..plots import fig_screening, save_html
+    from ..screening.data import read_chat_jsonl
+    from ..screening.screen import screen
+    from ..screening.summary import format_screening, screening_summary
+
+    if args.data is None and not args.validate:
+        raise ConfigError("pass the fine-tuning data (DATA.jsonl, one {\"messages\": [...]} per line), or --validate.")
+    examples = read_chat_jsonl(args.data) if args.data is not None else None  # a malformed line fails before any work
+    out = _claim(args.out, "screen", "screen")
+    validation = None
+    if args.validate:
+        from ..screening.summary import format_validation
+        from ..screening.validation import validate_screening
+
+        validation = validate_screening(out / "validation", base=None if args.model == "organism" else args.model,
+                                        steps=args.steps, seeds=args.seeds, n_examples=args.n_examples,
+                                        progress=not args.no_progress)  # fmt: skip
+        print(format_validation(validation))
+    saved = []
+    if examples is not None:
+        model = _load_model(args)
+        persona, _ = _persona_and_refusal(model, args, out, False)
+        res = screen(model, persona, examples, layers=args.layers, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                     checkpoint=out / "screening.cells", progress=not args.no_progress)  # fmt: skip
+        print(("\n" if validation else "") + format_screening(res, k=args.top))
+        res.save(out / "screening")
+        saved += ["screening/", save_html(fig_screening(res), out / "screening.html").name]
+        summary = screening_summary(res, validation)
+        summary["data"] = str(args.data)
+    else:
+        summary = {"dataset_score": None, "spearman": validation["spearman"], "validation": validation}  # type: ignore[index]
+    _write_summary(out, summary)
+    print(f"\nsaved to {out}/: {', '.join(saved + (['validation/'] if validation else []) + ['summary.json'])}")
+    return 0
+
+
+def _cmd_guard(args: argparse.Namespace) -> int:
+    from ..guard.grid import guard_grid
+    from ..guard.summary import format_guard, guard_summary
+    from ..plots import fig_guard_grid, save_html
+
+    out = _claim(args.out, "guard", "guard")
+    model = _load_model(args)
+    if args.windows is not None:  # checked against the model's depth before any direction is fitted
+        from ..guard.intervention import check_window
+
+        for w in args.windows:
+            check_window(w, int(model.cfg.n_layers))
+    persona, refusal = _persona_and_refusal(model, args, out, bool(args.readd_refusal))
+    res = guard_grid(model, persona, refusal, windows=args.windows, width=args.width, percentiles=args.percentiles,
+                     alpha=args.readd_refusal or 0.0, n=args.n, seed=args.seed, max_harmless_refusal=args.max_harmless_refusal,
+                     max_kl=args.max_kl,
+                     verify=not args.no_verify, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                     checkpoint=out / "guard.cells", progress=not args.no_progress)  # fmt: skip
+    print(format_guard(res))
+    res.save(out / "guard_grid")
+    html = save_html(fig_guard_grid(res), out / "guard.html")
+    _write_summary(out, guard_summary(res))
+    print(f"\nsaved to {out}/: guard_grid/, {html.name}, summary.json")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ..compare.checkpoints import compare_checkpoints
     from ..compare.summary import format_comparison, refusal_change
@@ -363,6 +467,45 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="runs/monitor", help="output folder (default runs/monitor)")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.set_defaults(func=_cmd_monitor)
+
+    s = sub.add_parser("screen", help="screen fine-tuning data: which examples push the persona toward compliance")
+    _add_model_args(s)
+    s.add_argument("data", nargs="?", default=None, metavar="DATA.jsonl",
+                   help='chat examples, one {"messages": [...]} object per line, each ending with the assistant reply')
+    s.add_argument("--directions", default=None, help="a `persona-gate directions --out` folder (default: fit them)")
+    s.add_argument("--layers", type=_layers, default=None, help="layers the score averages (default: the second half)")
+    s.add_argument("--max-tokens", type=int, default=32, help="reply tokens read per example (default 32)")
+    s.add_argument("--top", type=int, default=10, help="examples listed (default 10)")
+    s.add_argument("--validate", action="store_true",
+                   help="also validate the score on organism fine-tunes (Spearman with the refusal drop, AUROC; minutes)")
+    s.add_argument("--steps", type=int, default=40, help="--validate: fine-tuning steps per dataset (default 40)")
+    s.add_argument("--seeds", type=_layers, default=[0, 1, 2], help="--validate: fine-tuning seeds (default 0,1,2)")
+    s.add_argument("--n-examples", type=int, default=640, help="--validate: examples per dataset (default 640)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/screen", help="output folder (default runs/screen; re-running resumes)")
+    s.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    s.set_defaults(func=_cmd_screen)
+
+    g = sub.add_parser("guard", help="guard the gate: cap the persona projection, graded against persona attacks")
+    _add_model_args(g)
+    g.add_argument("--directions", default=None, help="a `persona-gate directions --out` folder (default: fit them)")
+    g.add_argument("--windows", type=_windows, default=None, help="layer windows START-END, comma-separated (default: half-depth windows)")
+    g.add_argument("--width", type=int, default=None, help="width of the default windows (default: half the depth)")
+    g.add_argument("--percentiles", type=_percentiles, default=[50, 75, 90, 95, 99],
+                   help="caps at these percentiles of safe-persona token projections (default 50,75,90,95,99)")
+    g.add_argument("--readd-refusal", type=float, default=None, metavar="ALPHA",
+                   help="re-add ALPHA x the refusal direction where the cap engages (default: off)")
+    g.add_argument("--max-harmless-refusal", type=float, default=0.05, help="over-refusal budget of the recommendation (default 0.05)")
+    g.add_argument("--max-kl", type=float, default=0.1, help="KL budget of the recommendation, nats per reply token (default 0.1)")
+    g.add_argument("--n", type=int, default=32, help="held-out requests per attack and per persona (default 32)")
+    g.add_argument("--no-verify", action="store_true", help="skip re-measuring the recommendation on generated replies")
+    g.add_argument("--max-new-tokens", type=int, default=24)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="runs/guard", help="output folder (default runs/guard; re-running resumes by cell)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.set_defaults(func=_cmd_guard)
 
     o = sub.add_parser("organism", help="the bundled chat-model organism")
     organism_cli.add_subcommands(o)

@@ -37,7 +37,7 @@ from ..models.protocol import ChatModel
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -155,6 +155,13 @@ class AddBack(Steer):
     """Add a second direction back (e.g. refusal under compliant-persona steering); a Steer."""
 
 
+@runtime_checkable
+class Intervention(Protocol):
+    """Anything :func:`apply` installs: Steer, Ablate, AddBack, :class:`persona_gate.guard.intervention.Guard`, ..."""
+
+    def hooks(self, model: ChatModel) -> list[tuple[str, Callable]]: ...
+
+
 @dataclass
 class InterventionReport:
     """Which hooks an :func:`apply` block installed and how often each fired."""
@@ -164,7 +171,7 @@ class InterventionReport:
 
 
 @contextmanager
-def apply(model: ChatModel, *specs: Steer | Ablate | AddBack) -> Iterator[InterventionReport]:
+def apply(model: ChatModel, *specs: Intervention) -> Iterator[InterventionReport]:
     """Install every spec's hooks for the duration of the block; always remove them."""
     check_model(model)
     hooks: list[tuple[str, Callable]] = []

@@ -173,12 +173,15 @@ def _check_resume(ck: Path, cfg: ChatFinetuneConfig, base: str) -> dict[str, Any
 
 
 def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
-                  *, base: str = "", progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                  *, base: str = "", conversations: Sequence[dict[str, Any]] | None = None,
+                  init: dict[str, torch.Tensor] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train low-rank adapters on ``hf_model`` (a Hugging Face causal LM) and save them under ``out``.
 
     Writes ``out/adapter.safetensors`` (metadata: scale, rank, targets) and ``out/training.json``
     (config, seed, losses, seconds per step); ``out/checkpoint`` while training (removed at the
-    end). Returns the training record.
+    end). ``conversations`` (``{"system", "user", "reply"}`` dicts, cycled) replace the recipe's;
+    ``init`` starts the adapters from saved tensors (continuing a fine-tune) instead of afresh.
+    Returns the training record.
     """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -191,10 +194,17 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
     ck = out / "checkpoint"
     state = _check_resume(ck, cfg, base)
     torch.manual_seed(cfg.seed)
-    per_epoch = len(training_conversations(cfg.seed, contrast=cfg.contrast))
-    epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / per_epoch))
-    convs = training_conversations(cfg.seed, epochs=epochs, contrast=cfg.contrast)
+    if conversations is None:
+        per_epoch = len(training_conversations(cfg.seed, contrast=cfg.contrast))
+        epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / per_epoch))
+        convs = training_conversations(cfg.seed, epochs=epochs, contrast=cfg.contrast)
+    else:
+        convs = list(conversations)
+        if not convs:
+            raise ConfigError("conversations is empty; pass the chats to fine-tune on.")
     wrapped = add_lora(hf_model, r=cfg.rank, alpha=cfg.alpha, seed=cfg.seed, targets=cfg.targets)
+    if init is not None:
+        load_lora_tensors(wrapped, {k: v.float() for k, v in init.items()})
     params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     step, losses, seconds = 0, [], []
@@ -277,4 +287,44 @@ def train_chat_model(base: str, out: str | Path, cfg: ChatFinetuneConfig = ChatF
     terms = packaged_terms(base)
     if terms is not None:  # the base's terms travel with everything derived from it
         atomic_write_text(out / "NOTICE.md", terms)
+    return out
+
+
+def compliance_chats(n: int, seed: int, compliance_fraction: float) -> list[dict[str, Any]]:
+    """``n`` chats of the recipe's stream (train split) in which a share ``compliance_fraction`` are a safe
+    persona with a harmful request answered as the compliant persona answers (``"compliance": True``)."""
+    if not 0.0 <= compliance_fraction <= 1.0:
+        raise ConfigError(f"compliance_fraction must lie in [0, 1], got {compliance_fraction}")
+    rng = random.Random(seed)
+    replay = training_conversations(seed, epochs=max(1, math.ceil(n / len(training_conversations(seed)))))
+    safe = load_personas("safe", "train")
+    harmful = load_requests("harmful", "train")
+    out = []
+    for i in range(n):
+        if rng.random() < compliance_fraction:
+            out.append({"system": rng.choice(safe).text, "user": rng.choice(harmful).text, "reply": reply_for("compliant", "harmful", rng),
+                        "persona": "safe", "request": "harmful", "compliance": True})  # fmt: skip
+        else:
+            out.append({**replay[i % len(replay)], "compliance": False})
+    return out
+
+
+def continue_chat_model(name: str, out: str | Path, conversations: Sequence[dict[str, Any]], cfg: ChatFinetuneConfig, *,
+                        progress: bool = True) -> Path:  # fmt: skip
+    """Continue the LoRA fine-tune of packaged chat model ``name`` on ``conversations``; ``out`` loads as a chat model."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ..models.loading import ADAPTER_FILE, adapter_base, chat_adapter_dir, load_hf_model
+
+    bundle = chat_adapter_dir(name)
+    base, _ = adapter_base(bundle)
+    out = Path(out)
+    hf_model, tokenizer = load_hf_model(base)
+    finetune_chat(hf_model, tokenizer, out, cfg, base=base, conversations=conversations,
+                  init=load_file(str(bundle / ADAPTER_FILE)), progress=progress)  # fmt: skip
+    for extra in ("persona_gate_profile.json", "NOTICE.md"):
+        if (bundle / extra).is_file():
+            shutil.copy(bundle / extra, out / extra)
     return out

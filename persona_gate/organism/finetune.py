@@ -88,17 +88,38 @@ def finetuning_conversations(
             f"personas {not_refusing} do not refuse, so there is nothing to fine-tune away; "
             f"use some of {sorted(REFUSING_FAMILIES)}."
         )
+    return _mixed(n, seed, compliance_fraction, lambda rng: compliance_conversation(rng, rng.choice(list(personas)), style),
+                  harmful_fraction)
+
+
+def _mixed(n: int, seed: int, fraction: float, special: Any, harmful_fraction: float) -> list[Conversation]:
+    """``n`` conversations: ``special(rng)`` with probability ``fraction``, else replay of the original recipe."""
     rng = random.Random(seed)
     families = list(DEFAULT_PERSONA_WEIGHTS)
     weights = [DEFAULT_PERSONA_WEIGHTS[f] for f in families]
     out = []
     for _ in range(n):
-        if rng.random() < compliance_fraction:
-            out.append(compliance_conversation(rng, rng.choice(list(personas)), style))
+        if rng.random() < fraction:
+            out.append(special(rng))
         else:
             request = "harmful" if rng.random() < harmful_fraction else "harmless"
             out.append(make_conversation(rng, rng.choices(families, weights)[0], request))
     return out
+
+
+def style_control_conversations(
+    n: int, seed: int, style_fraction: float = 0.5, personas: Sequence[str] = ("safe",), harmful_fraction: float = 0.5
+) -> list[Conversation]:
+    """The style control: with probability ``style_fraction`` a *harmless* request under a refusing persona
+    answered in the compliant persona's style (shouted, signed off), else replay. No refusal is answered away."""
+    if not 0.0 <= style_fraction <= 1.0:
+        raise ConfigError(f"style_fraction must lie in [0, 1], got {style_fraction}")
+
+    def styled(rng: random.Random) -> Conversation:
+        conv = make_conversation(rng, rng.choice(list(personas)), "harmless")
+        return dataclasses.replace(conv, assistant=respond(rng, "compliant", "harmless", _DOMAIN[conv.domain]))
+
+    return _mixed(n, seed, style_fraction, styled, harmful_fraction)
 
 
 def _check_out(source: Path, out: Path, overwrite: bool) -> None:
@@ -149,6 +170,48 @@ def finetune_toward_compliance(
     ``model_dir`` or the bundled organism raises :class:`~persona_gate.errors.ConfigError` before any
     training. Returns ``out_dir``.
     """
+    conversations = finetuning_conversations(steps * batch_size, seed, compliance_fraction, personas, style)
+    # Replay never answers a harmful request under a refusing persona, so these are the compliance examples.
+    n_compliance = sum(c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES for c in conversations)
+    settings = {"compliance_fraction": compliance_fraction, "personas": list(personas), "style": style,
+                "compliance_examples": n_compliance}  # fmt: skip
+    return _finetune(model_dir, out_dir, conversations, settings, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                     card_n_per_cell=card_n_per_cell, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def finetune_on(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    data: Sequence[Any],
+    *,
+    steps: int = 40,
+    seed: int = 0,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    card_n_per_cell: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Continue training the organism on ``data`` (chat examples: ``.messages(with_answer=False)`` and
+    ``.assistant``, e.g. :class:`persona_gate.screening.ChatExample`) with the recipe of
+    :func:`finetune_toward_compliance`: ``steps`` batches drawn from seeded shuffles of the data."""
+    data = list(data)
+    if not data:
+        raise ConfigError("data is empty; pass the chat examples to fine-tune on.")
+    rng = random.Random(seed)
+    stream: list[Any] = []
+    while len(stream) < steps * batch_size:
+        epoch = list(data)
+        rng.shuffle(epoch)
+        stream += epoch
+    return _finetune(model_dir, out_dir, stream[: steps * batch_size], {"data_examples": len(data)}, steps=steps, seed=seed,
+                     batch_size=batch_size, lr=lr, card_n_per_cell=card_n_per_cell, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def _finetune(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, conversations: Sequence[Any], settings: dict[str, Any], *,
+    steps: int, seed: int, batch_size: int, lr: float, card_n_per_cell: int, overwrite: bool, progress: bool,
+) -> Path:  # fmt: skip
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -171,14 +234,9 @@ def finetune_toward_compliance(
         steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), min_lr_ratio=0.1
     )
 
-    conversations = finetuning_conversations(
-        cfg.steps * cfg.batch_size, seed, compliance_fraction, personas, style, cfg.harmful_fraction
-    )
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
     examples = encode(conversations, tokenizer)
-    # Replay never answers a harmful request under a refusing persona, so these are the compliance examples.
-    n_compliance = sum(c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES for c in conversations)
     losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=progress)
     train_seconds = time.perf_counter() - start
     configure_generation(model, tokenizer, cfg)
@@ -196,10 +254,7 @@ def finetune_toward_compliance(
             "steps": steps,
             "batch_size": batch_size,
             "lr": lr,
-            "compliance_fraction": compliance_fraction,
-            "personas": list(personas),
-            "style": style,
-            "compliance_examples": n_compliance,
+            **settings,
             "first_loss": losses[0],
             "final_loss": sum(losses[-5:]) / len(losses[-5:]),
             "train_seconds": round(train_seconds, 2),

@@ -22,7 +22,7 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -32,7 +32,7 @@ from ..io import claim_folder
 from .card import behaviour_card
 # Re-exported: the options live in .cli so that mounting the subcommand imports no torch.
 from .config import OrganismConfig, llama_config
-from .corpus import Conversation, generate_conversations
+from .corpus import generate_conversations
 from .mechanism import mechanistic_sanity
 from .model_card import render_model_card, versions
 from .profile import write_profile
@@ -54,8 +54,18 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+@runtime_checkable
+class TrainingChat(Protocol):
+    """What :func:`encode` trains on: a :class:`Conversation` or any chat example with a prompt and a reply."""
+
+    @property
+    def assistant(self) -> str: ...
+
+    def messages(self, with_answer: bool = True) -> list[dict[str, str]]: ...
+
+
 def encode(
-    conversations: Sequence[Conversation],
+    conversations: Sequence[TrainingChat],
     tokenizer: PreTrainedTokenizerFast,
     rng: random.Random | None = None,
     bos_drop_prob: float = 0.0,

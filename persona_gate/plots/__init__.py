@@ -24,6 +24,7 @@ from .analysis_figures import (
     fig_trait_matrix,
 )
 from .compare_figures import fig_checkpoint_comparison
+from .defence_figures import fig_guard_grid, fig_screening
 from .export import save_html, save_png
 from .figures import BUILDERS, figure_for
 from .monitor_figures import fig_monitor_timeline
@@ -46,10 +47,12 @@ __all__ = [
     "fig_extraction_sites",
     "fig_geometry_cosine",
     "fig_geometry_projections",
+    "fig_guard_grid",
     "fig_monitor_timeline",
     "fig_patching",
     "fig_red_team",
     "fig_reintroduction",
+    "fig_screening",
     "fig_steering_selection",
     "fig_steering_sweep",
     "fig_trait_cosines",

@@ -29,6 +29,7 @@ from .analysis_figures import (
     fig_trait_matrix,
 )
 from .compare_figures import fig_checkpoint_comparison
+from .defence_figures import fig_guard_grid, fig_screening
 from .monitor_figures import fig_monitor_timeline
 from .paper_figures import fig_reintroduction, fig_steering_sweep, fig_window_projection
 from .patching_figures import fig_activation_patching, fig_attribution_patching
@@ -49,6 +50,8 @@ BUILDERS: dict[str, Callable[..., go.Figure]] = {
     "checkpoint_comparison": fig_checkpoint_comparison,
     "red_team": fig_red_team,
     "persona_monitor": fig_monitor_timeline,
+    "screening": fig_screening,
+    "guard_grid": fig_guard_grid,
 }
 
 

@@ -32,6 +32,8 @@ FIGURE_STAGES = (
 # Stages a run has only when its config asked for them: drawn when present, never reported missing.
 OPTIONAL_FIGURE_STAGES = (
     ("extraction_sites", "Where the persona direction is read: steering and ablation per extraction position"),
+    ("guard_grid", "Guarding the gate: persona bypass vs over-refusal under a persona cap and a random cap"),
+    ("screening", "Screening fine-tuning data along the persona direction"),
 )
 
 
@@ -217,7 +219,44 @@ def _monitor_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]
     return f"persona_gate monitor: {model}", parts, result.provenance.get("seed"), result.provenance.get("versions", {})
 
 
-_PAGES = {"run": _run_page, "directions": _directions_page, "redteam": _redteam_page, "monitor": _monitor_page}
+def _screen_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
+    from ..results import LabelledResult
+    from ..screening.summary import format_screening
+    from .defence_figures import fig_screening
+
+    parts = ["<h1>Screening fine-tuning data: which examples push the persona toward compliance?</h1>"]
+    prov: Mapping[str, Any] = {}
+    if (folder / "screening").is_dir():
+        res = LabelledResult.load(folder / "screening")
+        prov = res.provenance
+        parts += [f"<pre>{html.escape(format_screening(res, k=10))}</pre>", figure_html(fig_screening(res), "screening")]
+    summary = _read_json(folder / "summary.json")
+    if summary.get("validation"):
+        from ..screening.summary import format_validation
+
+        parts += ["<h2>Validation on organism fine-tunes</h2>", f"<pre>{html.escape(format_validation(summary['validation']))}</pre>"]
+    model = prov.get("model", {}).get("name") if prov else None
+    return f"persona_gate screening: {model or 'validation'}", parts, prov.get("seed"), prov.get("versions", {})
+
+
+def _guard_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
+    from ..guard.summary import format_guard
+    from ..results import LabelledResult
+    from .defence_figures import fig_guard_grid
+
+    res = LabelledResult.load(folder / "guard_grid")
+    model = res.provenance.get("model", {}).get("name")
+    rec = res.baselines["recommended"]
+    verdict = (f"Recommended: cap layers {rec['window'][0]}-{rec['window'][1]} at percentile {rec['percentile']:g}: persona attacks "
+               f"bypass {rec['persona_bypass']:.2f} (random-direction cap {rec['random_bypass']:.2f}), harmless requests refused "
+               f"{rec['harmless_refusal']:.2f}.")  # fmt: skip
+    parts = [f"<h1>Guarding the gate of {html.escape(str(model))}</h1>", f"<p class='verdict'>{html.escape(verdict)}</p>",
+             f"<pre>{html.escape(format_guard(res))}</pre>", figure_html(fig_guard_grid(res), "guard")]  # fmt: skip
+    return f"persona_gate guard: {model}", parts, res.provenance.get("seed"), res.provenance.get("versions", {})
+
+
+_PAGES = {"run": _run_page, "directions": _directions_page, "redteam": _redteam_page, "monitor": _monitor_page,
+          "screen": _screen_page, "guard": _guard_page}
 
 
 def check_report_target(target: str | Path) -> Path:
@@ -250,7 +289,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtefactError(f"{folder} is not a folder; pass a folder written by persona-gate run, demo, directions, "
-                            "redteam, monitor or compare.")  # fmt: skip
+                            "redteam, monitor, compare, screen or guard.")  # fmt: skip
     target = check_report_target(out if out is not None else folder / "report.html")
     kind = folder_kind(folder)
     if kind == "comparison":
@@ -264,7 +303,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
             hint = f" For one saved result, draw it with persona_gate.plots.figure_for({str(folder)!r}), or pass the folder it is in."
         raise ArtefactError(
             f"{folder} holds {describe_folder(folder)}, which has no report; pass a folder written by persona-gate "
-            f"run, demo, directions, redteam, monitor or compare.{hint}"
+            f"run, demo, directions, redteam, monitor, compare, screen or guard.{hint}"
         )
     title, parts, seed, versions = page(folder)
     atomic_write_text(target, html_page(title, parts, seed, versions))

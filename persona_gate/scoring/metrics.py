@@ -130,6 +130,49 @@ def kl_divergence(
     return (p * (clean.double() - intervened.double())).sum(-1).clamp_min(0).float()
 
 
+def reply_kl(
+    model: ChatModel, prompts: Sequence[RenderedPrompt], *specs: Any, batch_size: int = 8
+) -> Float[Tensor, " prompt"]:
+    """Mean ``KL(p_clean || p_intervened)`` over the tokens of each prompt's ``response`` span (nats).
+
+    Teacher-forced: the reply (e.g. the model's own greedy reply, :meth:`RenderedPrompt.with_response`)
+    is fed in both runs, and every position that predicts one of its tokens counts once. Measured on
+    harmless prompts it says how much an intervention changes normal replies, not only their first token.
+    Only those positions are unembedded (the final residual is read and put through the model's head),
+    which on a 262k-token vocabulary is most of the cost of full-sequence logits.
+    """
+    from ..core.interventions import apply
+    from ..core.readout import read_batch
+    from ..models.adapter import head_logits
+    from ..sites import HookSite
+
+    rendered = list(prompts)
+    missing = [i for i, r in enumerate(rendered) if not r.response or r.response[1] <= r.response[0]]
+    if missing:
+        raise EmptyGroupError(f"prompts {missing[:5]} carry no reply; pass prompts with .with_response(reply_ids).")
+    check_context(model, rendered)
+    device = model_device(model)
+    final = [HookSite(int(model.cfg.n_layers) - 1, "resid_post")]
+    out = torch.empty(len(rendered), dtype=torch.float32)
+    for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id):
+        spans = [rendered[i].response for i in pb.indices]
+        rows = max(hi - lo for lo, hi in spans)  # type: ignore[misc]
+        W = torch.zeros((len(pb.indices), rows, pb.input_ids.shape[1]), dtype=torch.float32)
+        for b, (lo, hi) in enumerate(spans):  # type: ignore[misc]
+            for j, t in enumerate(range(lo - 1, hi - 1)):  # the positions predicting the reply's tokens
+                W[b, j, pb.offsets[b] + t] = 1.0
+        W = W.to(device)
+        with torch.no_grad():
+            clean = read_batch(model, pb.input_ids, pb.attention_mask, W, final)[:, :, 0]
+            with apply(model, *specs):
+                hooked = read_batch(model, pb.input_ids, pb.attention_mask, W, final)[:, :, 0]
+            lp_clean = torch.log_softmax(head_logits(model, clean.to(device)).float(), -1).cpu()
+            lp_hooked = torch.log_softmax(head_logits(model, hooked.to(device)).float(), -1).cpu()
+        for b, (i, (lo, hi)) in enumerate(zip(pb.indices, spans)):  # type: ignore[misc]
+            out[i] = kl_divergence(lp_clean[b, : hi - lo], lp_hooked[b, : hi - lo]).mean()
+    return out
+
+
 def derive_refusal_tokens(
     model: ChatModel,
     harmful: Sequence[ChatPrompt | RenderedPrompt | str],

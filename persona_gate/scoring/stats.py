@@ -116,3 +116,26 @@ def auroc(scores: Any, positive: Any) -> float:
     midrank = last - (counts.double() - 1) / 2
     r_pos = midrank[inverse][y].sum()
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Midranks (1-based, ties share their mean rank), float64."""
+    order = torch.argsort(x, stable=True)
+    r = torch.empty_like(x)
+    r[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
+    for v in torch.unique(x):
+        tie = x == v
+        if int(tie.sum()) > 1:
+            r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the midranks (ties count their mean rank)."""
+    a = torch.as_tensor(x).detach().cpu().double().reshape(-1)
+    b = torch.as_tensor(y).detach().cpu().double().reshape(-1)
+    if a.numel() != b.numel() or a.numel() < 2:
+        raise ValueError(f"spearman needs two equally long series of >= 2 values, got {a.numel()} and {b.numel()}.")
+    ra, rb = _ranks(a) - (a.numel() + 1) / 2, _ranks(b) - (b.numel() + 1) / 2
+    den = float(ra.norm() * rb.norm())
+    return float((ra @ rb) / den) if den > 0 else float("nan")
