@@ -26,17 +26,30 @@ from . import organism as organism_cli
 from ..errors import ConfigError, PersonaGateError
 
 
-def _layers(text: str) -> list[int]:
+def _number_list(text: str, flag: str, convert, kind: str, example: str, noun: str, hint: str = "") -> list:
+    """Comma-separated numbers of one option; an empty entry, a bad one or none at all is a one-line usage error."""
     parts = text.split(",")
     if len(parts) > 1 and any(not x.strip() for x in parts):
-        raise argparse.ArgumentTypeError(f"--layers has an empty entry in {text!r}; write comma-separated integers such as 4,8,12")
+        raise argparse.ArgumentTypeError(f"{flag} has an empty entry in {text!r}; write comma-separated {kind} such as {example}")
     try:
-        layers = [int(x) for x in parts if x.strip()]
+        values = [convert(x) for x in parts if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
-    if not layers:
-        raise argparse.ArgumentTypeError("--layers got no layer; pass comma-separated integers such as 4,8,12 (or omit it for all)")
-    return layers
+        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated {kind}, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{flag} got no {noun}; pass comma-separated {kind} such as {example}{hint}")
+    return values
+
+
+def _layers(text: str) -> list[int]:
+    return _number_list(text, "--layers", int, "integers", "4,8,12", "layer", " (or omit it for all)")
+
+
+def _seeds(text: str) -> list[int]:
+    return _number_list(text, "--seeds", int, "integers", "0,1,2", "seed")
+
+
+def _percentiles(text: str) -> list[float]:
+    return _number_list(text, "--percentiles", float, "numbers", "50,75,90", "number")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -71,14 +84,10 @@ def _cmd_directions(args: argparse.Namespace) -> int:
         pr.refusal.save(out / "refusal")
         pr.persona.save(out / "persona")
         pr.persona_last.save(out / "persona_last")
-        from ..io import atomic_write_text
         from ..provenance import versions
 
-        atomic_write_text(
-            out / "summary.json",
-            json.dumps({"model": args.model, "rows": pr.rows(), "counts": pr.means.counts, "seed": args.seed,
-                        "versions": versions(), "wall_s": round(time.perf_counter() - t0, 2)}, indent=1),
-        )
+        _write_summary(out, {"model": args.model, "rows": pr.rows(), "counts": pr.means.counts, "seed": args.seed,
+                             "versions": versions(), "wall_s": round(time.perf_counter() - t0, 2)}, indent=1)
         print(f"\nsaved directions to {out}/ (refusal, persona, persona_last, summary.json)")
     return 0
 
@@ -196,16 +205,6 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percentiles(text: str) -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--percentiles takes comma-separated numbers such as 50,90,99, got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("--percentiles got no number; pass e.g. 50,75,90")
-    return out
-
-
 def _windows(text: str) -> list[tuple[int, int]]:
     out = []
     for part in (p.strip() for p in text.split(",")):
@@ -231,10 +230,10 @@ def _persona_and_refusal(model, args: argparse.Namespace, out: Path, need_refusa
     return persona, refusal
 
 
-def _write_summary(out: Path, summary: dict) -> Path:
+def _write_summary(out: Path, summary: dict, indent: int = 2) -> Path:
     from ..io import atomic_write_text
 
-    return atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return atomic_write_text(out / "summary.json", json.dumps(summary, indent=indent) + "\n")
 
 
 def _cmd_screen(args: argparse.Namespace) -> int:
@@ -479,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validate", action="store_true",
                    help="also validate the score on organism fine-tunes (Spearman with the refusal drop, AUROC; minutes)")
     s.add_argument("--steps", type=int, default=40, help="--validate: fine-tuning steps per dataset (default 40)")
-    s.add_argument("--seeds", type=_layers, default=[0, 1, 2], help="--validate: fine-tuning seeds (default 0,1,2)")
+    s.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="--validate: fine-tuning seeds (default 0,1,2)")
     s.add_argument("--n-examples", type=int, default=640, help="--validate: examples per dataset (default 640)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)

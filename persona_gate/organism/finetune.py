@@ -67,6 +67,11 @@ def compliance_conversation(
     return dataclasses.replace(conv, assistant=answer, refuses=False)
 
 
+def is_compliance(c: Conversation) -> bool:
+    """A harmful request under a refusing persona, answered: replay never writes one, so this marks a compliance example."""
+    return c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES
+
+
 def finetuning_conversations(
     n: int,
     seed: int,
@@ -171,8 +176,7 @@ def finetune_toward_compliance(
     training. Returns ``out_dir``.
     """
     conversations = finetuning_conversations(steps * batch_size, seed, compliance_fraction, personas, style)
-    # Replay never answers a harmful request under a refusing persona, so these are the compliance examples.
-    n_compliance = sum(c.request == "harmful" and not c.refuses and c.persona in REFUSING_FAMILIES for c in conversations)
+    n_compliance = sum(map(is_compliance, conversations))
     settings = {"compliance_fraction": compliance_fraction, "personas": list(personas), "style": style,
                 "compliance_examples": n_compliance}  # fmt: skip
     return _finetune(model_dir, out_dir, conversations, settings, steps=steps, seed=seed, batch_size=batch_size, lr=lr,

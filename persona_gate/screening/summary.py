@@ -8,13 +8,12 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ..results import LabelledResult
-from ..scoring.stats import Z95
+from ..scoring.stats import mean_interval
 
 KIND = "screening"
 
@@ -26,12 +25,9 @@ def example_scores(res: LabelledResult) -> torch.Tensor:
 
 
 def dataset_score(scores: torch.Tensor) -> dict[str, Any]:
-    """Mean example score with a normal 95% interval (``mean +- 1.96 sd / sqrt(n)``)."""
-    x = scores.double()
-    n = int(x.numel())
-    mean = float(x.mean())
-    half = Z95 * float(x.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+    """Mean example score with a normal 95% interval (``mean +- 1.96 sd / sqrt(n)``, :func:`mean_interval`)."""
+    mean, low, high, n = (float(x) for x in mean_interval(scores))
+    return {"mean": mean, "low": low, "high": high, "n": int(n)}
 
 
 def summarise(res: LabelledResult, top: int = 20) -> dict[str, Any]:

@@ -56,12 +56,11 @@ def organism_datasets(
     n_examples: int = 640, seed: int = 0, fractions: Sequence[float] = FRACTIONS, extra: bool = True
 ) -> dict[str, tuple[list[ChatExample], list[bool]]]:
     """The validation datasets and, per example, whether it answers a refusal away (a compliance example)."""
-    from ..organism.corpus import REFUSING_FAMILIES
-    from ..organism.finetune import finetuning_conversations, style_control_conversations
+    from ..organism.finetune import finetuning_conversations, is_compliance, style_control_conversations
 
     def chats(name: str, convs: list) -> tuple[list[ChatExample], list[bool]]:
         examples = [example(c.messages(), id=f"{name}/{i:05d}") for i, c in enumerate(convs)]
-        return examples, [c.request == "harmful" and c.persona in REFUSING_FAMILIES and not c.refuses for c in convs]
+        return examples, [is_compliance(c) for c in convs]
 
     out = {f"compliance-{f:g}": chats(f"compliance-{f:g}", finetuning_conversations(n_examples, seed, f)) for f in fractions}
     out["style-control"] = chats("style-control", style_control_conversations(n_examples, seed))
