@@ -8,6 +8,10 @@ seeded Llama, the bundled organism and the real Gemma 3 270M weights (the GGUF t
 3. streaming fit peak memory, N vs 8N prompts         (target: flat)
 4. ``persona-gate demo`` wall time                    (target <= 60 s on 2 cores)
 5. generation with interventions vs without           (target <= 1.10x)
+6. prefix reuse vs one full forward per cell           (target >= 2x for the sweep and the window grid, same numbers)
+7. the test suite's wall time                         (given: --suite-seconds, from CI's log)
+
+Each figure is printed beside the previous run's (the results.json this run replaces).
 
 Run on an otherwise idle machine (a second process on 2 cores slows torch 10-20x):
 
@@ -37,6 +41,7 @@ sys.path.insert(0, str(HERE))
 import bench_caching  # noqa: E402
 import bench_generation  # noqa: E402
 import bench_patching  # noqa: E402
+import bench_reuse  # noqa: E402
 
 
 def demo_wall(repeats: int = 2) -> dict:
@@ -69,9 +74,18 @@ def write_markdown(res: dict, path: Path) -> None:
         "|---|---|---|---|---|---|",
     ]
 
-    def by_model(rows: list[dict], fmt) -> list[str]:
+    before = res.get("before") or {}
+
+    def by_model(rows: list[dict], fmt, section: str | None = None) -> list[str]:
+        """Each model's figure, with the previous run's beside it (``section``: where it sits in results.json)."""
         got = {r["model"]: fmt(r) for r in rows}
-        return [got.get(m, "-") for m in ("tiny", "organism", "gemma3-270m-gguf")]
+        old = {}
+        if section is not None:
+            rows_before = before
+            for part in section.split("."):
+                rows_before = rows_before.get(part, {}) if isinstance(rows_before, dict) else {}
+            old = {r["model"]: fmt(r) for r in rows_before} if isinstance(rows_before, list) else {}
+        return [got.get(m, "-") + (f" (was {old[m]})" if m in old else "") for m in ("tiny", "organism", "gemma3-270m-gguf")]
 
     cache = res["caching"]["timing"]
     mem = res["caching"]["memory"]
@@ -83,20 +97,37 @@ def write_markdown(res: dict, path: Path) -> None:
     missed = [r["model"] for r in cache if r["ours_vs_hf_body"] > 1.05]
     cache_verdict = _verdict(ok_cache) if ok_cache or not met else (
         f"met on {', '.join(met)}; **not met** on {', '.join(missed)} (the bridge's own overhead, see 1.)")
-    lines.append("| caching / bare HF body forward | <= 1.05x | " + " | ".join(by_model(cache, lambda r: f"{r['ours_vs_hf_body']:.2f}x"))
+    lines.append("| caching / bare HF body forward | <= 1.05x | " + " | ".join(by_model(cache, lambda r: f"{r['ours_vs_hf_body']:.2f}x", "caching.timing"))
                  + f" | {cache_verdict} |")
     lines.append("| caching / bare HF full forward | (for scale) | " + " | ".join(by_model(cache, lambda r: f"{r['ours_vs_hf_full']:.2f}x")) + " | |")
     ok_patch = all(r["speedup"] >= 4 and r["max_abs_diff"] <= 1e-4 for r in patch)
     lines.append("| exact patching speed-up vs TransformerLens | >= 4x, same numbers | "
-                 + " | ".join(by_model(patch, lambda r: f"{r['speedup']:.1f}x (max diff {r['max_abs_diff']:.1e})")) + f" | {_verdict(ok_patch)} |")
+                 + " | ".join(by_model(patch, lambda r: f"{r['speedup']:.1f}x (max diff {r['max_abs_diff']:.1e})", "patching")) + f" | {_verdict(ok_patch)} |")
     ok_mem = all(r["growth_mib"] <= 2.0 or r["ratio"] <= 1.25 for r in mem)
     lines.append("| streaming fit peak RSS growth, N -> 8N | flat | "
-                 + " | ".join(by_model(mem, lambda r: f"{r['peak_rss_growth_kib']['N'] / 1024:.1f} -> {r['peak_rss_growth_kib']['8N'] / 1024:.1f} MiB"))
+                 + " | ".join(by_model(mem, lambda r: f"{r['peak_rss_growth_kib']['N'] / 1024:.1f} -> {r['peak_rss_growth_kib']['8N'] / 1024:.1f} MiB", "caching.memory"))
                  + f" | {_verdict(ok_mem)} |")
     ok_gen = all(max(r["steer_vs_plain"], r["ablate_vs_plain"]) <= 1.10 for r in gen)
-    lines.append("| generation with steering / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['steer_vs_plain']:.3f}x")) + f" | {_verdict(ok_gen)} |")
-    lines.append("| generation with ablation at every layer / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['ablate_vs_plain']:.3f}x")) + " | |")
-    lines.append(f"| `persona-gate demo` wall time (fresh process) | <= 60 s | - | {demo['wall_s']:.1f} s | - | {_verdict(demo['wall_s'] <= 60)} |")
+    lines.append("| generation with steering / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['steer_vs_plain']:.3f}x", "generation")) + f" | {_verdict(ok_gen)} |")
+    lines.append("| generation with ablation at every layer / without | <= 1.10x | " + " | ".join(by_model(gen, lambda r: f"{r['ablate_vs_plain']:.3f}x", "generation")) + " | |")
+    was_demo = f" (was {before['demo']['wall_s']:.1f} s)" if before.get("demo") else ""
+    lines.append(f"| `persona-gate demo` wall time (fresh process) | <= 60 s | - | {demo['wall_s']:.1f} s{was_demo} | - | {_verdict(demo['wall_s'] <= 60)} |")
+    reuse = res.get("reuse", [])
+    for label, name in (("steering sweep", "steering sweep"), ("window grid, fixed width", "window grid (w="),
+                        ("window grid, nested windows", "window grid (nested)")):
+        rows = [r for r in reuse if r["experiment"].startswith(name)]
+        if rows:
+            ok = all(r["max_abs_diff_logodds"] <= 1e-5 for r in rows)
+            target = ">= 2x, same numbers" if "nested" not in label else "(the full grid)"
+            met = all(r["speedup"] >= 2 for r in rows)
+            lines.append(f"| prefix reuse: {label} / one forward per cell | {target} | "
+                         + " | ".join(by_model(rows, lambda r: f"{r['speedup']:.2f}x (max diff {r['max_abs_diff_logodds']:.0e})"))
+                         + f" | {_verdict(met and ok) if 'nested' not in label else ('same numbers' if ok else '**numbers differ**')} |")
+    suite = res.get("suite")
+    if suite:
+        was = f" (was {suite['before'] / 60:.1f} min)" if suite.get("before") else ""
+        lines.append(f"| test suite wall time (`.venv/bin/pytest`, fresh clone) | <= 20 min | - | {suite['seconds'] / 60:.1f} min{was} | - | "
+                     f"{_verdict(suite['seconds'] <= 1200)} |")
     lines += ["", "## What each figure measures and what bounds it", ""]
 
     lines += ["### 1. Caching residual streams", "",
@@ -134,7 +165,9 @@ def write_markdown(res: dict, path: Path) -> None:
               "only the last position, so its cost is about half the forwards of one batched pass per layer.", ""]
 
     lines += ["### 3. Streaming fit memory", "",
-              "Peak RSS growth above the loaded model and the rendered prompts while `fit_group_means` streams N and 8N "
+              "Peak RSS growth above the loaded model (after one warm-up batch: weights read from a memory-mapped file, as the "
+              "de-quantised GGUF cache is, are paged in by the first forward -- the model's size, not the fit's) and the "
+              "rendered prompts while `fit_group_means` streams N and 8N "
               "prompts (every layer's `resid_pre`, last token and system mean; batches of 16; fresh process each; 8N repeats "
               "the same N prompts so the longest batch is the same). The rendered prompts themselves are the input, O(N), "
               "and listed apart.", "",
@@ -160,11 +193,31 @@ def write_markdown(res: dict, path: Path) -> None:
     lines += ["### 5. The demo", "",
               f"`persona-gate demo` in a fresh process (Python start-up, imports, loading, all five stages and the HTML report): "
               f"best of {len(demo['walls_s'])} runs {demo['wall_s']:.1f} s (runs: {', '.join(f'{w:.1f} s' for w in demo['walls_s'])}). "
-              "Stage seconds of the last run: " + ", ".join(f"{k} {v}" for k, v in demo["stage_seconds"].items()) + ".", "",
-              "## Reproduce", "", "```", "python benchmarks/run_all.py          # all of the above; rewrites BENCHMARKS.md",
+              "Stage seconds of the last run: " + ", ".join(f"{k} {v}" for k, v in demo["stage_seconds"].items()) + ".", ""]
+    if reuse:
+        lines += ["### 6. Prefix reuse in grids", "",
+                  "Each experiment twice on the same prompts, directions and refusal tokens (16 prompts per group; the grids "
+                  "of `bench_experiments.py`: every third layer on Gemma, four alphas, windows of width L/3 with five random "
+                  "directions, and the full start x end grid of every third start with one random direction): one full forward per "
+                  "cell (`RefusalScorer(reuse_prefix=False)`, the route before this change) and prefix reuse (clean prompts "
+                  "recorded once, each cell re-run from its first changed layer, nested windows branching off, no-op cells "
+                  "free). Max diff: the largest |difference| in refusal log-odds over every cell and prompt.", "",
+                  "| model | experiment | cells | one forward per cell | prefix reuse | speed-up | max diff | same refusals |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in reuse:
+            lines.append(f"| {r['model']} | {r['experiment']} | {r['cells']} | {r['old_s']:.2f} s | {r['new_s']:.2f} s | "
+                         f"{r['speedup']:.2f}x | {r['max_abs_diff_logodds']:.0e} | {r['same_refused']} |")
+        lines += ["", "Bound: a cell must re-run every block from its first changed layer to the last, so with the first layers "
+                  "spread evenly its share of a full forward is about half (the sweep) or (L - start)/L averaged over the "
+                  "windows' starts (a fixed-width window grid: about two thirds on Gemma, whose width-6 windows start at "
+                  "0..12 of 18 layers, so about 1.5x at most); the per-cell unembedding of a 262k vocabulary and the "
+                  "refusal and KL read-outs (same in both routes) are the rest. Windows of one start and direction nest, "
+                  "so the full grid re-runs each block about once per start.", ""]
+    lines += ["## Reproduce", "", "```", "python benchmarks/run_all.py          # all of the above; rewrites BENCHMARKS.md",
               "python benchmarks/bench_caching.py     # one part at a time, with options (--help)",
               "python benchmarks/bench_patching.py", "python benchmarks/bench_generation.py",
-              "python benchmarks/bench_experiments.py # per-experiment wall times on the organism and Gemma", "```", ""]
+              "python benchmarks/bench_experiments.py # per-experiment wall times on the organism and Gemma",
+              "python benchmarks/bench_reuse.py      # prefix reuse against one forward per cell", "```", ""]
     from persona_gate.io import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))
@@ -175,9 +228,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, tiny + organism only (a smoke run)")
     ap.add_argument("--out", default=None, help="default BENCHMARKS.md (a --quick run: benchmarks/quick/BENCHMARKS.md)")
     ap.add_argument("--from-json", default=None, help="rewrite the markdown from a saved results.json (no measuring)")
+    ap.add_argument("--suite-seconds", type=float, default=None, help="the test suite's wall time (from CI's log), for the table")
+    ap.add_argument("--suite-before", type=float, default=None, help="the previous test suite wall time, shown beside it")
     args = ap.parse_args(argv)
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text())
+        if args.suite_seconds is not None:
+            res["suite"] = {"seconds": args.suite_seconds, "before": args.suite_before}
+            Path(args.from_json).write_text(json.dumps(res, indent=1))
         write_markdown(res, Path(args.out) if args.out else REPO / "BENCHMARKS.md")
         return 0
     torch.set_num_threads(2)
@@ -207,9 +265,20 @@ def main(argv=None) -> int:
                                                         repeats=repeats if args.quick else 5))
     print("demo ...", flush=True)
     res["demo"] = demo_wall(1 if args.quick else 2)
+    res["reuse"] = []
+    for m in [x for x in models if x != "tiny"]:
+        print(f"prefix reuse {m} ...", flush=True)
+        res["reuse"] += bench_reuse.run(m, 16, 3 if m == "organism" and not args.quick else 1)
+    if args.suite_seconds is not None:
+        res["suite"] = {"seconds": args.suite_seconds, "before": args.suite_before}
     out = Path(args.out) if args.out else (HERE / "quick" / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / ("results.json" if out.parent != REPO else "benchmarks/results.json")).write_text(json.dumps(res, indent=1))
+    saved = out.parent / ("results.json" if out.parent != REPO else "benchmarks/results.json")
+    if saved.exists():  # the run this one replaces: its figures go beside the new ones
+        previous = json.loads(saved.read_text())
+        previous.pop("before", None)
+        res["before"] = previous
+    saved.write_text(json.dumps(res, indent=1))
     write_markdown(res, out)
     print(out.read_text())
     if not args.quick and args.out is None:  # a full run is the README's source of numbers

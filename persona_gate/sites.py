@@ -86,6 +86,12 @@ def describe_layers(layers: Iterable[int]) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {', '.join(spans)}"
 
 
+def layer_of_hook(hook_name: str) -> int | None:
+    """The block a hook name belongs to (``blocks.3.hook_resid_pre`` -> 3); None outside the blocks."""
+    parts = hook_name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
 def check_layer(layer: int, n_layers: int) -> int:
     """Return ``layer`` (negative counts from the end) if it lies in ``0 .. n_layers-1``."""
     if isinstance(layer, bool) or not isinstance(layer, int):

@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import persona_gate.scoring.refusal as scoring
+import persona_gate.core.prefix as prefix
 import persona_gate.experiments.patching as patching
 from persona_gate.errors import ResumeMismatchError
 from persona_gate.core.contrasts import fit_persona_and_refusal
@@ -69,31 +69,31 @@ def _cells(path: Path) -> int:
 
 
 SWEEPS = {
-    # name: (run(setup, checkpoint), forwards before the first cell, cells)
+    # name: (run(setup, checkpoint), re-runs of blocks, cells). A sweep scores its cells by prefix reuse
+    # (persona_gate.core.prefix): each re-run of blocks finishes the cells of one first layer.
     "steering_sweep": (lambda s, ck: steering_sweep(s[0], s[1].persona, layers=[2, 4], alphas=[0.0, 4.0], scorer=s[2],
-                                                     groups=s[3], progress=False, checkpoint=ck), 2, 8),
+                                                     groups=s[3], progress=False, checkpoint=ck), 4, 8),
     "reintroduction": (lambda s, ck: reintroduction(s[0], s[1].persona, s[1].refusal, scorer=s[2], groups=s[3],
-                                                     progress=False, checkpoint=ck), 0, 5),
+                                                     progress=False, checkpoint=ck), 5, 5),
     "window_projection": (lambda s, ck: window_projection(s[0], s[1].persona, width=3, random_seeds=2, scorer=s[2],
-                                                          groups=s[3], progress=False, checkpoint=ck), 0, 12),
+                                                          groups=s[3], progress=False, checkpoint=ck), 4, 12),
 }
 
 
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_an_exception_mid_sweep_keeps_finished_cells_and_leaves_no_hooks(setup, name, tmp_path, monkeypatch, caplog):
     model, *_ = setup
-    run, before_cells, total = SWEEPS[name]
+    run, reruns, total = SWEEPS[name]
     full = run(setup, None)
     hooks_before = _hooks(model)
     ck = tmp_path / "cells"
-    fail_at = before_cells + total // 2 + 1  # in the middle of the sweep
     with monkeypatch.context() as m:
-        _fail_on_call(m, scoring, "first_token_logprobs", fail_at)
+        _fail_on_call(m, prefix, "_run_chains", reruns // 2 + 1)  # in the middle of the sweep
         with pytest.raises(torch.OutOfMemoryError):
             run(setup, ck)
     assert _hooks(model) == hooks_before  # the interrupted intervention removed its hooks
     done = _cells(ck)
-    assert done == total // 2
+    assert 0 < done < total  # the cells finished before the failure are kept, the rest are not
     with caplog.at_level(logging.INFO, logger="persona_gate.experiments.cells"):
         resumed = run(setup, ck)
     assert f"{done} cells restored" in caplog.text and f"{total - done} computed" in caplog.text

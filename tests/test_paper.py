@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_gate.experiments.pipeline import DEMO, RunConfig, _harmful_requests, run_pipeline
+from persona_gate.experiments.pipeline import DEMO, RunConfig, harmful_requests, run_pipeline
 
 PAPER = Path(__file__).resolve().parents[1] / "paper"
 
@@ -21,7 +21,7 @@ def test_paper_configs_parse(path):
 
 def test_strongreject_replaces_the_harmful_requests(shared_data):
     cfg = RunConfig(harmful_dataset="strongreject", harmful_source=str(shared_data / "strongreject" / "strongreject_dataset.csv"))
-    requests = _harmful_requests(cfg)
+    requests = harmful_requests(cfg)
     assert len(requests) == 313 and all(r.harmful for r in requests)
 
 

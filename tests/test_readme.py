@@ -16,6 +16,8 @@ What cannot run here is changed as little as possible, in one table (:data:`SUBS
 * ``organism train`` -> fewer steps, ``benchmarks/run_all.py`` -> ``--quick`` into the temporary
   folder (the full versions take 4 and 20 minutes); ``screen --validate`` -> 4 steps, one seed,
   48 examples per dataset; ``guard`` -> two percentiles and 16 requests (2.5 and 1 minute);
+* ``torchrun`` lines run two processes on CPU, ``accelerate launch`` lines one (``--cpu``); a
+  ``sh`` job script (SLURM) must be a ``paper/*.sh`` file of the repository and valid bash;
 * installing (``python3 -m venv``, ``pip install``) and ``.venv/bin/pytest`` are what CI's
   ``.ci/run`` executes; this module checks that the README's commands are the ones it runs.
 """
@@ -47,7 +49,12 @@ SUBSTITUTE = {
     'Path("../shared/data")': f"Path({str(SHARED_DATA)!r})",
     "../shared/data/": f"{SHARED_DATA}/",
     "paper/gemma3-270m-chat.toml": str(REPO / "tests" / "readme_gemma3-270m-chat.toml"),  # minutes -> about one
+    "paper/qwen2.5-7b-instruct.toml": str(REPO / "tests" / "readme_many.toml"),  # a hub model -> a small organism run
 }
+# Launchers of many processes: torchrun runs two processes on CPU (gloo); accelerate launch, which
+# starts GPU processes, runs one on CPU (--cpu).
+LAUNCHERS = {"torchrun": [sys.executable, "-m", "torch.distributed.run"],
+             "accelerate": [str(Path(sys.executable).with_name("accelerate"))]}
 EXTRA_ARGS = {  # a command's first words -> options appended here (the longest match wins)
     ("organism", "train"): ["--steps", "30"],
     ("organism", "train", "--base"): ["--steps", "2"],
@@ -63,6 +70,28 @@ EXPECT = {
     ("organism", "train", "--base"): (0, "chat model adapter written to"),
     ("organism", "card", "--model"): (1, "MISSES targets"),
 }
+
+
+def _script_lines(text: str) -> list[str]:
+    """A job script's lines without blank lines and plain comments (#SBATCH directives count)."""
+    return [ln for ln in text.splitlines() if ln.strip() and (not ln.startswith("#") or ln.startswith("#SBATCH"))]
+
+
+def _on_cpu(argv: list[str]) -> list[str]:
+    """A launcher line as this 2-core machine runs it: two torchrun processes on a free port, one accelerate process."""
+    import socket
+
+    out = list(argv)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    flag, n, port_flag = ("--nproc_per_node", "2", "--master_port") if argv[0] == "torchrun" else ("--num_processes", "1", "--main_process_port")
+    if flag in out:
+        out[out.index(flag) + 1] = n
+    at = 1 if argv[0] == "torchrun" else 2  # after `accelerate launch`
+    out[at:at] = [port_flag, port] + ([] if argv[0] == "torchrun" else ["--cpu", "--num_machines", "1", "--mixed_precision", "no",
+                                                                        "--dynamo_backend", "no"])  # fmt: skip
+    return out
 
 
 def _longest(table: dict, argv: list[str], default):
@@ -178,6 +207,10 @@ def _execute(tmp: Path) -> list[Step]:
                     elif argv[0] in ("python", "python3"):
                         proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp, capture_output=True, text=True, timeout=900)
                         rc, out, err = proc.returncode, proc.stdout, proc.stderr
+                    elif argv[0] in LAUNCHERS:
+                        proc = subprocess.run([*LAUNCHERS[argv[0]], *_on_cpu(argv)[1:]], cwd=tmp, capture_output=True, text=True,
+                                              timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+                        rc, out, err = proc.returncode, proc.stdout, proc.stderr
                     else:
                         rc, out, err = 127, "", f"the README test does not know how to run {argv[0]!r}; teach it"
                 except Exception:
@@ -205,6 +238,14 @@ def _execute(tmp: Path) -> list[Step]:
             missing = [ln for ln in body.splitlines() if ln.strip() and ln.rstrip() not in printed]
             step.ok = not missing
             step.detail = "" if step.ok else f"`persona-gate {command}` printed\n{last_stdout.get(command, '')}\nnot: {missing}"
+        elif lang == "sh":  # a job script (SLURM): shown as the repository holds it, and valid bash
+            step = Step("script", where, body)
+            steps.append(step)
+            shown = _script_lines(body)
+            match = [f for f in sorted(REPO.glob("paper/*.sh")) if _script_lines(f.read_text(encoding="utf-8")) == shown]
+            syntax = match and subprocess.run(["bash", "-n", str(match[0])], capture_output=True).returncode == 0
+            step.ok = bool(syntax)
+            step.detail = "" if step.ok else "no paper/*.sh holds this script (or it is not valid bash)"
         else:
             steps.append(Step("output", where, body, False, f"a ```{lang} block the README test cannot run"))
         for step in steps[before:]:

@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .. import __version__
 from . import export as export_cli
@@ -121,18 +121,47 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  {summary['seconds'].get('total', 0):.1f} s; results in {out}/ (summary.json)")
 
 
+def _plan(cfg: Any, args: argparse.Namespace) -> int:
+    """``run --plan``: what the run would execute, per stage, and what it would cost."""
+    from ..experiments.plan import accelerator_flops, format_plan, plan_run
+    from ..models.loading import load_chat_model
+
+    if args.flops is not None:
+        accelerator_flops(args.flops)  # a bad name fails before the model loads
+    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=cfg.device, chat_template=cfg.chat_template)
+    plan = plan_run(cfg, model, args.out, accelerator=args.flops, mfu=args.mfu)
+    print(format_plan(plan))
+    if args.plan_json:
+        from ..io import atomic_write_text
+
+        atomic_write_text(Path(args.plan_json), json.dumps(plan, indent=1))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ..experiments.pipeline import DEMO, RunConfig, run_pipeline
 
-    overrides = {"model": args.model, "dtype": args.dtype, "device": args.device, "chat_template": args.chat_template}
+    overrides = {"model": args.model, "dtype": args.dtype, "device": args.device, "device_map": args.device_map,
+                 "chat_template": args.chat_template}  # fmt: skip
     if args.command == "demo":
         cfg = RunConfig.from_dict({**dataclass_dict(DEMO), **{k: v for k, v in overrides.items() if v is not None}})
     elif args.config is not None:
         cfg = RunConfig.from_toml(args.config, **overrides)
     else:
         cfg = RunConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "plan", False):
+        return _plan(cfg, args)
+    if getattr(args, "flops", None) is not None:
+        raise ConfigError("--flops estimates the cost plan's time; add --plan (persona-gate run --plan --flops H100 ...).")
+    if args.out is None:
+        raise ConfigError("persona-gate run needs --out (the run folder; re-running resumes it), or --plan to only plan.")
+    from ..experiments.workers import from_environment
+
     out = Path(args.out)
-    summary = run_pipeline(cfg, out, progress=not args.no_progress)
+    workers = from_environment()
+    summary = run_pipeline(cfg, out, progress=not args.no_progress and workers.lead)
+    if not workers.lead:
+        return 0  # process 0 reports for all
     _print_summary(summary, out)
     from ..plots.report import write_report
 
@@ -402,10 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--model", default=None, help="'organism' (default), a local folder, a .gguf file or a hub name")
         r.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
         r.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+        r.add_argument("--device-map", default=None, help="'auto': spread a model larger than one GPU over GPUs, CPU and disk")
         r.add_argument("--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text")
         if name == "run":
             r.add_argument("--config", default=None, help="TOML file with RunConfig keys (see README)")
-            r.add_argument("--out", required=True, help="run folder (re-running resumes it)")
+            r.add_argument("--out", default=None, help="run folder (required; re-running resumes it)")
+            r.add_argument("--plan", action="store_true", help="print what the run would execute per stage and its cost; run nothing")
+            r.add_argument("--flops", default=None, metavar="ACCELERATOR",
+                           help="with --plan: estimate the time on A100, H100, H200, L4 or a peak FLOP/s such as 4e14")
+            r.add_argument("--mfu", type=float, default=0.3, help="with --flops: the share of the peak a forward sustains (default 0.3)")
+            r.add_argument("--plan-json", default=None, help="with --plan: also write the plan as JSON to this file")
         else:
             r.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
         r.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -46,7 +46,7 @@ from .directions import DirectionSet
 from ..errors import HookNotFiredError, InterventionError
 from ..models.loading import check_model
 from .prompt_layout import SCOPES, position_mask, prompt_layout, record_early_stops  # noqa: F401  (re-exported)
-from ..sites import HookSite, check_layer, resolve
+from ..sites import HookSite, check_layer, layer_of_hook, resolve
 
 
 def _check_scope(scope: str) -> None:
@@ -112,6 +112,11 @@ class Steer:
             out.append((resolve(_site(self.direction, layer), model), hook))
         return out
 
+    def reuse_keys(self, model: ChatModel) -> list[tuple]:
+        """Per hook of :meth:`hooks`, what determines it: equal keys act identically (prefix reuse nests cells by them)."""
+        return [("add", id(self.direction), layer, self.source_layer, float(self.alpha), self.units, self.scope)
+                for layer in _layers(self.direction, self.layers, model)]  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Ablate:
@@ -125,13 +130,19 @@ class Ablate:
     def __post_init__(self) -> None:
         _check_scope(self.scope)
 
+    def _active(self, model: ChatModel) -> list[tuple[int, Tensor]]:
+        """The chosen layers with their vectors, without those where the direction is zero (nothing to project out)."""
+        pairs = [(layer, _vector(self.direction, layer, self.source_layer)[0]) for layer in _layers(self.direction, self.layers, model)]
+        return [(layer, v) for layer, v in pairs if float(v.norm()) != 0]
+
+    def reuse_keys(self, model: ChatModel) -> list[tuple]:
+        """Per hook of :meth:`hooks`, what determines it (see :meth:`Steer.reuse_keys`)."""
+        return [("ablate", id(self.direction), layer, self.source_layer, self.scope) for layer, _ in self._active(model)]
+
     def hooks(self, model: ChatModel) -> list[tuple[str, Callable]]:
         self.direction.check_model(model)
         out = []
-        for layer in _layers(self.direction, self.layers, model):
-            v, _ = _vector(self.direction, layer, self.source_layer)
-            if float(v.norm()) == 0:
-                continue  # a zero direction: nothing to project out
+        for layer, v in self._active(model):
 
             def hook(x: Tensor, hook: Any, v: Tensor = v) -> Tensor:
                 u = v.to(device=x.device, dtype=torch.float32)
@@ -191,7 +202,7 @@ def apply(model: ChatModel, *specs: Intervention) -> Iterator[InterventionReport
     # Hooks past a layer where a runner stopped the forward on purpose (caching) never run.
     limit = min(stops) if stops else None
     missing = sorted(
-        {name for name in report.requested if name not in report.calls and (limit is None or _layer_of(name) <= limit)}
+        {name for name in report.requested if name not in report.calls and (limit is None or _layer(name) <= limit)}
     )
     if missing:
         raise HookNotFiredError(
@@ -200,6 +211,6 @@ def apply(model: ChatModel, *specs: Intervention) -> Iterator[InterventionReport
         )
 
 
-def _layer_of(hook_name: str) -> int:
-    parts = hook_name.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else -1
+def _layer(hook_name: str) -> int:
+    layer = layer_of_hook(hook_name)
+    return -1 if layer is None else layer

@@ -24,7 +24,7 @@ from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -33,7 +33,7 @@ from ..prompts.chat import render_all
 from ..core.contrasts import PersonaRefusal, standard_prompts
 from ..core.directions import DirectionSet, fit_group_means
 from ..core.interventions import Ablate, Steer
-from ..scoring.metrics import kl_divergence
+from ..scoring.metrics import KLFrom
 from ..prompts.positions import parse_position
 from ..prompts.sets import TRAITS, ChatPrompt, load_trait
 from ..models.loading import provenance
@@ -96,19 +96,32 @@ def extraction_sites(
                             prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
                             layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
 
-    def compute(d: Any, layer: int) -> dict[str, torch.Tensor]:
-        steer = [scorer.score(groups["safe/harmful"], Steer(d, alpha=a, layers=[layer]))[1].float().mean() for a in alphas]
-        return {"rate": torch.stack([
-            min(steer),
-            scorer.score(groups["compliant/harmful"], Ablate(d, layers=every, source_layer=layer))[1].float().mean(),
-            scorer.score(groups["compliant/harmless"], Ablate(d, layers=every, source_layer=layer))[1].float().mean(),
-            (d.at(layer) @ refusal.at(layer)).float(),
-        ])}  # fmt: skip
+    def rates(prompts: list, specs: dict[str, list]) -> dict[str, torch.Tensor]:
+        """Refusal rate per cell, the cells scored together by prefix reuse."""
+        _, lps = scorer.cells(prompts, list(specs.values()))
+        return {key: scorer.from_logprobs(lp)[1].float().mean() for key, lp in zip(specs, lps)}
 
     bar = tqdm(total=len(pos) * len(layers), desc="extraction sites", disable=not progress)
     for pi, p in enumerate(pos):
+        d, todo = dirs[p], []
         for li, layer in enumerate(layers):
-            rate[pi, li] = cells.cell(f"{p}/layer{layer}", lambda: compute(dirs[p], layer))["rate"]
+            done = cells.get(f"{p}/layer{layer}")
+            if done is None:
+                todo.append((li, layer))
+            else:
+                rate[pi, li] = done["rate"]
+                bar.update()
+        if not todo:
+            continue
+        steer = rates(groups["safe/harmful"], {f"{layer}/{a!r}": [Steer(d, alpha=a, layers=[layer])] for _, layer in todo for a in alphas})
+        ablate = {f"{layer}": [Ablate(d, layers=every, source_layer=layer)] for _, layer in todo}
+        harmful, harmless = rates(groups["compliant/harmful"], ablate), rates(groups["compliant/harmless"], ablate)
+        for li, layer in todo:
+            rate[pi, li] = torch.stack([
+                min(steer[f"{layer}/{a!r}"] for a in alphas), harmful[f"{layer}"], harmless[f"{layer}"],
+                (d.at(layer) @ refusal.at(layer)).float(),
+            ])  # fmt: skip
+            cells.put(f"{p}/layer{layer}", {"rate": rate[pi, li].clone()})
             bar.update()
     bar.close()
     cells.report()
@@ -235,19 +248,27 @@ def select_steering(
     groups, scorer = experiment_setup(model, n, seed, scorer, None)
     layers = experiment_layers(model, layers)
     L = int(model.cfg.n_layers)
-    base_rate = float(scorer.score(groups["safe/harmful"])[1].float().mean())
-    clean_harmless = scorer.logprobs(groups["safe/harmless"])
     shape = (len(layers), len(alphas))
     rate, logodds, kl = torch.empty(shape), torch.empty(shape), torch.empty(shape)
-    bar = tqdm(total=len(layers) * len(alphas), desc="selection", disable=not progress)
-    for li, layer in enumerate(layers):
-        for ai, a in enumerate(alphas):
-            spec = Steer(persona, alpha=a, layers=[layer])
-            lo, rf = scorer.score(groups["safe/harmful"], spec)
-            rate[li, ai], logodds[li, ai] = rf.float().mean(), lo.mean()
-            kl[li, ai] = kl_divergence(clean_harmless, scorer.logprobs(groups["safe/harmless"], spec)).mean()
-            bar.update()
+    grid = [(li, ai) for li in range(len(layers)) for ai in range(len(alphas))]
+    specs = [[Steer(persona, alpha=alphas[ai], layers=[layers[li]])] for li, ai in grid]
+    bar = tqdm(total=2 * len(grid), desc="selection", disable=not progress)
+
+    def harmful(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
+        lo, rf = scorer.from_logprobs(lp)
+        rate[grid[i]], logodds[grid[i]] = rf.float().mean(), lo.mean()
+        bar.update()
+
+    kl_from: dict[int, KLFrom] = {}
+
+    def harmless(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
+        kl[grid[i]] = kl_from.setdefault(id(clean), KLFrom(clean))(lp).mean()
+        bar.update()
+
+    clean_harmful, _ = scorer.cells(groups["safe/harmful"], specs, on_cell=harmful)
+    scorer.cells(groups["safe/harmless"], specs, on_cell=harmless)
     bar.close()
+    base_rate = float(scorer.from_logprobs(clean_harmful)[1].float().mean())
     late = torch.tensor([layer >= (1 - exclude_last) * L for layer in layers])[:, None]
     eligible = (kl <= kl_max) & ~late & (rate <= base_rate - min_drop)
     chosen = None

@@ -26,7 +26,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -73,13 +73,13 @@ def fingerprint(**parts: Any) -> str:
 class CellCheckpoint:
     """Finished cells of one computation, one small safetensors file per cell."""
 
-    def __init__(self, path: str | Path, fp: str, *, what: str = "sweep") -> None:
+    def __init__(self, path: str | Path, fp: str, *, what: str = "sweep", tidy: bool = True) -> None:
         self.path = Path(path)
         self.what = what
         self.restored = 0
         self.computed = 0
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.glob(".*.tmp-*"):  # left by a process killed mid-write; never a cell
+        for stale in self.path.glob(".*.tmp-*") if tidy else ():  # left by a process killed mid-write; never a cell
             stale.unlink(missing_ok=True)
         fpath = self.path / FINGERPRINT
         if fpath.exists():
@@ -99,6 +99,10 @@ class CellCheckpoint:
         have = sum(1 for _ in self.path.glob("*.safetensors"))
         if have:
             log.info("resuming %s: %d finished cells in %s", what, have, self.path)
+
+    def has(self, key: str) -> bool:
+        """Whether cell ``key`` is on disk (without reading it)."""
+        return self._file(key).exists()
 
     def _file(self, key: str) -> Path:
         return self.path / f"{_SAFE.sub('_', key)}.safetensors"
@@ -161,4 +165,73 @@ def open_checkpoint(path: str | Path | None, what: str, **parts: Any) -> CellChe
     """A :class:`CellCheckpoint` at ``path`` for the computation described by ``parts`` (or none)."""
     if path is None:
         return _NoCheckpoint()
-    return CellCheckpoint(path, fingerprint(what=what, **parts), what=what)
+    from .workers import current
+
+    fp, workers = fingerprint(what=what, **parts), current()
+    if not workers.many:
+        return CellCheckpoint(path, fp, what=what)
+    # Several processes share the folder: process 0 tidies it and writes the fingerprint, then the
+    # others open it (tidying then could remove another process's cell in the middle of its write).
+    ck = CellCheckpoint(path, fp, what=what) if workers.lead else None
+    workers.barrier()
+    return ck if ck is not None else CellCheckpoint(path, fp, what=what, tidy=False)
+
+
+def scored_cells(
+    scorer: Any,
+    cells: CellCheckpoint | _NoCheckpoint,
+    prompts: Sequence[Any],
+    specs: dict[str, Sequence[Any]],
+    derive: Callable[[str, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    *,
+    base: Sequence[Any] = (),
+    bar: Any = None,
+) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor | None]:
+    """Every cell ``key -> interventions`` of one prompt set: restored from ``cells`` where finished,
+    the rest scored together by prefix reuse (``scorer.cells``); ``derive(key, logprobs, clean)`` turns
+    a cell's first-token log-probs (and the clean run's) into what is kept, which is checkpointed as
+    soon as it exists.
+
+    Returns the cells and the clean run's log-probs (None when every cell was restored).
+    """
+    from .workers import current, missing_error
+
+    workers = current()
+    split = workers.many and isinstance(cells, CellCheckpoint)
+    if split:  # every process decides what is left from the same folder, before any of them adds to it
+        workers.barrier()
+    got: dict[str, dict[str, torch.Tensor]] = {}
+    todo = []
+    for key in specs:
+        done = cells.get(key)
+        if done is None:
+            todo.append(key)
+        else:
+            got[key] = done
+            if bar is not None:
+                bar.update()
+    if split:
+        workers.barrier()
+    if not todo:
+        return got, None
+
+    def finished(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
+        key = todo[i]
+        got[key] = derive(key, lp, clean)
+        cells.put(key, got[key])
+        if bar is not None:
+            bar.update()
+
+    share = (workers.rank, workers.world) if split else (0, 1)
+    clean, _ = scorer.cells(prompts, [specs[k] for k in todo], *base, on_cell=finished, share=share)
+    if split:  # the other processes' cells, once they have all written theirs
+        workers.barrier()
+        for key in todo:
+            if key not in got:
+                done = cells.get(key)
+                if done is None:
+                    raise missing_error("cells", [k for k in todo if k not in got])
+                got[key] = done
+                if bar is not None:
+                    bar.update()
+    return got, clean

@@ -1,7 +1,9 @@
 """The paper's causal experiments (arXiv 2606.26161), each returning a :class:`LabelledResult`.
 
-All score refusal at the first response token (:class:`RefusalScorer`) on held-out prompts, so
-an experiment is a loop of forwards under interventions; every parameter lands in ``config``.
+All score refusal at the first response token (:class:`RefusalScorer`) on held-out prompts over a
+grid of cells (interventions), scored by prefix reuse (:mod:`persona_gate.core.prefix`: the clean
+prompts run once, each cell re-runs only the blocks from its first changed layer; the numbers
+are those of one full forward per cell); every parameter lands in ``config``.
 
 1. :func:`steering_sweep` -- add the persona direction (``alpha`` x its raw norm) at one layer
    under the safe persona: refusal vs alpha per layer, on harmful and harmless requests.
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 from ..models.protocol import ChatModel
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .cells import open_checkpoint
+from .cells import open_checkpoint, scored_cells
 from ..core.directions import DirectionSet
 from ..errors import InterventionError
 from ..core.interventions import Ablate, AddBack, Steer
@@ -57,10 +60,12 @@ def experiment_layers(model: ChatModel, layers: Sequence[int] | None) -> list[in
     return list(range(1, n)) if layers is None else [check_layer(layer, n) for layer in layers]
 
 
-def _compliant_baselines(scorer: RefusalScorer, groups: dict, prompts: list, specs: list) -> dict[str, float]:
-    """The two ends that restoration is measured between: the safe baseline and the compliant state."""
+def _compliant_baselines(scorer: RefusalScorer, groups: dict, prompts: list, specs: list,
+                         compliant: torch.Tensor | None = None) -> dict[str, float]:
+    """The two ends that restoration is measured between: the safe baseline and the compliant state
+    (``compliant``: its first-token log-probs when a prefix-reuse grid already ran it)."""
     base_lo, base_rf = scorer.score(groups["safe/harmful"])
-    comp_lo, comp_rf = scorer.score(prompts, *specs)
+    comp_lo, comp_rf = scorer.from_logprobs(compliant) if compliant is not None else scorer.score(prompts, *specs)
     return {
         "baseline_refusal_rate": _rate(base_rf),
         "baseline_logodds": round(float(base_lo.mean()), 4),
@@ -84,6 +89,36 @@ def compliant_state(
             raise InterventionError("mode='steer' needs steer_layer and steer_alpha (see select_steering).")
         return groups["safe/harmful"], [Steer(persona, alpha=steer_alpha, layers=[steer_layer])]
     raise InterventionError(f"unknown mode {mode!r}; use 'prompt' (compliant system prompt) or 'steer'.")
+
+
+def sweep_cells(persona: DirectionSet, request: str, layers: Sequence[int], alphas: Sequence[float],
+                units: str = "raw") -> dict[str, tuple[Steer, list]]:
+    """The steering sweep's cells for one request kind, layer-major: key -> (the steering, the
+    interventions its cell runs). A zero shift leaves every activation bit-identical, so an
+    ``alpha = 0`` cell runs none: it is the clean run."""
+    out = {}
+    for layer in layers:
+        for a in alphas:
+            steer = Steer(persona, alpha=a, layers=[layer], units=units)
+            out[f"{request}/layer{layer}/alpha{float(a)!r}"] = (steer, [] if float(a) == 0.0 else [steer])
+    return out
+
+
+def reintroduction_cells(refusal: DirectionSet, layers: Sequence[int], alpha_back: float) -> dict[str, list]:
+    """Re-introduction's cells: the refusal direction added back at one layer each."""
+    return {f"layer{layer}": [AddBack(refusal, alpha=alpha_back, layers=[layer])] for layer in layers}
+
+
+def window_cells(directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]],
+                 source_layer: int | None) -> dict[str, list]:
+    """Window projection's cells: each direction projected out over each window."""
+    return {f"{name}/{a}-{b}": [Ablate(d, layers=range(a, b + 1), source_layer=source_layer)]
+            for name, d in directions.items() for a, b in windows}  # fmt: skip
+
+
+def window_directions(persona: DirectionSet, random_seeds: int, seed: int) -> dict[str, DirectionSet]:
+    """The persona direction and its matched-norm random controls ``random<k>``."""
+    return {"persona": persona} | {f"random{k}": persona.random_like(seed + k) for k in range(random_seeds)}
 
 
 def steering_sweep(
@@ -111,7 +146,7 @@ def steering_sweep(
     ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.experiments.cells`);
     a sweep interrupted by an exception or a kill resumes from it.
     """
-    from ..scoring.metrics import kl_divergence
+    from ..scoring.metrics import KLFrom
 
     if isinstance(alphas, (str, bytes)) or not len(alphas):
         raise InterventionError(f"alphas must hold at least one steering strength, got {alphas!r}; pass e.g. (0.0, 2.0, 4.0).")
@@ -124,17 +159,17 @@ def steering_sweep(
     logodds, kl = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
     refused = torch.zeros(shape, dtype=torch.bool)
     gen = {"gen_refusal": torch.zeros(shape, dtype=torch.bool), "gen_degenerate": torch.zeros(shape, dtype=torch.bool)}
-    clean = {r: scorer.logprobs(prompts[r]) for r in requests}
     cells = open_checkpoint(checkpoint, "steering_sweep", direction=persona, prompts=prompts, layers=layers,
                             alphas=[float(a) for a in alphas], units=units, tokens=list(scorer.token_ids),
                             max_new_tokens=max_new_tokens, judge=getattr(judge, "name", None))
 
-    def compute(r: str, layer: int, a: float) -> dict[str, torch.Tensor]:
-        spec = Steer(persona, alpha=a, layers=[layer], units=units)
-        lp = scorer.logprobs(prompts[r], spec)
+    kl_from: dict[int, KLFrom] = {}  # per clean run: its distribution converted once for every cell
+
+    def derive(r: str, spec: Steer, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         lo, rf = scorer.from_logprobs(lp)
-        out = {"logodds": lo, "refused": rf, "kl": kl_divergence(clean[r], lp)}
+        out = {"logodds": lo, "refused": rf, "kl": kl_from.setdefault(id(clean), KLFrom(clean))(lp)}
         if max_new_tokens > 0:
+            # Replies need full decoding: only the first-token scores above reuse the clean prefix.
             # A safety classifier says whether a reply is harmful; on harmless requests
             # that is no refusal judgement, so those get the heuristic labels.
             labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
@@ -143,14 +178,19 @@ def steering_sweep(
         return out
 
     bar = tqdm(total=2 * len(layers) * len(alphas), desc="steering sweep", disable=not progress)
+    clean: dict[str, torch.Tensor] = {}
     for ri, r in enumerate(requests):
-        for li, layer in enumerate(layers):
-            for ai, a in enumerate(alphas):
-                c = cells.cell(f"{r}/layer{layer}/alpha{float(a)!r}", lambda: compute(r, layer, a))
-                logodds[ri, li, ai], refused[ri, li, ai], kl[ri, li, ai] = c["logodds"], c["refused"], c["kl"]
-                for name in gen if max_new_tokens > 0 else ():
-                    gen[name][ri, li, ai] = c[name]
-                bar.update()
+        grid = sweep_cells(persona, r, layers, alphas, units)
+        for steer, _ in grid.values():
+            steer.hooks(model)  # a bad layer fails before any forward, also at alpha 0
+        specs = {key: run for key, (_, run) in grid.items()}
+        got, lp = scored_cells(scorer, cells, prompts[r], specs, lambda k, lp, c, r=r: derive(r, grid[k][0], lp, c), bar=bar)
+        clean[r] = lp if lp is not None else scorer.logprobs(prompts[r])
+        for (li, layer), (ai, a) in itertools.product(enumerate(layers), enumerate(alphas)):
+            c = got[f"{r}/layer{layer}/alpha{float(a)!r}"]
+            logodds[ri, li, ai], refused[ri, li, ai], kl[ri, li, ai] = c["logodds"], c["refused"], c["kl"]
+            for name in gen if max_new_tokens > 0 else ():
+                gen[name][ri, li, ai] = c[name]
     bar.close()
     cells.report()
     values = {"logodds": logodds, "refused": refused, "kl": kl} | (gen if max_new_tokens > 0 else {})
@@ -200,15 +240,18 @@ def reintroduction(
     cells = open_checkpoint(checkpoint, "reintroduction", persona=persona, refusal=refusal, prompts=prompts, layers=layers,
                             alpha_back=alpha_back, mode=mode, steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
 
-    def compute(layer: int) -> dict[str, torch.Tensor]:
-        lo, rf = scorer.score(prompts, *specs, AddBack(refusal, alpha=alpha_back, layers=[layer]))
+    def derive(key: str, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        lo, rf = scorer.from_logprobs(lp)
         return {"logodds": lo, "refused": rf}
 
-    for li, layer in enumerate(tqdm(layers, desc="re-introduction", disable=not progress)):
-        c = cells.cell(f"layer{layer}", lambda: compute(layer))
-        logodds[li], refused[li] = c["logodds"], c["refused"]
+    bar = tqdm(total=len(layers), desc="re-introduction", disable=not progress)
+    cell_specs = reintroduction_cells(refusal, layers, alpha_back)
+    got, compliant = scored_cells(scorer, cells, prompts, cell_specs, derive, base=specs, bar=bar)
+    bar.close()
+    for li, layer in enumerate(layers):
+        logodds[li], refused[li] = got[f"layer{layer}"]["logodds"], got[f"layer{layer}"]["refused"]
     cells.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs)
+    baselines = _compliant_baselines(scorer, groups, prompts, specs, compliant)
     return LabelledResult(
         kind="reintroduction",
         dims=("layer", "example"),
@@ -274,7 +317,7 @@ def window_projection(
     if random_seeds < 1:
         raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
-    directions = {"persona": persona} | {f"random{k}": persona.random_like(seed + k) for k in range(random_seeds)}
+    directions = window_directions(persona, random_seeds, seed)
     m = len(prompts)
     shape = (len(directions), L, L, m)
     logodds, refused = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
@@ -282,19 +325,19 @@ def window_projection(
                             windows=[list(w) for w in windows], source_layer=source_layer, mode=mode,
                             steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
 
-    def compute(d: DirectionSet, a: int, b: int) -> dict[str, torch.Tensor]:
-        lo, rf = scorer.score(prompts, *specs, Ablate(d, layers=range(a, b + 1), source_layer=source_layer))
+    def derive(key: str, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        lo, rf = scorer.from_logprobs(lp)
         return {"logodds": lo, "refused": rf.float()}
 
     bar = tqdm(total=len(directions) * len(windows), desc="window projection", disable=not progress)
-    for di, (name, d) in enumerate(directions.items()):
-        for a, b in windows:
-            c = cells.cell(f"{name}/{a}-{b}", lambda: compute(d, a, b))
-            logodds[di, a, b], refused[di, a, b] = c["logodds"], c["refused"]
-            bar.update()
+    cell_specs = window_cells(directions, windows, source_layer)
+    got, compliant = scored_cells(scorer, cells, prompts, cell_specs, derive, base=specs, bar=bar)
     bar.close()
+    for di, name in enumerate(directions):
+        for a, b in windows:
+            logodds[di, a, b], refused[di, a, b] = got[f"{name}/{a}-{b}"]["logodds"], got[f"{name}/{a}-{b}"]["refused"]
     cells.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs)
+    baselines = _compliant_baselines(scorer, groups, prompts, specs, compliant)
     return LabelledResult(
         kind="window_projection",
         dims=("direction", "start", "end", "example"),

@@ -172,7 +172,7 @@ class _Runner:
         return self.metric_from_logits(head_logits(self.model, x[:, -1]))
 
 
-def _render_pairs(model: ChatModel, source: Sequence, target: Sequence) -> list[tuple[RenderedPrompt, RenderedPrompt]]:
+def render_pairs(model: ChatModel, source: Sequence, target: Sequence) -> list[tuple[RenderedPrompt, RenderedPrompt]]:
     if len(source) != len(target) or not source:
         raise PositionError(f"pass as many source as target prompts (got {len(source)} and {len(target)}), at least one.")
 
@@ -182,7 +182,7 @@ def _render_pairs(model: ChatModel, source: Sequence, target: Sequence) -> list[
     return list(zip(rendered(source), rendered(target)))
 
 
-def _slot_sets(model: ChatModel, pairs: list, positions: str) -> tuple[list[list[Slot]], list[str]]:
+def align_pairs(model: ChatModel, pairs: list, positions: str) -> tuple[list[list[Slot]], list[str]]:
     """Aligned slots per pair; every pair must share the same slot labels (one result grid).
 
     ``positions="auto"`` picks one scheme for the whole batch: token by token only when every pair
@@ -228,13 +228,13 @@ def activation_patching(
     if mode not in ("denoising", "noising"):
         raise PositionError(f"unknown mode {mode!r}; use denoising (source into target) or noising.")
     check_supported(model, "replay", what="activation patching")
-    pairs = _render_pairs(model, source, target)
+    pairs = render_pairs(model, source, target)
     if mode == "noising":
         pairs = [(t, s) for s, t in pairs]
     sites = sites_for(model, layers, kind)
     if direction is not None:
         direction.check_model(model)
-    slot_sets, labels = _slot_sets(model, pairs, positions)
+    slot_sets, labels = align_pairs(model, pairs, positions)
     device = model_device(model)
     raw = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64, device=device)
     effect = torch.empty_like(raw)
@@ -244,12 +244,30 @@ def activation_patching(
     cells = open_checkpoint(checkpoint, "activation_patching", pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
                             sites=[str(s) for s in sites], labels=list(labels), tokens=list(token_ids), mode=mode,
                             direction=direction)
+    from .cells import CellCheckpoint
+    from .workers import current, missing_error
+
+    workers = current()
+    split = workers.many and isinstance(cells, CellCheckpoint)
+    if split:  # every process decides what is left from the same folder, then takes every N-th pair of it
+        workers.barrier()
+        todo = [e for e in range(len(pairs)) if not cells.has(f"example{e}")]  # type: ignore[union-attr]
+        workers.barrier()
+        mine = set(todo[workers.rank :: workers.world])
     bar = tqdm(total=len(pairs) * len(sites), desc="patching", disable=not progress)
+
+    def restore(e: int, done: dict[str, Tensor]) -> None:
+        raw[:, :, e], effect[:, :, e], clean[:, e] = done["raw"].to(device), done["effect"].to(device), done["clean"]
+        bar.update(len(sites))
+
+    later: list[int] = []  # pairs another process computes
     for e, ((src_rp, tgt_rp), slots) in enumerate(zip(pairs, slot_sets)):
+        if split and e in todo and e not in mine:
+            later.append(e)
+            continue
         done = cells.get(f"example{e}")
         if done is not None:
-            raw[:, :, e], effect[:, :, e], clean[:, e] = done["raw"].to(device), done["effect"].to(device), done["clean"]
-            bar.update(len(sites))
+            restore(e, done)
             continue
         src = _Runner(model, src_rp, sites, token_ids)
         tgt = _Runner(model, tgt_rp, sites, token_ids)
@@ -278,6 +296,15 @@ def activation_patching(
                 effect[si, c : c + len(chunk) - 1, e] = delta
             bar.update()
         cells.put(f"example{e}", {"raw": raw[:, :, e], "effect": effect[:, :, e], "clean": clean[:, e]})
+    if later:
+        workers.barrier()
+        for e in later:
+            done = cells.get(f"example{e}")
+            if done is None:
+                raise missing_error("patching pairs", [f"example{x}" for x in later])
+            restore(e, done)
+    elif split:
+        workers.barrier()  # every process meets here, also one with no pair left to read
     bar.close()
     cells.report()
     raw, effect = raw.cpu(), effect.cpu()
@@ -334,9 +361,9 @@ def attribution_patching(
     :func:`activation_patching` via :func:`agreement`.
     """
     check_supported(model, "replay", what="attribution patching")
-    pairs = _render_pairs(model, source, target)
+    pairs = render_pairs(model, source, target)
     sites = sites_for(model, layers, kind)
-    slot_sets, labels = _slot_sets(model, pairs, positions)
+    slot_sets, labels = align_pairs(model, pairs, positions)
     est = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64)
     for e, ((src_rp, tgt_rp), slots) in enumerate(tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)):
         src = _Runner(model, src_rp, sites, token_ids)

@@ -44,6 +44,8 @@ class RunConfig:
     model: str = "organism"
     dtype: str = "float32"
     device: str | None = None
+    # "auto": spread a model larger than one device over every GPU, CPU memory and disk (accelerate).
+    device_map: str | None = None
     chat_template: str | None = None
     n_fit: int = 96  # requests per group for fitting directions
     n_eval: int = 32  # held-out prompts per group for the experiments
@@ -74,7 +76,7 @@ class RunConfig:
         for key in ("model", "dtype"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise bad(key, "a non-empty string")
-        for key in ("device", "chat_template", "harmful_dataset", "harmful_source"):
+        for key in ("device", "device_map", "chat_template", "harmful_dataset", "harmful_source"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise bad(key, "a string")
         for key, lo in (("n_fit", 2), ("n_eval", 2), ("random_seeds", 1), ("patch_examples", 1), ("seed", 0)):
@@ -87,6 +89,9 @@ class RunConfig:
             raise bad("layers", "a non-empty list of layer indices such as [4, 8, 12]")
         if not isinstance(self.alphas, (list, tuple)) or not self.alphas or not all(num(a) for a in self.alphas):
             raise bad("alphas", "a non-empty list of finite numbers such as [0.0, 2.0, 4.0]")
+        if self.device is not None and self.device_map is not None:
+            raise ConfigError("config keys 'device' and 'device_map' exclude each other; set one (device_map = \"auto\" for "
+                              "a model larger than one device).")  # fmt: skip
         if not isinstance(self.extraction_sites, bool):
             raise bad("extraction_sites", "true or false")
         if not num(self.alpha_back):
@@ -123,7 +128,7 @@ _LOADERS = {
 }
 
 
-def _harmful_requests(cfg: RunConfig) -> list | None:
+def harmful_requests(cfg: RunConfig) -> list | None:
     """The public harmful set named by the config (all of it; n_eval caps what is scored)."""
     if cfg.harmful_dataset is None:
         return None
@@ -135,7 +140,7 @@ def _harmful_requests(cfg: RunConfig) -> list | None:
     return [r for r in requests if r.harmful is not False]
 
 
-def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
+def stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
     if not path.exists():
         return False
     try:
@@ -148,7 +153,7 @@ def _stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
 
 # Settings that do not change any number a run computes: a run may resume under other values.
 # ``extraction_sites`` only adds (or skips) its own stage, so a finished run can take it on later.
-_RESUMABLE_UNDER_CHANGE = ("device", "extraction_sites")
+_RESUMABLE_UNDER_CHANGE = ("device", "device_map", "extraction_sites")
 
 
 def check_resumable(cfg: RunConfig, out: Path) -> None:
@@ -180,7 +185,7 @@ def _clean_stale(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
+def run_windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
     """The windows to project over when ``layers`` limits the fitted directions: those whose every
     layer has one (None: every window of ``window_width``, or the full grid). No window left is a
     named error, raised before any work."""
@@ -209,14 +214,22 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     from .patching import activation_patching, gate_layers
     from ..results import LabelledResult
 
+    from .workers import ONE, from_environment, sharing
+
+    workers = from_environment()  # one process, or those torchrun / accelerate launch started
+    if not workers.lead:
+        workers.barrier()  # process 0 claims and tidies the folder first
     out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
     check_resumable(cfg, out)
-    _clean_stale(out)
+    if workers.lead:
+        _clean_stale(out)
+        workers.barrier()
     times_path = out / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
 
     t0 = time.perf_counter()
-    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=cfg.device, chat_template=cfg.chat_template)
+    device = cfg.device if cfg.device is not None or cfg.device_map is not None else workers.device()
+    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, chat_template=cfg.chat_template)
     times["load_model"] = round(time.perf_counter() - t0, 2)
     # Every stage's needs, checked before the first of them runs (patching re-runs blocks), and
     # before config.json pins the folder to this configuration: a rejected one can be fixed in place.
@@ -228,25 +241,34 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     if cfg.window_width is not None and cfg.window_width > n_layers:
         raise ConfigError(f"config key 'window_width' is {cfg.window_width}, but {cfg.model} has {n_layers} layers; "
                           f"pick a width <= {n_layers}.")  # fmt: skip
-    window_list = _windows(cfg, n_layers)
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    window_list = run_windows(cfg, n_layers)
+    if workers.lead:
+        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
 
-    def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any]) -> Any:
-        if _stage_done(path, loader):
+    def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any], split: bool = False) -> Any:
+        """One stage: skipped if its folder loads; else computed (split: by every process, each its
+        share of the cells; otherwise by process 0 while the others wait) and saved by process 0."""
+        if stage_done(path, loader):
             log.info("stage %s already done", name)
             reused.append(name)
             return loader(path)
         t = time.perf_counter()
         log.info("stage %s: computing", name)
-        result = compute()
-        if isinstance(result, tuple):  # several artefacts in one stage folder
-            for sub, r in result:
-                r.save(path / sub)
-        else:
-            result.save(path)
-        shutil.rmtree(cells / name, ignore_errors=True)  # the stage folder now holds every cell
-        times[name] = round(time.perf_counter() - t, 2)
-        atomic_write_text(times_path, json.dumps(times, indent=1))
+        result = None
+        if split or workers.lead:
+            with sharing(workers if split else ONE):
+                result = compute()
+        workers.barrier()  # every process is done with the stage's cells
+        if workers.lead:
+            if isinstance(result, tuple):  # several artefacts in one stage folder
+                for sub, r in result:
+                    r.save(path / sub)
+            else:
+                result.save(path)
+            shutil.rmtree(cells / name, ignore_errors=True)  # the stage folder now holds every cell
+            times[name] = round(time.perf_counter() - t, 2)
+            atomic_write_text(times_path, json.dumps(times, indent=1))
+        workers.barrier()
         return loader(path)
 
     cells = out / "cells"
@@ -261,37 +283,41 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
 
     refusal, persona = stage("directions", out / "directions", load_dirs, fit)
     scorer = ex.RefusalScorer.for_model(model, phrases=cfg.refusal_phrases)
-    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=_harmful_requests(cfg))
+    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
     common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
     sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
                   lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas,
-                                            checkpoint=cells / "steering_sweep", **common))
+                                            checkpoint=cells / "steering_sweep", **common), split=True)
     back = stage("reintroduction", out / "reintroduction", LabelledResult.load,
                  lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back,
-                                           checkpoint=cells / "reintroduction", **common))
+                                           checkpoint=cells / "reintroduction", **common), split=True)
     windows = stage("window_projection", out / "window_projection", LabelledResult.load,
                     lambda: ex.window_projection(model, persona, width=cfg.window_width, windows=window_list, random_seeds=cfg.random_seeds,
-                                                 checkpoint=cells / "window_projection", **common))
+                                                 checkpoint=cells / "window_projection", **common), split=True)
     k = min(cfg.patch_examples, len(groups["safe/harmful"]))
     patch = stage("patching", out / "patching", LabelledResult.load,
                   lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
                                               scorer.token_ids, positions="roles", progress=progress,
-                                              checkpoint=cells / "patching"))
+                                              checkpoint=cells / "patching"), split=True)
     sites = None
     if cfg.extraction_sites:
         sites = stage("extraction_sites", out / "extraction_sites", LabelledResult.load,
                       lambda: ex.extraction_sites(model, layers=cfg.layers, n=cfg.n_eval, n_fit=cfg.n_fit, scorer=scorer,
                                                   groups=groups, seed=cfg.seed, progress=progress,
                                                   checkpoint=cells / "extraction_sites"))  # fmt: skip
-    if cells.is_dir() and not any(cells.iterdir()):
+    if workers.lead and cells.is_dir() and not any(cells.iterdir()):
         cells.rmdir()  # every stage is done: no cell is left to keep
     times["total"] = round(time.perf_counter() - t0, 2)
-    atomic_write_text(times_path, json.dumps(times, indent=1))
+    if workers.lead:
+        atomic_write_text(times_path, json.dumps(times, indent=1))
     summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
     if sites is not None:
         summary["extraction_sites"] = summarise_sites(sites)
     summary["reused_stages"] = reused
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    summary["processes"] = workers.world
+    if workers.lead:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    workers.barrier()
     return summary
 
 

@@ -169,26 +169,35 @@ def guard_grid(
         thr = {layer: caps[name][pct][layer] for layer in range(span[0], span[1] + 1)}
         return Guard(dirs[name], thr, refusal=refusal if alpha else None, alpha=alpha, percentile=pct)
 
-    def measure(g: Guard | None) -> dict[str, torch.Tensor]:
-        specs = () if g is None else (g,)
-        _, ra = scorer.score(attacks, *specs)
-        _, rh = scorer.score(harmless, *specs)
-        kl = reply_kl(model, with_reply, *specs, batch_size=max(1, batch_size // 4)) if specs else torch.zeros(len(with_reply))
-        return {"refused_attack": ra, "refused_harmless": rh, "kl": kl}
+    def kl_of(g: Guard | None) -> torch.Tensor:
+        # Teacher-forced over every reply position: a full forward per cell (the first-token rates reuse the prefix).
+        return reply_kl(model, with_reply, g, batch_size=max(1, batch_size // 4)) if g is not None else torch.zeros(len(with_reply))
 
-    unguarded = measure(None)
     shape = (len(DIRECTIONS), len(spans), len(pcts))
     vals = {v: torch.full(shape, float("nan")) for v in VALUES}
     bar = tqdm(total=vals["kl"].numel(), desc="guard grid", unit="cell", disable=not progress)
-    for di, name in enumerate(DIRECTIONS):
-        for wi, span in enumerate(spans):
-            for pi, pct in enumerate(pcts):
-                c = cells.cell(f"{name}-{span[0]}-{span[1]}-p{pct:g}", lambda: measure(guard(name, span, pct)))
-                for value, rate in _rates(c, families).items():
-                    vals[value][di, wi, pi] = rate
-                bar.update(1)
+    keys = {f"{name}-{span[0]}-{span[1]}-p{pct:g}": (di, wi, pi, name, span, pct)
+            for di, name in enumerate(DIRECTIONS) for wi, span in enumerate(spans) for pi, pct in enumerate(pcts)}  # fmt: skip
+    got = {key: cells.get(key) for key in keys}
+    todo = [key for key, c in got.items() if c is None]
+    bar.update(len(keys) - len(todo))
+    guards = {key: guard(*keys[key][3:]) for key in todo}
+    # First-token refusal of every cell left, by prefix reuse (each cell re-runs from its window's start).
+    refused = {}
+    for prompts in (attacks, harmless):
+        clean, lps = scorer.cells(prompts, [[guards[key]] for key in todo])
+        refused[id(prompts)] = [scorer.from_logprobs(clean)[1]] + [scorer.from_logprobs(lp)[1] for lp in lps]
+    unguarded = {"refused_attack": refused[id(attacks)][0], "refused_harmless": refused[id(harmless)][0], "kl": kl_of(None)}
+    for j, key in enumerate(todo):
+        got[key] = {"refused_attack": refused[id(attacks)][j + 1], "refused_harmless": refused[id(harmless)][j + 1],
+                    "kl": kl_of(guards[key])}  # fmt: skip
+        cells.put(key, got[key])
+        bar.update(1)
     bar.close()
     cells.report()
+    for key, (di, wi, pi, *_rest) in keys.items():
+        for value, rate in _rates(got[key], families).items():
+            vals[value][di, wi, pi] = rate
 
     counts = {fam: sum(f == fam for f in families) for fam in ATTACK_VALUES}
     base = {k: (None if v != v else v) for k, v in _rates(unguarded, families).items() if k != "kl"}  # NaN: a family with no attack

@@ -155,6 +155,11 @@ class Guard:
             out.append((resolve(HookSite(layer, self.direction.sites[0].kind), model), hook))
         return out
 
+    def reuse_keys(self, model: ChatModel) -> list[tuple]:
+        """Per hook of :meth:`hooks`, what determines it (prefix reuse nests cells by equal keys)."""
+        return [("cap", id(self.direction), layer, self.source_layer, float(self.thresholds[layer]), id(self.refusal),
+                 float(self.alpha), self.scope) for layer in self.layers]  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         return {
             "window": list(self.window),

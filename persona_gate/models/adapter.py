@@ -174,6 +174,11 @@ def last_logits(model: Any, input_ids: Tensor, attention_mask: Tensor | None = N
     return model(input_ids, **kwargs)[:, -1]
 
 
+def unembedded_rows(model: Any, rows: int, seq: int) -> int:
+    """Positions :func:`last_logits` unembeds for a ``rows x seq`` batch (for cost plans)."""
+    return rows if _takes_logits_to_keep(model) else rows * seq
+
+
 def head_logits(model: Any, x: Tensor) -> Tensor:
     """Final norm, unembedding and output transform (soft-capping) of residual-stream vectors ``x`` (``[..., d_model]``)."""
     head = _head(model)
@@ -211,9 +216,11 @@ class BlockRecord:
 
     inputs: dict[int, Tensor] = field(default_factory=dict)
     arguments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    called: set[int] = field(default_factory=set)
+    batch: int = 1  # rows of the recorded forward
 
 
-def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None) -> Callable:
+def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None, keep_input: bool = True) -> Callable:
     def fn(module: Any, args: tuple, kwargs: dict) -> None:
         if sig is not None:
             bound = dict(sig.bind_partial(*args, **kwargs).arguments)
@@ -225,31 +232,43 @@ def _recorder(record: BlockRecord, k: int, sig: inspect.Signature | None) -> Cal
             bound = {"hidden_states": args[0] if args else kwargs["hidden_states"], **kwargs}
             name = "hidden_states"
         hidden = bound.pop(name)  # re-runs pass it first, positionally
-        record.inputs[k] = hidden.detach().clone()
+        record.called.add(k)
+        if keep_input:
+            record.inputs[k] = hidden.detach().clone()
         record.arguments[k] = {key: v for key, v in bound.items() if key not in CACHE_ARGUMENTS}
 
     return fn
 
 
-def record_blocks(model: Any, input_ids: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> tuple[BlockRecord, Tensor]:
+def record_blocks(
+    model: Any,
+    input_ids: Tensor,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    *,
+    attention_mask: Tensor | None = None,
+    keep: Iterable[int] | None = None,
+) -> tuple[BlockRecord, Tensor]:
     """A clean forward of ``input_ids`` recording every block's input; returns it and the last logits.
 
-    ``fwd_hooks`` ride along (e.g. to keep activations of the same run).
+    ``fwd_hooks`` ride along (e.g. to keep activations of the same run, or interventions shared
+    by every later re-run). ``attention_mask``: of a left-padded batch. ``keep``: the blocks whose
+    inputs are kept (default all; every block's call arguments are kept regardless).
     """
     check_supported(model, "replay", what="re-running blocks")
-    record = BlockRecord()
+    record = BlockRecord(batch=int(input_ids.shape[0]))
     blocks = model.blocks
+    wanted = set(range(len(blocks)) if keep is None else keep)
     handles = [
-        blocks[k].register_forward_pre_hook(_recorder(record, k, _block_signature(blocks[k])), with_kwargs=True)
+        blocks[k].register_forward_pre_hook(_recorder(record, k, _block_signature(blocks[k]), k in wanted), with_kwargs=True)
         for k in range(len(blocks))
     ]
     try:
         with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-            logits = last_logits(model, input_ids)
+            logits = last_logits(model, input_ids, attention_mask)
     finally:
         for h in handles:
             h.remove()
-    missing = [k for k in range(len(blocks)) if k not in record.inputs]
+    missing = [k for k in range(len(blocks)) if k not in record.called]
     if missing:
         check_supported(model, "replay", what=f"re-running blocks (blocks {missing} were never called)")
         raise UnsupportedModelError(
@@ -259,24 +278,49 @@ def record_blocks(model: Any, input_ids: Tensor, fwd_hooks: Sequence[tuple[str, 
     return record, logits
 
 
-def _expand(value: Any, batch: int) -> Any:
-    """A recorded batch-1 argument broadcast to ``batch`` rows (masks, rotary tables, ALiBi biases)."""
-    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == 1 and batch > 1:
-        return value.expand(batch, *value.shape[1:])
+def _tile(value: Any, copies: int, batch: int) -> Any:
+    """A recorded argument of a ``batch``-row forward for ``copies`` cell-major copies of it.
+
+    Hugging Face blocks receive batch-indexed tensors with the batch first (masks ``[b, 1, q, k]``,
+    position ids, rotary tables ``[b, seq, d]``; ALiBi biases ``[b * heads, 1, k]``): those are
+    repeated; batch-1 tensors (broadcast over the batch) are expanded; 1-d tensors (cache
+    positions) and non-tensors are left as they are.
+    """
+    if isinstance(value, Tensor) and value.ndim >= 2:
+        if value.shape[0] == 1:
+            return value.expand(copies * batch, *value.shape[1:]) if copies * batch > 1 else value
+        if copies > 1 and value.shape[0] % batch == 0:
+            return value.repeat(copies, *([1] * (value.ndim - 1)))
+        return value
     if isinstance(value, tuple):
-        return tuple(_expand(v, batch) for v in value)
+        return tuple(_tile(v, copies, batch) for v in value)
     return value
 
 
 def run_blocks(
-    model: Any, record: BlockRecord, start: int, hidden: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = ()
+    model: Any,
+    record: BlockRecord,
+    start: int,
+    hidden: Tensor,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    *,
+    snapshots: dict[int, Tensor | None] | None = None,
 ) -> Tensor:
-    """Blocks ``start..L-1`` on ``hidden`` (rows = copies of the recorded prompt); the residual after the last."""
+    """Blocks ``start..L-1`` on ``hidden``; the residual after the last.
+
+    ``hidden`` holds whole copies of the recorded batch, cell-major (rows ``c*b .. (c+1)*b - 1``
+    are copy ``c`` of the ``b`` recorded rows): each copy can carry a different intervention.
+    ``snapshots``: its keys are blocks whose input (before any of that block's hooks) is stored under them.
+    """
     x = hidden
-    batch = int(hidden.shape[0])
+    rows, batch = int(hidden.shape[0]), record.batch
+    if rows % batch:
+        raise ValueError(f"a re-run needs whole copies of the recorded {batch}-row batch, got {rows} rows.")
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         for j in range(start, len(model.blocks)):
-            kwargs = {key: _expand(v, batch) for key, v in record.arguments[j].items()}
+            if snapshots is not None and j in snapshots:
+                snapshots[j] = x
+            kwargs = {key: _tile(v, rows // batch, batch) for key, v in record.arguments[j].items()}
             out = model.blocks[j](x, **kwargs)
             x = out[0] if isinstance(out, tuple) else out
     return x

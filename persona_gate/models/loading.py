@@ -406,6 +406,8 @@ def load_chat_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     chat_template: str | None = None,
     revision: str | None = None,
     processing: bool = False,
@@ -420,7 +422,12 @@ def load_chat_model(
             file, or a hub name such as ``"Qwen/Qwen2.5-7B-Instruct"``.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         device: ``"cpu"``, ``"cuda"`` ...; default: CUDA if available. Exclusive with device_map.
-        device_map: passed to Hugging Face for models larger than one GPU (e.g. ``"auto"``).
+        device_map: passed to Hugging Face (accelerate) for models larger than one GPU: ``"auto"``
+            spreads the layers over every GPU, then CPU memory, then disk; or a dict of module ->
+            device (``"disk"`` offloads). Every experiment, patching's block re-runs and
+            generation work on a dispatched model (its hooks move each block's inputs).
+        max_memory: with device_map, the memory each device may use, e.g. ``{0: "20GiB", "cpu": "60GiB"}``.
+        offload_folder: with device_map, where layers offloaded to ``"disk"`` are kept.
         chat_template: a registered name (``chatml``, ``gemma``, ``llama3``) or Jinja text, used
             when the tokenizer has no template (or to override it).
         revision: hub revision (branch, tag or commit), recorded in provenance.
@@ -442,8 +449,14 @@ def load_chat_model(
     source, where = _resolve_source(name_or_path)
 
     boot_kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ConfigError("max_memory and offload_folder shape a device_map; pass device_map='auto' (or a dict) too.")
     if device_map is not None:
         boot_kwargs["device_map"] = device_map
+        if max_memory is not None:
+            boot_kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            boot_kwargs["offload_folder"] = str(offload_folder)
     else:
         boot_kwargs["device"] = device
     if source == "hub":
@@ -456,7 +469,8 @@ def load_chat_model(
                 hf_model, tokenizer, chat_base = _merged_chat_model(Path(where), torch_dtype)
             if device is not None:
                 hf_model = hf_model.to(device)
-            boot_kwargs.pop("device_map", None)
+            for key in ("device_map", "max_memory", "offload_folder"):
+                boot_kwargs.pop(key, None)
             bridge = TransformerBridge.boot_transformers(
                 str(Path(where).parent), hf_model=hf_model, tokenizer=tokenizer, **boot_kwargs
             )

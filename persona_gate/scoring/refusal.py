@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
@@ -27,6 +27,7 @@ from ..core.contrasts import GROUPS, standard_prompts
 from ..errors import EmptyGroupError
 from ..models.profile import profile_of
 from ..core.interventions import apply
+from ..core.prefix import cell_logprobs
 from .metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids, refused
 from ..prompts.sets import ChatPrompt
 
@@ -54,6 +55,11 @@ class RefusalScorer:
     model: ChatModel
     token_ids: tuple[int, ...]
     batch_size: int = 32
+    # Grids of cells (:meth:`cells`) re-run only the blocks a cell changes, tiling up to
+    # ``max_tokens`` tokens per re-run (None: by device); ``reuse_prefix=False`` runs one full
+    # forward per cell.
+    reuse_prefix: bool = True
+    max_tokens: int | None = None
 
     @classmethod
     def for_model(
@@ -63,6 +69,8 @@ class RefusalScorer:
         phrases: Sequence[str] | None = None,
         harmful: Sequence[ChatPrompt] | None = None,
         batch_size: int = 32,
+        reuse_prefix: bool = True,
+        max_tokens: int | None = None,
     ) -> "RefusalScorer":
         """Refusal tokens from ``phrases`` if given, else the model profile's phrases, else derived
         from the model's own refusals of harmful training requests."""
@@ -72,11 +80,24 @@ class RefusalScorer:
         else:
             harmful = list(harmful) if harmful is not None else eval_groups(model, 16, split="train")["safe/harmful"]
             ids = derive_refusal_tokens(model, harmful)
-        return cls(model=model, token_ids=tuple(ids), batch_size=batch_size)
+        return cls(model=model, token_ids=tuple(ids), batch_size=batch_size, reuse_prefix=reuse_prefix, max_tokens=max_tokens)
 
     def logprobs(self, prompts: Sequence[ChatPrompt], *specs: Any) -> Tensor:
         with apply(self.model, *specs):
             return first_token_logprobs(self.model, prompts, batch_size=self.batch_size)
+
+    def cells(
+        self,
+        prompts: Sequence[ChatPrompt],
+        cells: Sequence[Sequence[Any]],
+        *base: Any,
+        on_cell: Callable[[int, Tensor, Tensor], None] | None = None,
+        share: tuple[int, int] = (0, 1),
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """First-token log-probs of the clean run (under ``base``) and of every cell (interventions on
+        top of ``base``), by prefix reuse (:mod:`persona_gate.core.prefix`); ``on_cell(i, lp, clean)`` as each completes."""
+        return cell_logprobs(self.model, prompts, cells, base=base, batch_size=self.batch_size, max_tokens=self.max_tokens,
+                             reuse=self.reuse_prefix, on_cell=on_cell, share=share)  # fmt: skip
 
     def from_logprobs(self, lp: Tensor) -> tuple[Tensor, Tensor]:
         """Refusal log-odds (float) and greedy-first-token refusal (bool) from first-token log-probs."""
