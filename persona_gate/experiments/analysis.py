@@ -97,9 +97,14 @@ def extraction_sites(
                             layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
 
     def rates(prompts: list, specs: dict[str, list]) -> dict[str, torch.Tensor]:
-        """Refusal rate per cell, the cells scored together by prefix reuse."""
-        _, lps = scorer.cells(prompts, list(specs.values()))
-        return {key: scorer.from_logprobs(lp)[1].float().mean() for key, lp in zip(specs, lps)}
+        """Refusal rate per cell, the cells scored together by prefix reuse (each reduced as it completes)."""
+        keys, out = list(specs), {}
+
+        def keep(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
+            out[keys[i]] = scorer.from_logprobs(lp)[1].float().mean()
+
+        scorer.cells(prompts, list(specs.values()), on_cell=keep)
+        return out
 
     bar = tqdm(total=len(pos) * len(layers), desc="extraction sites", disable=not progress)
     for pi, p in enumerate(pos):

@@ -183,10 +183,16 @@ def guard_grid(
     bar.update(len(keys) - len(todo))
     guards = {key: guard(*keys[key][3:]) for key in todo}
     # First-token refusal of every cell left, by prefix reuse (each cell re-runs from its window's start).
-    refused = {}
+    refused: dict[int, list] = {}
     for prompts in (attacks, harmless):
-        clean, lps = scorer.cells(prompts, [[guards[key]] for key in todo])
-        refused[id(prompts)] = [scorer.from_logprobs(clean)[1]] + [scorer.from_logprobs(lp)[1] for lp in lps]
+        rows: list = [None] * (len(todo) + 1)  # the unguarded model first; only the refusals are kept per cell
+
+        def keep(i: int, lp: torch.Tensor, clean: torch.Tensor, rows: list = rows) -> None:
+            rows[i + 1] = scorer.from_logprobs(lp)[1]
+
+        clean, _ = scorer.cells(prompts, [[guards[key]] for key in todo], on_cell=keep)
+        rows[0] = scorer.from_logprobs(clean)[1]
+        refused[id(prompts)] = rows
     unguarded = {"refused_attack": refused[id(attacks)][0], "refused_harmless": refused[id(harmless)][0], "kl": kl_of(None)}
     for j, key in enumerate(todo):
         got[key] = {"refused_attack": refused[id(attacks)][j + 1], "refused_harmless": refused[id(harmless)][j + 1],
