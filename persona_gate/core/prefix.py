@@ -368,22 +368,25 @@ class Cost:
     """What a computation runs: ``forwards`` prompts through (part of) the model (a re-run of one
     cell over one prompt counts once), the ``tokens`` (padded positions) those passes take in,
     ``block_tokens`` = tokens x blocks each pass completes (the compute), ``head_rows`` positions
-    unembedded, and ``generated``: decoding steps x rows, an upper bound (EOS ends replies early)."""
+    unembedded, ``generated``: decoding steps x rows, an upper bound (EOS ends replies early), and
+    ``attention``: rows x seq^2 x blocks, the causal attention scores of those passes."""
 
     forwards: int = 0
     tokens: int = 0
     block_tokens: int = 0
     head_rows: int = 0
     generated: int = 0
+    attention: int = 0
 
     def add(self, rows: int, seq: int, blocks: int, head_rows: int) -> None:
         self.forwards += rows
         self.tokens += rows * seq
         self.block_tokens += rows * seq * blocks
         self.head_rows += head_rows
+        self.attention += rows * seq * seq * blocks
 
     def __iadd__(self, other: "Cost") -> "Cost":
-        for k in ("forwards", "tokens", "block_tokens", "head_rows", "generated"):
+        for k in ("forwards", "tokens", "block_tokens", "head_rows", "generated", "attention"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         return self
 

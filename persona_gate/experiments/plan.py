@@ -70,34 +70,13 @@ def accelerator_flops(name: str | float) -> tuple[str, float]:
     return f"{value:.3g} FLOP/s", value
 
 
-@dataclasses.dataclass
-class _Tally(Cost):
-    attention: int = 0  # sum of rows x seq^2 x blocks (causal attention scores)
-
-    def add(self, rows: int, seq: int, blocks: int, head_rows: int) -> None:
-        super().add(rows, seq, blocks, head_rows)
-        self.attention += rows * seq * seq * blocks
-
-    def take(self, cost: Cost, shapes: list[tuple[int, int]], passes_per_batch: list[int]) -> None:
-        """Add a :class:`Cost` from :func:`cells_cost`, with its attention work from the batch shapes."""
-        Cost.__iadd__(self, cost)
-        for (rows, seq), blocks in zip(shapes, passes_per_batch):
-            self.attention += rows * seq * seq * blocks
-
-
-def _full_pass(t: _Tally, model: ChatModel, shapes: list[tuple[int, int]], blocks: int, head: bool = True) -> None:
+def _full_pass(t: Cost, model: ChatModel, shapes: list[tuple[int, int]], blocks: int, head: bool = True) -> None:
     for rows, seq in shapes:
         t.add(rows, seq, blocks, unembedded_rows(model, rows, seq) if head else 0)
 
 
-def _engine(t: _Tally, model: ChatModel, prompts: list, cells: list, base: list, batch_size: int) -> None:
-    from ..core.prefix import plan_cells
-
-    cost = cells_cost(model, prompts, cells, base=base, batch_size=batch_size)
-    plan, *_ = plan_cells(model, cells, base)
-    shapes = batch_shapes(model, prompts, batch_size)
-    per_batch_blocks = plan.n_layers + sum(plan.blocks())
-    t.take(cost, shapes, [per_batch_blocks] * len(shapes))
+def _engine(t: Cost, model: ChatModel, prompts: list, cells: list, base: list, batch_size: int) -> None:
+    t += cells_cost(model, prompts, cells, base=base, batch_size=batch_size)
 
 
 def _placeholder(model: ChatModel, layers: list[int], name: str, position: str) -> Any:
@@ -111,7 +90,7 @@ def _placeholder(model: ChatModel, layers: list[int], name: str, position: str) 
     return DirectionSet.from_means(name, [HookSite(layer) for layer in layers], pos, neg, "a", "b", {}, position)
 
 
-def _generation(t: _Tally, model: ChatModel, shapes: list[tuple[int, int]], steps: int) -> None:
+def _generation(t: Cost, model: ChatModel, shapes: list[tuple[int, int]], steps: int) -> None:
     """Greedy decoding with the KV cache: the prompt once, then up to ``steps - 1`` one-token steps."""
     L = int(model.cfg.n_layers)
     for rows, seq in shapes:
@@ -150,9 +129,9 @@ def plan_run(
     def done(name: str, loader: Any) -> bool:
         return out is not None and stage_done(out / name, loader)
 
-    def stage(name: str, cells: int, tally: _Tally | None, exact: bool = True) -> None:
+    def stage(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
         stages.append({"stage": name, "cells": cells, "done": tally is None, "exact": exact,
-                       **dataclasses.asdict(tally if tally is not None else _Tally())})  # fmt: skip
+                       **dataclasses.asdict(tally if tally is not None else Cost())})  # fmt: skip
 
     # directions: one streaming pass, stopped at the last requested layer's resid_pre.
     def load_dirs(p: Path) -> tuple:
@@ -162,7 +141,7 @@ def plan_run(
         refusal, persona = load_dirs(out / "directions")  # type: ignore[operator]
         stage("directions", 1, None)
     else:
-        t = _Tally()
+        t = Cost()
         train = standard_prompts(model=model, n_per_group=cfg.n_fit, seed=cfg.seed)
         _full_pass(t, model, batch_shapes(model, train, 16), max(layers), head=False)
         stage("directions", 1, t)
@@ -170,7 +149,7 @@ def plan_run(
 
     phrases = cfg.refusal_phrases if cfg.refusal_phrases is not None else profile_of(model).refusal_phrases
     if phrases is None:  # refusal tokens derived from the model's own replies (RefusalScorer.for_model)
-        t = _Tally()
+        t = Cost()
         harmful = ex.eval_groups(model, 16, split="train")["safe/harmful"]
         _generation(t, model, batch_shapes(model, harmful, 16), 12)
         stage("refusal_tokens", 1, t, exact=False)
@@ -181,7 +160,7 @@ def plan_run(
     if done("steering_sweep", LabelledResult.load):
         stage("steering_sweep", 2 * len(sweep_layers) * len(cfg.alphas), None)
     else:
-        t = _Tally()
+        t = Cost()
         for r in ("harmful", "harmless"):
             grid = sweep_cells(persona, r, sweep_layers, cfg.alphas)
             _engine(t, model, groups[f"safe/{r}"], [run for _, run in grid.values()], [], bs)
@@ -192,7 +171,7 @@ def plan_run(
     if done("reintroduction", LabelledResult.load):
         stage("reintroduction", len(sweep_layers), None)
     else:
-        t = _Tally()
+        t = Cost()
         _engine(t, model, prompts, list(reintroduction_cells(refusal, sweep_layers, cfg.alpha_back).values()), specs, bs)
         _full_pass(t, model, safe_shapes, L)  # the safe baseline
         stage("reintroduction", len(sweep_layers), t)
@@ -202,7 +181,7 @@ def plan_run(
     if done("window_projection", LabelledResult.load):
         stage("window_projection", n_window_cells, None)
     else:
-        t = _Tally()
+        t = Cost()
         cells = window_cells(window_directions(persona, cfg.random_seeds, cfg.seed), windows, None)
         _engine(t, model, prompts, list(cells.values()), specs, bs)
         _full_pass(t, model, safe_shapes, L)
@@ -214,7 +193,7 @@ def plan_run(
     if done("patching", LabelledResult.load):
         stage("patching", k * L * len(labels), None)
     else:
-        t = _Tally()
+        t = Cost()
         for (src, tgt), slots in zip(pairs, slot_sets):
             for rp in (src, tgt):  # the two clean runs, recording block inputs
                 t.add(1, len(rp), L, unembedded_rows(model, 1, len(rp)))
@@ -256,14 +235,14 @@ def plan_run(
     }  # fmt: skip
 
 
-def _sites_cost(model: ChatModel, cfg: Any, groups: dict, layers: list[int], bs: int) -> tuple[int, _Tally, bool]:
+def _sites_cost(model: ChatModel, cfg: Any, groups: dict, layers: list[int], bs: int) -> tuple[int, Cost, bool]:
     """The extraction-sites stage: refits at every position, response generation, steering and ablation cells."""
     from ..core.contrasts import standard_prompts
     from ..core.interventions import Ablate, Steer
     from ..prompts.positions import parse_position
     from .analysis import PERSONA_POSITIONS
 
-    t = _Tally()
+    t = Cost()
     L = int(model.cfg.n_layers)
     train = standard_prompts(model=model, n_per_group=cfg.n_fit, seed=cfg.seed)
     _full_pass(t, model, batch_shapes(model, train, 16), max(layers), head=False)
