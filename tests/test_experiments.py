@@ -264,7 +264,8 @@ def test_extraction_sites_resume_from_their_cells(organism_setup, tmp_path, monk
     model, pr, scorer, groups = organism_setup
     kw = dict(positions=("last", "mean:system"), layers=[2, 3], alphas=(4.0,), n=8, scorer=scorer, progress=False)
     first = extraction_sites(model, checkpoint=tmp_path / "cells", **kw)
-    assert len(list((tmp_path / "cells").glob("*.safetensors"))) == 4  # one cell per (position, layer)
+    # three cells per (position, layer): steering at the one alpha, ablation on harmful and on harmless requests
+    assert len(list((tmp_path / "cells").glob("*.safetensors"))) == 12
     plain = extraction_sites(model, **kw)
     assert torch.equal(first.values["rate"], plain.values["rate"])  # the checkpoint changes no number
 

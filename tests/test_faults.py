@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import persona_gate.core.prefix as prefix
+import persona_gate.grid.prefix as prefix
 import persona_gate.experiments.patching as patching
 from persona_gate.errors import ResumeMismatchError
 from persona_gate.core.contrasts import fit_persona_and_refusal
@@ -33,7 +33,8 @@ from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction,
 from persona_gate.io import MANIFEST, load_artefact
 from persona_gate.models.loading import load_chat_model
 from persona_gate.experiments.patching import activation_patching
-from persona_gate.experiments.pipeline import STAGES, RunConfig, run_pipeline
+from persona_gate.experiments.pipeline import RunConfig, run_pipeline
+from persona_gate.experiments.stages import STAGES
 from persona_gate.results import LabelledResult
 
 
@@ -70,7 +71,7 @@ def _cells(path: Path) -> int:
 
 SWEEPS = {
     # name: (run(setup, checkpoint), re-runs of blocks, cells). A sweep scores its cells by prefix reuse
-    # (persona_gate.core.prefix): each re-run of blocks finishes the cells of one first layer.
+    # (persona_gate.grid.prefix): each re-run of blocks finishes the cells of one first layer.
     "steering_sweep": (lambda s, ck: steering_sweep(s[0], s[1].persona, layers=[2, 4], alphas=[0.0, 4.0], scorer=s[2],
                                                      groups=s[3], progress=False, checkpoint=ck), 4, 8),
     "reintroduction": (lambda s, ck: reintroduction(s[0], s[1].persona, s[1].refusal, scorer=s[2], groups=s[3],
@@ -94,7 +95,7 @@ def test_an_exception_mid_sweep_keeps_finished_cells_and_leaves_no_hooks(setup, 
     assert _hooks(model) == hooks_before  # the interrupted intervention removed its hooks
     done = _cells(ck)
     assert 0 < done < total  # the cells finished before the failure are kept, the rest are not
-    with caplog.at_level(logging.INFO, logger="persona_gate.experiments.cells"):
+    with caplog.at_level(logging.INFO, logger="persona_gate.grid.store"):
         resumed = run(setup, ck)
     assert f"{done} cells restored" in caplog.text and f"{total - done} computed" in caplog.text
     assert resumed == full  # bit-identical to the uninterrupted run
@@ -116,7 +117,7 @@ def test_an_exception_mid_patching_keeps_finished_pairs(setup, tmp_path, monkeyp
             run(ck)
     assert _hooks(model) == hooks_before
     assert _cells(ck) == 1
-    with caplog.at_level(logging.INFO, logger="persona_gate.experiments.cells"):
+    with caplog.at_level(logging.INFO, logger="persona_gate.grid.store"):
         resumed = run(ck)
     assert "1 cells restored" in caplog.text and "2 computed" in caplog.text
     assert torch.equal(resumed["effect"], full["effect"]) and torch.equal(resumed["logodds"], full["logodds"])
@@ -193,7 +194,7 @@ def _check_everything_loads(out: Path) -> None:
 
 
 def _finished(out: Path) -> tuple[set[str], dict[str, int]]:
-    stages = {s for s in STAGES if (out / s).is_dir() and (any((out / s).rglob(MANIFEST)))}
+    stages = {s.name for s in STAGES if (out / s.name).is_dir() and (any((out / s.name).rglob(MANIFEST)))}
     cells = {d.name: _cells(d) for d in (out / "cells").iterdir()} if (out / "cells").is_dir() else {}
     return stages, {k: v for k, v in cells.items() if v and k not in stages}
 

@@ -238,8 +238,8 @@ def _requests(model):
 
 def test_a_killed_grid_resumes_by_cell_and_refuses_another_grid(organism, pr, grid):
     res, ck = grid
-    cells = sorted(ck.glob("persona-*.safetensors"))
-    assert len(cells) == 4
+    cells = sorted(ck.glob("persona,*.safetensors"))
+    assert len(cells) == 12  # per (window, percentile): attacks, harmless requests and the reply KL
     cells[0].unlink()  # a grid killed before this cell finished
     again = guard_grid(organism, pr.persona, windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16, checkpoint=ck, progress=False)
     assert again == res

@@ -23,9 +23,10 @@ import persona_gate as pg
 from persona_gate.core.generation import generate
 from persona_gate.core.interventions import Ablate, Steer
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
-from persona_gate.experiments.cells import open_checkpoint, scored_cells
+from persona_gate.grid import GridSpec, Scored, open_store, run_grid
+from persona_gate.grid.prefix import cell_logprobs
 from persona_gate.experiments.patching import activation_patching
-from persona_gate.experiments.workers import WorkerError, Workers, sharing
+from persona_gate.grid.shard import WorkerError, Workers, sharing
 from persona_gate.guard.intervention import Guard
 from persona_gate.results import LabelledResult
 from persona_gate.scoring.metrics import refusal_token_ids
@@ -69,7 +70,7 @@ def test_a_model_dispatched_with_disk_offload_gives_the_same_numbers(tiny_model_
     # Guard cells through prefix reuse, and generation under an intervention.
     s_whole, s_split = RefusalScorer(whole, tuple(ids)), RefusalScorer(split, tuple(ids))
     cells = [[Guard(pr.persona, {1: 0.0, 2: 0.0})], [Ablate(pr.persona, layers=[0, 1, 2])]]
-    for a, b in zip(s_whole.cells(groups["compliant/harmful"], cells)[1], s_split.cells(groups["compliant/harmful"], cells)[1]):
+    for a, b in zip(cell_logprobs(whole, groups["compliant/harmful"], cells)[1], cell_logprobs(split, groups["compliant/harmful"], cells)[1]):
         assert torch.allclose(a, b, atol=1e-5)
     from persona_gate.core.interventions import apply
 
@@ -113,21 +114,19 @@ def test_a_share_that_never_arrives_is_a_named_error_and_keeps_this_process_cell
     pr = pg.fit_persona_and_refusal(model, n_per_group=8, progress=False)
     scorer = RefusalScorer.for_model(model)
     prompts = eval_groups(model, 4)["safe/harmful"]
-    specs = {f"layer{k}": [Steer(pr.persona, 3.0, layers=[k])] for k in (1, 2, 3, 4)}
+    spec = GridSpec("test", {(k,): Scored("harmful", (Steer(pr.persona, 3.0, layers=[k]),)) for k in (1, 2, 3, 4)},
+                    prompts={"harmful": prompts}, derive=lambda key, lp, clean: {"logodds": scorer.from_logprobs(lp)[0]})
     monkeypatch.setattr(Workers, "barrier", lambda self: None)  # process 1 of 2 never shows up
 
-    def derive(key, lp, clean):
-        return {"logodds": scorer.from_logprobs(lp)[0]}
-
     with sharing(Workers(rank=0, world=2)):
-        ck = open_checkpoint(tmp_path / "cells", "test", n=1)
+        ck = open_store(tmp_path / "cells", "test", n=1)
         with pytest.raises(WorkerError, match="run the same command again"):
-            scored_cells(scorer, ck, prompts, specs, derive)
-    assert sorted(p.stem for p in (tmp_path / "cells").glob("*.safetensors")) == ["layer1", "layer3"]  # its own share, kept
+            run_grid(model, spec, store=ck)
+    assert sorted(p.stem for p in (tmp_path / "cells").glob("*.safetensors")) == ["1", "3"]  # its own share, kept
     # Alone again, the run computes only what is missing.
-    ck = open_checkpoint(tmp_path / "cells", "test", n=1)
-    got, _ = scored_cells(scorer, ck, prompts, specs, derive)
-    assert ck.restored == 2 and ck.computed == 2 and set(got) == set(specs)
+    ck = open_store(tmp_path / "cells", "test", n=1)
+    got = run_grid(model, spec, store=ck)
+    assert ck.restored == 2 and ck.computed == 2 and set(got.cells) == set(spec.cells)
 
 
 def test_the_slurm_script_starts_the_run_command():

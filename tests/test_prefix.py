@@ -1,4 +1,4 @@
-"""Prefix reuse (persona_gate.core.prefix): the new route against one full forward per cell.
+"""Prefix reuse (persona_gate.grid.prefix): the new route against one full forward per cell.
 
 On every tiny architecture, cells of steering, ablation (nested windows included), add-back
 under a shared steering, and guard caps give the same refusal log-odds by both routes (<= 1e-5)
@@ -18,7 +18,8 @@ import torch
 
 import persona_gate as pg
 from persona_gate.core.interventions import Ablate, AddBack, Steer, apply
-from persona_gate.core.prefix import cell_logprobs, cells_cost, plan_cells
+from persona_gate.grid.cost import cells_cost
+from persona_gate.grid.prefix import cell_logprobs, plan_cells
 from persona_gate.errors import ConfigError
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
 from persona_gate.guard.intervention import Guard, token_projections

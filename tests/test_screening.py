@@ -139,7 +139,7 @@ def test_a_killed_screening_resumes_and_refuses_other_data(tiny_models, fitted, 
     with pytest.raises(KeyboardInterrupt):
         screen(model, persona, CHATS, checkpoint=tmp_path / "ck", **kw)
     monkeypatch.setattr(screen_module, "_chunk", real)
-    assert len(list((tmp_path / "ck").glob("chunk-*.safetensors"))) == 2
+    assert len(list((tmp_path / "ck").glob("chunk,*.safetensors"))) == 2
     again = screen(model, persona, CHATS, checkpoint=tmp_path / "ck", **kw)
     assert torch.equal(again["score"], whole["score"]) and again.baselines == whole.baselines
     with pytest.raises(ResumeMismatchError):

@@ -155,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--flops estimates the cost plan's time; add --plan (persona-gate run --plan --flops H100 ...).")
     if args.out is None:
         raise ConfigError("persona-gate run needs --out (the run folder; re-running resumes it), or --plan to only plan.")
-    from ..experiments.workers import from_environment
+    from ..grid import from_environment
 
     out = Path(args.out)
     workers = from_environment()

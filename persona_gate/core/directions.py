@@ -271,6 +271,10 @@ class DirectionSet:
             )
         return self.sites.index(s)
 
+    def fingerprint_parts(self) -> list:
+        """What a stored grid cell computed with this set depends on: its name, sites and vectors."""
+        return ["direction_set", self.name, [str(s) for s in self.sites], self.vectors, self.raw_norms]
+
     def at(self, site: HookSite | str | int) -> Float[Tensor, " d_model"]:
         """Unit vector at ``site`` (a HookSite, 'resid_pre.3', or a layer index)."""
         return self.vectors[self.site_index(site)]

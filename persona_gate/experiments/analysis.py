@@ -39,7 +39,7 @@ from ..prompts.sets import TRAITS, ChatPrompt, load_trait
 from ..models.loading import provenance
 from ..results import LabelledResult
 from ..sites import sites_for
-from .cells import open_checkpoint
+from ..grid import GridSpec, Scored, open_store, run_grid
 from .paper import experiment_layers, experiment_setup
 from ..scoring.refusal import RefusalScorer
 
@@ -53,6 +53,26 @@ def _with_responses(model: ChatModel, prompts: Sequence[ChatPrompt], max_new_tok
     rendered = render_all(model.tokenizer, prompts)
     outs = generate(model, rendered, max_new_tokens=max_new_tokens, progress=False)
     return [rp.with_response(g.token_ids) for rp, g in zip(rendered, outs) if g.token_ids]
+
+
+def sites_grid(model: ChatModel, p: str, d: DirectionSet, groups: dict, scorer: RefusalScorer,
+                layers: Sequence[int], alphas: Sequence[float]) -> GridSpec:
+    """One extraction position's cells: steering at each (layer, alpha) on safe/harmful; the layer's
+    direction ablated at every layer on compliant/harmful and compliant/harmless."""
+    every = range(int(model.cfg.n_layers))
+    cells: dict[tuple, Scored] = {}
+    for layer in layers:
+        for a in alphas:
+            cells[(p, "steer", layer, float(a))] = Scored("safe/harmful", (Steer(d, alpha=a, layers=[layer]),))
+    for request in ("harmful", "harmless"):
+        for layer in layers:
+            cells[(p, "ablate", layer, request)] = Scored(f"compliant/{request}", (Ablate(d, layers=every, source_layer=layer),))
+
+    def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"rate": scorer.from_logprobs(lp)[1].float().mean()}
+
+    prompts = {g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")}
+    return GridSpec("extraction_sites", cells, prompts=prompts, derive=derive, desc="extraction sites")
 
 
 def extraction_sites(
@@ -90,46 +110,23 @@ def extraction_sites(
         resp_means = fit_group_means(model, with_resp, sites, ["mean:response"], progress=False, seed=seed)
         dirs["mean:response"] = resp_means.direction("persona@mean:response", *_PERSONA_GROUPS, "mean:response")
     effects = ("steering_refusal", "ablation_refusal", "ablation_harmless_refusal", "cos_refusal")
+    store = open_store(checkpoint, "extraction_sites", directions=[dirs[p] for p in pos], refusal=refusal,
+                       prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
+                       layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
+    specs = {p: sites_grid(model, p, dirs[p], groups, scorer, layers, alphas) for p in pos}
+    bar = tqdm(total=sum(len(g.cells) for g in specs.values()), desc="extraction sites", disable=not progress)
     rate = torch.full((len(pos), len(layers), len(effects)), float("nan"))
-    every = range(int(model.cfg.n_layers))
-    cells = open_checkpoint(checkpoint, "extraction_sites", directions=[dirs[p] for p in pos], refusal=refusal,
-                            prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
-                            layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
-
-    def rates(prompts: list, specs: dict[str, list]) -> dict[str, torch.Tensor]:
-        """Refusal rate per cell, the cells scored together by prefix reuse (each reduced as it completes)."""
-        keys, out = list(specs), {}
-
-        def keep(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
-            out[keys[i]] = scorer.from_logprobs(lp)[1].float().mean()
-
-        scorer.cells(prompts, list(specs.values()), on_cell=keep)
-        return out
-
-    bar = tqdm(total=len(pos) * len(layers), desc="extraction sites", disable=not progress)
-    for pi, p in enumerate(pos):
-        d, todo = dirs[p], []
-        for li, layer in enumerate(layers):
-            done = cells.get(f"{p}/layer{layer}")
-            if done is None:
-                todo.append((li, layer))
-            else:
-                rate[pi, li] = done["rate"]
-                bar.update()
-        if not todo:
-            continue
-        steer = rates(groups["safe/harmful"], {f"{layer}/{a!r}": [Steer(d, alpha=a, layers=[layer])] for _, layer in todo for a in alphas})
-        ablate = {f"{layer}": [Ablate(d, layers=every, source_layer=layer)] for _, layer in todo}
-        harmful, harmless = rates(groups["compliant/harmful"], ablate), rates(groups["compliant/harmless"], ablate)
-        for li, layer in todo:
-            rate[pi, li] = torch.stack([
-                min(steer[f"{layer}/{a!r}"] for a in alphas), harmful[f"{layer}"], harmless[f"{layer}"],
-                (d.at(layer) @ refusal.at(layer)).float(),
-            ])  # fmt: skip
-            cells.put(f"{p}/layer{layer}", {"rate": rate[pi, li].clone()})
-            bar.update()
-    bar.close()
-    cells.report()
+    try:
+        for pi, p in enumerate(pos):
+            got = run_grid(model, specs[p], store=store, bar=bar, **scorer.grid_options())
+            for li, layer in enumerate(layers):
+                rate[pi, li] = torch.stack([
+                    min(got[(p, "steer", layer, float(a))]["rate"] for a in alphas), got[(p, "ablate", layer, "harmful")]["rate"],
+                    got[(p, "ablate", layer, "harmless")]["rate"], (dirs[p].at(layer) @ refusal.at(layer)).float(),
+                ])  # fmt: skip
+    finally:
+        bar.close()
+    store.report()
     return LabelledResult(
         kind="extraction_sites",
         dims=("position", "layer", "effect"),
@@ -253,26 +250,26 @@ def select_steering(
     groups, scorer = experiment_setup(model, n, seed, scorer, None)
     layers = experiment_layers(model, layers)
     L = int(model.cfg.n_layers)
-    shape = (len(layers), len(alphas))
-    rate, logodds, kl = torch.empty(shape), torch.empty(shape), torch.empty(shape)
-    grid = [(li, ai) for li in range(len(layers)) for ai in range(len(alphas))]
-    specs = [[Steer(persona, alpha=alphas[ai], layers=[layers[li]])] for li, ai in grid]
-    bar = tqdm(total=2 * len(grid), desc="selection", disable=not progress)
-
-    def harmful(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
-        lo, rf = scorer.from_logprobs(lp)
-        rate[grid[i]], logodds[grid[i]] = rf.float().mean(), lo.mean()
-        bar.update()
-
+    alphas = [float(a) for a in alphas]
+    cells: dict[tuple, Scored] = {}
+    for request in ("harmful", "harmless"):
+        for layer in layers:
+            for a in alphas:
+                cells[(request, layer, a)] = Scored(f"safe/{request}", (Steer(persona, alpha=a, layers=[layer]),))
     kl_from: dict[int, KLFrom] = {}
 
-    def harmless(i: int, lp: torch.Tensor, clean: torch.Tensor) -> None:
-        kl[grid[i]] = kl_from.setdefault(id(clean), KLFrom(clean))(lp).mean()
-        bar.update()
+    def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        if key[0] == "harmless":
+            return {"kl": kl_from.setdefault(id(clean), KLFrom(clean))(lp).mean()}
+        lo, rf = scorer.from_logprobs(lp)
+        return {"rate": rf.float().mean(), "logodds": lo.mean()}
 
-    clean_harmful, _ = scorer.cells(groups["safe/harmful"], specs, on_cell=harmful)
-    scorer.cells(groups["safe/harmless"], specs, on_cell=harmless)
-    bar.close()
+    prompts = {f"safe/{r}": groups[f"safe/{r}"] for r in ("harmful", "harmless")}
+    spec = GridSpec("steering_selection", cells, prompts=prompts, derive=derive, desc="selection")
+    got = run_grid(model, spec, progress=progress, **scorer.grid_options())
+    rate, logodds = got.tensor("rate", layers, alphas, prefix=("harmful",)), got.tensor("logodds", layers, alphas, prefix=("harmful",))
+    kl = got.tensor("kl", layers, alphas, prefix=("harmless",))
+    clean_harmful = got.clean["safe/harmful"]
     base_rate = float(scorer.from_logprobs(clean_harmful)[1].float().mean())
     late = torch.tensor([layer >= (1 - exclude_last) * L for layer in layers])[:, None]
     eligible = (kl <= kl_max) & ~late & (rate <= base_rate - min_drop)

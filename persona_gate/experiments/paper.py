@@ -1,7 +1,7 @@
 """The paper's causal experiments (arXiv 2606.26161), each returning a :class:`LabelledResult`.
 
 All score refusal at the first response token (:class:`RefusalScorer`) on held-out prompts over a
-grid of cells (interventions), scored by prefix reuse (:mod:`persona_gate.core.prefix`: the clean
+grid of cells (interventions), scored by prefix reuse (:mod:`persona_gate.grid.prefix`: the clean
 prompts run once, each cell re-runs only the blocks from its first changed layer; the numbers
 are those of one full forward per cell); every parameter lands in ``config``.
 
@@ -26,15 +26,13 @@ from __future__ import annotations
 
 from ..models.protocol import ChatModel
 
-import itertools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from .cells import open_checkpoint, scored_cells
 from ..core.directions import DirectionSet
+from ..grid import GridSpec, Scored, open_store, run_grid
 from ..errors import InterventionError
 from ..core.interventions import Ablate, AddBack, Steer
 from ..models.loading import check_model
@@ -42,6 +40,9 @@ from ..models.loading import provenance
 from ..results import LabelledResult
 from ..sites import check_layer
 from ..scoring.refusal import RefusalScorer, eval_groups
+
+
+REQUESTS = ("harmful", "harmless")
 
 
 def experiment_setup(model: ChatModel, n: int, seed: int, scorer: RefusalScorer | None, groups: dict | None):
@@ -92,33 +93,73 @@ def compliant_state(
 
 
 def sweep_cells(persona: DirectionSet, request: str, layers: Sequence[int], alphas: Sequence[float],
-                units: str = "raw") -> dict[str, tuple[Steer, list]]:
-    """The steering sweep's cells for one request kind, layer-major: key -> (the steering, the
-    interventions its cell runs). A zero shift leaves every activation bit-identical, so an
-    ``alpha = 0`` cell runs none: it is the clean run."""
+                units: str = "raw") -> dict[tuple, tuple[Steer, list]]:
+    """The steering sweep's cells for one request kind, layer-major: ``(request, layer, alpha)`` ->
+    (the steering, the interventions its cell runs). A zero shift leaves every activation
+    bit-identical, so an ``alpha = 0`` cell runs none: it is the clean run."""
     out = {}
     for layer in layers:
         for a in alphas:
             steer = Steer(persona, alpha=a, layers=[layer], units=units)
-            out[f"{request}/layer{layer}/alpha{float(a)!r}"] = (steer, [] if float(a) == 0.0 else [steer])
+            out[(request, layer, float(a))] = (steer, [] if float(a) == 0.0 else [steer])
     return out
 
 
-def reintroduction_cells(refusal: DirectionSet, layers: Sequence[int], alpha_back: float) -> dict[str, list]:
-    """Re-introduction's cells: the refusal direction added back at one layer each."""
-    return {f"layer{layer}": [AddBack(refusal, alpha=alpha_back, layers=[layer])] for layer in layers}
+def reintroduction_cells(refusal: DirectionSet, layers: Sequence[int], alpha_back: float) -> dict[tuple, list]:
+    """Re-introduction's cells: the refusal direction added back at one layer each, keyed ``(layer,)``."""
+    return {(layer,): [AddBack(refusal, alpha=alpha_back, layers=[layer])] for layer in layers}
 
 
 def window_cells(directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]],
-                 source_layer: int | None) -> dict[str, list]:
-    """Window projection's cells: each direction projected out over each window."""
-    return {f"{name}/{a}-{b}": [Ablate(d, layers=range(a, b + 1), source_layer=source_layer)]
+                 source_layer: int | None) -> dict[tuple, list]:
+    """Window projection's cells: each direction projected out over each window, keyed ``(direction, start, end)``."""
+    return {(name, a, b): [Ablate(d, layers=range(a, b + 1), source_layer=source_layer)]
             for name, d in directions.items() for a, b in windows}  # fmt: skip
 
 
 def window_directions(persona: DirectionSet, random_seeds: int, seed: int) -> dict[str, DirectionSet]:
     """The persona direction and its matched-norm random controls ``random<k>``."""
     return {"persona": persona} | {f"random{k}": persona.random_like(seed + k) for k in range(random_seeds)}
+
+
+def _first_token(scorer: RefusalScorer, refused_as_float: bool = False) -> Callable:
+    """A grid's derive: a cell's refusal log-odds and first-token refusal."""
+
+    def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        lo, rf = scorer.from_logprobs(lp)
+        return {"logodds": lo, "refused": rf.float() if refused_as_float else rf}
+
+    return derive
+
+
+def sweep_grid(model: ChatModel, persona: DirectionSet, groups: dict, scorer: RefusalScorer, layers: Sequence[int],
+               alphas: Sequence[float], units: str = "raw", max_new_tokens: int = 0, judge: Any = None) -> GridSpec:
+    """The steering sweep as a grid over ``(request, layer, alpha)`` on the safe persona's prompts."""
+    from ..scoring.metrics import KLFrom
+
+    prompts = {r: groups[f"safe/{r}"] for r in REQUESTS}
+    steers: dict[tuple, Steer] = {}
+    cells: dict[tuple, Scored] = {}
+    for r in REQUESTS:
+        for key, (steer, run) in sweep_cells(persona, r, layers, alphas, units).items():
+            steer.hooks(model)  # a bad layer fails before any forward, also at alpha 0
+            steers[key], cells[key] = steer, Scored(r, tuple(run))
+    kl_from: dict[int, KLFrom] = {}  # per clean run: its distribution converted once for every cell
+    first = _first_token(scorer)
+
+    def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = first(key, lp, clean) | {"kl": kl_from.setdefault(id(clean), KLFrom(clean))(lp)}
+        if max_new_tokens > 0:
+            # Replies need full decoding: only the first-token scores above reuse the clean prefix.
+            # A safety classifier says whether a reply is harmful; on harmless requests
+            # that is no refusal judgement, so those get the heuristic labels.
+            r = key[0]
+            labels = scorer.labels(prompts[r], steers[key], max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
+            out["gen_refusal"] = torch.tensor([x == "refusal" for x in labels])
+            out["gen_degenerate"] = torch.tensor([x == "degenerate" for x in labels])
+        return out
+
+    return GridSpec("steering_sweep", cells, prompts=prompts, derive=derive, desc="steering sweep")
 
 
 def steering_sweep(
@@ -143,71 +184,45 @@ def steering_sweep(
     ``kl`` (first-token KL from the unsteered model: how much the steering changes behaviour).
     With ``max_new_tokens > 0`` replies are generated and labelled (``judge`` or the heuristic
     labels): ``gen_refusal`` and ``gen_degenerate`` -- the degenerate rate shows induced weirdness.
-    ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.experiments.cells`);
+    ``checkpoint``: a folder that keeps every finished cell (see :mod:`persona_gate.grid.store`);
     a sweep interrupted by an exception or a kill resumes from it.
     """
-    from ..scoring.metrics import KLFrom
-
     if isinstance(alphas, (str, bytes)) or not len(alphas):
         raise InterventionError(f"alphas must hold at least one steering strength, got {alphas!r}; pass e.g. (0.0, 2.0, 4.0).")
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
-    requests = ("harmful", "harmless")
-    prompts = {r: groups[f"safe/{r}"] for r in requests}
-    m = len(prompts["harmful"])
-    shape = (2, len(layers), len(alphas), m)
-    logodds, kl = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
-    refused = torch.zeros(shape, dtype=torch.bool)
-    gen = {"gen_refusal": torch.zeros(shape, dtype=torch.bool), "gen_degenerate": torch.zeros(shape, dtype=torch.bool)}
-    cells = open_checkpoint(checkpoint, "steering_sweep", direction=persona, prompts=prompts, layers=layers,
-                            alphas=[float(a) for a in alphas], units=units, tokens=list(scorer.token_ids),
-                            max_new_tokens=max_new_tokens, judge=getattr(judge, "name", None))
-
-    kl_from: dict[int, KLFrom] = {}  # per clean run: its distribution converted once for every cell
-
-    def derive(r: str, spec: Steer, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        lo, rf = scorer.from_logprobs(lp)
-        out = {"logodds": lo, "refused": rf, "kl": kl_from.setdefault(id(clean), KLFrom(clean))(lp)}
-        if max_new_tokens > 0:
-            # Replies need full decoding: only the first-token scores above reuse the clean prefix.
-            # A safety classifier says whether a reply is harmful; on harmless requests
-            # that is no refusal judgement, so those get the heuristic labels.
-            labels = scorer.labels(prompts[r], spec, max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
-            out["gen_refusal"] = torch.tensor([x == "refusal" for x in labels])
-            out["gen_degenerate"] = torch.tensor([x == "degenerate" for x in labels])
-        return out
-
-    bar = tqdm(total=2 * len(layers) * len(alphas), desc="steering sweep", disable=not progress)
-    clean: dict[str, torch.Tensor] = {}
-    for ri, r in enumerate(requests):
-        grid = sweep_cells(persona, r, layers, alphas, units)
-        for steer, _ in grid.values():
-            steer.hooks(model)  # a bad layer fails before any forward, also at alpha 0
-        specs = {key: run for key, (_, run) in grid.items()}
-        got, lp = scored_cells(scorer, cells, prompts[r], specs, lambda k, lp, c, r=r: derive(r, grid[k][0], lp, c), bar=bar)
-        clean[r] = lp if lp is not None else scorer.logprobs(prompts[r])
-        for (li, layer), (ai, a) in itertools.product(enumerate(layers), enumerate(alphas)):
-            c = got[f"{r}/layer{layer}/alpha{float(a)!r}"]
-            logodds[ri, li, ai], refused[ri, li, ai], kl[ri, li, ai] = c["logodds"], c["refused"], c["kl"]
-            for name in gen if max_new_tokens > 0 else ():
-                gen[name][ri, li, ai] = c[name]
-    bar.close()
-    cells.report()
-    values = {"logodds": logodds, "refused": refused, "kl": kl} | (gen if max_new_tokens > 0 else {})
-    base = {r: scorer.from_logprobs(clean[r]) for r in requests}
+    alphas = [float(a) for a in alphas]
+    spec = sweep_grid(model, persona, groups, scorer, layers, alphas, units, max_new_tokens, judge)
+    store = open_store(checkpoint, "steering_sweep", direction=persona, prompts=dict(spec.prompts), layers=layers,
+                       alphas=alphas, units=units, tokens=list(scorer.token_ids), max_new_tokens=max_new_tokens,
+                       judge=getattr(judge, "name", None))  # fmt: skip
+    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
+    store.report()
+    names = ["logodds", "refused", "kl"] + (["gen_refusal", "gen_degenerate"] if max_new_tokens > 0 else [])
+    values = {v: res.tensor(v, REQUESTS, layers, alphas) for v in names}
+    m = len(spec.prompts["harmful"])
+    base = {r: scorer.from_logprobs(res.clean[r] if r in res.clean else scorer.logprobs(spec.prompts[r])) for r in REQUESTS}
     return LabelledResult(
         kind="steering_sweep",
         dims=("request", "layer", "alpha", "example"),
-        coords={"request": requests, "layer": tuple(layers), "alpha": tuple(float(a) for a in alphas), "example": tuple(range(m))},
+        coords={"request": REQUESTS, "layer": tuple(layers), "alpha": tuple(alphas), "example": tuple(range(m))},
         values=values,
-        baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in requests}
-        | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in requests},
+        baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in REQUESTS}
+        | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in REQUESTS},
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"direction": persona.name, "position": persona.position, "units": units, "n": m, "seed": seed,
                 "persona": "safe", "refusal_tokens": list(scorer.token_ids), "max_new_tokens": max_new_tokens,
                 "judge": getattr(judge, "name", None) if judge is not None else ("heuristic" if max_new_tokens else None)},
         provenance=provenance(model, seed=seed),
-    )
+    )  # fmt: skip
+
+
+def reintroduction_grid(refusal: DirectionSet, prompts: list, base: list, scorer: RefusalScorer,
+                        layers: Sequence[int], alpha_back: float) -> GridSpec:
+    """Re-introduction as a grid over ``(layer,)`` under the compliant state."""
+    cells = {k: Scored("compliant", tuple(v)) for k, v in reintroduction_cells(refusal, layers, alpha_back).items()}
+    return GridSpec("reintroduction", cells, prompts={"compliant": prompts}, derive=_first_token(scorer), base=tuple(base),
+                    desc="re-introduction")  # fmt: skip
 
 
 def reintroduction(
@@ -229,34 +244,23 @@ def reintroduction(
 ) -> LabelledResult:
     """Under the compliant state, add the refusal direction back at each layer in turn.
 
-    ``checkpoint``: a folder keeping every finished layer (see :mod:`persona_gate.experiments.cells`).
+    ``checkpoint``: a folder keeping every finished layer (see :mod:`persona_gate.grid.store`).
     """
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     m = len(prompts)
-    logodds = torch.empty((len(layers), m))
-    refused = torch.zeros((len(layers), m), dtype=torch.bool)
-    cells = open_checkpoint(checkpoint, "reintroduction", persona=persona, refusal=refusal, prompts=prompts, layers=layers,
-                            alpha_back=alpha_back, mode=mode, steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
-
-    def derive(key: str, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        lo, rf = scorer.from_logprobs(lp)
-        return {"logodds": lo, "refused": rf}
-
-    bar = tqdm(total=len(layers), desc="re-introduction", disable=not progress)
-    cell_specs = reintroduction_cells(refusal, layers, alpha_back)
-    got, compliant = scored_cells(scorer, cells, prompts, cell_specs, derive, base=specs, bar=bar)
-    bar.close()
-    for li, layer in enumerate(layers):
-        logodds[li], refused[li] = got[f"layer{layer}"]["logodds"], got[f"layer{layer}"]["refused"]
-    cells.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs, compliant)
+    store = open_store(checkpoint, "reintroduction", persona=persona, refusal=refusal, prompts=prompts, layers=layers,
+                       alpha_back=alpha_back, mode=mode, steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
+    spec = reintroduction_grid(refusal, prompts, specs, scorer, layers, alpha_back)
+    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
+    store.report()
+    baselines = _compliant_baselines(scorer, groups, prompts, specs, res.clean.get("compliant"))
     return LabelledResult(
         kind="reintroduction",
         dims=("layer", "example"),
         coords={"layer": tuple(layers), "example": tuple(range(m))},
-        values={"logodds": logodds, "refused": refused},
+        values={v: res.tensor(v, layers) for v in ("logodds", "refused")},
         baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"persona": persona.name, "refusal": refusal.name, "alpha_back": alpha_back, "mode": mode,
@@ -270,6 +274,33 @@ def window_spans(n_layers: int, width: int | None) -> list[tuple[int, int]]:
     if width:
         return [(a, a + width - 1) for a in range(n_layers - width + 1)]
     return [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
+
+
+def window_grid(directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]], source_layer: int | None,
+                prompts: list, base: list, scorer: RefusalScorer) -> GridSpec:
+    """Window projection as a grid over ``(direction, start, end)`` under the compliant state."""
+    cells = {k: Scored("compliant", tuple(v)) for k, v in window_cells(directions, windows, source_layer).items()}
+    return GridSpec("window_projection", cells, prompts={"compliant": prompts}, derive=_first_token(scorer, True),
+                    base=tuple(base), desc="window projection")  # fmt: skip
+
+
+def _check_windows(persona: DirectionSet, windows: Sequence[tuple[int, int]], n_layers: int,
+                   source_layer: int | None) -> list[tuple[int, int]]:
+    """The windows, each checked against the model and the set's layers before any work."""
+    if not windows:
+        raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
+    windows = [(check_layer(a, n_layers), check_layer(b, n_layers)) for a, b in windows]
+    have = set(persona.layers)
+    for a, b in windows:
+        if b < a:
+            raise InterventionError(f"window [{a}, {b}] ends before it starts; pass (start, end) with start <= end.")
+        missing = [layer for layer in range(a, b + 1) if layer not in have]
+        if source_layer is None and missing:
+            raise InterventionError(
+                f"window [{a}, {b}] needs the persona direction at layers {missing}, which the set lacks; "
+                "fit directions at every layer, or pass source_layer= to use one layer's direction throughout."
+            )
+    return windows
 
 
 def window_projection(
@@ -295,61 +326,36 @@ def window_projection(
     ``windows`` lists them; else ``width`` gives every window of that width; else the full
     start x end grid. Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
     random directions, ``random_seeds`` of them) are ablated over the same windows.
-    ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.experiments.cells`).
+    ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.grid.store`).
     """
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     L = int(model.cfg.n_layers)
-    if windows is None:
-        windows = window_spans(L, width)
-    if not windows:
-        raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
-    windows = [(check_layer(a, L), check_layer(b, L)) for a, b in windows]
-    have = set(persona.layers)
-    for a, b in windows:
-        if b < a:
-            raise InterventionError(f"window [{a}, {b}] ends before it starts; pass (start, end) with start <= end.")
-        missing = [layer for layer in range(a, b + 1) if layer not in have]
-        if source_layer is None and missing:
-            raise InterventionError(
-                f"window [{a}, {b}] needs the persona direction at layers {missing}, which the set lacks; "
-                "fit directions at every layer, or pass source_layer= to use one layer's direction throughout."
-            )
+    windows = _check_windows(persona, window_spans(L, width) if windows is None else windows, L, source_layer)
     if random_seeds < 1:
         raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     directions = window_directions(persona, random_seeds, seed)
     m = len(prompts)
-    shape = (len(directions), L, L, m)
-    logodds, refused = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
-    cells = open_checkpoint(checkpoint, "window_projection", directions=list(directions.values()), prompts=prompts,
-                            windows=[list(w) for w in windows], source_layer=source_layer, mode=mode,
-                            steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
-
-    def derive(key: str, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        lo, rf = scorer.from_logprobs(lp)
-        return {"logodds": lo, "refused": rf.float()}
-
-    bar = tqdm(total=len(directions) * len(windows), desc="window projection", disable=not progress)
-    cell_specs = window_cells(directions, windows, source_layer)
-    got, compliant = scored_cells(scorer, cells, prompts, cell_specs, derive, base=specs, bar=bar)
-    bar.close()
-    for di, name in enumerate(directions):
-        for a, b in windows:
-            logodds[di, a, b], refused[di, a, b] = got[f"{name}/{a}-{b}"]["logodds"], got[f"{name}/{a}-{b}"]["refused"]
-    cells.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs, compliant)
+    store = open_store(checkpoint, "window_projection", directions=list(directions.values()), prompts=prompts,
+                       windows=[list(w) for w in windows], source_layer=source_layer, mode=mode,
+                       steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))  # fmt: skip
+    spec = window_grid(directions, windows, source_layer, prompts, specs, scorer)
+    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
+    store.report()
+    baselines = _compliant_baselines(scorer, groups, prompts, specs, res.clean.get("compliant"))
+    values = {v: res.tensor(v, list(directions), range(L), range(L), fill=float("nan")) for v in ("logodds", "refused")}
     return LabelledResult(
         kind="window_projection",
         dims=("direction", "start", "end", "example"),
         coords={"direction": tuple(directions), "start": tuple(range(L)), "end": tuple(range(L)), "example": tuple(range(m))},
-        values={"logodds": logodds, "refused": refused},
+        values=values,
         baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
         config={"persona": persona.name, "windows": [list(w) for w in windows], "width": width, "source_layer": source_layer,
                 "random_seeds": random_seeds, "mode": mode, "steer_layer": steer_layer, "steer_alpha": steer_alpha,
                 "n": m, "seed": seed},
         provenance=provenance(model, seed=seed),
-    )
+    )  # fmt: skip
 
 
 def restoration(rate: float, baseline: float, compliant: float) -> float:

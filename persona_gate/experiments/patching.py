@@ -39,7 +39,7 @@ from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +48,9 @@ from tqdm.auto import tqdm
 from ..prompts.chat import RenderedPrompt, render_all
 from ..core.directions import DirectionSet
 from ..errors import PositionError
-from ..models.adapter import check_supported, head_logits, last_logits, record_blocks, run_blocks
+from ..grid import Computed, Cost, GridSpec, open_store, run_grid
+from ..grid.replay import Replay
+from ..models.adapter import check_supported, last_logits, unembedded_rows
 from ..models.loading import model_device
 from ..scoring.metrics import refusal_logodds
 from ..prompts.sets import ChatPrompt
@@ -141,35 +143,21 @@ def _patch_rows(x: Tensor, src: Tensor, slots: Sequence[Slot | None], direction:
     return x
 
 
-class _Runner:
-    """A clean run of one prompt: every block's input and call arguments, and the activations at ``sites``."""
+def refusal_metric(token_ids: Sequence[int]) -> Callable[[Tensor], Tensor]:
+    """The patching metric: refusal log-odds of last-position logits, in float64."""
+    ids = list(token_ids)
+
+    def metric(last: Tensor) -> Tensor:
+        return refusal_logodds(torch.log_softmax(last.double(), dim=-1), ids).double()
+
+    return metric
+
+
+class PromptReplay(Replay):
+    """:class:`~persona_gate.grid.replay.Replay` of one prompt scored by its refusal log-odds."""
 
     def __init__(self, model: ChatModel, rp: RenderedPrompt, sites: Sequence[HookSite], token_ids: Sequence[int]):
-        self.model = model
-        device = model_device(model)
-        self.ids = torch.tensor([rp.input_ids], device=device)
-        self.token_ids = torch.tensor(list(token_ids), device=device)
-        self.acts: dict[HookSite, Tensor] = {}
-
-        def keep(site: HookSite):
-            def fn(x: Tensor, hook: Any) -> None:
-                self.acts[site] = x.detach().clone()
-
-            return fn
-
-        self.record, logits = record_blocks(model, self.ids, [(resolve(s, model), keep(s)) for s in sites])
-        self.metric = self.metric_from_logits(logits)[0]
-
-    def block_input(self, layer: int) -> Tensor:
-        return self.record.inputs[layer]
-
-    def metric_from_logits(self, last: Tensor) -> Tensor:
-        return refusal_logodds(torch.log_softmax(last.double(), dim=-1), self.token_ids.tolist()).double()
-
-    def run_from(self, k: int, hidden: Tensor, fwd_hooks: list) -> Tensor:
-        """Blocks k..L-1 on ``hidden`` (batch of copies), final norm, unembed the last position."""
-        x = run_blocks(self.model, self.record, k, hidden, fwd_hooks)
-        return self.metric_from_logits(head_logits(self.model, x[:, -1]))
+        super().__init__(model, rp.input_ids, sites, refusal_metric(token_ids))
 
 
 def render_pairs(model: ChatModel, source: Sequence, target: Sequence) -> list[tuple[RenderedPrompt, RenderedPrompt]]:
@@ -200,6 +188,66 @@ def align_pairs(model: ChatModel, pairs: list, positions: str) -> tuple[list[lis
     return slot_sets, labels
 
 
+def _patch_pair(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt, slots: list[Slot],
+                sites: Sequence[HookSite], token_ids: Sequence[int], direction: DirectionSet | None,
+                batch_size: int) -> dict[str, Tensor]:  # fmt: skip
+    """One example pair: the patched target's log-odds (``raw``) and their change (``effect``) per
+    (site, slot), and the two clean runs' log-odds (``clean``)."""
+    device = model_device(model)
+    raw = torch.empty((len(sites), len(slots)), dtype=torch.float64, device=device)
+    effect = torch.empty_like(raw)
+    src = PromptReplay(model, src_rp, sites, token_ids)
+    tgt = PromptReplay(model, tgt_rp, sites, token_ids)
+    for si, site in enumerate(sites):
+        v = direction.at(site.layer).to(device) if direction is not None else None
+        for c in range(0, len(slots), batch_size):
+            # One unpatched row rides along in every batch: the effect of a patch is measured
+            # against a row computed by exactly the same kernels, so a no-op is exactly 0.
+            chunk: list[Slot | None] = [*slots[c : c + batch_size], None]
+            changed: dict[str, Tensor] = {}
+
+            def patch(x: Tensor, hook: Any, chunk: list = chunk, site: HookSite = site) -> Tensor:
+                s_act = src.acts[site].to(x.dtype)
+                y = _patch_rows(x, s_act, chunk, None if v is None else v.to(x.dtype))
+                changed["rows"] = (y != x).flatten(1).any(1)
+                return y
+
+            hidden = tgt.block_input(site.layer).expand(len(chunk), -1, -1)
+            with torch.no_grad():
+                out = tgt.run_from(site.layer, hidden, [(resolve(site, model), patch)])
+            # A patch that leaves the activation bit-identical changes nothing downstream;
+            # say so exactly instead of reporting the batch kernels' last-bit noise.
+            delta = torch.where(changed["rows"][:-1].to(out.device), out[:-1] - out[-1], torch.zeros_like(out[:-1]))
+            raw[si, c : c + len(chunk) - 1] = out[-1] + delta
+            effect[si, c : c + len(chunk) - 1] = delta
+    clean = torch.tensor([float(src.metric), float(tgt.metric)], dtype=torch.float64)
+    return {"raw": raw, "effect": effect, "clean": clean}
+
+
+def _pair_cost(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt, n_slots: int,
+               sites: Sequence[HookSite], batch_size: int) -> Cost:  # fmt: skip
+    """What :func:`_patch_pair` runs: the two clean runs, then per site a re-run from its layer of
+    every batch of patched rows plus the unpatched reference row."""
+    L = int(model.cfg.n_layers)
+    t = Cost()
+    for rp in (src_rp, tgt_rp):  # the two clean runs, recording block inputs
+        t.add(1, len(rp), L, unembedded_rows(model, 1, len(rp)))
+    for site in sites:
+        for c in range(0, n_slots, batch_size):
+            rows = min(batch_size, n_slots - c) + 1  # one unpatched reference row per batch
+            t.add(rows, len(tgt_rp), L - site.layer, rows)
+    return t
+
+
+def patching_grid(model: ChatModel, pairs: list, slot_sets: list, sites: Sequence[HookSite], token_ids: Sequence[int],
+                  direction: DirectionSet | None = None, batch_size: int = 32) -> GridSpec:
+    """Activation patching as a grid: one computed cell per example pair, keyed ``(example,)``."""
+    cells = {(e,): Computed(lambda s=s, t=t, sl=sl: _patch_pair(model, s, t, sl, sites, token_ids, direction, batch_size),
+                            cost=lambda s=s, t=t, sl=sl: _pair_cost(model, s, t, len(sl), sites, batch_size))
+             for e, ((s, t), sl) in enumerate(zip(pairs, slot_sets))}  # fmt: skip
+    return GridSpec("activation_patching", cells, desc="patching")
+
+
 def activation_patching(
     model: ChatModel,
     source: Sequence[ChatPrompt | RenderedPrompt | str],
@@ -218,7 +266,7 @@ def activation_patching(
 ) -> LabelledResult:
     """Restoration per (layer, position slot, example); see the module docstring.
 
-    ``checkpoint``: a folder keeping every finished example pair (see :mod:`persona_gate.experiments.cells`),
+    ``checkpoint``: a folder keeping every finished example pair (see :mod:`persona_gate.grid.store`),
     so an interrupted run resumes at the pair it stopped in.
 
     Pairs whose clean source and target log-odds differ by less than ``min_gap`` nats carry no
@@ -235,78 +283,15 @@ def activation_patching(
     if direction is not None:
         direction.check_model(model)
     slot_sets, labels = align_pairs(model, pairs, positions)
-    device = model_device(model)
-    raw = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64, device=device)
-    effect = torch.empty_like(raw)
-    clean = torch.empty((2, len(pairs)), dtype=torch.float64)
-    from .cells import open_checkpoint
-
-    cells = open_checkpoint(checkpoint, "activation_patching", pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
-                            sites=[str(s) for s in sites], labels=list(labels), tokens=list(token_ids), mode=mode,
-                            direction=direction)
-    from .cells import CellCheckpoint
-    from .workers import current, missing_error
-
-    workers = current()
-    split = workers.many and isinstance(cells, CellCheckpoint)
-    if split:  # every process decides what is left from the same folder, then takes every N-th pair of it
-        workers.barrier()
-        todo = [e for e in range(len(pairs)) if not cells.has(f"example{e}")]  # type: ignore[union-attr]
-        workers.barrier()
-        mine = set(todo[workers.rank :: workers.world])
-    bar = tqdm(total=len(pairs) * len(sites), desc="patching", disable=not progress)
-
-    def restore(e: int, done: dict[str, Tensor]) -> None:
-        raw[:, :, e], effect[:, :, e], clean[:, e] = done["raw"].to(device), done["effect"].to(device), done["clean"]
-        bar.update(len(sites))
-
-    later: list[int] = []  # pairs another process computes
-    for e, ((src_rp, tgt_rp), slots) in enumerate(zip(pairs, slot_sets)):
-        if split and e in todo and e not in mine:
-            later.append(e)
-            continue
-        done = cells.get(f"example{e}")
-        if done is not None:
-            restore(e, done)
-            continue
-        src = _Runner(model, src_rp, sites, token_ids)
-        tgt = _Runner(model, tgt_rp, sites, token_ids)
-        clean[0, e], clean[1, e] = float(src.metric), float(tgt.metric)
-        for si, site in enumerate(sites):
-            v = direction.at(site.layer).to(device) if direction is not None else None
-            for c in range(0, len(slots), batch_size):
-                # One unpatched row rides along in every batch: the effect of a patch is measured
-                # against a row computed by exactly the same kernels, so a no-op is exactly 0.
-                chunk: list[Slot | None] = [*slots[c : c + batch_size], None]
-                changed: dict[str, Tensor] = {}
-
-                def patch(x: Tensor, hook: Any, chunk: list = chunk, site: HookSite = site) -> Tensor:
-                    s_act = src.acts[site].to(x.dtype)
-                    y = _patch_rows(x, s_act, chunk, None if v is None else v.to(x.dtype))
-                    changed["rows"] = (y != x).flatten(1).any(1)
-                    return y
-
-                hidden = tgt.block_input(site.layer).expand(len(chunk), -1, -1)
-                with torch.no_grad():
-                    out = tgt.run_from(site.layer, hidden, [(resolve(site, model), patch)])
-                # A patch that leaves the activation bit-identical changes nothing downstream;
-                # say so exactly instead of reporting the batch kernels' last-bit noise.
-                delta = torch.where(changed["rows"][:-1].to(out.device), out[:-1] - out[-1], torch.zeros_like(out[:-1]))
-                raw[si, c : c + len(chunk) - 1, e] = out[-1] + delta
-                effect[si, c : c + len(chunk) - 1, e] = delta
-            bar.update()
-        cells.put(f"example{e}", {"raw": raw[:, :, e], "effect": effect[:, :, e], "clean": clean[:, e]})
-    if later:
-        workers.barrier()
-        for e in later:
-            done = cells.get(f"example{e}")
-            if done is None:
-                raise missing_error("patching pairs", [f"example{x}" for x in later])
-            restore(e, done)
-    elif split:
-        workers.barrier()  # every process meets here, also one with no pair left to read
-    bar.close()
-    cells.report()
+    store = open_store(checkpoint, "activation_patching", pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
+                       sites=[str(s) for s in sites], labels=list(labels), tokens=list(token_ids), mode=mode,
+                       direction=direction)  # fmt: skip
+    spec = patching_grid(model, pairs, slot_sets, sites, token_ids, direction, batch_size)
+    got = run_grid(model, spec, store=store, progress=progress)
+    store.report()
+    raw = torch.stack([got[(e,)]["raw"] for e in range(len(pairs))], dim=-1)
+    effect = torch.stack([got[(e,)]["effect"] for e in range(len(pairs))], dim=-1)
+    clean = torch.stack([got[(e,)]["clean"] for e in range(len(pairs))], dim=-1)
     raw, effect = raw.cpu(), effect.cpu()
     m_src, m_tgt = clean[0], clean[1]
     if mode == "noising":  # the run was of the target with source activations swapped: undo the swap
@@ -366,7 +351,7 @@ def attribution_patching(
     slot_sets, labels = align_pairs(model, pairs, positions)
     est = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64)
     for e, ((src_rp, tgt_rp), slots) in enumerate(tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)):
-        src = _Runner(model, src_rp, sites, token_ids)
+        src = PromptReplay(model, src_rp, sites, token_ids)
         acts: dict[HookSite, Tensor] = {}
 
         def keep(site: HookSite):
@@ -379,7 +364,7 @@ def attribution_patching(
 
         ids = torch.tensor([tgt_rp.input_ids], device=model_device(model))
         with torch.enable_grad(), model.hooks(fwd_hooks=[(resolve(s, model), keep(s)) for s in sites]):
-            metric = src.metric_from_logits(last_logits(model, ids).float())[0]
+            metric = src.metric_of(last_logits(model, ids).float())[0]
             metric.backward()
         m_tgt = float(metric.detach())
         gap = float(src.metric) - m_tgt

@@ -34,9 +34,6 @@ from ..io import atomic_write_text, claim_folder
 
 log = logging.getLogger(__name__)
 
-STAGES = ("directions", "steering_sweep", "reintroduction", "window_projection", "patching")
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run depends on; recorded in summary.json."""
@@ -117,6 +114,18 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
         return cls(**raw)
+
+    def load_model(self, device: str | None = None) -> Any:
+        """The model this config names: its dtype, device or device_map, and chat template.
+
+        ``device`` is the fallback for a config that sets neither ``device`` nor ``device_map``
+        (default: the loader's, CUDA if available).
+        """
+        from ..models.loading import load_chat_model
+
+        placed = self.device is not None or self.device_map is not None
+        return load_chat_model(self.model, dtype=self.dtype, device=self.device if placed else device,
+                               device_map=self.device_map, chat_template=self.chat_template)  # fmt: skip
 
 
 _LOADERS = {
@@ -204,35 +213,12 @@ def run_windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
     return windows
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished stage into ``out`` and return the summary (also in summary.json)."""
-    from .. import experiments as ex
-    from ..core.contrasts import fit_persona_and_refusal
-    from ..core.directions import DirectionSet
+def _check_fits(cfg: RunConfig, model: Any) -> list[tuple[int, int]] | None:
+    """Every stage's needs, checked before the first of them runs (patching re-runs blocks), and
+    before config.json pins the folder to this configuration: a rejected one can be fixed in place.
+    Returns the windows to project over."""
     from ..models.adapter import check_supported
-    from ..models.loading import load_chat_model
-    from .patching import activation_patching, gate_layers
-    from ..results import LabelledResult
 
-    from .workers import ONE, from_environment, sharing
-
-    workers = from_environment()  # one process, or those torchrun / accelerate launch started
-    if not workers.lead:
-        workers.barrier()  # process 0 claims and tidies the folder first
-    out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
-    check_resumable(cfg, out)
-    if workers.lead:
-        _clean_stale(out)
-        workers.barrier()
-    times_path = out / "stage_seconds.json"
-    times = json.loads(times_path.read_text()) if times_path.exists() else {}
-
-    t0 = time.perf_counter()
-    device = cfg.device if cfg.device is not None or cfg.device_map is not None else workers.device()
-    model = load_chat_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, chat_template=cfg.chat_template)
-    times["load_model"] = round(time.perf_counter() - t0, 2)
-    # Every stage's needs, checked before the first of them runs (patching re-runs blocks), and
-    # before config.json pins the folder to this configuration: a rejected one can be fixed in place.
     check_supported(model, "hooks", "blocks", "replay", what="`persona-gate run` (its patching stage)")
     n_layers = int(model.cfg.n_layers)
     for layer in cfg.layers or ():
@@ -241,80 +227,94 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     if cfg.window_width is not None and cfg.window_width > n_layers:
         raise ConfigError(f"config key 'window_width' is {cfg.window_width}, but {cfg.model} has {n_layers} layers; "
                           f"pick a width <= {n_layers}.")  # fmt: skip
-    window_list = run_windows(cfg, n_layers)
+    return run_windows(cfg, n_layers)
+
+
+def _open_run(cfg: RunConfig, out: str | Path, workers: Any) -> Path:
+    """Claim and tidy the run folder (process 0 first) and refuse a folder of another configuration."""
+    if not workers.lead:
+        workers.barrier()  # process 0 claims and tidies the folder first
+    out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
+    check_resumable(cfg, out)
+    if workers.lead:
+        _clean_stale(out)
+        workers.barrier()
+    return out
+
+
+def _run_stage(st: Any, ctx: Any, workers: Any, times: dict, reused: list[str]) -> Any:
+    """One stage: skipped if its folder loads; else computed (split: by every process, each its
+    share of the cells; otherwise by process 0 while the others wait) and saved by process 0."""
+    from ..grid import ONE, sharing
+
+    path = ctx.out / st.name
+    if stage_done(path, lambda p: st.load(p, ctx)):
+        log.info("stage %s already done", st.name)
+        reused.append(st.name)
+        return st.load(path, ctx)
+    t = time.perf_counter()
+    log.info("stage %s: computing", st.name)
+    result = None
+    if st.split or workers.lead:
+        with sharing(workers if st.split else ONE):
+            result = st.compute(ctx)
+    workers.barrier()  # every process is done with the stage's cells
+    if workers.lead:
+        if isinstance(result, tuple):  # several artefacts in one stage folder
+            for sub, r in result:
+                r.save(path / sub)
+        else:
+            result.save(path)
+        shutil.rmtree(ctx.out / "cells" / st.name, ignore_errors=True)  # the stage folder now holds every cell
+        times[st.name] = round(time.perf_counter() - t, 2)
+        atomic_write_text(ctx.out / "stage_seconds.json", json.dumps(times, indent=1))
+    workers.barrier()
+    return st.load(path, ctx)
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished stage of :data:`~persona_gate.experiments.stages.STAGES` into ``out``
+    and return the summary (also in summary.json)."""
+    from ..grid import from_environment
+    from ..scoring.refusal import RefusalScorer, eval_groups
+    from .patching import gate_layers
+    from .stages import STAGES, Context
+
+    workers = from_environment()  # one process, or those torchrun / accelerate launch started
+    out = _open_run(cfg, out, workers)
+    times_path = out / "stage_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    t0 = time.perf_counter()
+    model = cfg.load_model(workers.device())
+    times["load_model"] = round(time.perf_counter() - t0, 2)
+    ctx = Context(cfg, model, out, groups={}, scorer=None, windows=_check_fits(cfg, model), progress=progress)
     if workers.lead:
         atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-
-    def stage(name: str, path: Path, loader: Callable[[Path], Any], compute: Callable[[], Any], split: bool = False) -> Any:
-        """One stage: skipped if its folder loads; else computed (split: by every process, each its
-        share of the cells; otherwise by process 0 while the others wait) and saved by process 0."""
-        if stage_done(path, loader):
-            log.info("stage %s already done", name)
-            reused.append(name)
-            return loader(path)
-        t = time.perf_counter()
-        log.info("stage %s: computing", name)
-        result = None
-        if split or workers.lead:
-            with sharing(workers if split else ONE):
-                result = compute()
-        workers.barrier()  # every process is done with the stage's cells
-        if workers.lead:
-            if isinstance(result, tuple):  # several artefacts in one stage folder
-                for sub, r in result:
-                    r.save(path / sub)
-            else:
-                result.save(path)
-            shutil.rmtree(cells / name, ignore_errors=True)  # the stage folder now holds every cell
-            times[name] = round(time.perf_counter() - t, 2)
-            atomic_write_text(times_path, json.dumps(times, indent=1))
-        workers.barrier()
-        return loader(path)
-
-    cells = out / "cells"
     reused: list[str] = []  # stages an earlier run in this folder had finished
-
-    def load_dirs(p: Path) -> tuple[DirectionSet, DirectionSet]:
-        return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
-
-    def fit() -> tuple:
-        pr = fit_persona_and_refusal(model, layers=cfg.layers, n_per_group=cfg.n_fit, progress=progress, seed=cfg.seed)
-        return (("refusal", pr.refusal), ("persona", pr.persona))
-
-    refusal, persona = stage("directions", out / "directions", load_dirs, fit)
-    scorer = ex.RefusalScorer.for_model(model, phrases=cfg.refusal_phrases)
-    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
-    common = dict(scorer=scorer, groups=groups, progress=progress, seed=cfg.seed)
-    sweep = stage("steering_sweep", out / "steering_sweep", LabelledResult.load,
-                  lambda: ex.steering_sweep(model, persona, layers=cfg.layers, alphas=cfg.alphas,
-                                            checkpoint=cells / "steering_sweep", **common), split=True)
-    back = stage("reintroduction", out / "reintroduction", LabelledResult.load,
-                 lambda: ex.reintroduction(model, persona, refusal, layers=cfg.layers, alpha_back=cfg.alpha_back,
-                                           checkpoint=cells / "reintroduction", **common), split=True)
-    windows = stage("window_projection", out / "window_projection", LabelledResult.load,
-                    lambda: ex.window_projection(model, persona, width=cfg.window_width, windows=window_list, random_seeds=cfg.random_seeds,
-                                                 checkpoint=cells / "window_projection", **common), split=True)
-    k = min(cfg.patch_examples, len(groups["safe/harmful"]))
-    patch = stage("patching", out / "patching", LabelledResult.load,
-                  lambda: activation_patching(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k],
-                                              scorer.token_ids, positions="roles", progress=progress,
-                                              checkpoint=cells / "patching"), split=True)
-    sites = None
-    if cfg.extraction_sites:
-        sites = stage("extraction_sites", out / "extraction_sites", LabelledResult.load,
-                      lambda: ex.extraction_sites(model, layers=cfg.layers, n=cfg.n_eval, n_fit=cfg.n_fit, scorer=scorer,
-                                                  groups=groups, seed=cfg.seed, progress=progress,
-                                                  checkpoint=cells / "extraction_sites"))  # fmt: skip
+    enabled = [st for st in STAGES if st.enabled(cfg)]
+    for st in enabled:
+        result = _run_stage(st, ctx, workers, times, reused)
+        if st.name == "directions":
+            ctx.refusal, ctx.persona = result
+            ctx.scorer = RefusalScorer.for_model(model, phrases=cfg.refusal_phrases)
+            ctx.groups = eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
+        else:
+            ctx.results[st.name] = result
+    cells = out / "cells"
     if workers.lead and cells.is_dir() and not any(cells.iterdir()):
         cells.rmdir()  # every stage is done: no cell is left to keep
     times["total"] = round(time.perf_counter() - t0, 2)
     if workers.lead:
         atomic_write_text(times_path, json.dumps(times, indent=1))
-    summary = summarise(model, cfg, refusal, persona, sweep, back, windows, patch, gate_layers(patch), times)
-    if sites is not None:
-        summary["extraction_sites"] = summarise_sites(sites)
+    r = ctx.results
+    patch = r["patching"]
+    summary = summarise(model, cfg, ctx.refusal, ctx.persona, r["steering_sweep"], r["reintroduction"], r["window_projection"],
+                        patch, gate_layers(patch), times)  # fmt: skip
+    if "extraction_sites" in r:
+        summary["extraction_sites"] = summarise_sites(r["extraction_sites"])
     summary["reused_stages"] = reused
     summary["processes"] = workers.world
+    summary["stages"] = [{"name": st.name, "title": st.title} for st in enabled]
     if workers.lead:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     workers.barrier()

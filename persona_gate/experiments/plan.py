@@ -4,9 +4,9 @@ tokens, and an estimated wall time (``persona-gate run --plan``).
 The plan walks the stages of :func:`~persona_gate.experiments.pipeline.run_pipeline` with the
 same prompt sets, batches and cell grids the run uses (the grid builders of
 :mod:`~persona_gate.experiments.paper` and the prefix-reuse planner
-:func:`~persona_gate.core.prefix.cells_cost`), so its counts are what the run executes; the
+:func:`~persona_gate.grid.cost.cost_grid`), so its counts are what the run executes; the
 tests count the run's block calls with hooks and compare. Counted per stage (see
-:class:`~persona_gate.core.prefix.Cost`): *forwards* (one prompt through part or all of the
+:class:`~persona_gate.grid.cost.Cost`): *forwards* (one prompt through part or all of the
 model), *tokens* (padded positions those forwards take in), *block-tokens* (tokens x blocks
 completed: the compute), *head rows* (positions unembedded) and *generated* steps (an upper
 bound: replies end at EOS).
@@ -41,9 +41,10 @@ from typing import Any
 
 import torch
 
-from ..core.prefix import Cost, batch_shapes, cells_cost
+from ..grid import Cost
+from ..grid.cost import batch_shapes
 from ..errors import ConfigError
-from ..models.adapter import head_logits, last_logits, unembedded_rows
+from ..models.adapter import head_logits, last_logits
 from ..models.loading import model_device
 from ..models.protocol import ChatModel
 
@@ -70,36 +71,6 @@ def accelerator_flops(name: str | float) -> tuple[str, float]:
     return f"{value:.3g} FLOP/s", value
 
 
-def _full_pass(t: Cost, model: ChatModel, shapes: list[tuple[int, int]], blocks: int, head: bool = True) -> None:
-    for rows, seq in shapes:
-        t.add(rows, seq, blocks, unembedded_rows(model, rows, seq) if head else 0)
-
-
-def _engine(t: Cost, model: ChatModel, prompts: list, cells: list, base: list, batch_size: int) -> None:
-    t += cells_cost(model, prompts, cells, base=base, batch_size=batch_size)
-
-
-def _placeholder(model: ChatModel, layers: list[int], name: str, position: str) -> Any:
-    """Directions of the right shape for planning before they are fitted (non-zero at every layer)."""
-    from ..core.directions import DirectionSet
-    from ..sites import HookSite
-
-    g = torch.Generator().manual_seed(0)
-    d = int(model.cfg.d_model)
-    pos, neg = torch.randn(len(layers), d, generator=g), torch.randn(len(layers), d, generator=g)
-    return DirectionSet.from_means(name, [HookSite(layer) for layer in layers], pos, neg, "a", "b", {}, position)
-
-
-def _generation(t: Cost, model: ChatModel, shapes: list[tuple[int, int]], steps: int) -> None:
-    """Greedy decoding with the KV cache: the prompt once, then up to ``steps - 1`` one-token steps."""
-    L = int(model.cfg.n_layers)
-    for rows, seq in shapes:
-        t.add(rows, seq, L, rows)
-        t.generated += rows * max(steps - 1, 0)
-        t.block_tokens += rows * max(steps - 1, 0) * L
-        t.head_rows += rows * max(steps - 1, 0)
-
-
 def plan_run(
     cfg: Any,
     model: ChatModel,
@@ -109,106 +80,52 @@ def plan_run(
     accelerator: str | float | None = None,
     mfu: float = DEFAULT_MFU,
 ) -> dict[str, Any]:
-    """The cost plan of ``run_pipeline(cfg, out)`` on ``model`` (see the module docstring)."""
-    from .. import experiments as ex
-    from ..core.contrasts import standard_prompts
-    from ..core.directions import DirectionSet
+    """The cost plan of ``run_pipeline(cfg, out)`` on ``model`` (see the module docstring): every
+    enabled stage of :data:`~persona_gate.experiments.stages.STAGES`, costed by its own ``cost``."""
     from ..models.profile import profile_of
-    from ..results import LabelledResult
-    from .paper import compliant_state, experiment_layers, reintroduction_cells, sweep_cells, window_cells, window_directions, window_spans
-    from .patching import align_pairs, render_pairs
-    from .pipeline import harmful_requests, stage_done, run_windows
+    from ..scoring.refusal import RefusalScorer, eval_groups
+    from .pipeline import harmful_requests, run_windows, stage_done
+    from .stages import STAGES, Context, generation_cost, placeholder
 
     if not (isinstance(mfu, (int, float)) and 0 < mfu <= 1):
         raise ConfigError(f"mfu must be a share of the peak in (0, 1], got {mfu!r}.")
     out = Path(out) if out is not None else None
     L = int(model.cfg.n_layers)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(L))
+    ctx = Context(cfg, model, None, groups={}, scorer=RefusalScorer(model, ()), windows=run_windows(cfg, L), progress=False)
     stages: list[dict[str, Any]] = []
 
-    def done(name: str, loader: Any) -> bool:
-        return out is not None and stage_done(out / name, loader)
-
-    def stage(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
+    def row(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
         stages.append({"stage": name, "cells": cells, "done": tally is None, "exact": exact,
                        **dataclasses.asdict(tally if tally is not None else Cost())})  # fmt: skip
 
-    # directions: one streaming pass, stopped at the last requested layer's resid_pre.
-    def load_dirs(p: Path) -> tuple:
-        return DirectionSet.load(p / "refusal", model=model), DirectionSet.load(p / "persona", model=model)
-
-    if done("directions", load_dirs):
-        refusal, persona = load_dirs(out / "directions")  # type: ignore[operator]
-        stage("directions", 1, None)
-    else:
-        t = Cost()
-        train = standard_prompts(model=model, n_per_group=cfg.n_fit, seed=cfg.seed)
-        _full_pass(t, model, batch_shapes(model, train, 16), max(layers), head=False)
-        stage("directions", 1, t)
-        refusal, persona = _placeholder(model, layers, "refusal", "last"), _placeholder(model, layers, "persona", "mean:system")
-
-    phrases = cfg.refusal_phrases if cfg.refusal_phrases is not None else profile_of(model).refusal_phrases
-    if phrases is None:  # refusal tokens derived from the model's own replies (RefusalScorer.for_model)
-        t = Cost()
-        harmful = ex.eval_groups(model, 16, split="train")["safe/harmful"]
-        _generation(t, model, batch_shapes(model, harmful, 16), 12)
-        stage("refusal_tokens", 1, t, exact=False)
-    bs = ex.RefusalScorer.batch_size  # the pipeline's scorer keeps the default batch
-    groups = ex.eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
-    sweep_layers = experiment_layers(model, cfg.layers)
-
-    if done("steering_sweep", LabelledResult.load):
-        stage("steering_sweep", 2 * len(sweep_layers) * len(cfg.alphas), None)
-    else:
-        t = Cost()
-        for r in ("harmful", "harmless"):
-            grid = sweep_cells(persona, r, sweep_layers, cfg.alphas)
-            _engine(t, model, groups[f"safe/{r}"], [run for _, run in grid.values()], [], bs)
-        stage("steering_sweep", 2 * len(sweep_layers) * len(cfg.alphas), t)
-
-    prompts, specs = compliant_state(persona, groups, "prompt", None, None)
-    safe_shapes = batch_shapes(model, groups["safe/harmful"], bs)
-    if done("reintroduction", LabelledResult.load):
-        stage("reintroduction", len(sweep_layers), None)
-    else:
-        t = Cost()
-        _engine(t, model, prompts, list(reintroduction_cells(refusal, sweep_layers, cfg.alpha_back).values()), specs, bs)
-        _full_pass(t, model, safe_shapes, L)  # the safe baseline
-        stage("reintroduction", len(sweep_layers), t)
-
-    windows = run_windows(cfg, L) or window_spans(L, cfg.window_width)
-    n_window_cells = (1 + cfg.random_seeds) * len(windows)
-    if done("window_projection", LabelledResult.load):
-        stage("window_projection", n_window_cells, None)
-    else:
-        t = Cost()
-        cells = window_cells(window_directions(persona, cfg.random_seeds, cfg.seed), windows, None)
-        _engine(t, model, prompts, list(cells.values()), specs, bs)
-        _full_pass(t, model, safe_shapes, L)
-        stage("window_projection", n_window_cells, t)
-
-    k = min(cfg.patch_examples, len(groups["safe/harmful"]))
-    pairs = render_pairs(model, groups["safe/harmful"][:k], groups["compliant/harmful"][:k])
-    slot_sets, labels = align_pairs(model, pairs, "roles")
-    if done("patching", LabelledResult.load):
-        stage("patching", k * L * len(labels), None)
-    else:
-        t = Cost()
-        for (src, tgt), slots in zip(pairs, slot_sets):
-            for rp in (src, tgt):  # the two clean runs, recording block inputs
-                t.add(1, len(rp), L, unembedded_rows(model, 1, len(rp)))
-            for layer in range(L):
-                for c in range(0, len(slots), 32):
-                    rows = len(slots[c : c + 32]) + 1  # one unpatched reference row per batch
-                    t.add(rows, len(tgt), L - layer, rows)
-        stage("patching", k * L * len(labels), t)
-
-    if cfg.extraction_sites:
-        if done("extraction_sites", LabelledResult.load):
-            stage("extraction_sites", 0, None)
+    for st in [s for s in STAGES if s.enabled(cfg)]:
+        folder = None if out is None else out / st.name
+        done = folder is not None and stage_done(folder, lambda p, st=st: st.load(p, ctx))
+        if st.name != "directions":
+            cells, cost, exact = st.cost(ctx)
+            row(st.name, cells, None if done else cost, exact)
+            continue
+        if done:
+            ctx.refusal, ctx.persona = st.load(folder, ctx)  # type: ignore[arg-type]
+            row(st.name, 1, None)
         else:
-            stage("extraction_sites", *_sites_cost(model, cfg, groups, sweep_layers, bs))
+            row(st.name, *st.cost(ctx))
+            ctx.refusal, ctx.persona = placeholder(model, layers, "refusal", "last"), placeholder(model, layers, "persona", "mean:system")
+        phrases = cfg.refusal_phrases if cfg.refusal_phrases is not None else profile_of(model).refusal_phrases
+        if phrases is None:  # refusal tokens derived from the model's own replies (RefusalScorer.for_model)
+            t = Cost()
+            harmful = eval_groups(model, 16, split="train")["safe/harmful"]
+            generation_cost(t, model, batch_shapes(model, harmful, 16), 12)
+            row("refusal_tokens", 1, t, exact=False)
+        ctx.groups = eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
+    return _priced(cfg, model, stages, ctx.groups, probe, accelerator, mfu)
 
+
+def _priced(cfg: Any, model: ChatModel, stages: list[dict[str, Any]], groups: dict, probe: bool,
+            accelerator: str | float | None, mfu: float) -> dict[str, Any]:  # fmt: skip
+    """The stages' counts with FLOPs, a time here (timing probe) and on an accelerator, and totals."""
+    bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
     probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
     peak = accelerator_flops(accelerator) if accelerator is not None else None
     per_block = _block_parameters(model)
@@ -225,7 +142,7 @@ def plan_run(
             totals[key] = sum(s[key] for s in stages)
     return {
         "model": cfg.model,
-        "n_layers": L,
+        "n_layers": int(model.cfg.n_layers),
         "stages": stages,
         "total": totals,
         "probe": probe_rates,
@@ -233,35 +150,6 @@ def plan_run(
         "flops_model": {"block_parameters": per_block, "attention_width": heads, "d_model": int(model.cfg.d_model),
                         "vocab": int(model.cfg.d_vocab)},
     }  # fmt: skip
-
-
-def _sites_cost(model: ChatModel, cfg: Any, groups: dict, layers: list[int], bs: int) -> tuple[int, Cost, bool]:
-    """The extraction-sites stage: refits at every position, response generation, steering and ablation cells."""
-    from ..core.contrasts import standard_prompts
-    from ..core.interventions import Ablate, Steer
-    from ..prompts.positions import parse_position
-    from .analysis import PERSONA_POSITIONS
-
-    t = Cost()
-    L = int(model.cfg.n_layers)
-    train = standard_prompts(model=model, n_per_group=cfg.n_fit, seed=cfg.seed)
-    _full_pass(t, model, batch_shapes(model, train, 16), max(layers), head=False)
-    pos = [str(parse_position(p)) for p in PERSONA_POSITIONS]
-    exact = "mean:response" not in pos
-    if not exact:  # replies generated for the response mean, then a second fit over prompt + reply
-        _generation(t, model, batch_shapes(model, train, 16), 16)
-        for rows, seq in batch_shapes(model, train, 16):
-            t.add(rows, seq + 16, max(layers), 0)
-    d = _placeholder(model, layers, "persona", "mean:system")
-    every = range(L)
-    for _ in pos:
-        _engine(t, model, groups["safe/harmful"], [[Steer(d, alpha=a, layers=[layer])] for layer in layers for a in (1.0, 2.0, 4.0)], [], bs)
-        ablate = [[Ablate(d, layers=every, source_layer=layer)] for layer in layers]
-        _engine(t, model, groups["compliant/harmful"], ablate, [], bs)
-        _engine(t, model, groups["compliant/harmless"], ablate, [], bs)
-    for g in groups:
-        _full_pass(t, model, batch_shapes(model, groups[g], bs), L)
-    return len(pos) * len(layers), t, False
 
 
 def _block_parameters(model: ChatModel) -> int:

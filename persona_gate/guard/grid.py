@@ -31,16 +31,16 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.directions import DirectionSet
 from ..errors import ConfigError, EmptyGroupError
-from ..experiments.cells import open_checkpoint
+from ..grid import Computed, GridSpec, Scored, open_store, run_grid
 from ..models.loading import check_model
 from ..models.profile import profile_of
 from ..models.protocol import ChatModel
@@ -92,6 +92,66 @@ def _attack_set(model: ChatModel, n: int, seed: int) -> list[ChatPrompt]:
     return attack_prompts(attacks_for(model), default_requests(model, n, seed))
 
 
+def _check_grid(model: ChatModel, persona: DirectionSet, windows: Sequence[Sequence[int]] | None, width: int | None,
+                percentiles: Sequence[float | int], max_harmless_refusal: float, max_kl: float,
+                kl_tokens: int) -> tuple[list[tuple[int, int]], list[float]]:
+    """The grid's windows and percentiles, every argument checked before any work."""
+    check_model(model)
+    persona.check_model(model)
+    n_layers = int(model.cfg.n_layers)
+    spans = [check_window(w, n_layers) for w in (windows if windows is not None else default_windows(n_layers, width))]
+    spans = list(dict.fromkeys(spans))
+    pcts = sorted(dict.fromkeys(check_percentile(p) for p in percentiles))
+    if not spans or not pcts:
+        raise ConfigError("the grid is empty; pass at least one window and one percentile.")
+    if not 0.0 <= max_harmless_refusal <= 1.0:
+        raise ConfigError(f"max_harmless_refusal is a rate in [0, 1], got {max_harmless_refusal}.")
+    if not max_kl >= 0:
+        raise ConfigError(f"max_kl is a KL in nats (>= 0), got {max_kl}; e.g. 0.1.")
+    if kl_tokens < 1:
+        raise ConfigError(f"kl_tokens must be >= 1, got {kl_tokens}.")
+    layers = sorted({layer for a, b in spans for layer in range(a, b + 1)})
+    missing = [layer for layer in layers if layer not in persona.layers]
+    if missing:
+        raise ConfigError(f"the persona directions have no layers {missing} of the windows; fit them there or pick windows "
+                          f"within layers {persona.layers}.")  # fmt: skip
+    return spans, pcts
+
+
+def _harmless_replies(model: ChatModel, harmless: list[ChatPrompt], kl_tokens: int, batch_size: int) -> list:
+    """The unguarded model's own replies to harmless requests, teacher-forced for the KL of every cell."""
+    from ..core.generation import generate
+
+    rendered = render_all(model.tokenizer, harmless)
+    replies = generate(model, rendered, max_new_tokens=kl_tokens, batch_size=batch_size, progress=False)
+    with_reply = [r.with_response(g.token_ids) for r, g in zip(rendered, replies) if g.token_ids]
+    if not with_reply:
+        raise EmptyGroupError("the model gave no reply to any harmless request, so the KL has nothing to average.")
+    return with_reply
+
+
+def _cap_grid(model: ChatModel, guard: Any, spans: list, pcts: list, attacks: list, harmless: list, with_reply: list,
+              scorer: Any, batch_size: int) -> GridSpec:  # fmt: skip
+    """Per (direction, start, end, percentile): first-token refusal on the attacks and on harmless
+    requests (prefix reuse: each cell re-runs from its window's start) and the reply KL (teacher-forced
+    over every reply position: a full forward per cell); the unguarded model's rates are the clean runs."""
+    from ..scoring.metrics import reply_kl
+
+    cells: dict[tuple, Scored | Computed] = {("unguarded", "attacks"): Scored("attacks"), ("unguarded", "harmless"): Scored("harmless")}
+    coords = [(name, span, pct) for name in DIRECTIONS for span in spans for pct in pcts]
+    for part in ("attacks", "harmless"):
+        for name, (a, b), pct in coords:
+            cells[(name, a, b, pct, part)] = Scored(part, (guard(name, (a, b), pct),))
+    for name, (a, b), pct in coords:
+        g = guard(name, (a, b), pct)
+        cells[(name, a, b, pct, "kl")] = Computed(lambda g=g: {"kl": reply_kl(model, with_reply, g, batch_size=max(1, batch_size // 4))})
+
+    def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"refused": scorer.from_logprobs(lp)[1]}
+
+    return GridSpec("guard_grid", cells, prompts={"attacks": attacks, "harmless": harmless}, derive=derive, desc="guard grid")
+
+
 def guard_grid(
     model: ChatModel,
     persona: DirectionSet,
@@ -121,29 +181,10 @@ def guard_grid(
     ``refusal`` and ``alpha``: re-add the refusal direction where the cap engages (default off).
     ``n``: held-out harmful requests per attack and harmless requests per persona family.
     """
-    from ..core.generation import generate
-    from ..scoring.metrics import reply_kl
     from ..scoring.refusal import RefusalScorer
 
-    check_model(model)
-    persona.check_model(model)
-    n_layers = int(model.cfg.n_layers)
-    spans = [check_window(w, n_layers) for w in (windows if windows is not None else default_windows(n_layers, width))]
-    spans = list(dict.fromkeys(spans))
-    pcts = sorted(dict.fromkeys(check_percentile(p) for p in percentiles))
-    if not spans or not pcts:
-        raise ConfigError("the grid is empty; pass at least one window and one percentile.")
-    if not 0.0 <= max_harmless_refusal <= 1.0:
-        raise ConfigError(f"max_harmless_refusal is a rate in [0, 1], got {max_harmless_refusal}.")
-    if not max_kl >= 0:
-        raise ConfigError(f"max_kl is a KL in nats (>= 0), got {max_kl}; e.g. 0.1.")
-    if kl_tokens < 1:
-        raise ConfigError(f"kl_tokens must be >= 1, got {kl_tokens}.")
+    spans, pcts = _check_grid(model, persona, windows, width, percentiles, max_harmless_refusal, max_kl, kl_tokens)
     layers = sorted({layer for a, b in spans for layer in range(a, b + 1)})
-    missing = [layer for layer in layers if layer not in persona.layers]
-    if missing:
-        raise ConfigError(f"the persona directions have no layers {missing} of the windows; fit them there or pick windows "
-                          f"within layers {persona.layers}.")  # fmt: skip
     scorer = RefusalScorer.for_model(model, batch_size=batch_size)
     control = persona.random_like(random_seed)
     dirs = {"persona": persona, "random": control}
@@ -151,66 +192,52 @@ def guard_grid(
     attacks = _attack_set(model, n, seed)
     harmless = harmless_prompts(model, n, seed)
     families = [p.group for p in attacks]
-
-    # The unguarded model's own replies to harmless requests, teacher-forced for the KL of every cell.
-    rendered = render_all(model.tokenizer, harmless)
-    replies = generate(model, rendered, max_new_tokens=kl_tokens, batch_size=batch_size, progress=False)
-    with_reply = [r.with_response(g.token_ids) for r, g in zip(rendered, replies) if g.token_ids]
-    if not with_reply:
-        raise EmptyGroupError("the model gave no reply to any harmless request, so the KL has nothing to average.")
-
+    with_reply = _harmless_replies(model, harmless, kl_tokens, batch_size)
     proj = {name: token_projections(model, d, layers, prompts=calib, batch_size=batch_size) for name, d in dirs.items()}
     caps = {name: {pct: thresholds_at(proj[name], pct) for pct in pcts} for name in DIRECTIONS}  # every layer of every window
-    cells = open_checkpoint(checkpoint, "guard_grid", persona=persona, refusal=refusal, alpha=float(alpha), control=control,
-                            calibration=calib, attacks=attacks, harmless=harmless, kl_tokens=kl_tokens,
-                            tokens=list(scorer.token_ids))  # fmt: skip
+    store = open_store(checkpoint, "guard_grid", persona=persona, refusal=refusal, alpha=float(alpha), control=control,
+                       calibration=calib, attacks=attacks, harmless=harmless, kl_tokens=kl_tokens,
+                       tokens=list(scorer.token_ids))  # fmt: skip
 
     def guard(name: str, span: tuple[int, int], pct: float) -> Guard:
         thr = {layer: caps[name][pct][layer] for layer in range(span[0], span[1] + 1)}
         return Guard(dirs[name], thr, refusal=refusal if alpha else None, alpha=alpha, percentile=pct)
 
-    def kl_of(g: Guard | None) -> torch.Tensor:
-        # Teacher-forced over every reply position: a full forward per cell (the first-token rates reuse the prefix).
-        return reply_kl(model, with_reply, g, batch_size=max(1, batch_size // 4)) if g is not None else torch.zeros(len(with_reply))
-
+    spec = _cap_grid(model, guard, spans, pcts, attacks, harmless, with_reply, scorer, batch_size)
+    got = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
+    store.report()
     shape = (len(DIRECTIONS), len(spans), len(pcts))
     vals = {v: torch.full(shape, float("nan")) for v in VALUES}
-    bar = tqdm(total=vals["kl"].numel(), desc="guard grid", unit="cell", disable=not progress)
-    keys = {f"{name}-{span[0]}-{span[1]}-p{pct:g}": (di, wi, pi, name, span, pct)
-            for di, name in enumerate(DIRECTIONS) for wi, span in enumerate(spans) for pi, pct in enumerate(pcts)}  # fmt: skip
-    got = {key: cells.get(key) for key in keys}
-    todo = [key for key, c in got.items() if c is None]
-    bar.update(len(keys) - len(todo))
-    guards = {key: guard(*keys[key][3:]) for key in todo}
-    # First-token refusal of every cell left, by prefix reuse (each cell re-runs from its window's start).
-    refused: dict[int, list] = {}
-    for prompts in (attacks, harmless):
-        rows: list = [None] * (len(todo) + 1)  # the unguarded model first; only the refusals are kept per cell
+    for di, name in enumerate(DIRECTIONS):
+        for wi, (a, b) in enumerate(spans):
+            for pi, pct in enumerate(pcts):
+                cell = {"refused_attack": got[(name, a, b, pct, "attacks")]["refused"],
+                        "refused_harmless": got[(name, a, b, pct, "harmless")]["refused"], "kl": got[(name, a, b, pct, "kl")]["kl"]}  # fmt: skip
+                for value, rate in _rates(cell, families).items():
+                    vals[value][di, wi, pi] = rate
+    unguarded = {"refused_attack": got[("unguarded", "attacks")]["refused"], "refused_harmless": got[("unguarded", "harmless")]["refused"],
+                 "kl": torch.zeros(len(with_reply))}  # fmt: skip
+    res = _grid_result(model, persona, refusal, spans, pcts, vals, unguarded, families, caps, harmless, with_reply,
+                       dict(alpha=alpha, random_seed=random_seed, n=n, n_calibration=n_calibration, seed=seed,
+                            max_harmless_refusal=max_harmless_refusal, max_kl=max_kl, kl_tokens=kl_tokens,
+                            refusal_token_ids=list(scorer.token_ids)))  # fmt: skip
+    rec = recommend(res, max_harmless_refusal, max_kl)
+    extra: dict[str, Any] = {"pareto": pareto_front(res), "recommended": rec}
+    if verify:
+        extra["verified"] = _verify(model, rec, guard, attacks, harmless, store, max_new_tokens, judge, batch_size)
+    return dataclasses.replace(res, baselines={**res.baselines, **extra})
 
-        def keep(i: int, lp: torch.Tensor, clean: torch.Tensor, rows: list = rows) -> None:
-            rows[i + 1] = scorer.from_logprobs(lp)[1]
 
-        clean, _ = scorer.cells(prompts, [[guards[key]] for key in todo], on_cell=keep)
-        rows[0] = scorer.from_logprobs(clean)[1]
-        refused[id(prompts)] = rows
-    unguarded = {"refused_attack": refused[id(attacks)][0], "refused_harmless": refused[id(harmless)][0], "kl": kl_of(None)}
-    for j, key in enumerate(todo):
-        got[key] = {"refused_attack": refused[id(attacks)][j + 1], "refused_harmless": refused[id(harmless)][j + 1],
-                    "kl": kl_of(guards[key])}  # fmt: skip
-        cells.put(key, got[key])
-        bar.update(1)
-    bar.close()
-    cells.report()
-    for key, (di, wi, pi, *_rest) in keys.items():
-        for value, rate in _rates(got[key], families).items():
-            vals[value][di, wi, pi] = rate
+def _grid_result(model: ChatModel, persona: DirectionSet, refusal: DirectionSet | None, spans: list, pcts: list,
+                 vals: dict, unguarded: dict, families: list, caps: dict, harmless: list, with_reply: list,
+                 config: dict[str, Any]) -> LabelledResult:  # fmt: skip
+    from ..models.loading import provenance
 
     counts = {fam: sum(f == fam for f in families) for fam in ATTACK_VALUES}
     base = {k: (None if v != v else v) for k, v in _rates(unguarded, families).items() if k != "kl"}  # NaN: a family with no attack
     coords = {"direction": DIRECTIONS, "window": tuple(f"{a}-{b}" for a, b in spans), "percentile": tuple(pcts)}
-    from ..models.loading import provenance
-
-    res = LabelledResult(
+    kl_tokens = config["kl_tokens"]
+    return LabelledResult(
         kind=KIND, dims=("direction", "window", "percentile"), coords=coords, values=vals,
         baselines={"unguarded": base, "n": {**{ATTACK_VALUES[f]: k for f, k in counts.items()},
                                             "harmless_refusal": len(harmless), "kl": len(with_reply)},
@@ -220,17 +247,13 @@ def guard_grid(
                 "harmless_refusal": "share of harmless requests refused, every persona and none (over-refusal)",
                 "kl": f"mean per-token KL(unguarded || guarded) over the model's own replies to harmless requests ({kl_tokens} tokens), nats",
                 "cap": "x <- x - max(0, x.v - tau_l) v at every position of the window; tau_l = percentile of safe-persona token projections"},
-        config={"windows": [list(s) for s in spans], "percentiles": pcts, "alpha": alpha, "refusal": None if refusal is None else refusal.name,
-                "persona": persona.name, "random_seed": random_seed, "n": n, "n_calibration": n_calibration, "seed": seed,
-                "max_harmless_refusal": max_harmless_refusal, "max_kl": max_kl, "kl_tokens": kl_tokens, "refusal_token_ids": list(scorer.token_ids),
-                "split": "test (evaluation), train (calibration)"},
-        provenance=provenance(model, seed=seed),
+        config={"windows": [list(s) for s in spans], "percentiles": pcts, "alpha": config["alpha"],
+                "refusal": None if refusal is None else refusal.name, "persona": persona.name, "random_seed": config["random_seed"],
+                "n": config["n"], "n_calibration": config["n_calibration"], "seed": config["seed"],
+                "max_harmless_refusal": config["max_harmless_refusal"], "max_kl": config["max_kl"], "kl_tokens": kl_tokens,
+                "refusal_token_ids": config["refusal_token_ids"], "split": "test (evaluation), train (calibration)"},
+        provenance=provenance(model, seed=config["seed"]),
     )  # fmt: skip
-    rec = recommend(res, max_harmless_refusal, max_kl)
-    extra: dict[str, Any] = {"pareto": pareto_front(res), "recommended": rec}
-    if verify:
-        extra["verified"] = _verify(model, res, rec, guard, attacks, harmless, cells, max_new_tokens, judge, batch_size)
-    return LabelledResult(res.kind, res.dims, res.coords, res.values, {**res.baselines, **extra}, res.metric, res.config, res.provenance)
 
 
 def _rates(cell: dict[str, torch.Tensor], families: list[str]) -> dict[str, float]:
@@ -242,30 +265,32 @@ def _rates(cell: dict[str, torch.Tensor], families: list[str]) -> dict[str, floa
     return out | {"harmless_refusal": float(cell["refused_harmless"].float().mean()), "kl": float(cell["kl"].mean())}
 
 
-def _verify(model: ChatModel, res: LabelledResult, rec: dict[str, Any], guard: Any, attacks: list[ChatPrompt],
-            harmless: list[ChatPrompt], cells: Any, max_new_tokens: int, judge: Any, batch_size: int) -> dict[str, Any]:  # fmt: skip
+def _verify(model: ChatModel, rec: dict[str, Any], guard: Any, attacks: list[ChatPrompt], harmless: list[ChatPrompt],
+            store: Any, max_new_tokens: int, judge: Any, batch_size: int) -> dict[str, Any]:  # fmt: skip
     """The recommended setting, its random twin and no guard, judged on generated replies."""
     from ..core.generation import generate
     from ..core.interventions import apply
     from ..scoring.judges import HeuristicJudge, judge_all
     from ..scoring.labels import BYPASS, REFUSAL
 
-    span = tuple(rec["window"])
+    span, pct = tuple(rec["window"]), rec["percentile"]
+    prompts = attacks + harmless
+
+    def labels(specs: tuple) -> dict[str, torch.Tensor]:
+        with apply(model, *specs):
+            gens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+        verdicts = judge_all(judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in gens], progress=False)
+        return {"bypass": torch.tensor([v.label == BYPASS for v in verdicts]),
+                "refusal": torch.tensor([v.label == REFUSAL for v in verdicts])}  # fmt: skip
+
+    names = ("unguarded", "persona", "random")
+    cells = {("verify", name, span[0], span[1], pct, max_new_tokens):
+             Computed(lambda name=name: labels(() if name == "unguarded" else (guard(name, span, pct),))) for name in names}  # fmt: skip
+    got = run_grid(model, GridSpec("guard_verification", cells), store=store)
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "judge": getattr(judge, "name", type(judge).__name__) if judge else "heuristic"}
-    for name in ("unguarded", "persona", "random"):
-        specs = () if name == "unguarded" else (guard(name, span, rec["percentile"]),)
-
-        def labels() -> dict[str, torch.Tensor]:
-            with apply(model, *specs):
-                gens = generate(model, attacks + harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-            prompts = attacks + harmless
-            verdicts = judge_all(judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in gens], progress=False)
-            return {"bypass": torch.tensor([v.label == BYPASS for v in verdicts]),
-                    "refusal": torch.tensor([v.label == REFUSAL for v in verdicts])}  # fmt: skip
-
-        key = f"verify-{name}-{span[0]}-{span[1]}-p{rec['percentile']:g}-t{max_new_tokens}"
-        c = cells.cell(key, labels)
-        na = len(attacks)
+    na = len(attacks)
+    for key, name in zip(cells, names):
+        c = got[key]
         row: dict[str, Any] = {}
         for fam, value in ATTACK_VALUES.items():
             idx = [i for i, p in enumerate(attacks) if p.group == fam]

@@ -23,23 +23,29 @@ from ..io import atomic_write_text
 from ..sites import describe_layers
 from .page import figure_html, html_page  # the page shell every report shares
 
-FIGURE_STAGES = (
-    ("steering_sweep", "Persona steering: refusal vs steering strength"),
-    ("reintroduction", "Adding the refusal direction back, one layer at a time"),
-    ("window_projection", "Projecting the persona direction out over windows of layers"),
-    ("patching", "Activation patching: where the persona gates refusal"),
-)
-# Stages a run has only when its config asked for them: drawn when present, never reported missing.
-OPTIONAL_FIGURE_STAGES = (
-    ("extraction_sites", "Where the persona direction is read: steering and ablation per extraction position"),
+# Result folders that other commands (``guard``, ``screen``) may write into a run folder beside the
+# pipeline's stages: drawn when present, never reported missing.
+EXTRA_FIGURES = (
     ("guard_grid", "Guarding the gate: persona bypass vs over-refusal under a persona cap and a random cap"),
     ("screening", "Screening fine-tuning data along the persona direction"),
 )
 
 
-def figure_stages(run_dir: Path) -> list[tuple[str, str]]:
-    """The run's figure stages: the standard ones and each optional one it holds."""
-    return [*FIGURE_STAGES, *((s, t) for s, t in OPTIONAL_FIGURE_STAGES if (Path(run_dir) / s).is_dir())]
+def figure_stages(run_dir: Path, summary: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The run's figure stages, in order: the pipeline stages its summary lists (the stage table,
+    :data:`persona_gate.experiments.stages.STAGES`, recorded by the run; directions have their own
+    report), then each extra result folder it holds. A summary written before runs recorded their
+    stages: every result folder the run holds."""
+    run_dir = Path(run_dir)
+    if summary is None:
+        spath = run_dir / "summary.json"
+        summary = _read_json(spath) if spath.is_file() else {}
+    listed = [(s["name"], s["title"]) for s in summary.get("stages", []) if s["name"] != "directions"]
+    if not summary.get("stages"):
+        listed = [(d.name, d.name.replace("_", " ")) for d in sorted(run_dir.iterdir()) if (d / "manifest.json").is_file()]
+    names = {n for n, _ in listed}
+    return [*listed, *((s, t) for s, t in EXTRA_FIGURES if s not in names and (run_dir / s).is_dir())]
+
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     at = summary.get("steered_at", {})
@@ -136,7 +142,7 @@ def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
         *_table(_rows(summary)),
     ]
     js_done = False
-    for stage, title in figure_stages(run_dir):
+    for stage, title in figure_stages(run_dir, summary):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         folder = run_dir / stage
         try:

@@ -61,6 +61,10 @@ class RenderedPrompt:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def fingerprint_parts(self) -> list:
+        """What a stored grid cell computed on this prompt depends on (its parts' spans)."""
+        return ["prompt", self.system, self.user, self.response]
+
     def span(self, name: str) -> Span | None:
         if name == "prompt":
             return (0, len(self.input_ids) if self.response is None else self.response[0])

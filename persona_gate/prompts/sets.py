@@ -69,6 +69,10 @@ class ChatPrompt:
     persona_id: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def fingerprint_parts(self) -> list:
+        """What a stored grid cell computed on this prompt depends on (its text)."""
+        return ["prompt", self.system, self.user, None]
+
 
 @dataclass(frozen=True)
 class TraitSet:

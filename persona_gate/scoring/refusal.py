@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..models.protocol import ChatModel
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from torch import Tensor
 
@@ -27,7 +27,6 @@ from ..core.contrasts import GROUPS, standard_prompts
 from ..errors import EmptyGroupError
 from ..models.profile import profile_of
 from ..core.interventions import apply
-from ..core.prefix import cell_logprobs
 from .metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids, refused
 from ..prompts.sets import ChatPrompt
 
@@ -55,7 +54,7 @@ class RefusalScorer:
     model: ChatModel
     token_ids: tuple[int, ...]
     batch_size: int = 32
-    # Grids of cells (:meth:`cells`) re-run only the blocks a cell changes, tiling up to
+    # Grids of cells (:meth:`grid_options`) re-run only the blocks a cell changes, tiling up to
     # ``max_tokens`` tokens per re-run (None: by device); ``reuse_prefix=False`` runs one full
     # forward per cell.
     reuse_prefix: bool = True
@@ -86,18 +85,10 @@ class RefusalScorer:
         with apply(self.model, *specs):
             return first_token_logprobs(self.model, prompts, batch_size=self.batch_size)
 
-    def cells(
-        self,
-        prompts: Sequence[ChatPrompt],
-        cells: Sequence[Sequence[Any]],
-        *base: Any,
-        on_cell: Callable[[int, Tensor, Tensor], None] | None = None,
-        share: tuple[int, int] = (0, 1),
-    ) -> tuple[Tensor, list[Tensor | None]]:
-        """First-token log-probs of the clean run (under ``base``) and of every cell (interventions on
-        top of ``base``), by prefix reuse (:mod:`persona_gate.core.prefix`); ``on_cell(i, lp, clean)`` as each completes."""
-        return cell_logprobs(self.model, prompts, cells, base=base, batch_size=self.batch_size, max_tokens=self.max_tokens,
-                             reuse=self.reuse_prefix, on_cell=on_cell, share=share)  # fmt: skip
+    def grid_options(self) -> dict[str, Any]:
+        """How grids scored for this scorer run their forwards (:func:`persona_gate.grid.run_grid`'s
+        ``batch_size``, ``max_tokens`` and ``reuse``)."""
+        return {"batch_size": self.batch_size, "max_tokens": self.max_tokens, "reuse": self.reuse_prefix}
 
     def from_logprobs(self, lp: Tensor) -> tuple[Tensor, Tensor]:
         """Refusal log-odds (float) and greedy-first-token refusal (bool) from first-token log-probs."""

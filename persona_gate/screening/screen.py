@@ -20,7 +20,7 @@ harmful request in the refusing persona's own voice) shifts little along ``v``; 
 refusal through other routes; effects of fine-tuning dynamics (learning rate, steps, replay).
 
 A long screening resumes: with ``checkpoint=DIR`` every chunk of ``chunk`` examples is written
-to disk when it is done (:mod:`persona_gate.experiments.cells`).
+to disk when it is done (:mod:`persona_gate.grid.store`).
 
 Example::
 
@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.directions import DirectionSet
 from ..errors import ConfigError, NonFiniteError
-from ..experiments.cells import open_checkpoint
+from ..grid import Computed, GridSpec, open_store, run_grid
 from ..models.loading import check_model
 from ..models.protocol import ChatModel
 from ..results import LabelledResult
@@ -123,16 +122,14 @@ def screen(
         raise ConfigError(f"the persona direction is zero at layers {zero} (raw norm 0), so a shift there has no unit; drop them.")
     scorer = scorer if scorer is not None else RefusalScorer.for_model(model, batch_size=batch_size)
     ids = [e.id or f"example-{i}" for i, e in enumerate(examples)]
-    cells = open_checkpoint(checkpoint, "screening", persona=persona, examples=[e.to_dict() for e in examples],
-                            max_tokens=max_tokens, chunk=chunk, tokens=list(scorer.token_ids))  # fmt: skip
-    parts = []
-    bar = tqdm(total=len(examples), desc="screening", unit="example", disable=not progress)
-    for start in range(0, len(examples), chunk):
-        part = examples[start : start + chunk]
-        parts.append(cells.cell(f"chunk-{start:08d}", lambda: _chunk(model, persona, part, scorer, max_tokens, batch_size)))
-        bar.update(len(part))
-    bar.close()
-    cells.report()
+    store = open_store(checkpoint, "screening", persona=persona, examples=[e.to_dict() for e in examples],
+                       max_tokens=max_tokens, chunk=chunk, tokens=list(scorer.token_ids))  # fmt: skip
+    starts = range(0, len(examples), chunk)
+    cells = {("chunk", start): Computed(lambda part=examples[start : start + chunk]: _chunk(model, persona, part, scorer, max_tokens, batch_size))
+             for start in starts}  # fmt: skip
+    got = run_grid(model, GridSpec("screening", cells, desc="screening"), store=store, progress=progress)
+    store.report()
+    parts = [got[("chunk", start)] for start in starts]
     data_p = torch.cat([p["data"] for p in parts])
     own_p = torch.cat([p["own"] for p in parts])
     p_refuse = torch.cat([p["p_refuse"] for p in parts])

@@ -46,13 +46,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core.activations import as_rendered, check_context, padded_batches
+from ..core.prompt_layout import prompt_layout
 from ..errors import ConfigError, HookNotFiredError
-from ..models.adapter import head_logits, last_logits, missing_needs, record_blocks, run_blocks, unembedded_rows
+from ..models.adapter import head_logits, last_logits, missing_needs, record_blocks, run_blocks
 from ..models.loading import check_model, model_device
 from ..models.protocol import ChatModel
 from ..sites import layer_of_hook
-from .activations import as_rendered, check_context, padded_batches
-from .prompt_layout import prompt_layout
 
 Hooks = list[tuple[str, Callable]]
 CPU_TOKENS, ACCELERATOR_TOKENS = 2048, 32768
@@ -242,12 +242,13 @@ def cell_logprobs(
     check_context(model, rendered)
     plan, base_hooks, cell_hooks, chains = plan_cells(model, cells, base, reuse=reuse)
     budget = max_tokens or default_max_tokens(model)
-    device = model_device(model)
     n, L = len(rendered), plan.n_layers
     out: list[Tensor | None] = [None] * len(cells)
     batches = list(padded_batches(rendered, batch_size, model.tokenizer.pad_token_id))
     keep = {ch.start for ch in chains}
     bar = tqdm(total=len(cells), desc=desc, disable=not progress)
+
+    clean: Tensor | None = None
 
     def finish(i: int, lp: Tensor) -> None:
         if on_cell is None:
@@ -256,42 +257,12 @@ def cell_logprobs(
             on_cell(i, lp, clean)
         bar.update()
 
-    def logprobs(logits: Tensor) -> Tensor:
-        return torch.log_softmax(logits.float(), dim=-1).cpu()
-
     try:
-        clean: Tensor | None = None
-        records = []
-        for pb in batches:
-            counter = _Counter()
-            hooks = [(name, counter.wrap(name, fn)) for name, fn in base_hooks]
-            ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
-            with torch.no_grad(), prompt_layout(pb.attention_mask):
-                if chains:
-                    rec, logits = record_blocks(model, ids, hooks, attention_mask=mask, keep=keep)
-                    records.append(rec)
-                else:
-                    with model.hooks(fwd_hooks=hooks):
-                        logits = last_logits(model, ids, mask)
-            counter.check("running the clean prompts")
-            lp = logprobs(logits)
-            clean = torch.empty((n, lp.shape[-1]), dtype=torch.float32) if clean is None else clean
-            clean[pb.indices] = lp
+        clean, records = _clean_runs(model, batches, base_hooks, keep if chains else None, n, logprobs)
         for i, s in enumerate(plan.starts):
             if s == L:
-                finish(i, clean.clone())  # type: ignore[union-attr]
-        # Fixed chunks (the same for every batch and every process): a chunk's cells run side by side
-        # in every batch, then its last positions are unembedded together.
-        widest = max((len(pb.indices) * int(pb.input_ids.shape[1]) for pb in batches), default=1)
-        per = max(1, budget // widest)
-        chunks: list[list[_Chain] | int] = []
-        for k in sorted(keep):
-            shapes: dict[tuple, list[_Chain]] = {}
-            for ch in chains:
-                if ch.start == k:
-                    shapes.setdefault(ch.shape(), []).append(ch)
-            chunks += [same[c0 : c0 + per] for same in shapes.values() for c0 in range(0, len(same), per)]
-        chunks += [i for i, f in enumerate(plan.full) if f]  # cells that need a full forward, one each
+                finish(i, clean.clone())
+        chunks = _chunks(chains, plan, keep, batches, budget)
         for ci, chunk in enumerate(chunks):
             if ci % world != rank:
                 continue  # another process's share
@@ -313,6 +284,52 @@ def cell_logprobs(
     finally:
         bar.close()
     return clean, out  # type: ignore[return-value]
+
+
+def logprobs(logits: Tensor) -> Tensor:
+    """Log-softmax of last-position logits, in float32 on the CPU (what every cell returns)."""
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def _clean_runs(model: ChatModel, batches: list, base_hooks: Hooks, keep: set[int] | None, n: int,
+                logprobs: Callable) -> tuple[Tensor, list]:  # fmt: skip
+    """The clean prompts under the base interventions, once per padded batch: their first-token
+    log-probs ``[n, vocab]`` and (``keep``: the first layers cells start from) each batch's record."""
+    device = model_device(model)
+    clean: Tensor | None = None
+    records = []
+    for pb in batches:
+        counter = _Counter()
+        hooks = [(name, counter.wrap(name, fn)) for name, fn in base_hooks]
+        ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
+        with torch.no_grad(), prompt_layout(pb.attention_mask):
+            if keep:
+                rec, logits = record_blocks(model, ids, hooks, attention_mask=mask, keep=keep)
+                records.append(rec)
+            else:
+                with model.hooks(fwd_hooks=hooks):
+                    logits = last_logits(model, ids, mask)
+        counter.check("running the clean prompts")
+        lp = logprobs(logits)
+        clean = torch.empty((n, lp.shape[-1]), dtype=torch.float32) if clean is None else clean
+        clean[pb.indices] = lp
+    return clean, records  # type: ignore[return-value]
+
+
+def _chunks(chains: list[_Chain], plan: CellPlan, keep: set[int], batches: list, budget: int) -> list[list[_Chain] | int]:
+    """Fixed chunks (the same for every batch and every process): a chunk's chains of one first layer
+    and shape run side by side in every batch, then its last positions are unembedded together;
+    cells that need a full forward come last, one each."""
+    widest = max((len(pb.indices) * int(pb.input_ids.shape[1]) for pb in batches), default=1)
+    per = max(1, budget // widest)
+    chunks: list[list[_Chain] | int] = []
+    for k in sorted(keep):
+        shapes: dict[tuple, list[_Chain]] = {}
+        for ch in chains:
+            if ch.start == k:
+                shapes.setdefault(ch.shape(), []).append(ch)
+        chunks += [same[c0 : c0 + per] for same in shapes.values() for c0 in range(0, len(same), per)]
+    return chunks + [i for i, f in enumerate(plan.full) if f]
 
 
 def _full_cell(model: ChatModel, batches: list, hooks_in: Hooks, like: Tensor, logprobs: Callable) -> Tensor:
@@ -361,50 +378,3 @@ def _run_chains(model: ChatModel, rec: Any, chains: list[_Chain], cell_hooks: li
         for c, ch in enumerate(chains):
             for i in ch.exits[at]:
                 put(i, x[c * b : (c + 1) * b, -1])
-
-
-@dataclass
-class Cost:
-    """What a computation runs: ``forwards`` prompts through (part of) the model (a re-run of one
-    cell over one prompt counts once), the ``tokens`` (padded positions) those passes take in,
-    ``block_tokens`` = tokens x blocks each pass completes (the compute), ``head_rows`` positions
-    unembedded, ``generated``: decoding steps x rows, an upper bound (EOS ends replies early), and
-    ``attention``: rows x seq^2 x blocks, the causal attention scores of those passes."""
-
-    forwards: int = 0
-    tokens: int = 0
-    block_tokens: int = 0
-    head_rows: int = 0
-    generated: int = 0
-    attention: int = 0
-
-    def add(self, rows: int, seq: int, blocks: int, head_rows: int) -> None:
-        self.forwards += rows
-        self.tokens += rows * seq
-        self.block_tokens += rows * seq * blocks
-        self.head_rows += head_rows
-        self.attention += rows * seq * seq * blocks
-
-    def __iadd__(self, other: "Cost") -> "Cost":
-        for k in ("forwards", "tokens", "block_tokens", "head_rows", "generated", "attention"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        return self
-
-
-def batch_shapes(model: ChatModel, prompts: Sequence[Any], batch_size: int) -> list[tuple[int, int]]:
-    """``(rows, padded length)`` of every padded batch the runners make of ``prompts``."""
-    rendered = as_rendered(model, prompts)
-    return [(len(pb.indices), int(pb.input_ids.shape[1])) for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id)]
-
-
-def cells_cost(model: ChatModel, prompts: Sequence[Any], cells: Sequence[Sequence[Any]], *, base: Sequence[Any] = (),
-               batch_size: int = 32, reuse: bool = True) -> Cost:
-    """What :func:`cell_logprobs` runs for these arguments, without running it."""
-    plan, *_ = plan_cells(model, cells, base, reuse=reuse)
-    cost = Cost()
-    for rows, seq in batch_shapes(model, prompts, batch_size):
-        cost.add(rows, seq, plan.n_layers, unembedded_rows(model, rows, seq))  # the clean run
-        for blocks, full in zip(plan.blocks(), plan.full):
-            if blocks:  # a re-run unembeds the last position itself; a full forward as last_logits does
-                cost.add(rows, seq, blocks, unembedded_rows(model, rows, seq) if full else rows)
-    return cost

@@ -4,13 +4,13 @@
 Both launchers start ``N`` copies of the command with ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` (and a rendezvous address) in the environment. :func:`from_environment` reads
 them and joins the process group (``gloo`` on CPU, ``nccl`` on CUDA); each process then works on
-its own device (``cuda:<LOCAL_RANK>``). Inside a stage that is split (the steering sweep,
-re-introduction, window projection, patching), every process takes the same decision about what
-is left to compute, then computes every ``N``-th chunk of cells -- each chunk exactly as a single
-process computes it -- and writes each finished cell atomically into the shared run folder, as a
-single process does; after a barrier every process reads the others' cells, and process 0 writes
-the stage folder. Stages that are one computation (fitting directions, extraction sites) run on
-process 0 while the others wait. The result is bit-identical to a one-process run, and a run
+its own device (``cuda:<LOCAL_RANK>``). Inside a stage that is split (every stage that is a grid
+of cells), :func:`~persona_gate.grid.run.run_grid` has every process take the same decision
+about what is left to compute, then compute its share (:func:`share_of`: every ``N``-th chunk of
+cells, each chunk exactly as a single process computes it) and write each finished cell
+atomically into the shared run folder, as a single process does; after a barrier every process
+reads the others' cells, and process 0 writes the stage folder. Stages that are one computation
+(fitting directions) run on process 0 while the others wait. The result is bit-identical to a one-process run, and a run
 whose worker died resumes like any other: its finished cells are on disk.
 
 Example (one node, 4 GPUs)::
@@ -25,11 +25,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
 from ..errors import ConfigError, PersonaGateError
+
+T = TypeVar("T")
 
 
 class WorkerError(PersonaGateError):
@@ -112,7 +114,12 @@ def current() -> Workers:
     return _SHARE.get()
 
 
-def missing_error(what: str, keys: list[str]) -> WorkerError:
+def share_of(items: Sequence[T], workers: Workers) -> list[T]:
+    """This process's share of ``items``: every ``world``-th, from ``rank`` (all of them for one process)."""
+    return list(items[workers.rank :: workers.world])
+
+
+def missing_error(what: str, keys: Sequence[Any]) -> WorkerError:
     return WorkerError(f"{len(keys)} {what} (e.g. {keys[:3]}) were not delivered by the other processes of this run "
                        "(one of them stopped?); run the same command again: every finished cell is kept and only the "
                        "rest is computed.")  # fmt: skip
