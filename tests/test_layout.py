@@ -18,17 +18,17 @@ PKG = Path(__file__).resolve().parents[1] / "persona_gate"
 
 # Layer of each top-level entry; a module may import its own layer and the layers below.
 LAYER: dict[str, int] = {
-    "errors": 0, "sites": 0, "io": 0, "results": 0, "provenance": 0,  # foundations
+    "errors": 0, "sites": 0, "io": 0, "results": 0, "provenance": 0, "resources": 0,  # foundations
     "prompts": 1,
     "models": 2,
     "core": 3,
     "scoring": 4,
-    "experiments": 5, "organism": 5,  # experiments, the bundled organisms
+    "experiments": 5, "organism": 5, "finetune": 5,  # experiments, the bundled organisms, fine-tuning real weights
     "monitoring": 5, "redteam": 5, "compare": 5, "export": 5, "screening": 5, "guard": 5,  # applications
     "plots": 6,  # figures and HTML reports
     "cli": 7,
 }
-FOUNDATIONS = {"errors", "sites", "io", "results", "provenance"}
+FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources"}
 APPLICATIONS = {"monitoring", "redteam", "compare", "export", "screening", "guard"}
 # The one declared edge between applications: the guard is evaluated on the red team's attacks.
 BUILDS_ON = {("guard", "redteam")}
@@ -149,7 +149,7 @@ def test_importing_does_not_load_the_model_stack(module, forbidden):
 def test_the_tree_shows_the_architecture():
     entries = sorted(p.name for p in PKG.iterdir() if not p.name.startswith(("_", ".")) or p.name == "__init__.py")
     entries = [e for e in entries if e != "__pycache__"]
-    assert 12 <= len(entries) <= 20, entries
+    assert 12 <= len(entries) <= 22, entries
     assert {e.removesuffix(".py") for e in entries} - {"__init__"} == set(LAYER)
 
 
