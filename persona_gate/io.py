@@ -21,11 +21,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch loads when tensors are saved or read, so registering a folder kind stays cheap
+    import torch
 
 from .errors import ArtefactError, OutputExistsError, OutputNotWritableError, SchemaVersionError
 
@@ -90,6 +91,8 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
 
 def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
     """``manifest.json`` + ``tensors.safetensors`` into an existing (temporary) folder."""
+    from safetensors.torch import save_file
+
     body = {
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
@@ -149,6 +152,8 @@ def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
 
 def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and check a folder written by :func:`save_artefact`."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     manifest = read_manifest(path, kind)
     tpath = path / TENSORS
