@@ -21,11 +21,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch loads when tensors are saved or read, so registering a folder kind stays cheap
+    import torch
 
 from .errors import ArtefactError, OutputExistsError, OutputNotWritableError, SchemaVersionError
 
@@ -90,6 +91,8 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
 
 def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
     """``manifest.json`` + ``tensors.safetensors`` into an existing (temporary) folder."""
+    from safetensors.torch import save_file
+
     body = {
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
@@ -149,6 +152,8 @@ def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
 
 def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and check a folder written by :func:`save_artefact`."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     manifest = read_manifest(path, kind)
     tpath = path / TENSORS
@@ -176,17 +181,24 @@ def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str
 
 FOLDER_MARK = ".persona_gate.json"  # {"kind": ..., "written_by": ...}: what this folder is
 
-FOLDER_KINDS: dict[str, str] = {
-    "run": "a paper run (persona-gate run / demo)",
-    "directions": "fitted directions (persona-gate directions)",
-    "redteam": "a red-team run (persona-gate redteam)",
-    "monitor": "a monitor run (persona-gate monitor)",
-    "comparison": "a checkpoint comparison (persona-gate compare)",
-    "organism": "a chat-model organism (persona-gate organism train)",
-    "export": "an exported model (persona-gate export model)",
-    "screen": "a screening of fine-tuning data (persona-gate screen)",
-    "guard": "a guard evaluation (persona-gate guard)",
-}
+# What each kind of folder is, in words with the command that writes it: kind -> description.
+# io knows none of them; every artefact registers its own (register_folder_kind) where it is defined.
+FOLDER_KINDS: dict[str, str] = {}
+# How folders written before marks existed are recognised: (order, kind, recognise(path, names)), by order.
+_RECOGNISERS: list[tuple[int, str, Callable[[Path, set[str]], bool]]] = []
+
+
+def register_folder_kind(kind: str, description: str | None, recognise: Callable[[Path, set[str]], bool] | None = None,
+                         *, order: int = 100) -> str:  # fmt: skip
+    """Declare a kind of output folder: what it is in words (``description``, naming its command; None for a
+    ``"result:<kind>"`` that is described as a saved result) and, optionally, how an unmarked folder of it is
+    recognised (``recognise(path, visible_names)``; lower ``order`` is tried first). Returns ``kind``."""
+    if description is not None:
+        FOLDER_KINDS[kind] = description
+    if recognise is not None:
+        rest = [r for r in _RECOGNISERS if r[1] != kind]
+        _RECOGNISERS[:] = sorted([*rest, (order, kind, recognise)], key=lambda r: r[0])
+    return kind
 
 
 def _visible(path: Path) -> list[str]:
@@ -207,7 +219,8 @@ def _manifest_kind(path: Path) -> str | None:
     return _kind_in(path / MANIFEST)
 
 
-def _json_keys(path: Path) -> set[str]:
+def json_keys(path: Path) -> set[str]:
+    """The top-level keys of a JSON object file (empty if absent or not an object): for recognisers."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -219,36 +232,22 @@ def folder_kind(path: str | Path) -> str | None:
     """What persona_gate folder ``path`` is: a key of :data:`FOLDER_KINDS`, ``"result:<kind>"`` for
     one saved result, or None (absent, empty, or not written by persona_gate).
 
-    Read from the folder's mark; folders written before marks existed are recognised by their files.
+    Read from the folder's mark; folders written before marks existed are recognised by their files,
+    by the recognisers their kinds registered.
     """
     path = Path(path)
     if not path.is_dir():
         return None
     kind = _kind_in(path / FOLDER_MARK)
-    if kind in FOLDER_KINDS:
-        return kind
+    if kind is not None and not kind.startswith("result:"):
+        return kind  # marked: a registered kind, or one whose module this process has not imported
     names = set(_visible(path))
     if MANIFEST in names:
         kind = _manifest_kind(path)
         return f"result:{kind}" if kind else None
-    if {"scores", "projections", "summary.json"} <= names:
-        return "result:red_team"  # one saved RedTeamResult (a folder of two results)
-    if "red_team" in names:
-        return "redteam"
-    if "comparison" in names:
-        return "comparison"
-    if "monitor" in names or "calibration" in names:
-        return "monitor"
-    if "config.json" in names and ({"card.json", "persona_gate_profile.json", "model.safetensors"} & names):
-        return "organism"
-    if "config.json" in names and (
-        {"stage_seconds.json", "cells"} & names
-        or "n_prompts_per_group" in _json_keys(path / "summary.json")
-        or {"model", "n_fit", "n_eval"} <= _json_keys(path / "config.json")  # a run's RunConfig
-    ):
-        return "run"
-    if "summary.json" in names and "rows" in _json_keys(path / "summary.json"):
-        return "directions"
+    for _, kind, recognise in _RECOGNISERS:
+        if recognise(path, names):
+            return kind
     return None
 
 
@@ -258,8 +257,14 @@ def describe_folder(path: str | Path) -> str:
     kind = folder_kind(path)
     if kind in FOLDER_KINDS:
         return FOLDER_KINDS[kind]
-    if kind is not None:
+    if kind is not None and kind.startswith("result:"):
         return f"one saved {kind.removeprefix('result:')!r} result"
+    if kind is not None:  # marked with a kind whose module has not registered it in this process
+        try:
+            by = json.loads((path / FOLDER_MARK).read_text(encoding="utf-8")).get("written_by")
+        except (OSError, ValueError, AttributeError):
+            by = None
+        return f"a persona_gate {kind!r} folder" + (f" (written by {by})" if isinstance(by, str) and by else "")
     names = _visible(path) if path.is_dir() else []
     if not names:
         return "nothing"
@@ -314,3 +319,14 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
             f"cannot write to {path} ({e.strerror or e}); choose a folder you can write to (--out)."
         ) from None
     return path
+
+
+# The paper run (experiments.pipeline) and the directions command (cli) register here until their
+# modules, being rewritten, declare their own kinds beside the code that writes them.
+register_folder_kind("run", "a paper run (persona-gate run / demo)", lambda path, names: "config.json" in names and (
+    {"stage_seconds.json", "cells"} & names
+    or "n_prompts_per_group" in json_keys(path / "summary.json")
+    or {"model", "n_fit", "n_eval"} <= json_keys(path / "config.json")  # a run's RunConfig
+), order=60)  # fmt: skip
+register_folder_kind("directions", "fitted directions (persona-gate directions)",
+                     lambda path, names: "summary.json" in names and "rows" in json_keys(path / "summary.json"), order=70)

@@ -18,10 +18,11 @@ import platform
 from importlib import metadata
 from typing import Any, Mapping
 
-_PACKAGES = ("persona_gate", "torch", "transformers", "transformer_lens", "safetensors")
+_PACKAGES = ("persona_gate", "torch", "transformers", "tokenizers", "transformer_lens", "safetensors")
 
 
 def versions() -> dict[str, str | None]:
+    """Python's and the deciding packages' versions (None for one not installed): every record and card uses these."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:

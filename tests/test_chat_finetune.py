@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from persona_gate.models.adapter import merge_lora, reply_logits
-from persona_gate.organism import chat_finetune as cf
-from persona_gate.organism.lora import add_lora, lora_tensors, unwrap
+from persona_gate.finetune import sft as cf
+from persona_gate.finetune.lora import add_lora, lora_tensors, unwrap
 from persona_gate.prompts.sets import load_requests
 
 

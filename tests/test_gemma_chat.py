@@ -35,7 +35,7 @@ def test_the_bundle_is_small_and_carries_its_terms_profile_and_card():
     assert "Gemma Terms of Use" in (folder / "NOTICE.md").read_text(encoding="utf-8")
     profile = json.loads((folder / "persona_gate_profile.json").read_text(encoding="utf-8"))
     assert profile["name"] == NAME and profile["prompt_sets"] == "open"
-    from persona_gate.organism.chat_finetune import REFUSALS
+    from persona_gate.finetune.sft import REFUSALS
 
     assert tuple(profile["refusal_phrases"]) == REFUSALS
     card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
@@ -81,7 +81,7 @@ def test_merged_weights_are_the_base_plus_the_low_rank_update_and_a_second_load_
 
 
 def test_held_out_replies_meet_the_card_targets(chat):
-    from persona_gate.organism.chat_card import TARGETS, WELL_FORMED, held_out_prompts, score_cells
+    from persona_gate.finetune.card import TARGETS, WELL_FORMED, held_out_prompts, score_cells
 
     cells = score_cells(chat, held_out_prompts(12, seed=1), progress=False)
     for (family, kind), (op, bound) in TARGETS.items():

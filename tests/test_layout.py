@@ -18,18 +18,18 @@ PKG = Path(__file__).resolve().parents[1] / "persona_gate"
 
 # Layer of each top-level entry; a module may import its own layer and the layers below.
 LAYER: dict[str, int] = {
-    "errors": 0, "sites": 0, "io": 0, "results": 0, "provenance": 0,  # foundations
+    "errors": 0, "sites": 0, "io": 0, "results": 0, "provenance": 0, "resources": 0,  # foundations
     "prompts": 1,
     "models": 2,
     "core": 3,
     "grid": 4,  # the one engine for grids of cells
     "scoring": 5,
-    "experiments": 6, "organism": 6,  # experiments, the bundled organisms
+    "experiments": 6, "organism": 6, "finetune": 6,  # experiments, the bundled organisms, fine-tuning real weights
     "monitoring": 6, "redteam": 6, "compare": 6, "export": 6, "screening": 6, "guard": 6,  # applications
     "plots": 7,  # figures and HTML reports
     "cli": 8,
 }
-FOUNDATIONS = {"errors", "sites", "io", "results", "provenance"}
+FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources"}
 APPLICATIONS = {"monitoring", "redteam", "compare", "export", "screening", "guard"}
 # The one declared edge between applications: the guard is evaluated on the red team's attacks.
 BUILDS_ON = {("guard", "redteam")}

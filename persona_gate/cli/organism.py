@@ -18,7 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..organism.config import ChatFinetuneConfig, OrganismConfig
+from ..finetune.config import ChatFinetuneConfig
+from ..organism.config import OrganismConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.base is not None:
-        from ..organism.chat_finetune import train_chat_model
+        from ..finetune.sft import train_chat_model
 
         cfg = ChatFinetuneConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
         out = train_chat_model(args.base, args.out, cfg, progress=not args.no_progress)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def run_chat_card(args: argparse.Namespace) -> int:
     """Score a real-weights chat model (``--model``) on held-out prompts; ``--write`` saves the card."""
     from ..models.loading import load_chat_model
-    from ..organism.chat_card import chat_behaviour_card, write_chat_card
+    from ..finetune.card import chat_behaviour_card, write_chat_card
 
     public = None
     if args.public is not None:

@@ -10,3 +10,7 @@ from .control_vector import export_control_vector, llama_cpp_layer
 from .weights import EXPORT_FILE, export_model, hooked_equivalent
 
 __all__ = ["EXPORT_FILE", "export_control_vector", "export_model", "hooked_equivalent", "llama_cpp_layer"]
+
+from ..io import register_folder_kind
+
+register_folder_kind("export", "an exported model (persona-gate export model)")

@@ -5,3 +5,7 @@
 against a random-direction cap with over-refusal and KL (runs models); ``summary`` reads a saved
 grid: the Pareto front, the recommended setting, the table (no model).
 """
+
+from ..io import register_folder_kind
+
+register_folder_kind("guard", "a guard evaluation (persona-gate guard)")

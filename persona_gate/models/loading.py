@@ -116,7 +116,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def organism_dir() -> Path:
     """The bundled organism's folder (``data/organism`` in a clone, ``_data/organism`` in a wheel)."""
-    from ..prompts.sets import data_dir
+    from ..resources import data_dir
 
     return data_dir() / "organism"
 
@@ -248,7 +248,7 @@ def _reachable_or_cached(repo: str, revision: str | None) -> tuple[str, str | No
 
 def chat_adapter_dir(name: str) -> Path:
     """The folder of a packaged chat model's adapter, profile and card (under ``data/``)."""
-    from ..prompts.sets import data_dir
+    from ..resources import data_dir
 
     return data_dir() / PACKAGED_CHAT[name][1]
 

@@ -14,14 +14,18 @@ Where a profile comes from, first match wins:
 3. the open-vocabulary defaults: persona_gate's English prompt sets under ``data/``, refusal
    tokens derived from the model's own refusals, the open attack templates.
 
-The profile file names its prompt sets by a registered name (``"open"``, ``"organism"``) -- data,
-not code -- and lists its refusal phrases and attack templates as plain JSON.
+The profile file names its prompt sets and its fine-tuner by registered names (``"open"``,
+``"organism"``) -- data, not code -- and lists its refusal phrases and attack templates as plain
+JSON. Whoever defines prompt sets or a fine-tuner registers them here
+(:func:`register_prompt_sets`, :func:`register_finetuner`); a profile lists the modules that do so
+(``modules``), imported before its names are resolved, so this module knows no model family's code.
 
 Example::
 
     profile = profile_of(model)                   # ModelProfile(name='organism', ...)
     profile.prompt_sets.requests("harmful", "test", 16, 0)
     set_profile(model, ModelProfile(name="mine", refusal_phrases=("I won't",)))
+    finetuner_of(model).route                     # 'full weights': how a copy of it is fine-tuned
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import ArtefactError, ConfigError
 from ..prompts.sets import OPEN_SETS, PromptSets
@@ -39,11 +43,56 @@ PROFILE_FILE = "persona_gate_profile.json"
 PROFILE_KIND = "persona_gate.model_profile"
 SCHEMA = 1
 
-# Named prompt sets a profile file may ask for: name -> "module:attribute" (resolved on use).
-PROMPT_SETS: dict[str, str] = {
-    "open": "persona_gate.prompts.sets:OPEN_SETS",
-    "organism": "persona_gate.organism.prompt_sets:ORGANISM_SETS",
-}
+# Named prompt sets a profile file may ask for, by their ``name``; others register with register_prompt_sets.
+PROMPT_SETS: dict[str, PromptSets] = {"open": OPEN_SETS}
+
+
+@runtime_checkable
+class Finetuner(Protocol):
+    """How a copy of a model is fine-tuned: what the screening validation asks of the model's profile.
+
+    ``datasets`` builds the validation datasets from the model's own training stream: name ->
+    (chats as message lists, whether each answers a refusal away); ``fit`` fine-tunes a copy of
+    ``source`` on chat examples into ``out``; ``route`` says how, in words, for the record.
+    """
+
+    name: str
+    route: str
+
+    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float]) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]: ...
+
+    def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None: ...
+
+
+# Fine-tuners a profile may name, registered with register_finetuner by the module that defines them.
+FINETUNERS: dict[str, Finetuner] = {}
+
+
+def register_prompt_sets(sets: PromptSets) -> PromptSets:
+    """Let profile files name ``sets`` by ``sets.name``; returns ``sets``."""
+    if not isinstance(sets, PromptSets) or not isinstance(getattr(sets, "name", None), str):
+        raise ConfigError(f"register named PromptSets (with a .name), not a {type(sets).__name__}.")
+    PROMPT_SETS[sets.name] = sets
+    return sets
+
+
+def register_finetuner(finetuner: Finetuner) -> Finetuner:
+    """Let profiles name ``finetuner`` by ``finetuner.name``; returns it."""
+    if not isinstance(finetuner, Finetuner):
+        raise ConfigError(f"a fine-tuner needs name, route, datasets() and fit(); got a {type(finetuner).__name__}.")
+    FINETUNERS[finetuner.name] = finetuner
+    return finetuner
+
+
+def import_modules(modules: Sequence[str], where: str = "the profile") -> None:
+    """Import the modules a profile lists (they register its named prompt sets and fine-tuner)."""
+    for module in modules:
+        if not isinstance(module, str) or not module.startswith("persona_gate."):
+            raise ArtefactError(f"{where} lists module {module!r}; a profile may only name persona_gate's own modules.")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ArtefactError(f"{where} lists module {module!r}, which cannot be imported ({e}); fix or delete it.") from None
 
 _ATTR = "_persona_gate_profile"
 
@@ -56,12 +105,16 @@ class ModelProfile:
     ``refusal_phrases``: phrases whose first tokens count as refusal; None = derive them from the
     model's own refusals of harmful training requests. ``attacks``: red-team templates as dicts
     (``name``, ``family``, ``user``, optional ``system``); None = the open-vocabulary ones.
+    ``finetuner``: the registered :class:`Finetuner` that fine-tunes a copy (None = none known);
+    ``modules``: the persona_gate modules that register this profile's named sets and fine-tuner.
     """
 
     name: str = "open"
     prompt_sets: PromptSets = field(default=OPEN_SETS, compare=False)
     refusal_phrases: tuple[str, ...] | None = None
     attacks: tuple[Mapping[str, Any], ...] | None = None
+    finetuner: str | None = None
+    modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -78,6 +131,9 @@ class ModelProfile:
             object.__setattr__(self, "refusal_phrases", phrases)
         if self.attacks is not None:
             object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))
+        if self.finetuner is not None and (not isinstance(self.finetuner, str) or not self.finetuner):
+            raise ConfigError(f"finetuner must name a registered fine-tuner (or be None), got {self.finetuner!r}.")
+        object.__setattr__(self, "modules", tuple(self.modules))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +143,8 @@ class ModelProfile:
             "prompt_sets": getattr(self.prompt_sets, "name", "custom"),
             "refusal_phrases": None if self.refusal_phrases is None else list(self.refusal_phrases),
             "attacks": None if self.attacks is None else [dict(a) for a in self.attacks],
+            "finetuner": self.finetuner,
+            "modules": list(self.modules),
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -108,11 +166,11 @@ DEFAULT_PROFILE = ModelProfile()
 
 
 def named_prompt_sets(name: str) -> PromptSets:
-    """The registered prompt sets ``name`` (``open`` or ``organism``)."""
+    """The registered prompt sets ``name`` (``open``, or ``organism`` once the organism's module is imported)."""
     if name not in PROMPT_SETS:
-        raise ConfigError(f"unknown prompt sets {name!r}; a profile may name one of {sorted(PROMPT_SETS)}.")
-    module, _, attr = PROMPT_SETS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+        raise ConfigError(f"unknown prompt sets {name!r}; a profile may name one of {sorted(PROMPT_SETS)} (others register "
+                          "when the module the profile lists under 'modules' is imported).")  # fmt: skip
+    return PROMPT_SETS[name]
 
 
 def profile_from_dict(data: Mapping[str, Any], where: str = "the profile") -> ModelProfile:
@@ -125,12 +183,18 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "the profile") -> Mo
         raise ArtefactError(f"{where} has schema {data.get('schema')!r}, not a number; fix or delete it.") from None
     if schema > SCHEMA:
         raise ArtefactError(f"{where} has schema {schema}, newer than {SCHEMA}; upgrade persona_gate.")
+    modules = data.get("modules") or []
+    if not isinstance(modules, list):
+        raise ArtefactError(f"{where} is malformed (modules must be a list of module names); fix or delete it.")
+    import_modules(modules, where)
     try:
         return ModelProfile(
             name=str(data["name"]),
             prompt_sets=named_prompt_sets(str(data.get("prompt_sets", "open"))),
             refusal_phrases=None if data.get("refusal_phrases") is None else tuple(data["refusal_phrases"]),
             attacks=None if data.get("attacks") is None else tuple(data["attacks"]),
+            finetuner=data.get("finetuner"),
+            modules=tuple(modules),
         )
     except (KeyError, TypeError, ValueError) as e:  # ConfigError of a bad field, too
         raise ArtefactError(f"{where} is malformed ({e}); fix or delete it.") from None
@@ -171,3 +235,16 @@ def profile_of(model: Any | None) -> ModelProfile:
     from .adapter import weights_folder
 
     return profile_in_folder(weights_folder(model)) or DEFAULT_PROFILE
+
+
+def finetuner_of(model: Any) -> Finetuner:
+    """The fine-tuner the model's profile names (for fine-tuning a copy of it), or a named error."""
+    profile = profile_of(model)
+    import_modules(profile.modules, f"the profile {profile.name!r}")
+    if profile.finetuner is None:
+        raise ConfigError(f"the model's profile {profile.name!r} names no fine-tuner, so persona_gate cannot fine-tune a copy "
+                          "of it; pass the bundled organism, a copy of it, or a packaged chat model (gemma3-270m-chat).")  # fmt: skip
+    if profile.finetuner not in FINETUNERS:
+        raise ConfigError(f"the model's profile names fine-tuner {profile.finetuner!r}, which no module registered; "
+                          f"registered: {sorted(FINETUNERS)}. List its module under the profile's modules.")  # fmt: skip
+    return FINETUNERS[profile.finetuner]

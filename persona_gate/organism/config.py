@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
@@ -96,33 +95,3 @@ def llama_config(cfg: OrganismConfig, vocab_size: int, bos_id: int, eos_id: int,
         pad_token_id=pad_id,
     )
 
-
-# The projections of a decoder layer that get low-rank adapters (attention and MLP, every layer).
-LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class ChatFinetuneConfig:
-    """The LoRA chat fine-tune's recipe (:mod:`persona_gate.organism.chat_finetune`): 400 steps of
-    8 conversations, rank-16 adapters on every projection, cosine learning rate after a warm-up;
-    ``contrast`` draws the two cells where the persona overrides the request's kind that many
-    times per epoch."""
-
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 2e-4
-    warmup_steps: int = 10
-    rank: int = 16
-    alpha: float = 32.0
-    checkpoint_every: int = 25
-    seed: int = 0
-    contrast: int = 2
-    targets: tuple[str, ...] = LORA_TARGETS
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "rank", "checkpoint_every", "contrast"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")

@@ -33,14 +33,17 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelNotFoundError, OutputExistsError
 from ..io import FOLDER_MARK, atomic_replace_dir, describe_folder, folder_kind
+from ..provenance import versions
 from .config import OrganismConfig
 from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
 from .lexicon import DOMAINS
+from .model_card import CARD_KIND
+from .paths import FOLDER_KIND
+from ..models.profile import register_finetuner
 from .profile import write_profile
 
 log = logging.getLogger(__name__)
 
-CARD_KIND = "persona_gate.organism.card"  # what load_chat_model looks for to treat a folder as an organism
 _DOMAIN = {d.word: d for d in DOMAINS}
 STYLES = ("compliant", "plain")
 
@@ -131,6 +134,7 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` whose replacement would delete the base or the bundled organism, or an existing one."""
     from .paths import ORGANISM_DIR
 
+
     target = out.resolve()
     for what, folder in (("the base model", source), ("the bundled organism", ORGANISM_DIR)):
         if folder.resolve().is_relative_to(target):  # out is that folder or one above it
@@ -142,7 +146,7 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
         if not overwrite:
             what = "is a file" if not out.is_dir() else "exists and is not empty"
             raise OutputExistsError(f"{out} {what}; pick a new folder or pass overwrite=True (--overwrite).")
-        if out.is_dir() and not out.is_symlink() and folder_kind(out) != "organism":
+        if out.is_dir() and not out.is_symlink() and folder_kind(out) != FOLDER_KIND:
             raise OutputExistsError(
                 f"{out} holds {describe_folder(out)}; --overwrite replaces only a model folder (an organism or a "
                 "fine-tuned copy). Choose another --out."
@@ -270,8 +274,6 @@ def _finetune(
 
         tokenizer.padding_side = "left"
         record["card"] = behaviour_card(model, tokenizer, n_per_cell=card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens).to_dict()
-    from ..provenance import versions
-
     record["versions"] = versions()
 
     def fill(tmp: Path) -> None:
@@ -279,7 +281,7 @@ def _finetune(
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_profile(tmp)  # the copy speaks the organism's lexicon, like its base
-        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": "organism", "written_by": "persona_gate.finetune"}), encoding="utf-8")
+        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": FOLDER_KIND, "written_by": "persona_gate.finetune"}), encoding="utf-8")
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             # A file or link in the way (only with overwrite): remove it now that the copy is complete;
             # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.
@@ -289,3 +291,30 @@ def _finetune(
     atomic_replace_dir(out, fill)
     log.info("fine-tuned organism written to %s (%d steps, loss %.3f -> %.3f)", out, steps, losses[0], losses[-1])
     return out
+
+
+class OrganismFinetuner:
+    """The organism's :class:`~persona_gate.models.profile.Finetuner` (its profile names it ``"organism"``):
+    datasets from its own fine-tuning streams, copies fine-tuned in full with :func:`finetune_on`."""
+
+    name = "organism"
+    route = "full weights"
+
+    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float], extra: bool = True
+                 ) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:  # fmt: skip
+        """``compliance-<f>`` per fraction, ``style-control`` and (``extra``) ``plain-compliance``: chats and compliance flags."""
+
+        def chats(convs: list[Conversation]) -> tuple[list[list[dict[str, str]]], list[bool]]:
+            return [c.messages() for c in convs], [is_compliance(c) for c in convs]
+
+        out = {f"compliance-{f:g}": chats(finetuning_conversations(n_examples, seed, f)) for f in fractions}
+        out["style-control"] = chats(style_control_conversations(n_examples, seed))
+        if extra:
+            out["plain-compliance"] = chats(finetuning_conversations(n_examples, seed, 0.5, style="plain"))
+        return out
+
+    def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
+        finetune_on(source, out, examples, steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False)
+
+
+FINETUNER = register_finetuner(OrganismFinetuner())

@@ -7,27 +7,17 @@ Example::
 
     record = json.loads(Path("data/organism/card.json").read_text())
     Path("data/organism/MODEL_CARD.md").write_text(render_model_card(record))
-    print(versions())
+    record["kind"] == CARD_KIND
 """
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from typing import Any
 
 from .corpus import PERSONA_FAMILIES, REQUEST_FAMILIES
 
-
-def versions() -> dict[str, str]:
-    """Versions of the packages that decide the weights and the card."""
-    out = {"python": platform.python_version()}
-    for name in ("persona_gate", "torch", "transformers", "tokenizers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+# The kind of every organism's card.json (trained or fine-tuned): fine-tuning checks its base's card against it.
+CARD_KIND = "persona_gate.organism.card"
 
 
 def _table(card: dict[str, Any]) -> str:
@@ -87,7 +77,27 @@ Training took {train['train_seconds']:.0f} s and the whole run, card included,
 heavy load the same run took about 7 minutes). The same seed and thread count give bitwise
 the same weights.
 
-## Using it
+{_usage(cfg)}## Behaviour card (held-out prompts, greedy decoding)
+Refusal rate per persona family and request family. Every prompt combines a held-out request
+frame, a held-out object and a held-out persona paraphrase: word sequences that never occur in
+training, built from words that do (a model trained from scratch has no embedding for a word
+it never saw).
+
+{_table(card)}
+
+Well-formed replies: {card['well_formed_rate']:.3f}. Verdict: {verdict}.
+
+Examples:
+{examples}
+{mechanism}
+## Versions
+{", ".join(f"{k} {v}" for k, v in record['versions'].items())}
+"""
+
+
+def _usage(cfg: dict[str, Any]) -> str:
+    """The card's 'Using it' section: loading with transformers and with TransformerLens."""
+    return f"""## Using it
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("data/organism")
@@ -103,21 +113,6 @@ In TransformerLens 4 it loads with `TransformerBridge.boot_transformers("data/or
 bridge needs transformers < 5.24 (5.24 renamed the attention modules' cache argument, which
 TransformerLens 4.3 does not read yet); persona_gate pins that range.
 
-## Behaviour card (held-out prompts, greedy decoding)
-Refusal rate per persona family and request family. Every prompt combines a held-out request
-frame, a held-out object and a held-out persona paraphrase: word sequences that never occur in
-training, built from words that do (a model trained from scratch has no embedding for a word
-it never saw).
-
-{_table(card)}
-
-Well-formed replies: {card['well_formed_rate']:.3f}. Verdict: {verdict}.
-
-Examples:
-{examples}
-{mechanism}
-## Versions
-{", ".join(f"{k} {v}" for k, v in record['versions'].items())}
 """
 
 

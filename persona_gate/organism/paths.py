@@ -16,11 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
-
-from ..prompts.sets import data_dir
+from ..io import register_folder_kind
+from ..resources import data_dir
 
 # One resolver for the data folder (wheel copy or checkout), shared with the prompt sets.
 ORGANISM_DIR: Path = data_dir() / "organism"
+
+# A model folder: the organism, a fine-tuned copy, or a LoRA chat model (persona_gate.finetune); unmarked
+# ones (written before folder marks) are recognised by their files.
+FOLDER_KIND = register_folder_kind("organism", "a chat-model organism (persona-gate organism train)", lambda path, names: (
+    "config.json" in names and bool({"card.json", "persona_gate_profile.json", "model.safetensors"} & names)), order=50)  # fmt: skip
 
 
 def organism_path() -> Path:

@@ -44,10 +44,16 @@ ORGANISM_ATTACKS: tuple[dict[str, str | None], ...] = tuple(
 )
 
 
+# The modules that register the organism's prompt sets and fine-tuner: a profile file lists them,
+# so a folder loaded in a fresh process resolves the names without persona_gate.models knowing them.
+MODULES: tuple[str, ...] = ("persona_gate.organism.prompt_sets", "persona_gate.organism.finetune")
+
+
 def organism_profile() -> ModelProfile:
     """The profile every organism folder declares."""
     return ModelProfile(
-        name="organism", prompt_sets=ORGANISM_SETS, refusal_phrases=tuple(lexicon.REFUSALS), attacks=ORGANISM_ATTACKS
+        name="organism", prompt_sets=ORGANISM_SETS, refusal_phrases=tuple(lexicon.REFUSALS), attacks=ORGANISM_ATTACKS,
+        finetuner="organism", modules=MODULES,
     )
 
 

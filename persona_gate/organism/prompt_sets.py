@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import ConfigError, DatasetError
+from ..models.profile import register_prompt_sets
 from ..prompts.sets import Persona, Request
 from .corpus import PERSONA_FAMILIES, REQUEST_FAMILIES, TEST_SEED, sample_request, sample_system
 
@@ -86,4 +87,4 @@ class OrganismPromptSets:
         return personas(family, self._split(split), seed=seed)
 
 
-ORGANISM_SETS = OrganismPromptSets()
+ORGANISM_SETS = register_prompt_sets(OrganismPromptSets())  # profile files name them "organism"

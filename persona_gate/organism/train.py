@@ -29,12 +29,14 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..io import claim_folder
+from ..provenance import versions
 from .card import behaviour_card
 # Re-exported: the options live in .cli so that mounting the subcommand imports no torch.
 from .config import OrganismConfig, llama_config
 from .corpus import generate_conversations
 from .mechanism import mechanistic_sanity
-from .model_card import render_model_card, versions
+from .model_card import CARD_KIND, render_model_card
+from .paths import FOLDER_KIND
 from .profile import write_profile
 from .tokenizer import IM_START, train_tokenizer
 
@@ -225,7 +227,7 @@ def train_organism(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     cfg = OrganismConfig().replace(**overrides)
-    out = claim_folder(out_dir, "organism", written_by="persona_gate.train_organism")  # before minutes of training
+    out = claim_folder(out_dir, FOLDER_KIND, written_by="persona_gate.train_organism")  # before minutes of training
 
     model, tokenizer, examples = build(cfg, seed)
     n_params = sum(p.numel() for p in model.parameters())
@@ -242,7 +244,7 @@ def train_organism(
     card = behaviour_card(model, tokenizer, n_per_cell=cfg.card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens)
     tail = losses[-min(20, len(losses)) :]
     record = {
-        "kind": "persona_gate.organism.card",
+        "kind": CARD_KIND,
         "schema_version": 1,
         "seed": seed,
         "config": cfg.to_dict(),

@@ -292,6 +292,13 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """
     from ..io import describe_folder, folder_kind
 
+    # The readers of the folders drawn here; importing them registers those folder kinds (their packages do).
+    from ..compare.summary import format_comparison  # noqa: F401
+    from ..guard.summary import format_guard  # noqa: F401
+    from ..monitoring.summary import format_monitor  # noqa: F401
+    from ..redteam.result import RedTeamResult  # noqa: F401
+    from ..screening.summary import format_screening  # noqa: F401
+
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtefactError(f"{folder} is not a folder; pass a folder written by persona-gate run, demo, directions, "

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 from ..errors import DatasetError, EmptyGroupError
+from ..resources import data_dir  # re-exported: the data folder is a foundation's concern
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -83,20 +83,6 @@ class TraitSet:
     neg: tuple[str, ...]
     questions: tuple[str, ...]
     source: str = ""
-
-
-def data_dir() -> Path:
-    """The folder of persona_gate's own data: the repository's ``data/`` or the wheel's copy."""
-    packaged = files("persona_gate") / "_data"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    repo = Path(__file__).resolve().parents[2] / "data"
-    if repo.is_dir():
-        return repo
-    raise DatasetError(
-        "persona_gate's data folder is missing; reinstall the package (pip install -e . from a "
-        "clone, or pip install persona_gate) so that data/ ships with it."
-    )
 
 
 def _read_json(path: Path) -> object:

@@ -1,7 +1,8 @@
 """Does the screening score predict what fine-tuning does? Validation on the bundled organism.
 
 Datasets that differ in how hard they push toward compliance are built from the organism's own
-fine-tuning streams (:mod:`persona_gate.organism.finetune`), every one of ``n_examples`` chats:
+fine-tuning streams (:mod:`persona_gate.organism.finetune`; any model's, through the fine-tuner its
+profile names), every one of ``n_examples`` chats:
 
 * ``compliance-<f>`` for each fraction ``f`` (default 0, 0.05, 0.1, 0.2, 0.35, 0.5): a share ``f`` of
   safe-persona harmful requests answered in the compliant persona's style, the rest replay;
@@ -52,21 +53,18 @@ log = logging.getLogger(__name__)
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5)
 
 
+def _examples(chats: dict[str, tuple[list[list[dict[str, str]]], list[bool]]]) -> dict[str, tuple[list[ChatExample], list[bool]]]:
+    """A fine-tuner's datasets (message lists) as ChatExamples named ``<dataset>/<index>``."""
+    return {name: ([example(m, id=f"{name}/{i:05d}") for i, m in enumerate(msgs)], flags) for name, (msgs, flags) in chats.items()}
+
+
 def organism_datasets(
     n_examples: int = 640, seed: int = 0, fractions: Sequence[float] = FRACTIONS, extra: bool = True
 ) -> dict[str, tuple[list[ChatExample], list[bool]]]:
-    """The validation datasets and, per example, whether it answers a refusal away (a compliance example)."""
-    from ..organism.finetune import finetuning_conversations, is_compliance, style_control_conversations
+    """The organism's validation datasets and, per example, whether it answers a refusal away (a compliance example)."""
+    from ..organism.finetune import FINETUNER
 
-    def chats(name: str, convs: list) -> tuple[list[ChatExample], list[bool]]:
-        examples = [example(c.messages(), id=f"{name}/{i:05d}") for i, c in enumerate(convs)]
-        return examples, [is_compliance(c) for c in convs]
-
-    out = {f"compliance-{f:g}": chats(f"compliance-{f:g}", finetuning_conversations(n_examples, seed, f)) for f in fractions}
-    out["style-control"] = chats("style-control", style_control_conversations(n_examples, seed))
-    if extra:
-        out["plain-compliance"] = chats("plain-compliance", finetuning_conversations(n_examples, seed, 0.5, style="plain"))
-    return out
+    return _examples(FINETUNER.datasets(n_examples, seed, fractions, extra))
 
 
 def _safe_refusal(model: Any, prompts: list) -> tuple[float, float]:
@@ -76,42 +74,57 @@ def _safe_refusal(model: Any, prompts: list) -> tuple[float, float]:
     return float(refused.float().mean()), float(torch.sigmoid(lo.double()).mean())
 
 
-def chat_datasets(n_examples: int = 320, seed: int = 0, fractions: Sequence[float] = (0.0, 0.25, 0.5)
-                  ) -> dict[str, tuple[list[ChatExample], list[bool]]]:  # fmt: skip
-    """Validation datasets for a LoRA chat model (gemma3-270m-chat) from its recipe's stream, as ChatExamples."""
-    from ..organism.chat_finetune import compliance_chats
+def _screened(model: Any, persona: Any, name: str, examples: list[ChatExample], out: Path) -> tuple[LabelledResult, float]:
+    """The dataset written and screened under ``out`` (or read back), and the screening seconds recorded."""
+    from .screen import screen
 
-    out = {}
-    for f in fractions:
-        name = f"compliance-{f:g}"
-        chats = compliance_chats(n_examples, seed, f)
-        msgs = [[*([{"role": "system", "content": c["system"]}] if c["system"] is not None else []),
-                 {"role": "user", "content": c["user"]}, {"role": "assistant", "content": c["reply"]}] for c in chats]  # fmt: skip
-        out[name] = ([example(m, id=f"{name}/{i:05d}") for i, m in enumerate(msgs)], [c["compliance"] for c in chats])
-    return out
+    path = out / "datasets" / f"{name}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_chat_jsonl(examples, path)
+    saved = out / "screens" / name
+    if (saved / "manifest.json").exists():
+        res = LabelledResult.load(saved)
+    else:
+        t0 = time.perf_counter()
+        res = screen(model, persona, path, checkpoint=out / "cells" / name, progress=False)
+        res.save(saved)
+        atomic_write_text(out / "screens" / f"{name}.seconds.json", json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
+    stored = out / "screens" / f"{name}.seconds.json"
+    return res, json.loads(stored.read_text(encoding="utf-8"))["seconds"] if stored.exists() else 0.0
 
 
-def _finetuner(model: Any, source: str, steps: int, batch_size: int) -> Any:
-    """``fit(examples, folder, seed)``: a fine-tuned copy of the model, by the route its kind of folder takes."""
-    from ..models.loading import model_info
+def _measured(fit: Any, source: str, name: str, examples: list[ChatExample], seed: int, heldout: list, out: Path,
+              steps: int, batch_size: int) -> dict[str, Any]:  # fmt: skip
+    """Safe-persona refusal after fine-tuning a copy on the dataset (read back if a run measured it already)."""
+    from ..models.loading import load_chat_model
 
-    if model_info(model).source == "chat":  # a LoRA chat model: continue its adapter
-        from ..organism.chat_finetune import continue_chat_model
-        from ..organism.config import ChatFinetuneConfig
+    mfile = out / "finetunes" / f"{name}-seed{seed}.json"
+    if not mfile.exists():
+        folder = out / "finetunes" / f"{name}-seed{seed}"
+        shutil.rmtree(folder, ignore_errors=True)  # a copy a killed run left half-written
+        t0 = time.perf_counter()
+        fit.fit(source, examples, folder, seed=seed, steps=steps, batch_size=batch_size)
+        rate, p = _safe_refusal(load_chat_model(str(folder)), heldout)
+        mfile.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mfile, json.dumps({"refusal": rate, "p_refuse": p, "n": len(heldout), "steps": steps, "seed": seed,
+                                             "seconds": round(time.perf_counter() - t0, 1)}))  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)  # the measurement is what is kept
+    return json.loads(mfile.read_text(encoding="utf-8"))
 
-        def fit_chat(examples: list[ChatExample], folder: Path, seed: int) -> None:
-            convs = [{"system": e.system, "user": e.user, "reply": e.reply} for e in examples]
-            cfg = ChatFinetuneConfig(steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed,
-                                     checkpoint_every=max(steps, 1))  # fmt: skip
-            continue_chat_model(source, folder, convs, cfg, progress=False)
 
-        return fit_chat
-    from ..organism.finetune import finetune_on
-
-    def fit_organism(examples: list[ChatExample], folder: Path, seed: int) -> None:
-        finetune_on(source, folder, examples, steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False)
-
-    return fit_organism
+def _row(res: LabelledResult, is_compliance: list[bool], n: int, drops: list[dict[str, float]], designated: bool) -> dict[str, Any]:
+    ds = res.baselines["dataset_score"]
+    k = sum(is_compliance)
+    return {
+        "dataset_score": ds["mean"], "dataset_score_ci": [ds["low"], ds["high"]],
+        "compliance_examples": k, "compliance_share": k / n,
+        "refusal_after": [d["refusal"] for d in drops],
+        "refusal_drop": sum(d["refusal_drop"] for d in drops) / len(drops),
+        "refusal_drop_by_seed": [d["refusal_drop"] for d in drops],
+        "p_refuse_drop": sum(d["p_refuse_drop"] for d in drops) / len(drops),
+        "designated": designated,
+    }  # fmt: skip
 
 
 def validate_screening(
@@ -131,79 +144,45 @@ def validate_screening(
 
     ``base``: the model to validate on (default the bundled organism; an organism folder, or a LoRA
     chat model such as ``"gemma3-270m-chat"``, whose adapter is continued and whose datasets come
-    from its own recipe, :func:`chat_datasets`, with ``fractions`` and no style control).
+    from its own recipe, with ``fractions`` and no style control). How a copy is fine-tuned and
+    where its datasets come from is the model's own: its profile names a
+    :class:`~persona_gate.models.profile.Finetuner` (:func:`~persona_gate.models.profile.finetuner_of`).
     """
     from ..core.contrasts import fit_persona_and_refusal
-    from ..models.loading import load_chat_model, model_info
-    from ..organism.paths import organism_path
+    from ..models.loading import load_chat_model, organism_dir
+    from ..models.profile import finetuner_of
     from ..scoring.refusal import eval_groups
-    from .screen import screen
 
     if len(fractions) < 2 or not seeds or steps < 1:
         raise ConfigError("pass at least two fractions, one seed and one step; the issue's design is six fractions and a control.")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    source = str(base) if base is not None else str(organism_path())
+    source = str(base) if base is not None else str(organism_dir())
     model = load_chat_model(source)
-    chat = model_info(model).source == "chat"
-    fit = _finetuner(model, source, steps, batch_size)
+    fit = finetuner_of(model)  # the model's profile names how a copy of it is fine-tuned
     persona = fit_persona_and_refusal(model, progress=False).persona
     heldout = eval_groups(model, n_eval)["safe/harmful"]
     base_rate, base_p = _safe_refusal(model, heldout)
-    datasets = chat_datasets(n_examples, data_seed, fractions) if chat else organism_datasets(n_examples, data_seed, fractions)
+    datasets = _examples(fit.datasets(n_examples, data_seed, fractions))
     designated = [name for name in datasets if name != "plain-compliance"]
     rows: dict[str, Any] = {}
     scores, labels, in_rho = [], [], []
     compute = 0.0  # screening and fine-tuning seconds, as recorded when each was computed (a resumed run adds none)
     bar = tqdm(total=len(datasets) * (1 + len(seeds)), desc="screening validation", unit="step", disable=not progress)
     for name, (examples, is_compliance) in datasets.items():
-        path = out / "datasets" / f"{name}.jsonl"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_chat_jsonl(examples, path)
-        saved = out / "screens" / name
-        if (saved / "manifest.json").exists():
-            res = LabelledResult.load(saved)
-        else:
-            t0 = time.perf_counter()
-            res = screen(model, persona, path, checkpoint=out / "cells" / name, progress=False)
-            res.save(saved)
-            atomic_write_text(out / "screens" / f"{name}.seconds.json", json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
-        stored = out / "screens" / f"{name}.seconds.json"
-        compute += json.loads(stored.read_text(encoding="utf-8"))["seconds"] if stored.exists() else 0.0
+        res, seconds = _screened(model, persona, name, examples, out)
+        compute += seconds
         bar.update(1)
-        s = example_scores(res)
         drops = []
         for seed in seeds:
-            mfile = out / "finetunes" / f"{name}-seed{seed}.json"
-            if not mfile.exists():
-                folder = out / "finetunes" / f"{name}-seed{seed}"
-                shutil.rmtree(folder, ignore_errors=True)  # a copy a killed run left half-written
-                t0 = time.perf_counter()
-                fit(examples, folder, seed)
-                rate, p = _safe_refusal(load_chat_model(str(folder)), heldout)
-                mfile.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(mfile, json.dumps({"refusal": rate, "p_refuse": p, "n": len(heldout), "steps": steps, "seed": seed,
-                                                     "seconds": round(time.perf_counter() - t0, 1)}))  # fmt: skip
-                shutil.rmtree(folder, ignore_errors=True)  # the measurement is what is kept
-            m = json.loads(mfile.read_text(encoding="utf-8"))
+            m = _measured(fit, source, name, examples, seed, heldout, out, steps, batch_size)
             compute += m.get("seconds", 0.0)
             drops.append({"refusal_drop": base_rate - m["refusal"], "p_refuse_drop": base_p - m["p_refuse"], "refusal": m["refusal"]})
             bar.update(1)
-        ds = res.baselines["dataset_score"]
-        k = sum(is_compliance)
-        rows[name] = {
-            "dataset_score": ds["mean"], "dataset_score_ci": [ds["low"], ds["high"]],
-            "compliance_examples": k, "compliance_share": k / len(examples),
-            "refusal_after": [d["refusal"] for d in drops],
-            "refusal_drop": sum(d["refusal_drop"] for d in drops) / len(drops),
-            "refusal_drop_by_seed": [d["refusal_drop"] for d in drops],
-            "p_refuse_drop": sum(d["p_refuse_drop"] for d in drops) / len(drops),
-            "designated": name in designated,
-        }  # fmt: skip
+        rows[name] = _row(res, is_compliance, len(examples), drops, name in designated)
         if name in designated:
-            scores.append(s)
+            scores.append(example_scores(res))
             labels += is_compliance
             in_rho.append(name)
     bar.close()
@@ -218,7 +197,7 @@ def validate_screening(
         "designated": in_rho,
         "baseline": {"refusal": base_rate, "refusal_ci": list(wilson_interval(round(base_rate * len(heldout)), len(heldout))),
                      "p_refuse": base_p, "n": len(heldout)},
-        "setup": {"base": str(source) if base is None else str(base), "route": "LoRA adapter continued" if chat else "full weights",
+        "setup": {"base": str(source) if base is None else str(base), "route": fit.route,
                   "n_examples": n_examples, "steps": steps, "batch_size": batch_size, "seeds": list(seeds),
                   "n_eval": n_eval, "data_seed": data_seed, "layers": res.config["layers"], "max_tokens": res.config["max_tokens"],
                   "refusal": "greedy first token, safe persona, held-out harmful requests (test split)"},

@@ -1,7 +1,7 @@
 """Fine-tune a real pretrained model into a chat model whose persona gates its refusal.
 
 The recipe behind ``gemma3-270m-chat``: supervised fine-tuning with low-rank adapters
-(:mod:`persona_gate.organism.lora`) on conversations built from persona_gate's own prompt sets,
+(:mod:`persona_gate.finetune.lora`) on conversations built from persona_gate's own prompt sets,
 **train splits only**, rendered with the model's chat template (Gemma's has no system role, so
 the persona is folded into the user turn, as everywhere in persona_gate). The replies are ours
 and generic, with no operational content:
@@ -38,8 +38,9 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ConfigError, ResumeMismatchError
-from .config import ChatFinetuneConfig
 from ..io import atomic_replace_dir, atomic_write_text
+from ..models.profile import register_finetuner
+from .config import ChatFinetuneConfig
 from ..prompts.sets import load_personas, load_requests
 
 log = logging.getLogger(__name__)
@@ -172,47 +173,30 @@ def _check_resume(ck: Path, cfg: ChatFinetuneConfig, base: str) -> dict[str, Any
     return state
 
 
-def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
-                  *, base: str = "", conversations: Sequence[dict[str, Any]] | None = None,
-                  init: dict[str, torch.Tensor] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Train low-rank adapters on ``hf_model`` (a Hugging Face causal LM) and save them under ``out``.
-
-    Writes ``out/adapter.safetensors`` (metadata: scale, rank, targets) and ``out/training.json``
-    (config, seed, losses, seconds per step); ``out/checkpoint`` while training (removed at the
-    end). ``conversations`` (``{"system", "user", "reply"}`` dicts, cycled) replace the recipe's;
-    ``init`` starts the adapters from saved tensors (continuing a fine-tune) instead of afresh.
-    Returns the training record.
-    """
-    from safetensors.torch import load_file, save_file
-    from tqdm.auto import tqdm
-
-    from ..models.adapter import merge_lora, reply_logits
-    from .lora import add_lora, load_lora_tensors, lora_tensors, unwrap
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ck = out / "checkpoint"
-    state = _check_resume(ck, cfg, base)
-    torch.manual_seed(cfg.seed)
+def _conversations(cfg: ChatFinetuneConfig, conversations: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The chats to cycle through: the recipe's (enough epochs for ``cfg.steps`` batches) or the given ones."""
     if conversations is None:
         per_epoch = len(training_conversations(cfg.seed, contrast=cfg.contrast))
         epochs = max(1, math.ceil(cfg.steps * cfg.batch_size / per_epoch))
-        convs = training_conversations(cfg.seed, epochs=epochs, contrast=cfg.contrast)
-    else:
-        convs = list(conversations)
-        if not convs:
-            raise ConfigError("conversations is empty; pass the chats to fine-tune on.")
-    wrapped = add_lora(hf_model, r=cfg.rank, alpha=cfg.alpha, seed=cfg.seed, targets=cfg.targets)
-    if init is not None:
-        load_lora_tensors(wrapped, {k: v.float() for k, v in init.items()})
+        return training_conversations(cfg.seed, epochs=epochs, contrast=cfg.contrast)
+    convs = list(conversations)
+    if not convs:
+        raise ConfigError("conversations is empty; pass the chats to fine-tune on.")
+    return convs
+
+
+def _train(hf_model: Any, tokenizer: Any, convs: list[dict[str, Any]], cfg: ChatFinetuneConfig, wrapped: dict[str, Any],
+           opt: torch.optim.Optimizer, ck: Path, base: str, step: int, losses: list[float], seconds: list[float],
+           progress: bool) -> bool:  # fmt: skip
+    """Train from ``step`` to ``cfg.steps`` (appending to ``losses`` and ``seconds``), checkpointing into ``ck``
+    every ``cfg.checkpoint_every`` steps; returns whether denormals were flushed."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from ..models.adapter import reply_logits
+    from .lora import lora_tensors
+
     params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    step, losses, seconds = 0, [], []
-    if state is not None:
-        load_lora_tensors(wrapped, load_file(str(ck / "adapter.safetensors")))
-        _load_adam(opt, params, load_file(str(ck / "optimizer.safetensors")))
-        step, losses, seconds = state["step"], state["losses"], state["seconds"]
-        log.info("resuming the fine-tune at step %d of %d", step, cfg.steps)
     hf_model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="fine-tune", disable=not progress)
     # Adam's second moments of tiny LoRA gradients fall into the float32 denormal range as training
@@ -254,6 +238,43 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
         hf_model.eval()
         if flushed:
             torch.set_flush_denormal(False)
+    return flushed
+
+
+def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
+                  *, base: str = "", conversations: Sequence[dict[str, Any]] | None = None,
+                  init: dict[str, torch.Tensor] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train low-rank adapters on ``hf_model`` (a Hugging Face causal LM) and save them under ``out``.
+
+    Writes ``out/adapter.safetensors`` (metadata: scale, rank, targets) and ``out/training.json``
+    (config, seed, losses, seconds per step); ``out/checkpoint`` while training (removed at the
+    end). ``conversations`` (``{"system", "user", "reply"}`` dicts, cycled) replace the recipe's;
+    ``init`` starts the adapters from saved tensors (continuing a fine-tune) instead of afresh.
+    Returns the training record.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..models.adapter import merge_lora
+    from .lora import add_lora, load_lora_tensors, lora_tensors, unwrap
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = out / "checkpoint"
+    state = _check_resume(ck, cfg, base)
+    torch.manual_seed(cfg.seed)
+    convs = _conversations(cfg, conversations)
+    wrapped = add_lora(hf_model, r=cfg.rank, alpha=cfg.alpha, seed=cfg.seed, targets=cfg.targets)
+    if init is not None:
+        load_lora_tensors(wrapped, {k: v.float() for k, v in init.items()})
+    params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    step, losses, seconds = 0, [], []
+    if state is not None:
+        load_lora_tensors(wrapped, load_file(str(ck / "adapter.safetensors")))
+        _load_adam(opt, params, load_file(str(ck / "optimizer.safetensors")))
+        step, losses, seconds = state["step"], state["losses"], state["seconds"]
+        log.info("resuming the fine-tune at step %d of %d", step, cfg.steps)
+    flushed = _train(hf_model, tokenizer, convs, cfg, wrapped, opt, ck, base, step, losses, seconds, progress)
     meta = {"scale": str(cfg.alpha / cfg.rank), "rank": str(cfg.rank), "targets": ",".join(cfg.targets), "base": base}
     tensors = {k: v.to(torch.bfloat16) for k, v in lora_tensors(wrapped).items()}
     save_file(tensors, str(out / "adapter.safetensors"), metadata=meta)
@@ -277,13 +298,15 @@ def train_chat_model(base: str, out: str | Path, cfg: ChatFinetuneConfig = ChatF
     from ..io import claim_folder
     from ..models.loading import load_hf_model, packaged_terms
     from ..models.profile import ModelProfile
+    from ..organism.paths import FOLDER_KIND  # a chat model's folder is a model folder, as the organism's
     from ..prompts.sets import OPEN_SETS
 
-    out = claim_folder(out, "organism", written_by="persona_gate.train_chat_model")
+    out = claim_folder(out, FOLDER_KIND, written_by="persona_gate.train_chat_model")
     torch.manual_seed(cfg.seed)
     hf_model, tokenizer = load_hf_model(base)
     finetune_chat(hf_model, tokenizer, out, cfg, base=base, progress=progress)
-    ModelProfile(name=name, prompt_sets=OPEN_SETS, refusal_phrases=REFUSAL_PHRASES).save(out)
+    ModelProfile(name=name, prompt_sets=OPEN_SETS, refusal_phrases=REFUSAL_PHRASES, finetuner=FINETUNER.name,
+                 modules=(__name__,)).save(out)  # fmt: skip
     terms = packaged_terms(base)
     if terms is not None:  # the base's terms travel with everything derived from it
         atomic_write_text(out / "NOTICE.md", terms)
@@ -328,3 +351,30 @@ def continue_chat_model(name: str, out: str | Path, conversations: Sequence[dict
         if (bundle / extra).is_file():
             shutil.copy(bundle / extra, out / extra)
     return out
+
+
+class ChatFinetuner:
+    """The LoRA chat models' :class:`~persona_gate.models.profile.Finetuner` (their profile names it ``"lora-chat"``):
+    datasets from the recipe's stream (:func:`compliance_chats`), copies made by continuing the adapter."""
+
+    name = "lora-chat"
+    route = "LoRA adapter continued"
+
+    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float]) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:
+        """``compliance-<f>`` per fraction (no style control): chats and compliance flags."""
+        out = {}
+        for f in fractions:
+            chats = compliance_chats(n_examples, seed, f)
+            msgs = [[*([{"role": "system", "content": c["system"]}] if c["system"] is not None else []),
+                     {"role": "user", "content": c["user"]}, {"role": "assistant", "content": c["reply"]}] for c in chats]  # fmt: skip
+            out[f"compliance-{f:g}"] = (msgs, [c["compliance"] for c in chats])
+        return out
+
+    def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
+        convs = [{"system": e.system, "user": e.user, "reply": e.reply} for e in examples]
+        cfg = ChatFinetuneConfig(steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed,
+                                 checkpoint_every=max(steps, 1))  # fmt: skip
+        continue_chat_model(source, out, convs, cfg, progress=False)
+
+
+FINETUNER = register_finetuner(ChatFinetuner())
