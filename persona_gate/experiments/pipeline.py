@@ -118,6 +118,18 @@ class RunConfig:
             raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
         return cls(**raw)
 
+    def load_model(self, device: str | None = None) -> Any:
+        """The model this config names: its dtype, device or device_map, and chat template.
+
+        ``device`` is the fallback for a config that sets neither ``device`` nor ``device_map``
+        (default: the loader's, CUDA if available).
+        """
+        from ..models.loading import load_chat_model
+
+        placed = self.device is not None or self.device_map is not None
+        return load_chat_model(self.model, dtype=self.dtype, device=self.device if placed else device,
+                               device_map=self.device_map, chat_template=self.chat_template)  # fmt: skip
+
 
 _LOADERS = {
     "strongreject": "load_strongreject",
