@@ -17,7 +17,9 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,13 @@ _EXPORTS: dict[str, str] = {
     "RenderedPrompt": "prompts.chat",
     "render": "prompts.chat",
     "render_all": "prompts.chat",
+    # the whole pipeline: its config, the run, its printed summary, figures and the HTML report
+    "RunConfig": "experiments.pipeline",
+    "DEMO": "experiments.pipeline",
+    "run_pipeline": "experiments.pipeline",
+    "format_run_summary": "experiments.summary",
+    "figure_for": "plots.figures",
+    "write_report": "plots.report",
     # activations and directions
     "ActivationStore": "core.activations",
     "cache_activations": "core.activations",
@@ -79,9 +88,12 @@ _EXPORTS: dict[str, str] = {
     "activation_patching": "experiments.patching",
     "attribution_patching": "experiments.patching",
     "gate_layers": "experiments.patching",
+    "agreement": "experiments.patching",
     # checkpoint comparison: persona drift between two checkpoints of one model
     "compare_checkpoints": "compare.checkpoints",
     "check_comparable": "compare.checkpoints",
+    "refusal_rates": "compare.summary",
+    "refusal_change": "compare.summary",
     "format_comparison": "compare.summary",
     "write_comparison_report": "plots.compare_report",
     "finetune_toward_compliance": "organism.finetune",
@@ -106,10 +118,17 @@ _EXPORTS: dict[str, str] = {
     # screening fine-tuning data before it opens the gate; guarding the gate at inference
     "screen": "screening.screen",
     "read_chat_jsonl": "screening.data",
+    "write_chat_jsonl": "screening.data",
     "format_screening": "screening.summary",
+    "example_scores": "screening.summary",
+    "organism_datasets": "screening.validation",
+    "validate_screening": "screening.validation",
+    "format_validation": "screening.summary",
     "Guard": "guard.intervention",
     "guard_grid": "guard.grid",
     "format_guard": "guard.summary",
+    # the bundled organism
+    "organism_path": "organism.paths",
 }
 
 # Submodules reachable as attributes (``pg.metrics.refusal_logodds``), under their old names too.
@@ -122,10 +141,77 @@ _SUBMODULES: dict[str, str] = {
     "labels": "scoring.labels",
     "stats": "scoring.stats",
     "organism": "organism",
+    "organism_prompts": "organism.prompt_sets",
     "plots": "plots",
 }
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
+
+
+if TYPE_CHECKING:  # what static tools see: the same names as _EXPORTS and _SUBMODULES (tests/test_api.py checks)
+    from . import errors, experiments, organism, plots
+    from .compare.checkpoints import check_comparable, compare_checkpoints
+    from .compare.summary import format_comparison, refusal_change, refusal_rates
+    from .core.activations import ActivationStore, cache_activations, iter_activations
+    from .core.contrasts import PersonaRefusal, fit_persona_and_refusal, format_summary, standard_prompts
+    from .core.directions import DirectionFitter, DirectionSet, GroupMeans, fit_group_means
+    from .core.generation import Generation, converse, generate
+    from .core.interventions import Ablate, AddBack, Steer, apply
+    from .errors import ConversationError
+    from .experiments.patching import activation_patching, agreement, attribution_patching, gate_layers
+    from .experiments.pipeline import DEMO, RunConfig, run_pipeline
+    from .experiments.summary import format_run_summary
+    from .guard.grid import guard_grid
+    from .guard.intervention import Guard
+    from .guard.summary import format_guard
+    from .models.adapter import check_supported
+    from .models.loading import ModelInfo, load_chat_model, model_info, provenance
+    from .models.profile import ModelProfile, profile_of, set_profile
+    from .models.protocol import ChatModel
+    from .monitoring.calibration import MonitorCalibration, calibrate, format_calibration
+    from .monitoring.monitor import load_monitor_directions, monitor
+    from .monitoring.summary import flagged_turns, format_monitor
+    from .organism import prompt_sets as organism_prompts
+    from .organism.finetune import finetune_toward_compliance
+    from .organism.paths import organism_path
+    from .plots.compare_report import write_comparison_report
+    from .plots.figures import figure_for
+    from .plots.report import write_report
+    from .prompts import datasets
+    from .prompts.chat import RenderedPrompt, render, render_all
+    from .prompts.conversation import Conversation
+    from .prompts.positions import Position, parse_position
+    from .prompts.sets import (ChatPrompt, Persona, Request, TraitSet, load_personas, load_requests, load_trait,
+                               no_system_persona, paired_grid, persona_grid)  # fmt: skip
+    from .redteam.attacks import Attack, attack_prompts, attacks_for
+    from .redteam.harness import red_team
+    from .redteam.result import RedTeamResult
+    from .results import LabelledResult
+    from .scoring import judges, labels, metrics, stats
+    from .scoring.labels import label_response
+    from .scoring.stats import auroc, wilson_interval
+    from .screening.data import read_chat_jsonl, write_chat_jsonl
+    from .screening.screen import screen
+    from .screening.summary import example_scores, format_screening, format_validation
+    from .screening.validation import organism_datasets, validate_screening
+    from .sites import HookSite, parse_site, resolve, sites_for
+
+
+class _Package(types.ModuleType):
+    """The package's module type: importing a submodule never rebinds a root name of the same name.
+
+    Python binds ``persona_gate.provenance`` (the foundation module) on the package the first time
+    anything imports it; without this, ``pg.provenance`` (the function of ``models.loading``)
+    would become the module then. The module stays reachable as ``from persona_gate.provenance import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -142,3 +142,29 @@ def test_run_plan_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert "add --plan" in capsys.readouterr().err
     assert main(["run", "--config", str(cfg)]) != 0
     assert "--out" in capsys.readouterr().err
+
+
+def test_run_plan_loads_the_model_as_the_config_says(tmp_path, monkeypatch):
+    """--plan loads through RunConfig.load_model: the config's device_map (or --device-map) reaches the loader."""
+
+    class Loaded(Exception):
+        pass
+
+    seen = []
+
+    def fake_load(*args, **kwargs):
+        seen.append((args, kwargs))
+        raise Loaded
+
+    monkeypatch.setattr(loading, "load_chat_model", fake_load)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "organism"\ndtype = "bfloat16"\ndevice_map = "auto"\nchat_template = "chatml"\n')
+    with pytest.raises(Loaded):
+        main(["run", "--plan", "--config", str(cfg)])
+    assert seen[-1] == (("organism",), {"dtype": "bfloat16", "device": None, "device_map": "auto", "chat_template": "chatml"})
+    with pytest.raises(Loaded):
+        main(["run", "--plan", "--model", "organism", "--device-map", "balanced"])
+    assert seen[-1][1]["device_map"] == "balanced" and seen[-1][1]["device"] is None
+    with pytest.raises(Loaded):
+        RunConfig(device="cpu").load_model(device="cuda")  # the config's own device wins over the fallback
+    assert seen[-1][1]["device"] == "cpu"

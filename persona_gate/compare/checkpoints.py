@@ -170,6 +170,37 @@ def _comparison_values(fits: dict[str, PersonaRefusal], means: dict[str, GroupMe
     return {k: torch.stack(v).float() for k, v in values.items()}
 
 
+def _comparison_config(a: ChatModel, info_a: Any, info_b: Any, fit_a: PersonaRefusal, n_eval: int, sites: list,
+                       scorer_a: Any, n_per_group: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """What the comparison was run with: both checkpoints, A's positions and refusal tokens, the counts."""
+    return {
+        "model_a": info_a.name,
+        "model_b": info_b.name,
+        "persona_position": fit_a.persona.position,
+        "refusal_position": fit_a.refusal.position,
+        "kind": sites[0].kind,
+        "n_per_group": n_per_group,
+        "n_eval": n_eval,
+        "seed": seed,
+        "refusal_tokens": [a.tokenizer.decode([i]) for i in scorer_a.token_ids],
+        "chat_template_hash": {"a": info_a.chat_template_hash, "b": info_b.chat_template_hash},
+        "shift": SHIFT_FORMULA,
+    }
+
+
+def _refusal_baselines(scores: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, Any]:
+    """Each checkpoint's refusal rate per group, and how many prompts only A or only B refused."""
+    refusal = {name: {g: _rate(scores[name][g][1], scores[name][g][0]) for g in GROUPS} for name in CHECKPOINTS}
+    flips = {
+        g: {
+            "refused_a_only": int((scores["a"][g][1] & ~scores["b"][g][1]).sum()),
+            "refused_b_only": int((scores["b"][g][1] & ~scores["a"][g][1]).sum()),
+        }
+        for g in GROUPS
+    }
+    return {"refusal": refusal, "flips": flips}
+
+
 def compare_checkpoints(
     model_a: Any,
     model_b: Any,
@@ -225,27 +256,7 @@ def compare_checkpoints(
     finally:
         bar.close()
 
-    refusal = {name: {g: _rate(scores[name][g][1], scores[name][g][0]) for g in GROUPS} for name in CHECKPOINTS}
-    flips = {
-        g: {
-            "refused_a_only": int((scores["a"][g][1] & ~scores["b"][g][1]).sum()),
-            "refused_b_only": int((scores["b"][g][1] & ~scores["a"][g][1]).sum()),
-        }
-        for g in GROUPS
-    }
-    config = {
-        "model_a": info_a.name,
-        "model_b": info_b.name,
-        "persona_position": fits["a"].persona.position,
-        "refusal_position": fits["a"].refusal.position,
-        "kind": sites[0].kind,
-        "n_per_group": n_per_group,
-        "n_eval": len(groups["safe/harmful"]),
-        "seed": seed,
-        "refusal_tokens": [a.tokenizer.decode([i]) for i in scorer_a.token_ids],
-        "chat_template_hash": {"a": info_a.chat_template_hash, "b": info_b.chat_template_hash},
-        "shift": SHIFT_FORMULA,
-    }
+    config = _comparison_config(a, info_a, info_b, fits["a"], len(groups["safe/harmful"]), sites, scorer_a, n_per_group, seed)
     prov = provenance(a, seed=seed, config=config)
     prov["model_b"] = {**info_b.to_dict(), "n_layers": int(b.cfg.n_layers), "d_model": int(b.cfg.d_model)}
     return LabelledResult(
@@ -253,7 +264,7 @@ def compare_checkpoints(
         dims=("checkpoint", "layer"),
         coords={"checkpoint": CHECKPOINTS, "layer": tuple(s.layer for s in sites)},
         values=values,
-        baselines={"refusal": refusal, "flips": flips},
+        baselines=_refusal_baselines(scores),
         metric={
             "name": "cosine with checkpoint A's direction; shift in units of A's persona separation",
             "higher_means": "cos: more like A's direction; shift: further toward the compliant persona",

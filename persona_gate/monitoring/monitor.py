@@ -44,6 +44,7 @@ from ..core.directions import DirectionSet
 from ..errors import ConfigError, DModelMismatchError, UnknownHookSiteError
 from .calibration import MonitorCalibration
 from ..results import LabelledResult
+from ..sites import HookSite
 from .readings import READINGS, as_conversation, direction_sites, fingerprint, project_turns, turn_activations, unit_vectors
 
 KIND = "persona_monitor"
@@ -69,23 +70,14 @@ def check_roles(persona: DirectionSet, refusal: DirectionSet) -> None:
         )
 
 
-def monitor(
+def _monitor_sites(
     model: ChatModel,
-    conversation: Conversation | Sequence[Mapping[str, str]] | str | os.PathLike,
     persona: DirectionSet,
     refusal: DirectionSet,
-    *,
-    layers: Sequence[int] | None = None,
-    calibration: MonitorCalibration | None = None,
-    batch_size: int = 8,
-) -> LabelledResult:
-    """Per-turn persona and refusal projections (``turn x layer``), flagged when calibrated.
-
-    ``conversation`` is a :class:`Conversation`, a list of ``{"role", "content"}`` dicts or a
-    JSONL path. With ``calibration``, ``flagged[turn, layer]`` says whether the persona
-    projection of the calibration's reading exceeds that layer's threshold.
-    """
-    conv = as_conversation(conversation)
+    layers: Sequence[int] | None,
+    calibration: MonitorCalibration | None,
+) -> tuple[HookSite, ...]:
+    """The sites :func:`monitor` reads (the calibration's layers by default), checked against both sets and the calibration."""
     check_roles(persona, refusal)
     persona.check_model(model)
     refusal.check_model(model)
@@ -111,6 +103,42 @@ def monitor(
                 f"the calibration was made with another persona direction ({calibration.persona}); calibrate "
                 "with this one: calibrate(model, persona)."
             )
+    return sites
+
+
+def _flags(p: Tensor, sites: Sequence[HookSite], calibration: MonitorCalibration) -> tuple[Tensor, dict[str, Any]]:
+    """``flagged[turn, layer]`` (the calibration's reading over its threshold) and the baselines that say how."""
+    ri = READINGS.index(calibration.flag_reading)
+    thr = torch.tensor([calibration.threshold(s.layer) for s in sites], dtype=torch.float64)
+    flagged = p[:, ri] > thr[None]  # NaN (no reply yet) is never flagged
+    summ = calibration.summary()
+    baselines = {
+        "threshold": {str(s.layer): float(t) for s, t in zip(sites, thr)},
+        "flag_reading": calibration.flag_reading,
+        "flag_layer": calibration.flag_layer if calibration.flag_layer in [s.layer for s in sites] else None,
+        "calibration": {k: summ[k] for k in ("test_fpr", "test_tpr", "test_fpr_conversation", "test_tpr_conversation")},
+    }
+    return flagged, baselines
+
+
+def monitor(
+    model: ChatModel,
+    conversation: Conversation | Sequence[Mapping[str, str]] | str | os.PathLike,
+    persona: DirectionSet,
+    refusal: DirectionSet,
+    *,
+    layers: Sequence[int] | None = None,
+    calibration: MonitorCalibration | None = None,
+    batch_size: int = 8,
+) -> LabelledResult:
+    """Per-turn persona and refusal projections (``turn x layer``), flagged when calibrated.
+
+    ``conversation`` is a :class:`Conversation`, a list of ``{"role", "content"}`` dicts or a
+    JSONL path. With ``calibration``, ``flagged[turn, layer]`` says whether the persona
+    projection of the calibration's reading exceeds that layer's threshold.
+    """
+    conv = as_conversation(conversation)
+    sites = _monitor_sites(model, persona, refusal, layers, calibration)
     (ta,) = turn_activations(model, [conv], sites, batch_size=batch_size)
     p, r = project_turns(ta.acts, unit_vectors(persona, sites)), project_turns(ta.acts, unit_vectors(refusal, sites))
     values: dict[str, Tensor] = {
@@ -121,16 +149,7 @@ def monitor(
     }
     baselines: dict[str, Any] = {}
     if calibration is not None:
-        ri = READINGS.index(calibration.flag_reading)
-        thr = torch.tensor([calibration.threshold(s.layer) for s in sites], dtype=torch.float64)
-        values["flagged"] = p[:, ri] > thr[None]  # NaN (no reply yet) is never flagged
-        summ = calibration.summary()
-        baselines = {
-            "threshold": {str(s.layer): float(t) for s, t in zip(sites, thr)},
-            "flag_reading": calibration.flag_reading,
-            "flag_layer": calibration.flag_layer if calibration.flag_layer in [s.layer for s in sites] else None,
-            "calibration": {k: summ[k] for k in ("test_fpr", "test_tpr", "test_fpr_conversation", "test_tpr_conversation")},
-        }
+        values["flagged"], baselines = _flags(p, sites, calibration)
     from ..models.loading import provenance
 
     config = {
