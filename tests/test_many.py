@@ -68,7 +68,6 @@ def test_a_model_dispatched_with_disk_offload_gives_the_same_numbers(tiny_model_
         for key in a.values:
             assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5, equal_nan=True), (name, key)
     # Guard cells through prefix reuse, and generation under an intervention.
-    s_whole, s_split = RefusalScorer(whole, tuple(ids)), RefusalScorer(split, tuple(ids))
     cells = [[Guard(pr.persona, {1: 0.0, 2: 0.0})], [Ablate(pr.persona, layers=[0, 1, 2])]]
     for a, b in zip(cell_logprobs(whole, groups["compliant/harmful"], cells)[1], cell_logprobs(split, groups["compliant/harmful"], cells)[1]):
         assert torch.allclose(a, b, atol=1e-5)

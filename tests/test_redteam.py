@@ -29,7 +29,6 @@ from persona_gate.redteam.attacks import (
 )
 from persona_gate.organism.profile import ORGANISM_ATTACKS as _ORGANISM_TEMPLATES
 
-ORGANISM_ATTACKS = tuple(Attack(**t) for t in _ORGANISM_TEMPLATES)
 from persona_gate.cli.main import main
 from persona_gate.core.directions import DirectionSet
 from persona_gate.errors import (
@@ -47,6 +46,8 @@ from persona_gate.organism import lexicon, prompt_sets
 from persona_gate.plots import fig_red_team, figure_for
 from persona_gate.redteam.harness import RedTeamResult, read_requests, red_team
 from persona_gate.scoring.stats import auroc
+
+ORGANISM_ATTACKS = tuple(Attack(**t) for t in _ORGANISM_TEMPLATES)
 
 # ------------------------------------------------------------------ fixtures
 

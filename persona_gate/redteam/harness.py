@@ -323,7 +323,7 @@ def _assemble(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], re
     generate_labels, layer, position = run["generate_labels"], run["layer"], run["position"]
     bypass = m.labels[BYPASS] if generate_labels else ~m.refused
     flat = bypass.reshape(-1)
-    by_layer = {str(l): auroc_or_none(m.projection[..., s].reshape(-1), flat) for s, l in enumerate(pset.layers)}
+    by_layer = {str(k): auroc_or_none(m.projection[..., s].reshape(-1), flat) for s, k in enumerate(pset.layers)}
     si = pset.layers.index(layer)
     if by_layer[str(layer)] is None:
         log.warning("every prompt had the same outcome (%d of %d bypassed); the AUROC is undefined", int(flat.sum()), flat.numel())

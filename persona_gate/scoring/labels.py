@@ -62,7 +62,7 @@ _BENIGN_CONTINUATIONS = (
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
 # One character 8+ times in a row; markdown rules and ellipses legitimately repeat - = _ * ~ # .
 _MIN_RUN = 8
-_CHAR_RUN = re.compile(r"([^\s\-=_*~#.])\1{%d,}" % (_MIN_RUN - 1))
+_CHAR_RUN = re.compile(r"([^\s\-=_*~#.])\1{" + str(_MIN_RUN - 1) + ",}")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _WINDOW_CHARS = 300
 _MIN_NGRAM_WORDS = 6
