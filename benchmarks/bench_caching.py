@@ -82,7 +82,9 @@ def time_model(name: str, n: int, batch_size: int, repeats: int) -> dict:
     batches = _batches(rendered, batch_size, model.tokenizer.pad_token_id)
 
     def ours():
-        for _ in iter_activations(model, rendered, sites, ["last", "mean:system"], batch_size=batch_size, progress=False):
+        for _ in iter_activations(
+            model, rendered, sites, ["last", "mean:system"], batch_size=batch_size, progress=False
+        ):
             pass
 
     def hf_full():
@@ -164,7 +166,10 @@ print(prompts_kib, max(peak[0], rss()) - base)
 def _peak_child(name: str, n: int, batch_size: int, base_n: int) -> tuple[int, int]:
     """(RSS of the n rendered prompts, RSS growth above model + prompts while the streaming fit runs), KiB."""
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, name, str(n), str(batch_size), str(base_n)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD, name, str(n), str(batch_size), str(base_n)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     prompts, growth = out.stdout.strip().splitlines()[-1].split()
     return int(prompts), int(growth)
@@ -172,7 +177,10 @@ def _peak_child(name: str, n: int, batch_size: int, base_n: int) -> tuple[int, i
 
 def memory(name: str, n: int, batch_size: int, factor: int = 8) -> dict:
     path = _tiny_model_dir() if name == "tiny" else name
-    (p_small, small), (p_large, large) = _peak_child(path, n, batch_size, n), _peak_child(path, factor * n, batch_size, n)
+    (p_small, small), (p_large, large) = (
+        _peak_child(path, n, batch_size, n),
+        _peak_child(path, factor * n, batch_size, n),
+    )
     return {
         "model": name,
         "n": n,

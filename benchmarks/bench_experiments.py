@@ -32,8 +32,19 @@ def run(name: str, n: int) -> list[dict]:
         t = time.perf_counter()
         out = fn()
         dt = time.perf_counter() - t
-        rows.append({"model": name, "experiment": label, "cells": cells, "seconds": round(dt, 2), "per_cell_s": round(dt / max(cells, 1), 4)})
-        print(f"{name:<18} {label:<28} {cells:>5} cells  {dt:8.2f} s  ({dt / max(cells, 1) * 1000:7.1f} ms per cell)", flush=True)
+        rows.append(
+            {
+                "model": name,
+                "experiment": label,
+                "cells": cells,
+                "seconds": round(dt, 2),
+                "per_cell_s": round(dt / max(cells, 1), 4),
+            }
+        )
+        print(
+            f"{name:<18} {label:<28} {cells:>5} cells  {dt:8.2f} s  ({dt / max(cells, 1) * 1000:7.1f} ms per cell)",
+            flush=True,
+        )
         return out
 
     pr = timed("fit directions", 1, lambda: pg.fit_persona_and_refusal(model, n_per_group=4 * n, progress=False))
@@ -43,18 +54,41 @@ def run(name: str, n: int) -> list[dict]:
     one = timed("one scoring forward", 1, lambda: scorer.score(groups["safe/harmful"]))
     del one
     alphas = (0.0, 1.0, 2.0, 4.0)
-    timed("steering sweep", 2 * len(layers) * len(alphas),
-          lambda: ex.steering_sweep(model, pr.persona, layers=layers, alphas=alphas, scorer=scorer, groups=groups, progress=False))
-    timed("re-introduction", len(layers),
-          lambda: ex.reintroduction(model, pr.persona, pr.refusal, layers=layers, scorer=scorer, groups=groups, progress=False))
+    timed(
+        "steering sweep",
+        2 * len(layers) * len(alphas),
+        lambda: ex.steering_sweep(
+            model, pr.persona, layers=layers, alphas=alphas, scorer=scorer, groups=groups, progress=False
+        ),
+    )
+    timed(
+        "re-introduction",
+        len(layers),
+        lambda: ex.reintroduction(
+            model, pr.persona, pr.refusal, layers=layers, scorer=scorer, groups=groups, progress=False
+        ),
+    )
     width = max(2, L // 3)
-    timed(f"window projection (w={width})", 6 * (L - width + 1),
-          lambda: ex.window_projection(model, pr.persona, width=width, random_seeds=5, scorer=scorer, groups=groups, progress=False))
+    timed(
+        f"window projection (w={width})",
+        6 * (L - width + 1),
+        lambda: ex.window_projection(
+            model, pr.persona, width=width, random_seeds=5, scorer=scorer, groups=groups, progress=False
+        ),
+    )
     mid = [L // 2]
-    timed("extraction sites (1 layer)", 5,
-          lambda: ex.extraction_sites(model, layers=mid, alphas=(2.0, 4.0), n=n, scorer=scorer, progress=False))
-    timed("selection", len(layers) * 3,
-          lambda: ex.select_steering(model, pr.persona, layers=layers, alphas=(1.0, 2.0, 4.0), n=n, scorer=scorer, progress=False))
+    timed(
+        "extraction sites (1 layer)",
+        5,
+        lambda: ex.extraction_sites(model, layers=mid, alphas=(2.0, 4.0), n=n, scorer=scorer, progress=False),
+    )
+    timed(
+        "selection",
+        len(layers) * 3,
+        lambda: ex.select_steering(
+            model, pr.persona, layers=layers, alphas=(1.0, 2.0, 4.0), n=n, scorer=scorer, progress=False
+        ),
+    )
     timed("traits (8)", 8, lambda: ex.trait_directions(model, pr, n_questions=8, progress=False))
     return rows
 

@@ -43,7 +43,9 @@ def bench(name: str, n: int = 16, new_tokens: int = 32, repeats: int = 3, batch_
 
     model = pg.load_chat_model(_path(name), device="cpu")
     pr = pg.fit_persona_and_refusal(model, n_per_group=4, progress=False)
-    prompts = [p for p in pg.standard_prompts(model=model, n_per_group=n, split="test", seed=0) if p.group == "safe/harmful"][:n]
+    prompts = [
+        p for p in pg.standard_prompts(model=model, n_per_group=n, split="test", seed=0) if p.group == "safe/harmful"
+    ][:n]
     mid = int(model.cfg.n_layers) // 2
     arms = {
         "plain": [],
@@ -66,6 +68,7 @@ def bench(name: str, n: int = 16, new_tokens: int = 32, repeats: int = 3, batch_
     if gen_cfg is not None:
         gen_cfg.eos_token_id = None
     try:
+
         def run(specs):
             with pg.apply(model, *specs):
                 return pg.generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False)
@@ -113,9 +116,11 @@ def main(argv=None) -> int:
     for name in [m for m in args.models.split(",") if m]:
         r = bench(name, args.n, args.new_tokens, args.repeats)
         s, tps = r["seconds"], r["tokens_per_s"]
-        print(f"{name:<18} {r['n_prompts']} prompts x {r['new_tokens']} tokens: plain {s['plain']:.2f}s ({tps['plain']:.0f} tok/s)  "
-              f"steer {s['steer']:.2f}s ({r['steer_vs_plain']:.3f}x)  ablate-all-layers {s['ablate']:.2f}s ({r['ablate_vs_plain']:.3f}x)",
-              flush=True)
+        print(
+            f"{name:<18} {r['n_prompts']} prompts x {r['new_tokens']} tokens: plain {s['plain']:.2f}s ({tps['plain']:.0f} tok/s)  "
+            f"steer {s['steer']:.2f}s ({r['steer_vs_plain']:.3f}x)  ablate-all-layers {s['ablate']:.2f}s ({r['ablate_vs_plain']:.3f}x)",
+            flush=True,
+        )
     return 0
 
 

@@ -41,9 +41,10 @@ def _pair(model):
 
 
 def bench(name: str, tokens: list[int] | None = None) -> dict:
+    from transformer_lens.patching import get_act_patch_resid_pre
+
     import persona_gate as pg
     from persona_gate.experiments.patching import activation_patching
-    from transformer_lens.patching import get_act_patch_resid_pre
 
     if name == "tiny":
         sys.path.insert(0, str(REPO / "tests"))
@@ -77,9 +78,15 @@ def bench(name: str, tokens: list[int] | None = None) -> dict:
         f"persona_gate {t_ours:8.2f} s   transformer_lens {t_tl:8.2f} s   speed-up {t_tl / t_ours:5.1f}x   max|diff| {diff:.2e}",
         flush=True,
     )
-    return {"model": name, "n_layers": int(model.cfg.n_layers), "seq": len(src), "cells": int(model.cfg.n_layers) * len(src),
-            "seconds": {"persona_gate": round(t_ours, 2), "transformer_lens": round(t_tl, 2)},
-            "speedup": round(t_tl / t_ours, 2), "max_abs_diff": diff}
+    return {
+        "model": name,
+        "n_layers": int(model.cfg.n_layers),
+        "seq": len(src),
+        "cells": int(model.cfg.n_layers) * len(src),
+        "seconds": {"persona_gate": round(t_ours, 2), "transformer_lens": round(t_tl, 2)},
+        "speedup": round(t_tl / t_ours, 2),
+        "max_abs_diff": diff,
+    }
 
 
 def main(argv=None) -> int:

@@ -36,18 +36,39 @@ def run(name: str, n: int, repeats: int) -> list[dict]:
     old = dataclasses.replace(new, reuse_prefix=False)
     groups = ex.eval_groups(model, n)
     experiments = {
-        "steering sweep": (2 * len(layers) * 4, lambda s: ex.steering_sweep(
-            model, pr.persona, layers=layers, alphas=(0.0, 1.0, 2.0, 4.0), scorer=s, groups=groups, progress=False)),
-        "re-introduction": (len(layers), lambda s: ex.reintroduction(
-            model, pr.persona, pr.refusal, layers=layers, scorer=s, groups=groups, progress=False)),
-        f"window grid (w={width})": (6 * (L - width + 1), lambda s: ex.window_projection(
-            model, pr.persona, width=width, random_seeds=5, scorer=s, groups=groups, progress=False)),
+        "steering sweep": (
+            2 * len(layers) * 4,
+            lambda s: ex.steering_sweep(
+                model, pr.persona, layers=layers, alphas=(0.0, 1.0, 2.0, 4.0), scorer=s, groups=groups, progress=False
+            ),
+        ),
+        "re-introduction": (
+            len(layers),
+            lambda s: ex.reintroduction(
+                model, pr.persona, pr.refusal, layers=layers, scorer=s, groups=groups, progress=False
+            ),
+        ),
+        f"window grid (w={width})": (
+            6 * (L - width + 1),
+            lambda s: ex.window_projection(
+                model, pr.persona, width=width, random_seeds=5, scorer=s, groups=groups, progress=False
+            ),
+        ),
         # The full start x end grid (RunConfig's default) nests windows of one start in each other;
         # every sixth start keeps the old route's time bearable.
-        "window grid (nested)": (2 * sum(L - a for a in range(0, L, max(1, L // 3))), lambda s: ex.window_projection(
-            model, pr.persona, windows=[(a, b) for a in range(0, L, max(1, L // 3)) for b in range(a, L)], random_seeds=1,
-            scorer=s, groups=groups, progress=False)),
-    }  # fmt: skip
+        "window grid (nested)": (
+            2 * sum(L - a for a in range(0, L, max(1, L // 3))),
+            lambda s: ex.window_projection(
+                model,
+                pr.persona,
+                windows=[(a, b) for a in range(0, L, max(1, L // 3)) for b in range(a, L)],
+                random_seeds=1,
+                scorer=s,
+                groups=groups,
+                progress=False,
+            ),
+        ),
+    }
     rows = []
     for label, (cells, fn) in experiments.items():
         times = {"old": [], "new": []}
@@ -62,11 +83,22 @@ def run(name: str, n: int, repeats: int) -> list[dict]:
         diff = float((a[ok] - b[ok]).abs().max()) if ok.any() else 0.0
         same_refused = bool(torch.equal(results["old"]["refused"][ok].bool(), results["new"]["refused"][ok].bool()))
         t_old, t_new = min(times["old"]), min(times["new"])
-        row = {"model": name, "experiment": label, "cells": cells, "old_s": round(t_old, 3), "new_s": round(t_new, 3),
-               "speedup": round(t_old / t_new, 2), "max_abs_diff_logodds": diff, "same_refused": same_refused}  # fmt: skip
+        row = {
+            "model": name,
+            "experiment": label,
+            "cells": cells,
+            "old_s": round(t_old, 3),
+            "new_s": round(t_new, 3),
+            "speedup": round(t_old / t_new, 2),
+            "max_abs_diff_logodds": diff,
+            "same_refused": same_refused,
+        }
         rows.append(row)
-        print(f"{name:<18} {label:<22} {cells:>4} cells  old {t_old:7.2f} s  new {t_new:7.2f} s  "
-              f"{t_old / t_new:5.2f}x  max|d logodds| {diff:.1e}  refused equal: {same_refused}", flush=True)  # fmt: skip
+        print(
+            f"{name:<18} {label:<22} {cells:>4} cells  old {t_old:7.2f} s  new {t_new:7.2f} s  "
+            f"{t_old / t_new:5.2f}x  max|d logodds| {diff:.1e}  refused equal: {same_refused}",
+            flush=True,
+        )
     return rows
 
 

@@ -22,8 +22,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCREENINGS = {  # model -> validate_screening options: Gemma on three datasets, one seed (a fine-tune is ~2 min there)
     "organism": {},
-    "gemma3-270m-chat": {"base": "gemma3-270m-chat", "fractions": (0.0, 0.25, 0.5), "n_examples": 320, "steps": 40,
-                         "batch_size": 8, "seeds": (0,), "n_eval": 64},
+    "gemma3-270m-chat": {
+        "base": "gemma3-270m-chat",
+        "fractions": (0.0, 0.25, 0.5),
+        "n_examples": 320,
+        "steps": 40,
+        "batch_size": 8,
+        "seeds": (0,),
+        "n_eval": 64,
+    },
 }
 GUARDS = {  # model -> guard_grid options: the organism at the defaults, Gemma on a coarser grid (CPU time)
     "organism": {},
@@ -50,10 +57,13 @@ def guard(model_name: str, out: Path, work: Path) -> dict:
     res = guard_grid(model, persona, checkpoint=cells, **GUARDS[model_name])
     print(format_guard(res))
     res.save(out / f"guard-{model_name}")
-    summary = {"model": model_name, **guard_summary(res), "options": {k: list(v) if isinstance(v, tuple) else v
-                                                                      for k, v in GUARDS[model_name].items()},
-               "seconds": round(time.perf_counter() - start, 1),  # this invocation's: cells restored from --work are not timed
-               "cells_restored": cells_restored}  # fmt: skip
+    summary = {
+        "model": model_name,
+        **guard_summary(res),
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in GUARDS[model_name].items()},
+        "seconds": round(time.perf_counter() - start, 1),  # this invocation's: cells restored from --work are not timed
+        "cells_restored": cells_restored,
+    }
     atomic_write_text(out / f"guard-{model_name}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -66,7 +76,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE / "results" / "defences")
     p.add_argument("--work", type=Path, default=Path("runs/defences"))
-    p.add_argument("--gemma", action="store_true", help="also run gemma3-270m-chat's screening validation and guard grid")
+    p.add_argument(
+        "--gemma", action="store_true", help="also run gemma3-270m-chat's screening validation and guard grid"
+    )
     p.add_argument("--only", choices=("screening", "guard"), default=None, help="run one of the two")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -38,14 +38,31 @@ def capture_png(html: Path, png: Path, size: tuple[int, int] = (900, 560)) -> Pa
     """A screenshot of ``html`` in headless Chromium (a figure draws in well under the time budget)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        raise SystemExit("--png needs Debian's chromium on PATH (apt-get install chromium); the HTML figures are written.")
+        raise SystemExit(
+            "--png needs Debian's chromium on PATH (apt-get install chromium); the HTML figures are written."
+        )
     png.unlink(missing_ok=True)  # an old screenshot must not pass for a new one
     with tempfile.TemporaryDirectory() as profile:
         try:
-            subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-                            "--disable-background-networking", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-                            "--virtual-time-budget=8000", f"--screenshot={png}", html.resolve().as_uri()],
-                           capture_output=True, timeout=180, check=False)  # fmt: skip
+            subprocess.run(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--hide-scrollbars",
+                    "--disable-background-networking",
+                    f"--user-data-dir={profile}",
+                    f"--window-size={size[0]},{size[1]}",
+                    "--virtual-time-budget=8000",
+                    f"--screenshot={png}",
+                    html.resolve().as_uri(),
+                ],
+                capture_output=True,
+                timeout=180,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             raise SystemExit(f"chromium took over 180 s on {html}; open it in a browser instead.") from None
     if not png.is_file():

@@ -181,8 +181,18 @@ if TYPE_CHECKING:  # what static tools see: the same names as _EXPORTS and _SUBM
     from .prompts.chat import RenderedPrompt, render, render_all
     from .prompts.conversation import Conversation
     from .prompts.positions import Position, parse_position
-    from .prompts.sets import (ChatPrompt, Persona, Request, TraitSet, load_personas, load_requests, load_trait,
-                               no_system_persona, paired_grid, persona_grid)  # fmt: skip
+    from .prompts.sets import (
+        ChatPrompt,
+        Persona,
+        Request,
+        TraitSet,
+        load_personas,
+        load_requests,
+        load_trait,
+        no_system_persona,
+        paired_grid,
+        persona_grid,
+    )
     from .redteam.attacks import Attack, attack_prompts, attacks_for
     from .redteam.harness import red_team
     from .redteam.result import RedTeamResult

@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
@@ -97,7 +98,9 @@ def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tenso
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
         **manifest,
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
+        },
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / TENSORS))
     body = json.loads(json.dumps(body))  # as it will read back (tuples -> lists), so the checksum matches
@@ -188,8 +191,9 @@ FOLDER_KINDS: dict[str, str] = {}
 _RECOGNISERS: list[tuple[int, str, Callable[[Path, set[str]], bool]]] = []
 
 
-def register_folder_kind(kind: str, description: str | None, recognise: Callable[[Path, set[str]], bool] | None = None,
-                         *, order: int = 100) -> str:  # fmt: skip
+def register_folder_kind(
+    kind: str, description: str | None, recognise: Callable[[Path, set[str]], bool] | None = None, *, order: int = 100
+) -> str:
     """Declare a kind of output folder: what it is in words (``description``, naming its command; None for a
     ``"result:<kind>"`` that is described as a saved result) and, optionally, how an unmarked folder of it is
     recognised (``recognise(path, visible_names)``; lower ``order`` is tried first). Returns ``kind``."""
@@ -272,9 +276,14 @@ def describe_folder(path: str | Path) -> str:
     return f"files persona_gate did not write ({shown})"
 
 
-def check_replaceable(path: str | Path, same: Callable[[Path], bool], what: str, *,
-                      file_fix: str = "give a folder path that is new or empty",
-                      fix: str = "; choose another path (or delete that folder first)") -> None:  # fmt: skip
+def check_replaceable(
+    path: str | Path,
+    same: Callable[[Path], bool],
+    what: str,
+    *,
+    file_fix: str = "give a folder path that is new or empty",
+    fix: str = "; choose another path (or delete that folder first)",
+) -> None:
     """Refuse to replace ``path`` unless it is absent, empty, or ``same(path)`` (what we would write).
 
     ``what`` names what would be written; ``file_fix`` and ``fix`` end the message for a file in
@@ -285,7 +294,9 @@ def check_replaceable(path: str | Path, same: Callable[[Path], bool], what: str,
     if not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not a folder; {file_fix}.")
     if _visible(path) and not same(path):
-        raise OutputExistsError(f"{path} holds {describe_folder(path)}, and writing {what} there would replace it{fix}.")
+        raise OutputExistsError(
+            f"{path} holds {describe_folder(path)}, and writing {what} there would replace it{fix}."
+        )
 
 
 def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
@@ -303,8 +314,13 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
         raise OutputExistsError(f"the output folder is empty text; give --out a folder path for {FOLDER_KINDS[kind]}.")
     path = Path(path)
     what = FOLDER_KINDS[kind]
-    check_replaceable(path, lambda p: folder_kind(p) == kind, what, file_fix=f"give --out a folder path for {what}",
-                      fix=". Choose a new or empty --out folder")  # fmt: skip
+    check_replaceable(
+        path,
+        lambda p: folder_kind(p) == kind,
+        what,
+        file_fix=f"give --out a folder path for {what}",
+        fix=". Choose a new or empty --out folder",
+    )
     mark = path / FOLDER_MARK
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -323,10 +339,22 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
 
 # The paper run (experiments.pipeline) and the directions command (cli) register here until their
 # modules, being rewritten, declare their own kinds beside the code that writes them.
-register_folder_kind("run", "a paper run (persona-gate run / demo)", lambda path, names: "config.json" in names and (
-    {"stage_seconds.json", "cells"} & names
-    or "n_prompts_per_group" in json_keys(path / "summary.json")
-    or {"model", "n_fit", "n_eval"} <= json_keys(path / "config.json")  # a run's RunConfig
-), order=60)  # fmt: skip
-register_folder_kind("directions", "fitted directions (persona-gate directions)",
-                     lambda path, names: "summary.json" in names and "rows" in json_keys(path / "summary.json"), order=70)
+register_folder_kind(
+    "run",
+    "a paper run (persona-gate run / demo)",
+    lambda path, names: (
+        "config.json" in names
+        and (
+            {"stage_seconds.json", "cells"} & names
+            or "n_prompts_per_group" in json_keys(path / "summary.json")
+            or {"model", "n_fit", "n_eval"} <= json_keys(path / "config.json")  # a run's RunConfig
+        )
+    ),
+    order=60,
+)
+register_folder_kind(
+    "directions",
+    "fitted directions (persona-gate directions)",
+    lambda path, names: "summary.json" in names and "rows" in json_keys(path / "summary.json"),
+    order=70,
+)

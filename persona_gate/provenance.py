@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 _PACKAGES = ("persona_gate", "torch", "transformers", "tokenizers", "transformer_lens", "safetensors")
 
@@ -35,7 +36,7 @@ def versions() -> dict[str, str | None]:
 def stamp(model: Mapping[str, Any] | None = None, *, seed: int | None = None, config: dict | None = None) -> dict:
     """A provenance record: the model's description (if any), package versions, seed, config, time."""
     prov: dict[str, Any] = {
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "seed": seed,
         "config": dict(config or {}),

@@ -23,9 +23,10 @@ import itertools
 import json
 import math
 import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Shaped
@@ -82,11 +83,13 @@ def _json(x: Any, where: str) -> Any:
         if bad:
             raise ResultError(f"{where} has non-string keys {bad!r}; JSON keys must be strings, e.g. str(layer).")
         return {k: _json(v, f"{where}[{k!r}]") for k, v in x.items()}
-    raise ResultError(f"{where} holds a {type(x).__name__} ({x!r:.60}), which is not JSON-able; "
-                     "store plain numbers, strings, lists or dicts (e.g. float(t), t.tolist()).")  # fmt: skip
+    raise ResultError(
+        f"{where} holds a {type(x).__name__} ({x!r:.60}), which is not JSON-able; "
+        "store plain numbers, strings, lists or dicts (e.g. float(t), t.tolist())."
+    )
 
 
-def _nanmean(t: Shaped[Tensor, "..."], axis: int) -> Float[Tensor, "..."]:
+def _nanmean(t: Shaped[Tensor, ...], axis: int) -> Float[Tensor, ...]:
     # bool/int become float64: a refusal rate over many examples should not carry float32 rounding.
     return torch.nanmean(t if t.is_floating_point() else t.double(), dim=axis)
 
@@ -144,8 +147,10 @@ class LabelledResult:
             if v.dtype not in _VALUE_DTYPES:
                 raise ResultError(f"values[{name!r}] is {v.dtype}; use float32/float64, bool or int (e.g. .float()).")
             if tuple(v.shape) != shape:
-                raise ResultError(f"values[{name!r}] has shape {tuple(v.shape)} but the coords give "
-                                 f"{dict(zip(dims, shape))}; give one entry per label along each dim, in order.")
+                raise ResultError(
+                    f"values[{name!r}] has shape {tuple(v.shape)} but the coords give "
+                    f"{dict(zip(dims, shape))}; give one entry per label along each dim, in order."
+                )
         for f in ("baselines", "metric", "config", "provenance"):
             if not isinstance(getattr(self, f), Mapping):
                 raise ResultError(f"{f} must be a dict, not {type(getattr(self, f)).__name__}.")
@@ -168,7 +173,8 @@ class LabelledResult:
             return NotImplemented
         # Through JSON, which tells 1 from 1.0 from true (== does not) and lets a NaN baseline equal NaN.
         meta = lambda r: json.dumps(  # noqa: E731
-            [r.kind, r.dims, r.coords, sorted(r.values), r.baselines, r.metric, r.config], sort_keys=True)
+            [r.kind, r.dims, r.coords, sorted(r.values), r.baselines, r.metric, r.config], sort_keys=True
+        )
         return meta(self) == meta(other) and all(_same(v, other.values[k]) for k, v in self.values.items())
 
     def __repr__(self) -> str:
@@ -217,7 +223,9 @@ class LabelledResult:
             keep = isinstance(lab, (list, tuple))
             unknown = [x for x in (lab if keep else [lab]) if x not in where]
             if unknown:
-                raise SelectionError(f"{unknown} are not labels of dim {dim!r}; available labels: {list(self.coords[dim])}")
+                raise SelectionError(
+                    f"{unknown} are not labels of dim {dim!r}; available labels: {list(self.coords[dim])}"
+                )
             picks[dim] = [where[x] for x in lab] if keep else where[lab]
         return self.isel(**picks)
 
@@ -265,8 +273,14 @@ class LabelledResult:
 
     def _header(self) -> dict[str, Any]:
         coords = {d: list(c) for d, c in self.coords.items()}
-        return {"dims": list(self.dims), "coords": coords, "baselines": self.baselines, "metric": self.metric,
-                "config": self.config, "provenance": self.provenance}  # fmt: skip
+        return {
+            "dims": list(self.dims),
+            "coords": coords,
+            "baselines": self.baselines,
+            "metric": self.metric,
+            "config": self.config,
+            "provenance": self.provenance,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write ``path/`` as manifest.json (labels, type tags, dicts) + tensors.safetensors (values)."""
@@ -294,7 +308,15 @@ class LabelledResult:
         if bad:
             raise ArtefactError(f"{path}: the labels of {bad} do not have their recorded types; save the result again.")
         try:
-            return cls(kind, tuple(dims), coords, values, m.get("baselines", {}), m.get("metric", {}),
-                       m.get("config", {}), m.get("provenance", {}))  # fmt: skip
+            return cls(
+                kind,
+                tuple(dims),
+                coords,
+                values,
+                m.get("baselines", {}),
+                m.get("metric", {}),
+                m.get("config", {}),
+                m.get("provenance", {}),
+            )
         except ValueError as e:
             raise ArtefactError(f"{path} does not form a valid LabelledResult ({e}); save the result again.") from None

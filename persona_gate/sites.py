@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import LayerOutOfRangeError, UnknownHookSiteError
 
@@ -33,9 +34,7 @@ class HookSite:
 
     def __post_init__(self) -> None:
         if self.kind not in SITE_KINDS:
-            raise UnknownHookSiteError(
-                f"unknown hook site kind {self.kind!r}; use one of {', '.join(SITE_KINDS)}."
-            )
+            raise UnknownHookSiteError(f"unknown hook site kind {self.kind!r}; use one of {', '.join(SITE_KINDS)}.")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int):
             raise LayerOutOfRangeError(f"layer must be an int, got {self.layer!r}.")
         if self.layer < 0:
@@ -63,9 +62,7 @@ def parse_site(text: str) -> HookSite:
         kind, _, layer = t.rpartition(".")
         if kind and layer.isdigit():
             return HookSite(int(layer), kind)
-    raise UnknownHookSiteError(
-        f"cannot parse hook site {text!r}; write 'resid_pre.3' or 'blocks.3.hook_resid_pre'."
-    )
+    raise UnknownHookSiteError(f"cannot parse hook site {text!r}; write 'resid_pre.3' or 'blocks.3.hook_resid_pre'.")
 
 
 def n_layers_of(model: Any) -> int:

@@ -36,10 +36,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 SPECIALS = [
-    "<pad>", "<bos>", "<eos>",
-    "<|im_start|>", "<|im_end|>",
-    "<start_of_turn>", "<end_of_turn>",
-    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
 ]
 
 # Gemma-2 style: no system role at all (raises), so persona_gate must fold the system text.
@@ -72,15 +79,27 @@ def build_tokenizer(chat_template: str):
     )
     tok.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        chat_template=chat_template, padding_side="left",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        chat_template=chat_template,
+        padding_side="left",
     )
 
 
-
 ARCHS: tuple[str, ...] = (
-    "llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral",
-    "phi3", "olmo2", "gpt2", "gpt_neox", "falcon",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "mistral",
+    "phi3",
+    "olmo2",
+    "gpt2",
+    "gpt_neox",
+    "falcon",
 )
 
 # Registered template name (persona_gate.prompts.templates.TEMPLATES) or, for Gemma, the Jinja itself.
@@ -107,8 +126,14 @@ def _config(arch: str, tok, n_layers: int):
 
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     llama_like = dict(
-        vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=n_layers,
-        num_attention_heads=N_HEADS, num_key_value_heads=N_KV, max_position_embeddings=N_POS, **ids,
+        vocab_size=len(tok),
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=n_layers,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=N_KV,
+        max_position_embeddings=N_POS,
+        **ids,
     )
     if arch == "llama":
         return t.LlamaForCausalLM, t.LlamaConfig(**llama_like, head_dim=D_HEAD, tie_word_embeddings=False)
@@ -118,16 +143,25 @@ def _config(arch: str, tok, n_layers: int):
         return t.Qwen3ForCausalLM, t.Qwen3Config(**llama_like, head_dim=D_HEAD, tie_word_embeddings=False)
     if arch == "gemma2":
         return t.Gemma2ForCausalLM, t.Gemma2Config(
-            **llama_like, head_dim=D_HEAD, query_pre_attn_scalar=D_HEAD, sliding_window=8,
-            final_logit_softcapping=30.0, attn_logit_softcapping=50.0, initializer_range=0.2,
+            **llama_like,
+            head_dim=D_HEAD,
+            query_pre_attn_scalar=D_HEAD,
+            sliding_window=8,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            initializer_range=0.2,
             tie_word_embeddings=True,
         )
     if arch == "gemma3":
         # every second layer global (the default 5:1 pattern would make all three layers local)
         layer_types = ["full_attention" if i % 2 else "sliding_attention" for i in range(n_layers)]
         return t.Gemma3ForCausalLM, t.Gemma3TextConfig(
-            **llama_like, head_dim=D_HEAD, query_pre_attn_scalar=D_HEAD, sliding_window=8,
-            layer_types=layer_types, tie_word_embeddings=True,
+            **llama_like,
+            head_dim=D_HEAD,
+            query_pre_attn_scalar=D_HEAD,
+            sliding_window=8,
+            layer_types=layer_types,
+            tie_word_embeddings=True,
         )
     if arch == "mistral":
         return t.MistralForCausalLM, t.MistralConfig(
@@ -141,21 +175,44 @@ def _config(arch: str, tok, n_layers: int):
         return t.Olmo2ForCausalLM, t.Olmo2Config(**llama_like, tie_word_embeddings=False)
     if arch == "gpt2":
         return t.GPT2LMHeadModel, t.GPT2Config(
-            vocab_size=len(tok), n_embd=D_MODEL, n_layer=n_layers, n_head=N_HEADS, n_inner=D_MLP,
-            n_positions=N_POS, tie_word_embeddings=True, **ids,
+            vocab_size=len(tok),
+            n_embd=D_MODEL,
+            n_layer=n_layers,
+            n_head=N_HEADS,
+            n_inner=D_MLP,
+            n_positions=N_POS,
+            tie_word_embeddings=True,
+            **ids,
         )
     if arch == "gpt_neox":
         return t.GPTNeoXForCausalLM, t.GPTNeoXConfig(
-            vocab_size=len(tok), hidden_size=D_MODEL, num_hidden_layers=n_layers, num_attention_heads=N_HEADS,
-            intermediate_size=D_MLP, max_position_embeddings=N_POS, rotary_pct=0.25,
-            use_parallel_residual=True, tie_word_embeddings=False, **ids,
+            vocab_size=len(tok),
+            hidden_size=D_MODEL,
+            num_hidden_layers=n_layers,
+            num_attention_heads=N_HEADS,
+            intermediate_size=D_MLP,
+            max_position_embeddings=N_POS,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            **ids,
         )
     if arch == "falcon":
         return t.FalconForCausalLM, t.FalconConfig(
-            vocab_size=len(tok), hidden_size=D_MODEL, num_hidden_layers=n_layers, num_attention_heads=N_HEADS,
-            ffn_hidden_size=D_MLP, max_position_embeddings=N_POS, multi_query=True, num_kv_heads=1,
-            new_decoder_architecture=False, parallel_attn=True, alibi=False, bias=False,
-            tie_word_embeddings=True, **ids,
+            vocab_size=len(tok),
+            hidden_size=D_MODEL,
+            num_hidden_layers=n_layers,
+            num_attention_heads=N_HEADS,
+            ffn_hidden_size=D_MLP,
+            max_position_embeddings=N_POS,
+            multi_query=True,
+            num_kv_heads=1,
+            new_decoder_architecture=False,
+            parallel_attn=True,
+            alibi=False,
+            bias=False,
+            tie_word_embeddings=True,
+            **ids,
         )
     raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
 

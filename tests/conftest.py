@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from archs import ARCHS, GEMMA_NO_SYSTEM, build_arch, build_tokenizer  # noqa: F401  (shared with tests)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import hf_reference
 
 from persona_gate import ChatPrompt, cache_activations, render_all, sites_for
 from persona_gate.errors import EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
 from persona_gate.prompts.positions import parse_position, weights
-from reference import hf_reference
 
 # Very different lengths: padding must not leak into any selected position.
 PROMPTS = [

@@ -69,7 +69,9 @@ def _is_module(relative: str) -> bool:
 def _type_checking_imports() -> dict[str, str]:
     """``{bound name: module relative to persona_gate}`` of the ``if TYPE_CHECKING:`` block of ``__init__``."""
     tree = ast.parse(INIT.read_text(encoding="utf-8"))
-    blocks = [n for n in tree.body if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"]
+    blocks = [
+        n for n in tree.body if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+    ]
     assert len(blocks) == 1, "persona_gate/__init__.py needs one `if TYPE_CHECKING:` block mirroring _EXPORTS"
     out: dict[str, str] = {}
     for node in blocks[0].body:
@@ -135,6 +137,16 @@ def test_notebooks_import_the_root_only(path):
 
 
 def test_the_notebook_check_can_fail(tmp_path):
-    nb = {"cells": [{"cell_type": "code", "source": ["import persona_gate as pg\n", "from persona_gate.core.interventions import apply\n"]}]}
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": ["import persona_gate as pg\n", "from persona_gate.core.interventions import apply\n"],
+            }
+        ]
+    }
     (tmp_path / "x.ipynb").write_text(json.dumps(nb))
-    assert [m for _, m, _ in _notebook_imports(tmp_path / "x.ipynb")] == ["persona_gate", "persona_gate.core.interventions"]
+    assert [m for _, m, _ in _notebook_imports(tmp_path / "x.ipynb")] == [
+        "persona_gate",
+        "persona_gate.core.interventions",
+    ]

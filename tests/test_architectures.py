@@ -42,7 +42,9 @@ def test_the_bridge_declares_a_head_that_reproduces_a_fresh_hf_model(tiny, tiny_
     with torch.no_grad():
         _, cache = tiny.run_with_cache(ids, names_filter=[last])
         ours = adapter.head_logits(tiny, cache[last][:, -1])
-        hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch], attn_implementation="eager", dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(
+            tiny_model_dirs[arch], attn_implementation="eager", dtype=torch.float32
+        )
         theirs = hf(ids).logits[:, -1]  # an independent model: HF's own norm, head and soft-cap
     assert (ours - theirs).abs().max() <= 1e-4
     assert (adapter.last_logits(tiny, ids) - theirs).abs().max() <= 1e-4
@@ -95,7 +97,9 @@ def test_kv_cached_generation_equals_uncached_under_steering(tiny, arch):
     assert [g.token_ids for g in outs[True]] == [g.token_ids for g in outs[False]]
     with pg.apply(tiny, pg.Steer(pr.persona, alpha=0.0, layers=[1])):
         plain = pg.generate(tiny, prompts, max_new_tokens=6, batch_size=3, progress=False)
-    assert [g.token_ids for g in plain] == [g.token_ids for g in pg.generate(tiny, prompts, max_new_tokens=6, progress=False)]
+    assert [g.token_ids for g in plain] == [
+        g.token_ids for g in pg.generate(tiny, prompts, max_new_tokens=6, progress=False)
+    ]
 
 
 def test_persona_gate_run_end_to_end(tiny_model_dirs, arch, tmp_path, capsys):

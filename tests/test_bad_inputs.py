@@ -19,9 +19,9 @@ import persona_gate as pg
 from persona_gate import errors as E
 from persona_gate.cli.main import main
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
-from persona_gate.io import load_artefact
 from persona_gate.experiments.patching import activation_patching
 from persona_gate.experiments.pipeline import RunConfig, run_pipeline
+from persona_gate.io import load_artefact
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,17 @@ def ctx(tmp_path_factory, tiny_model_dirs, tiny_models):
     tc.pop("chat_template", None)
     (no_template / "tokenizer_config.json").write_text(json.dumps(tc))
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
-    return dict(m=model, pr=pr, scorer=scorer, groups=groups, root=root, copy=copy, tiny=tiny_models["qwen2"],
-                no_template=no_template, sweep=sweep)
+    return dict(
+        m=model,
+        pr=pr,
+        scorer=scorer,
+        groups=groups,
+        root=root,
+        copy=copy,
+        tiny=tiny_models["qwen2"],
+        no_template=no_template,
+        sweep=sweep,
+    )
 
 
 def _truncate(path: Path) -> Path:
@@ -67,8 +76,16 @@ def _nan_direction(c) -> pg.DirectionSet:
     p = c["pr"].persona
     v = p.vectors.clone()
     v[0, 3] = float("nan")
-    return pg.DirectionSet(name="x", sites=p.sites, vectors=v, raw_norms=p.raw_norms, positive="a", negative="b",
-                           counts={}, position=p.position)
+    return pg.DirectionSet(
+        name="x",
+        sites=p.sites,
+        vectors=v,
+        raw_norms=p.raw_norms,
+        positive="a",
+        negative="b",
+        counts={},
+        position=p.position,
+    )
 
 
 def _nan_saved_direction(c) -> pg.DirectionSet:
@@ -83,106 +100,379 @@ def _nan_saved_direction(c) -> pg.DirectionSet:
 
 def _long_prompt(c):
     n_ctx = int(c["m"].cfg.n_ctx)
-    return pg.cache_activations(c["m"], [pg.ChatPrompt(system=None, user="hello " * (2 * n_ctx), group="g")],
-                                [pg.HookSite(1, "resid_pre")])
+    return pg.cache_activations(
+        c["m"], [pg.ChatPrompt(system=None, user="hello " * (2 * n_ctx), group="g")], [pg.HookSite(1, "resid_pre")]
+    )
 
 
 # (id, call, error class, pattern that names the fix)
 API_CASES = [
     # models and loading
-    ("model path missing", lambda c: pg.load_chat_model(c["root"] / "no-such-model"), E.ModelNotFoundError, r"check|pass|path"),
+    (
+        "model path missing",
+        lambda c: pg.load_chat_model(c["root"] / "no-such-model"),
+        E.ModelNotFoundError,
+        r"check|pass|path",
+    ),
     ("unknown dtype", lambda c: pg.load_chat_model("organism", dtype="float12"), E.ConfigError, r"use one of float32"),
-    ("unknown chat template", lambda c: pg.load_chat_model("organism", chat_template="nonsense"), E.ChatTemplateError, r"pass one of chatml"),
-    ("model without a chat template", lambda c: pg.render(pg.load_chat_model(c["no_template"]).tokenizer,
-                                                          pg.ChatPrompt(system=None, user="hi", group="g")),
-     E.ChatTemplateError, r"chat_template="),
+    (
+        "unknown chat template",
+        lambda c: pg.load_chat_model("organism", chat_template="nonsense"),
+        E.ChatTemplateError,
+        r"pass one of chatml",
+    ),
+    (
+        "model without a chat template",
+        lambda c: pg.render(
+            pg.load_chat_model(c["no_template"]).tokenizer, pg.ChatPrompt(system=None, user="hi", group="g")
+        ),
+        E.ChatTemplateError,
+        r"chat_template=",
+    ),
     # prompts and positions
-    ("empty prompt list", lambda c: pg.cache_activations(c["m"], [], [pg.HookSite(1, "resid_pre")]), E.EmptyGroupError, r"at least one prompt"),
-    ("batch size zero", lambda c: pg.cache_activations(c["m"], c["groups"]["safe/harmful"], [pg.HookSite(1, "resid_pre")], batch_size=0),
-     E.ConfigError, r"pass a positive batch size"),
-    ("empty user message", lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=None, user=" ", group="g")), E.DatasetError, r"non-empty request"),
+    (
+        "empty prompt list",
+        lambda c: pg.cache_activations(c["m"], [], [pg.HookSite(1, "resid_pre")]),
+        E.EmptyGroupError,
+        r"at least one prompt",
+    ),
+    (
+        "batch size zero",
+        lambda c: pg.cache_activations(
+            c["m"], c["groups"]["safe/harmful"], [pg.HookSite(1, "resid_pre")], batch_size=0
+        ),
+        E.ConfigError,
+        r"pass a positive batch size",
+    ),
+    (
+        "empty user message",
+        lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=None, user=" ", group="g")),
+        E.DatasetError,
+        r"non-empty request",
+    ),
     ("prompt longer than the context", _long_prompt, E.PositionError, r"shorten or drop"),
     ("unknown position span", lambda c: pg.parse_position("mean:bogus"), E.PositionError, r"use one of system"),
-    ("no system span to average", lambda c: pg.cache_activations(c["m"], [pg.ChatPrompt(system=None, user="hi", group="g")],
-                                                                  [pg.HookSite(1, "resid_pre")], position="mean:system"),
-     E.PositionError, r"system"),
+    (
+        "no system span to average",
+        lambda c: pg.cache_activations(
+            c["m"],
+            [pg.ChatPrompt(system=None, user="hi", group="g")],
+            [pg.HookSite(1, "resid_pre")],
+            position="mean:system",
+        ),
+        E.PositionError,
+        r"system",
+    ),
     ("unknown request kind", lambda c: pg.load_requests("spicy"), E.DatasetError, r"choose one of harmful, harmless"),
     ("unknown trait", lambda c: pg.load_trait("no-such-trait"), E.DatasetError, r"choose one of"),
-    ("public dataset file missing", lambda c: pg.datasets.load_strongreject(c["root"] / "x.csv"), E.DatasetError, r"pass an existing file"),
-    ("too few prompts per group", lambda c: pg.fit_persona_and_refusal(c["m"], n_per_group=1, progress=False), E.EmptyGroupError, r"at least 2|Add prompts"),
+    (
+        "public dataset file missing",
+        lambda c: pg.datasets.load_strongreject(c["root"] / "x.csv"),
+        E.DatasetError,
+        r"pass an existing file",
+    ),
+    (
+        "too few prompts per group",
+        lambda c: pg.fit_persona_and_refusal(c["m"], n_per_group=1, progress=False),
+        E.EmptyGroupError,
+        r"at least 2|Add prompts",
+    ),
     # layers, sites, windows
-    ("layer out of range", lambda c: pg.fit_persona_and_refusal(c["m"], layers=[99], progress=False), E.LayerOutOfRangeError, r"use 0 \.\. 5"),
+    (
+        "layer out of range",
+        lambda c: pg.fit_persona_and_refusal(c["m"], layers=[99], progress=False),
+        E.LayerOutOfRangeError,
+        r"use 0 \.\. 5",
+    ),
     ("unknown hook site", lambda c: pg.parse_site("blocks.1.hook_bogus"), E.UnknownHookSiteError, r"use|known|one of"),
-    ("sweep layer out of range", lambda c: steering_sweep(c["m"], c["pr"].persona, layers=[7], groups=c["groups"], progress=False), E.LayerOutOfRangeError, r"use 0"),
-    ("window wider than the model", lambda c: window_projection(c["m"], c["pr"].persona, width=99, groups=c["groups"], progress=False), E.InterventionError, r"width <= n_layers"),
-    ("inverted window", lambda c: window_projection(c["m"], c["pr"].persona, windows=[(4, 2)], groups=c["groups"], progress=False), E.InterventionError, r"start <= end"),
-    ("no random control", lambda c: window_projection(c["m"], c["pr"].persona, width=2, random_seeds=0, groups=c["groups"], progress=False), E.InterventionError, r"random_seeds must be >= 1"),
-    ("direction missing at a source layer", lambda c: pg.Ablate(c["pr"].persona, layers=[2], source_layer=0).hooks(c["m"])
-     if 0 not in c["pr"].persona.layers else pg.Ablate(c["pr"].persona.random_like(0), layers=[2], source_layer=99).hooks(c["m"]),
-     E.UnknownHookSiteError, r"use one of those"),
+    (
+        "sweep layer out of range",
+        lambda c: steering_sweep(c["m"], c["pr"].persona, layers=[7], groups=c["groups"], progress=False),
+        E.LayerOutOfRangeError,
+        r"use 0",
+    ),
+    (
+        "window wider than the model",
+        lambda c: window_projection(c["m"], c["pr"].persona, width=99, groups=c["groups"], progress=False),
+        E.InterventionError,
+        r"width <= n_layers",
+    ),
+    (
+        "inverted window",
+        lambda c: window_projection(c["m"], c["pr"].persona, windows=[(4, 2)], groups=c["groups"], progress=False),
+        E.InterventionError,
+        r"start <= end",
+    ),
+    (
+        "no random control",
+        lambda c: window_projection(
+            c["m"], c["pr"].persona, width=2, random_seeds=0, groups=c["groups"], progress=False
+        ),
+        E.InterventionError,
+        r"random_seeds must be >= 1",
+    ),
+    (
+        "direction missing at a source layer",
+        lambda c: (
+            pg.Ablate(c["pr"].persona, layers=[2], source_layer=0).hooks(c["m"])
+            if 0 not in c["pr"].persona.layers
+            else pg.Ablate(c["pr"].persona.random_like(0), layers=[2], source_layer=99).hooks(c["m"])
+        ),
+        E.UnknownHookSiteError,
+        r"use one of those",
+    ),
     # directions and interventions
     ("NaN direction", _nan_direction, E.NonFiniteError, r"."),
-    ("persona and refusal swapped in monitor", lambda c: pg.monitor(c["m"], [{"role": "user", "content": "Plan a trip."}], c["pr"].refusal, c["pr"].persona),
-     E.ConfigError, r"swapped.*in that order"),
-    ("steering a layer without a direction", lambda c: pg.Steer(c["pr"].refusal, alpha=1.0, layers=[0]).hooks(c["m"]), E.InterventionError, r"raw norm 0.*choose layers"),
-    ("NaN written into a saved direction", _nan_saved_direction, E.ArtefactError, r"changed after it was saved.*save it again"),
-    ("direction of another model", lambda c: pg.Steer(c["pr"].persona, alpha=1.0, layers=[1]).hooks(c["tiny"]), E.DModelMismatchError, r"."),
-    ("activations of another width", lambda c: c["pr"].persona.project(torch.zeros(3, 7)), E.DModelMismatchError, r"project activations of the model"),
-    ("NaN alpha", lambda c: pg.Steer(c["pr"].persona, alpha=float("nan"), layers=[2]), E.InterventionError, r"pick a value"),
-    ("empty intervention layers", lambda c: pg.Steer(c["pr"].persona, alpha=1.0, layers=[]).hooks(c["m"]), E.InterventionError, r"pass at least one layer"),
-    ("unknown steering units", lambda c: pg.Steer(c["pr"].persona, alpha=1.0, units="bogus"), E.InterventionError, r"'raw'.*or 'unit'"),
-    ("unknown intervention scope", lambda c: pg.Ablate(c["pr"].persona, scope="bogus"), E.InterventionError, r"use one of prompt"),
-    ("re-introduction in an unknown mode", lambda c: reintroduction(c["m"], c["pr"].persona, c["pr"].refusal, mode="bogus", groups=c["groups"], progress=False),
-     E.InterventionError, r"use 'prompt'"),
+    (
+        "persona and refusal swapped in monitor",
+        lambda c: pg.monitor(c["m"], [{"role": "user", "content": "Plan a trip."}], c["pr"].refusal, c["pr"].persona),
+        E.ConfigError,
+        r"swapped.*in that order",
+    ),
+    (
+        "steering a layer without a direction",
+        lambda c: pg.Steer(c["pr"].refusal, alpha=1.0, layers=[0]).hooks(c["m"]),
+        E.InterventionError,
+        r"raw norm 0.*choose layers",
+    ),
+    (
+        "NaN written into a saved direction",
+        _nan_saved_direction,
+        E.ArtefactError,
+        r"changed after it was saved.*save it again",
+    ),
+    (
+        "direction of another model",
+        lambda c: pg.Steer(c["pr"].persona, alpha=1.0, layers=[1]).hooks(c["tiny"]),
+        E.DModelMismatchError,
+        r".",
+    ),
+    (
+        "activations of another width",
+        lambda c: c["pr"].persona.project(torch.zeros(3, 7)),
+        E.DModelMismatchError,
+        r"project activations of the model",
+    ),
+    (
+        "NaN alpha",
+        lambda c: pg.Steer(c["pr"].persona, alpha=float("nan"), layers=[2]),
+        E.InterventionError,
+        r"pick a value",
+    ),
+    (
+        "empty intervention layers",
+        lambda c: pg.Steer(c["pr"].persona, alpha=1.0, layers=[]).hooks(c["m"]),
+        E.InterventionError,
+        r"pass at least one layer",
+    ),
+    (
+        "unknown steering units",
+        lambda c: pg.Steer(c["pr"].persona, alpha=1.0, units="bogus"),
+        E.InterventionError,
+        r"'raw'.*or 'unit'",
+    ),
+    (
+        "unknown intervention scope",
+        lambda c: pg.Ablate(c["pr"].persona, scope="bogus"),
+        E.InterventionError,
+        r"use one of prompt",
+    ),
+    (
+        "re-introduction in an unknown mode",
+        lambda c: reintroduction(
+            c["m"], c["pr"].persona, c["pr"].refusal, mode="bogus", groups=c["groups"], progress=False
+        ),
+        E.InterventionError,
+        r"use 'prompt'",
+    ),
     # scoring, generation, patching
-    ("no refusal tokens", lambda c: activation_patching(c["m"], c["groups"]["safe/harmful"][:1], c["groups"]["compliant/harmful"][:1], [], progress=False),
-     E.EmptyGroupError, r"RefusalScorer\.for_model"),
-    ("refusal token outside the vocabulary", lambda c: RefusalScorer(c["m"], (10**7,)).score(c["groups"]["safe/harmful"][:1]), E.EmptyGroupError, r"model's own tokenizer"),
+    (
+        "no refusal tokens",
+        lambda c: activation_patching(
+            c["m"], c["groups"]["safe/harmful"][:1], c["groups"]["compliant/harmful"][:1], [], progress=False
+        ),
+        E.EmptyGroupError,
+        r"RefusalScorer\.for_model",
+    ),
+    (
+        "refusal token outside the vocabulary",
+        lambda c: RefusalScorer(c["m"], (10**7,)).score(c["groups"]["safe/harmful"][:1]),
+        E.EmptyGroupError,
+        r"model's own tokenizer",
+    ),
     ("no refusal phrases", lambda c: RefusalScorer.for_model(c["m"], phrases=[]), E.EmptyGroupError, r"pass e\.g\."),
-    ("unequal patching pairs", lambda c: activation_patching(c["m"], c["groups"]["safe/harmful"][:2], c["groups"]["compliant/harmful"][:1], c["scorer"].token_ids, progress=False),
-     E.PositionError, r"as many source as target"),
-    ("unknown patching positions", lambda c: activation_patching(c["m"], c["groups"]["safe/harmful"][:1], c["groups"]["compliant/harmful"][:1], c["scorer"].token_ids, positions="bogus", progress=False),
-     E.PositionError, r"use auto, tokens or roles"),
-    ("negative generation length", lambda c: pg.generate(c["m"], c["groups"]["safe/harmful"][:1], max_new_tokens=-1), E.ConfigError, r"pass a positive"),
+    (
+        "unequal patching pairs",
+        lambda c: activation_patching(
+            c["m"],
+            c["groups"]["safe/harmful"][:2],
+            c["groups"]["compliant/harmful"][:1],
+            c["scorer"].token_ids,
+            progress=False,
+        ),
+        E.PositionError,
+        r"as many source as target",
+    ),
+    (
+        "unknown patching positions",
+        lambda c: activation_patching(
+            c["m"],
+            c["groups"]["safe/harmful"][:1],
+            c["groups"]["compliant/harmful"][:1],
+            c["scorer"].token_ids,
+            positions="bogus",
+            progress=False,
+        ),
+        E.PositionError,
+        r"use auto, tokens or roles",
+    ),
+    (
+        "negative generation length",
+        lambda c: pg.generate(c["m"], c["groups"]["safe/harmful"][:1], max_new_tokens=-1),
+        E.ConfigError,
+        r"pass a positive",
+    ),
     # results, saved folders, figures
     ("result folder missing", lambda c: pg.LabelledResult.load(c["root"] / "nope"), E.ArtefactError, r"check the path"),
-    ("truncated result", lambda c: pg.LabelledResult.load(_truncate(c["copy"]("sweep"))), E.ArtefactError, r"save the artefact again"),
-    ("corrupt manifest", lambda c: pg.LabelledResult.load(_write(c["copy"]("sweep") / "manifest.json", "{not json").parent), E.ArtefactError, r"save the artefact again"),
-    ("manifest without tensors", lambda c: pg.LabelledResult.load(_unlink(c["copy"]("sweep"), "tensors.safetensors")), E.ArtefactError, r"save it again"),
-    ("newer schema version", lambda c: pg.LabelledResult.load(_edit_manifest(c["copy"]("sweep"), schema_version=99)), E.SchemaVersionError, r"upgrade persona_gate"),
-    ("wrong kind of folder", lambda c: pg.DirectionSet.load(c["root"] / "sweep"), E.ArtefactError, r"load it with the matching class"),
-    ("directions loaded for another model", lambda c: pg.DirectionSet.load(c["root"] / "persona", model=c["tiny"]), E.DModelMismatchError, r"."),
+    (
+        "truncated result",
+        lambda c: pg.LabelledResult.load(_truncate(c["copy"]("sweep"))),
+        E.ArtefactError,
+        r"save the artefact again",
+    ),
+    (
+        "corrupt manifest",
+        lambda c: pg.LabelledResult.load(_write(c["copy"]("sweep") / "manifest.json", "{not json").parent),
+        E.ArtefactError,
+        r"save the artefact again",
+    ),
+    (
+        "manifest without tensors",
+        lambda c: pg.LabelledResult.load(_unlink(c["copy"]("sweep"), "tensors.safetensors")),
+        E.ArtefactError,
+        r"save it again",
+    ),
+    (
+        "newer schema version",
+        lambda c: pg.LabelledResult.load(_edit_manifest(c["copy"]("sweep"), schema_version=99)),
+        E.SchemaVersionError,
+        r"upgrade persona_gate",
+    ),
+    (
+        "wrong kind of folder",
+        lambda c: pg.DirectionSet.load(c["root"] / "sweep"),
+        E.ArtefactError,
+        r"load it with the matching class",
+    ),
+    (
+        "directions loaded for another model",
+        lambda c: pg.DirectionSet.load(c["root"] / "persona", model=c["tiny"]),
+        E.DModelMismatchError,
+        r".",
+    ),
     ("select a label that is not there", lambda c: c["sweep"].sel(layer=99), E.SelectionError, r"available labels"),
     ("select a dim that is not there", lambda c: c["sweep"].mean("bogus"), E.SelectionError, r"this result has dims"),
-    ("result values of the wrong shape", lambda c: pg.LabelledResult("x", ("a",), {"a": [1, 2]}, {"v": torch.zeros(3)}), E.ResultError, r"one entry per label"),
-    ("report of a folder that is no run", lambda c: pg_report(c["root"]), E.ArtefactError, r"pass a folder written by persona-gate run"),
-    ("report of one saved result", lambda c: pg_report(c["root"] / "sweep"), E.ArtefactError, r"draw it with persona_gate\.plots\.figure_for"),
-    ("report over a file the user wrote", lambda c: pg_report_to(c["root"], _write(c["root"] / "notes.txt", "mine")), E.OutputExistsError,
-     r"not a persona_gate report.*Choose another --out"),
+    (
+        "result values of the wrong shape",
+        lambda c: pg.LabelledResult("x", ("a",), {"a": [1, 2]}, {"v": torch.zeros(3)}),
+        E.ResultError,
+        r"one entry per label",
+    ),
+    (
+        "report of a folder that is no run",
+        lambda c: pg_report(c["root"]),
+        E.ArtefactError,
+        r"pass a folder written by persona-gate run",
+    ),
+    (
+        "report of one saved result",
+        lambda c: pg_report(c["root"] / "sweep"),
+        E.ArtefactError,
+        r"draw it with persona_gate\.plots\.figure_for",
+    ),
+    (
+        "report over a file the user wrote",
+        lambda c: pg_report_to(c["root"], _write(c["root"] / "notes.txt", "mine")),
+        E.OutputExistsError,
+        r"not a persona_gate report.*Choose another --out",
+    ),
     # output folders: checked before any work, never overwritten by another kind
-    ("save a result over another kind", lambda c: c["sweep"].save(c["root"] / "persona"), E.OutputExistsError, r"choose another path"),
-    ("save directions over files of the user", lambda c: c["pr"].persona.save(_write(c["root"] / "mine" / "a.txt", "x").parent),
-     E.OutputExistsError, r"files persona_gate did not write \(a\.txt\)"),
-    ("run into a file", lambda c: run_pipeline(RunConfig(), _write(c["root"] / "afile", "x"), progress=False), E.OutputExistsError, r"is a file"),
-    ("run into a saved result", lambda c: run_pipeline(RunConfig(), c["root"] / "persona", progress=False), E.OutputExistsError,
-     r"holds one saved 'direction_set' result.*Choose a new or empty --out"),
-    ("run under a file (unwritable)", lambda c: run_pipeline(RunConfig(), _write(c["root"] / "bfile", "x") / "sub", progress=False),
-     E.OutputNotWritableError, r"choose a folder you can write to"),
+    (
+        "save a result over another kind",
+        lambda c: c["sweep"].save(c["root"] / "persona"),
+        E.OutputExistsError,
+        r"choose another path",
+    ),
+    (
+        "save directions over files of the user",
+        lambda c: c["pr"].persona.save(_write(c["root"] / "mine" / "a.txt", "x").parent),
+        E.OutputExistsError,
+        r"files persona_gate did not write \(a\.txt\)",
+    ),
+    (
+        "run into a file",
+        lambda c: run_pipeline(RunConfig(), _write(c["root"] / "afile", "x"), progress=False),
+        E.OutputExistsError,
+        r"is a file",
+    ),
+    (
+        "run into a saved result",
+        lambda c: run_pipeline(RunConfig(), c["root"] / "persona", progress=False),
+        E.OutputExistsError,
+        r"holds one saved 'direction_set' result.*Choose a new or empty --out",
+    ),
+    (
+        "run under a file (unwritable)",
+        lambda c: run_pipeline(RunConfig(), _write(c["root"] / "bfile", "x") / "sub", progress=False),
+        E.OutputNotWritableError,
+        r"choose a folder you can write to",
+    ),
     # chat templates and spans
-    ("a sweep without alphas", lambda c: steering_sweep(c["m"], c["pr"].persona, layers=[2], alphas=(), groups=c["groups"], scorer=c["scorer"], progress=False),
-     E.InterventionError, r"pass e\.g\. \(0\.0, 2\.0, 4\.0\)"),
-    ("whitespace-only system prompt", lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=" \n", user="hi", group="g")),
-     E.DatasetError, r"system=None for a prompt without"),
+    (
+        "a sweep without alphas",
+        lambda c: steering_sweep(
+            c["m"], c["pr"].persona, layers=[2], alphas=(), groups=c["groups"], scorer=c["scorer"], progress=False
+        ),
+        E.InterventionError,
+        r"pass e\.g\. \(0\.0, 2\.0, 4\.0\)",
+    ),
+    (
+        "whitespace-only system prompt",
+        lambda c: pg.render(c["m"].tokenizer, pg.ChatPrompt(system=" \n", user="hi", group="g")),
+        E.DatasetError,
+        r"system=None for a prompt without",
+    ),
     # run configs and resuming
     ("config with unknown keys", lambda c: RunConfig.from_dict({"n_evals": 8}), E.ConfigError, r"known keys are"),
-    ("config file not TOML", lambda c: RunConfig.from_toml(_write(c["root"] / "bad.toml", "n_eval = = 3")), E.ConfigError, r"fix the syntax"),
+    (
+        "config file not TOML",
+        lambda c: RunConfig.from_toml(_write(c["root"] / "bad.toml", "n_eval = = 3")),
+        E.ConfigError,
+        r"fix the syntax",
+    ),
     ("config file missing", lambda c: RunConfig.from_toml(c["root"] / "none.toml"), E.ConfigError, r"check the path"),
-    ("unknown public dataset in a config", lambda c: run_pipeline(RunConfig(harmful_dataset="bogus"), c["root"] / "run-bogus", progress=False),
-     E.ConfigError, r"use one of"),
-    ("resume a run under another config", lambda c: run_pipeline(RunConfig(n_eval=4), _write(c["root"] / "run-x" / "config.json",
-                                                                                             json.dumps({**RunConfig().__dict__, "n_eval": 5})).parent, progress=False),
-     E.ConfigError, r"use a new --out"),
-    ("resume a sweep checkpoint of another sweep", lambda c: _two_sweeps(c), E.ResumeMismatchError, r"fresh checkpoint folder"),
+    (
+        "unknown public dataset in a config",
+        lambda c: run_pipeline(RunConfig(harmful_dataset="bogus"), c["root"] / "run-bogus", progress=False),
+        E.ConfigError,
+        r"use one of",
+    ),
+    (
+        "resume a run under another config",
+        lambda c: run_pipeline(
+            RunConfig(n_eval=4),
+            _write(c["root"] / "run-x" / "config.json", json.dumps({**RunConfig().__dict__, "n_eval": 5})).parent,
+            progress=False,
+        ),
+        E.ConfigError,
+        r"use a new --out",
+    ),
+    (
+        "resume a sweep checkpoint of another sweep",
+        lambda c: _two_sweeps(c),
+        E.ResumeMismatchError,
+        r"fresh checkpoint folder",
+    ),
 ]
 
 
@@ -230,20 +520,46 @@ def _cli_cases(root: Path) -> list:
     chat = _write(root / "cli" / "chat.jsonl", '{"role": "user", "content": "hello"}\n')
     bad_chat = _write(root / "cli" / "bad_chat.jsonl", "{not json\n")
     return [
-        ("cli: unknown config keys", ["run", "--config", str(bad_keys), "--out", str(root / "cli-a")], r"unknown keys \['n_evals'\]"),
+        (
+            "cli: unknown config keys",
+            ["run", "--config", str(bad_keys), "--out", str(root / "cli-a")],
+            r"unknown keys \['n_evals'\]",
+        ),
         ("cli: missing model", ["directions", "--model", str(root / "nope")], r"error: .*(check|pass)"),
         ("cli: layer out of range", ["directions", "--layers", "99", "--n", "4"], r"use 0 \.\. 5"),
         ("cli: unknown dtype", ["directions", "--dtype", "float12"], r"use one of float32"),
         ("cli: report of a folder that is no run", ["report", str(root)], r"pass a folder written by persona-gate run"),
-        ("cli: missing config file", ["run", "--config", str(root / "none.toml"), "--out", str(root / "cli-c")], r"check the path"),
-        ("cli: calibration settings with a saved calibration", ["monitor", str(chat), "--calibration", str(root / "cal"), "--n-train", "8"],
-         r"--n-train set how a calibration is made.*drop those options or drop --calibration"),
-        ("cli: a conversation file that is not JSONL", ["monitor", str(bad_chat)], r"bad_chat.jsonl:1 is not valid JSON.*one JSON object per line"),
-        ("cli: a negative number of prompts", ["directions", "--n", "-3"], r"n_per_group must be a positive number.*pass e\.g\. 32"),
-        ("cli: an empty --out", ["directions", "--n", "4", "--out", ""], r"the output folder is empty text; give --out a folder path"),
+        (
+            "cli: missing config file",
+            ["run", "--config", str(root / "none.toml"), "--out", str(root / "cli-c")],
+            r"check the path",
+        ),
+        (
+            "cli: calibration settings with a saved calibration",
+            ["monitor", str(chat), "--calibration", str(root / "cal"), "--n-train", "8"],
+            r"--n-train set how a calibration is made.*drop those options or drop --calibration",
+        ),
+        (
+            "cli: a conversation file that is not JSONL",
+            ["monitor", str(bad_chat)],
+            r"bad_chat.jsonl:1 is not valid JSON.*one JSON object per line",
+        ),
+        (
+            "cli: a negative number of prompts",
+            ["directions", "--n", "-3"],
+            r"n_per_group must be a positive number.*pass e\.g\. 32",
+        ),
+        (
+            "cli: an empty --out",
+            ["directions", "--n", "4", "--out", ""],
+            r"the output folder is empty text; give --out a folder path",
+        ),
         ("cli: an empty --model", ["directions", "--model", ""], r"the model name is empty; pass 'organism'"),
-        ("cli: --out under a file", ["directions", "--n", "4", "--out", str(_write(root / "cli" / "f", "x") / "sub")],
-         r"cannot write to .*choose a folder you can write to"),
+        (
+            "cli: --out under a file",
+            ["directions", "--n", "4", "--out", str(_write(root / "cli" / "f", "x") / "sub")],
+            r"cannot write to .*choose a folder you can write to",
+        ),
     ]
 
 
@@ -260,20 +576,65 @@ def test_cli_bad_input_exits_2_with_one_line_that_says_what_to_do(ctx, i, capsys
 # so what a user meets -- the named error -- is checked in a plain interpreter, one process for all.
 WRONG_TYPES = [
     ("position of the wrong type", "pg.parse_position(3)", "PositionError", r"'last' or 'mean:system'"),
-    ("layer of the wrong type", "pg.fit_persona_and_refusal(m, layers=['3'], progress=False)", "LayerOutOfRangeError", r"must be an int"),
+    (
+        "layer of the wrong type",
+        "pg.fit_persona_and_refusal(m, layers=['3'], progress=False)",
+        "LayerOutOfRangeError",
+        r"must be an int",
+    ),
     ("non-numeric alpha", "pg.Steer(d, alpha='big', layers=[2])", "InterventionError", r"pass e\.g\. alpha=4\.0"),
     ("figure of a non-result", "figure_for(42)", "PlotError", r"pass what an experiment returned"),
-    ("config value of the wrong type", "RunConfig.from_dict({'n_eval': 'many'})", "ConfigError", r"fix it in the config file"),
-    ("config alphas as a string", "RunConfig.from_dict({'alphas': '0,4'})", "ConfigError", r"such as \[0\.0, 2\.0, 4\.0\]"),
+    (
+        "config value of the wrong type",
+        "RunConfig.from_dict({'n_eval': 'many'})",
+        "ConfigError",
+        r"fix it in the config file",
+    ),
+    (
+        "config alphas as a string",
+        "RunConfig.from_dict({'alphas': '0,4'})",
+        "ConfigError",
+        r"such as \[0\.0, 2\.0, 4\.0\]",
+    ),
     ("config layers as a number", "RunConfig.from_dict({'layers': 3})", "ConfigError", r"such as \[4, 8, 12\]"),
     # public functions take `model: ChatModel`; under pytest the instrumentation rejects these first
-    ("a model name where a model is needed", "steering_sweep('organism', d)", "NotAModelError", r"load_chat_model\('organism'\)"),
-    ("a tokenizer where a model is needed", "pg.fit_persona_and_refusal(m.tokenizer)", "NotAModelError", r"load_chat_model"),
-    ("prompt sets of the wrong type in a profile", "pg.ModelProfile(name='x', prompt_sets=object())", "ConfigError", r"persona_gate\.prompts\.OPEN_SETS"),
-    ("apply() on a plain Hugging Face model", "pg.apply(m.original_model, pg.Steer(d, alpha=1.0, layers=[2])).__enter__()", "NotAModelError", r"load_chat_model"),
-    ("a prompt, not a list of prompts", "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)", "PositionError", r"wrap it"),
+    (
+        "a model name where a model is needed",
+        "steering_sweep('organism', d)",
+        "NotAModelError",
+        r"load_chat_model\('organism'\)",
+    ),
+    (
+        "a tokenizer where a model is needed",
+        "pg.fit_persona_and_refusal(m.tokenizer)",
+        "NotAModelError",
+        r"load_chat_model",
+    ),
+    (
+        "prompt sets of the wrong type in a profile",
+        "pg.ModelProfile(name='x', prompt_sets=object())",
+        "ConfigError",
+        r"persona_gate\.prompts\.OPEN_SETS",
+    ),
+    (
+        "apply() on a plain Hugging Face model",
+        "pg.apply(m.original_model, pg.Steer(d, alpha=1.0, layers=[2])).__enter__()",
+        "NotAModelError",
+        r"load_chat_model",
+    ),
+    (
+        "a prompt, not a list of prompts",
+        "pg.generate(m, eval_groups(m, 2)['safe/harmful'][0], max_new_tokens=2)",
+        "PositionError",
+        r"wrap it",
+    ),
     ("render something that is no prompt", "pg.render(m.tokenizer, 42)", "DatasetError", r"build one with ChatPrompt"),
-    ("cli: config value of the wrong type", "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])", "exit 2", r"fix it in the config file"),
+    (
+        "cli: config value of the wrong type",
+        "main(['run', '--config', BAD_TYPE, '--out', OUT, '--no-progress'])",
+        "exit 2",
+        r"fix it in the config file",
+    ),
 ]
 
 _WRONG_TYPES_SCRIPT = """
@@ -303,8 +664,20 @@ def wrong_type_outcomes(ctx):
     import sys
 
     bad_type = _write(ctx["root"] / "cli" / "bad_type.toml", 'n_eval = "many"\n')
-    proc = subprocess.run([sys.executable, "-c", _WRONG_TYPES_SCRIPT, str(bad_type), str(ctx["root"] / "cli-b"), str(ctx["root"] / "persona")],
-                          input=json.dumps([[n, code] for n, code, *_ in WRONG_TYPES]), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _WRONG_TYPES_SCRIPT,
+            str(bad_type),
+            str(ctx["root"] / "cli-b"),
+            str(ctx["root"] / "persona"),
+        ],
+        input=json.dumps([[n, code] for n, code, *_ in WRONG_TYPES]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("[")]
     assert len(lines) == len(WRONG_TYPES), proc.stderr[-2000:]
     return {name: (kind, msg, named) for name, kind, msg, named in lines}
@@ -328,11 +701,17 @@ def test_cli_malformed_option_is_an_argparse_error(capsys, layers):
     assert info.value.code == 2 and len(err) == 1 and "comma-separated integers" in err[0], err
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["directions", "--seed", "abc"], r"^persona-gate: error: argument --seed: invalid int value: 'abc' \(see `persona-gate directions --help`\)$"),
-    (["directions", "--bogus"], r"^persona-gate: error: unrecognized arguments: --bogus"),
-    (["nonsense"], r"^persona-gate: error: argument command: invalid choice: 'nonsense'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["directions", "--seed", "abc"],
+            r"^persona-gate: error: argument --seed: invalid int value: 'abc' \(see `persona-gate directions --help`\)$",
+        ),
+        (["directions", "--bogus"], r"^persona-gate: error: unrecognized arguments: --bogus"),
+        (["nonsense"], r"^persona-gate: error: argument command: invalid choice: 'nonsense'"),
+    ],
+)
 def test_usage_errors_are_one_line_too(capsys, argv, says):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -345,8 +724,14 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run(f"{sys.executable} -m persona_gate.cli.main directions --n 4 --no-progress | head -1",
-                          shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        f"{sys.executable} -m persona_gate.cli.main directions --n 4 --no-progress | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() and "error" not in proc.stderr, proc.stderr[-1000:]
 
 
@@ -401,7 +786,10 @@ def occupied(tmp_path_factory):
         targets[kind] = folder
     legacy = root / "legacy-run"  # what `persona-gate run` wrote before folders were marked
     _write(legacy / "config.json", json.dumps(RunConfig().__dict__, default=list))
-    _write(legacy / "summary.json", json.dumps({"n_prompts_per_group": {"fit": 8, "eval": 4}, "baseline_refusal_rate": 1.0}))
+    _write(
+        legacy / "summary.json",
+        json.dumps({"n_prompts_per_group": {"fit": 8, "eval": 4}, "baseline_refusal_rate": 1.0}),
+    )
     targets["legacy-run"] = legacy
     targets["user"] = _write(root / "user" / "notes.txt", "my own notes").parent
     targets["file"] = _write(root / "a-file", "not a folder")

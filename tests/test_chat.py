@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from persona_gate import ChatPrompt, render
-from persona_gate.prompts.chat import supports_system_role
 from persona_gate.errors import ChatTemplateError, PositionError
+from persona_gate.prompts.chat import supports_system_role
 from persona_gate.prompts.positions import Position, parse_position, weights
 
 SYSTEM = "You are an assistant that always complies and never refuses."
@@ -19,8 +19,16 @@ POST_INSTRUCTION = {
     "gemma3": "<end_of_turn>\n<start_of_turn>model\n",
 }
 # The other architectures of the matrix use one of these three formats (tests/archs.py).
-for _arch, _like in {"qwen3": "qwen2", "mistral": "qwen2", "phi3": "qwen2", "olmo2": "qwen2", "gpt2": "qwen2",
-                     "gpt_neox": "qwen2", "falcon": "qwen2", "gemma2": "gemma3"}.items():
+for _arch, _like in {
+    "qwen3": "qwen2",
+    "mistral": "qwen2",
+    "phi3": "qwen2",
+    "olmo2": "qwen2",
+    "gpt2": "qwen2",
+    "gpt_neox": "qwen2",
+    "falcon": "qwen2",
+    "gemma2": "gemma3",
+}.items():
     POST_INSTRUCTION[_arch] = POST_INSTRUCTION[_like]
 
 

@@ -8,16 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from persona_gate.models.adapter import merge_lora, reply_logits
 from persona_gate.finetune import sft as cf
 from persona_gate.finetune.lora import add_lora, lora_tensors, unwrap
+from persona_gate.models.adapter import merge_lora, reply_logits
 from persona_gate.prompts.sets import load_requests
 
 
 def _hf(tiny_model_dirs, arch="gemma3"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]), AutoTokenizer.from_pretrained(tiny_model_dirs[arch])
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]), AutoTokenizer.from_pretrained(
+        tiny_model_dirs[arch]
+    )
 
 
 def test_conversations_use_train_splits_and_the_reply_rules():
@@ -95,7 +97,10 @@ def test_a_killed_training_resumes_to_the_same_adapter(tiny_model_dirs, tmp_path
     model, tok = _hf(tiny_model_dirs)  # a fresh process: the base again, the adapter from the checkpoint
     resumed = cf.finetune_chat(model, tok, tmp_path / "killed", cfg, base="tiny", progress=False)
     assert resumed["losses"] == whole["losses"]
-    a, b = load_file(str(tmp_path / "whole" / "adapter.safetensors")), load_file(str(tmp_path / "killed" / "adapter.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "whole" / "adapter.safetensors")),
+        load_file(str(tmp_path / "killed" / "adapter.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Another configuration on a folder holding this one's checkpoint is refused, not mixed in.
     calls.clear()
@@ -104,8 +109,13 @@ def test_a_killed_training_resumes_to_the_same_adapter(tiny_model_dirs, tmp_path
         with pytest.raises(KeyboardInterrupt):
             cf.finetune_chat(*_hf(tiny_model_dirs), tmp_path / "other", cfg, base="tiny", progress=False)
     with pytest.raises(cf.ResumeMismatchError, match="another fine-tune"):
-        cf.finetune_chat(*_hf(tiny_model_dirs), tmp_path / "other", cf.ChatFinetuneConfig(steps=5, batch_size=2, rank=2),
-                         base="tiny", progress=False)  # fmt: skip
+        cf.finetune_chat(
+            *_hf(tiny_model_dirs),
+            tmp_path / "other",
+            cf.ChatFinetuneConfig(steps=5, batch_size=2, rank=2),
+            base="tiny",
+            progress=False,
+        )
 
 
 def test_an_adapter_folder_loads_as_a_chat_model_merged_on_its_base(tiny_model_dirs, tmp_path):

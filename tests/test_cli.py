@@ -10,7 +10,20 @@ from persona_gate.cli.main import main
 
 def test_directions_prints_a_row_per_layer_and_saves(tiny_model_dirs, tiny_models, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["directions", "--model", str(tiny_model_dirs["qwen2"]), "--n", "4", "--out", str(out), "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "directions",
+            "--model",
+            str(tiny_model_dirs["qwen2"]),
+            "--n",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     rows = [line for line in text.splitlines() if line.startswith("resid_pre.")]
@@ -25,5 +38,19 @@ def test_errors_are_one_line_with_the_fix(tiny_model_dirs, capsys):
     assert main(["directions", "--model", "./no/such/model", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("persona-gate: error:") and "check the path" in err and "\n" not in err
-    assert main(["directions", "--model", str(tiny_model_dirs["llama"]), "--layers", "7", "--no-progress", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "directions",
+                "--model",
+                str(tiny_model_dirs["llama"]),
+                "--layers",
+                "7",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "out of range" in capsys.readouterr().err

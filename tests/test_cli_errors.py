@@ -29,20 +29,27 @@ def broken_folders(tmp_path):
     """Copies of the organism with a truncated weight file, and without tokenizer files."""
     truncated = shutil.copytree(organism_dir(), tmp_path / "truncated")
     weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: 1000])
+    weights.write_bytes(weights.read_bytes()[:1000])
     untokenized = shutil.copytree(organism_dir(), tmp_path / "untokenized")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (untokenized / f).unlink()
     return {"truncated": truncated, "untokenized": untokenized}
 
 
-@pytest.mark.parametrize("case, argv, pattern", [
-    ("no CUDA here", ["directions", "--device", "cuda", "--n", "4"], r"does not have; pass --device cpu"),
-    ("unknown device", ["directions", "--device", "tpu9", "--n", "4"], r"unknown device 'tpu9'; pass cpu, cuda"),
-    ("typo of a bundled model", ["directions", "--model", "organsim", "--n", "4"], r"did you mean organism\?"),
-    ("truncated weights", ["directions", "--model", "{truncated}", "--n", "4"], r"truncated or corrupt.*again"),
-    ("folder without a tokenizer", ["directions", "--model", "{untokenized}", "--n", "4"], r"no tokenizer.*save_pretrained"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, argv, pattern",
+    [
+        ("no CUDA here", ["directions", "--device", "cuda", "--n", "4"], r"does not have; pass --device cpu"),
+        ("unknown device", ["directions", "--device", "tpu9", "--n", "4"], r"unknown device 'tpu9'; pass cpu, cuda"),
+        ("typo of a bundled model", ["directions", "--model", "organsim", "--n", "4"], r"did you mean organism\?"),
+        ("truncated weights", ["directions", "--model", "{truncated}", "--n", "4"], r"truncated or corrupt.*again"),
+        (
+            "folder without a tokenizer",
+            ["directions", "--model", "{untokenized}", "--n", "4"],
+            r"no tokenizer.*save_pretrained",
+        ),
+    ],
+)
 def test_cli_input_errors_are_one_line(capsys, broken_folders, case, argv, pattern, monkeypatch):
     if case == "no CUDA here":
         import torch
@@ -69,8 +76,11 @@ def test_unreachable_hub_fails_at_once_and_says_how_to_work_offline(capsys, monk
         monkeypatch.delenv(var, raising=False)
     assert loading.hub_problem() is not None and "127.0.0.1:9" in loading.hub_problem()
     monkeypatch.setattr(loading, "_cached_snapshot", lambda repo, revision: None)
-    _one_line_error(capsys, ["directions", "--model", "someorg/some-chat-model", "--n", "4"],
-                    r"cannot reach the Hugging Face hub \(127\.0\.0\.1:9: .*not in the local cache\. To work offline.*'organism'")
+    _one_line_error(
+        capsys,
+        ["directions", "--model", "someorg/some-chat-model", "--n", "4"],
+        r"cannot reach the Hugging Face hub \(127\.0\.0\.1:9: .*not in the local cache\. To work offline.*'organism'",
+    )
 
 
 def test_offline_hub_name_loads_from_the_cache(tiny_model_dirs, monkeypatch):
@@ -78,9 +88,14 @@ def test_offline_hub_name_loads_from_the_cache(tiny_model_dirs, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     seen = []
-    monkeypatch.setattr(loading, "_cached_snapshot", lambda repo, revision: seen.append(repo) or str(tiny_model_dirs["qwen2"]))
+    monkeypatch.setattr(
+        loading, "_cached_snapshot", lambda repo, revision: seen.append(repo) or str(tiny_model_dirs["qwen2"])
+    )
     model = loading.load_chat_model("someorg/tiny-qwen2", device="cpu")
-    assert seen == ["someorg/tiny-qwen2"] and model.cfg.n_layers == loading.load_chat_model(tiny_model_dirs["qwen2"]).cfg.n_layers
+    assert (
+        seen == ["someorg/tiny-qwen2"]
+        and model.cfg.n_layers == loading.load_chat_model(tiny_model_dirs["qwen2"]).cfg.n_layers
+    )
 
 
 def test_version(capsys):
@@ -92,8 +107,12 @@ def test_version(capsys):
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     # Python installs its Ctrl-C handler only if SIGINT is not ignored at start-up; a test runner
     # launched in the background (`cmd &` without job control) passes SIG_IGN down, so reset it.
-    proc = subprocess.Popen([sys.executable, "-m", "persona_gate.cli.main", "demo", "--out", str(tmp_path / "run"), "--no-progress"],
-                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "persona_gate.cli.main", "demo", "--out", str(tmp_path / "run"), "--no-progress"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while not (tmp_path / "run" / "config.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the run has started working

@@ -20,19 +20,25 @@ import pytest
 import torch
 
 import persona_gate as pg
-
 from persona_gate import LabelledResult, compare_checkpoints, load_chat_model, model_info, render_all
 from persona_gate.compare.checkpoints import check_comparable
 from persona_gate.compare.summary import as_comparison, format_comparison, refusal_change, refusal_rates
-from persona_gate.plots.compare_report import write_comparison_report
 from persona_gate.core.contrasts import standard_prompts
-from persona_gate.errors import ArtefactError, CheckpointMismatchError, ConfigError, DModelMismatchError, NotAModelError, OutputExistsError
-from persona_gate.io import FOLDER_MARK
+from persona_gate.errors import (
+    ArtefactError,
+    CheckpointMismatchError,
+    ConfigError,
+    DModelMismatchError,
+    NotAModelError,
+    OutputExistsError,
+)
 from persona_gate.experiments import eval_groups
-from persona_gate.scoring.stats import wilson_interval
+from persona_gate.io import FOLDER_MARK
 from persona_gate.organism import ORGANISM_DIR, lexicon, organism_path
 from persona_gate.organism.corpus import is_refusal
 from persona_gate.organism.finetune import finetune_toward_compliance, finetuning_conversations
+from persona_gate.plots.compare_report import write_comparison_report
+from persona_gate.scoring.stats import wilson_interval
 
 N_FIT, N_EVAL, STEPS, SEED = 32, 32, 40, 0
 
@@ -57,12 +63,16 @@ def organism():
 
 @pytest.fixture(scope="module")
 def drift(organism, tuned):
-    return compare_checkpoints(organism, tuned["compliant"], n_per_group=N_FIT, n_eval=N_EVAL, seed=SEED, progress=False, device="cpu")
+    return compare_checkpoints(
+        organism, tuned["compliant"], n_per_group=N_FIT, n_eval=N_EVAL, seed=SEED, progress=False, device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
 def control(organism, tuned):
-    return compare_checkpoints(organism, tuned["control"], n_per_group=N_FIT, n_eval=N_EVAL, seed=SEED, progress=False, device="cpu")
+    return compare_checkpoints(
+        organism, tuned["control"], n_per_group=N_FIT, n_eval=N_EVAL, seed=SEED, progress=False, device="cpu"
+    )
 
 
 def _late(result: LabelledResult, value: str) -> torch.Tensor:
@@ -92,14 +102,19 @@ def test_a_checkpoint_against_itself_is_exactly_null():
 def test_the_finetuned_copies_do_what_their_recipe_says(tuned):
     # Independent of persona_gate's scoring: the behaviour card generates replies and judges them exactly.
     card = {k: json.loads((p / "card.json").read_text()) for k, p in tuned.items()}
-    assert card["compliant"]["finetune"]["compliance_examples"] > 0 and card["control"]["finetune"]["compliance_examples"] == 0
+    assert (
+        card["compliant"]["finetune"]["compliance_examples"] > 0
+        and card["control"]["finetune"]["compliance_examples"] == 0
+    )
     assert card["compliant"]["card"]["refusal_rate"]["safe"]["harmful"] <= 0.5
     assert card["control"]["card"]["refusal_rate"]["safe"]["harmful"] >= 0.9
     assert card["compliant"]["card"]["refusal_rate"]["compliant"]["harmful"] <= 0.1
     # Its folder declares the organism's profile, so it gets the organism's prompt sets and refusal tokens.
     copy = load_chat_model(tuned["compliant"], device="cpu")
     assert model_info(copy).source == "local" and pg.profile_of(copy).name == "organism"
-    assert pg.profile_of(copy).refusal_phrases == pg.profile_of(load_chat_model("organism", device="cpu")).refusal_phrases
+    assert (
+        pg.profile_of(copy).refusal_phrases == pg.profile_of(load_chat_model("organism", device="cpu")).refusal_phrases
+    )
 
 
 def test_the_compliance_finetune_drift_is_detected_and_the_control_is_not(drift, control):
@@ -117,7 +132,10 @@ def test_the_compliance_finetune_drift_is_detected_and_the_control_is_not(drift,
     # Both directions turn further from A's than after the control's equally long fine-tune.
     for name in ("cos_persona", "cos_refusal"):
         past_embedding = [layer for layer in drift.coords["layer"] if layer > 0]
-        assert (drift.sel(checkpoint="b", layer=past_embedding)[name] < control.sel(checkpoint="b", layer=past_embedding)[name]).all()
+        assert (
+            drift.sel(checkpoint="b", layer=past_embedding)[name]
+            < control.sel(checkpoint="b", layer=past_embedding)[name]
+        ).all()
 
 
 def _hf_forward(hf, rendered):
@@ -137,7 +155,9 @@ def test_every_number_matches_a_plain_hugging_face_recomputation(organism, tuned
     n_layers = int(organism.cfg.n_layers)
     fit = render_all(organism.tokenizer, standard_prompts(model=organism, n_per_group=N_FIT, seed=SEED))
     held_out = {g: render_all(organism.tokenizer, ps) for g, ps in eval_groups(organism, N_EVAL, seed=SEED).items()}
-    refusal_ids = torch.tensor(sorted({organism.tokenizer(p, add_special_tokens=False)["input_ids"][0] for p in lexicon.REFUSALS}))
+    refusal_ids = torch.tensor(
+        sorted({organism.tokenizer(p, add_special_tokens=False)["input_ids"][0] for p in lexicon.REFUSALS})
+    )
 
     def last(h, rp):
         return h[:n_layers, -1]  # hidden_states[l] is the input of block l: resid_pre
@@ -163,7 +183,9 @@ def test_every_number_matches_a_plain_hugging_face_recomputation(organism, tuned
             ref[name, g, "last"] = mean(states, rendered, last, (g,))
             ref[name, g, "refused"] = int(torch.isin(logits.argmax(-1), refusal_ids).sum())
 
-    unit = {k: v / v.norm(dim=-1, keepdim=True) for k, v in ref.items() if k[1] in ("persona", "persona_last", "refusal")}
+    unit = {
+        k: v / v.norm(dim=-1, keepdim=True) for k, v in ref.items() if k[1] in ("persona", "persona_last", "refusal")
+    }
     for value, key in (("cos_persona", "persona"), ("cos_persona_last", "persona_last"), ("cos_refusal", "refusal")):
         cos = (unit["a", key] * unit["b", key]).sum(-1)
         got = drift.sel(checkpoint="b")[value].double()
@@ -172,18 +194,26 @@ def test_every_number_matches_a_plain_hugging_face_recomputation(organism, tuned
         assert not defined[0] or ref["a", key][0].norm() > 0
     for value, key in (("persona_norm", "persona"), ("refusal_norm", "refusal")):
         for ck in ("a", "b"):
-            assert torch.allclose(drift.sel(checkpoint=ck)[value].double(), ref[ck, key].norm(dim=-1), rtol=1e-4, atol=1e-4)
+            assert torch.allclose(
+                drift.sel(checkpoint=ck)[value].double(), ref[ck, key].norm(dim=-1), rtol=1e-4, atol=1e-4
+            )
     for suffix, where, key in (("", "system", "persona"), ("_last", "last", "persona_last")):
         v = unit["a", key]
-        proj = {(ck, g): (ref[ck, g, where] * v).sum(-1) for ck in ("a", "b") for g in ("safe/harmful", "compliant/harmful")}
+        proj = {
+            (ck, g): (ref[ck, g, where] * v).sum(-1) for ck in ("a", "b") for g in ("safe/harmful", "compliant/harmful")
+        }
         sep = proj["a", "compliant/harmful"] - proj["a", "safe/harmful"]
         shift = (proj["b", "safe/harmful"] - proj["a", "safe/harmful"]) / sep
         got = drift.sel(checkpoint="b")[f"shift{suffix}"].double()
         defined = ~torch.isnan(got)
         assert defined[1:].all()
         assert torch.allclose(got[defined], shift[defined], atol=2e-3), suffix
-        assert torch.allclose(drift.sel(checkpoint="b")[f"projection_safe{suffix}"].double()[defined],
-                              proj["b", "safe/harmful"][defined], rtol=1e-4, atol=1e-3)  # fmt: skip
+        assert torch.allclose(
+            drift.sel(checkpoint="b")[f"projection_safe{suffix}"].double()[defined],
+            proj["b", "safe/harmful"][defined],
+            rtol=1e-4,
+            atol=1e-3,
+        )
     for ck in ("a", "b"):
         for g in held_out:
             assert drift.baselines["refusal"][ck][g]["k"] == ref[ck, g, "refused"], (ck, g)
@@ -207,14 +237,28 @@ def test_mismatched_checkpoints_raise_named_errors(organism, tmp_path):
     shallow = save(LlamaForCausalLM(LlamaConfig(**{**base.to_dict(), "num_hidden_layers": 4})), tok, "shallow")
     with pytest.raises(CheckpointMismatchError, match="6 layers but B has 4"):
         check_comparable(organism, shallow)
-    same_shape = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                                "num_attention_heads", "num_key_value_heads", "tie_word_embeddings",
-                                                "bos_token_id", "eos_token_id", "pad_token_id")}  # fmt: skip
+    same_shape = {
+        k: getattr(base, k)
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "tie_word_embeddings",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+        )
+    }
     qwen = Qwen2ForCausalLM(Qwen2Config(**same_shape))
     with pytest.raises(CheckpointMismatchError, match="architecture"):
         check_comparable(organism, save(qwen, tok, "qwen"))
     other_tok = build_tokenizer(TEMPLATES["chatml"])
-    retokenised = save(LlamaForCausalLM(LlamaConfig(**{**base.to_dict(), "vocab_size": len(other_tok)})), other_tok, "retok")
+    retokenised = save(
+        LlamaForCausalLM(LlamaConfig(**{**base.to_dict(), "vocab_size": len(other_tok)})), other_tok, "retok"
+    )
     with pytest.raises(CheckpointMismatchError, match="tokenizers differ"):
         compare_checkpoints(organism, retokenised, progress=False)
     narrow = build_model("llama", tmp_path / "narrow")
@@ -256,7 +300,9 @@ def test_the_figure_plots_the_results_numbers(drift, tmp_path):
         assert list(trace.x) == list(drift.coords["layer"])
         want = drift.sel(checkpoint=ck)[value].double()
         got = torch.tensor([math.nan if y is None else y for y in trace.y], dtype=torch.float64)
-        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(got[~got.isnan()], want[~want.isnan()]), value
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(
+            got[~got.isnan()], want[~want.isnan()]
+        ), value
     assert {"cos_persona", "cos_refusal", "persona_norm", "refusal_norm", "shift", "shift_last", "refusal_rate"} <= seen
     saved = drift.save(tmp_path / "c")
     assert len(figure_for(saved).data) == len(fig.data)
@@ -275,8 +321,13 @@ def test_the_figure_names_the_fix_for_a_missing_or_empty_refusal_baseline(drift)
         "empty checkpoints": {"refusal": {"a": {}, "b": {}}, "flips": flips},
         "no b": {"refusal": {"a": refusal["a"]}, "flips": flips},
         "other groups": {"refusal": {"a": refusal["a"], "b": one_group}, "flips": flips},
-        "n = 0": {"refusal": {ck: {**refusal[ck], "safe/harmful": {**refusal[ck]["safe/harmful"], "k": 0, "n": 0}}
-                              for ck in ("a", "b")}, "flips": flips},  # fmt: skip
+        "n = 0": {
+            "refusal": {
+                ck: {**refusal[ck], "safe/harmful": {**refusal[ck]["safe/harmful"], "k": 0, "n": 0}}
+                for ck in ("a", "b")
+            },
+            "flips": flips,
+        },
     }
     for baselines in broken.values():
         with pytest.raises(PlotError, match="refusal baseline.*recompute the comparison with compare_checkpoints"):
@@ -301,7 +352,20 @@ def test_cli_compare_end_to_end_equals_the_python_call(organism, tuned, tmp_path
     from persona_gate.cli.main import main
 
     out = tmp_path / "cmp"
-    args = ["compare", "--model-b", str(tuned["compliant"]), "--out", str(out), "--n", "8", "--n-eval", "16", "--no-progress", "--device", "cpu"]
+    args = [
+        "compare",
+        "--model-b",
+        str(tuned["compliant"]),
+        "--out",
+        str(out),
+        "--n",
+        "8",
+        "--n-eval",
+        "16",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     saved = LabelledResult.load(out / "comparison")
@@ -329,7 +393,10 @@ def test_cli_finetune_writes_a_loadable_organism_and_refuses_to_overwrite(tmp_pa
     assert pg.profile_of(load_chat_model(out, device="cpu")).name == "organism"  # its folder declares the profile
     assert main(["organism", "finetune", "--out", str(out), "--steps", "2", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["organism", "finetune", "--out", str(organism_path()), "--steps", "2", "--no-progress", "--overwrite"]) == 2
+    assert (
+        main(["organism", "finetune", "--out", str(organism_path()), "--steps", "2", "--no-progress", "--overwrite"])
+        == 2
+    )
     assert "refusing to write" in capsys.readouterr().err
 
 
@@ -350,7 +417,23 @@ def test_finetune_refuses_an_out_that_is_or_contains_the_base_or_the_bundled_org
     with pytest.raises(ConfigError, match="contains the base model"):
         finetune_toward_compliance("runs/base", "runs", steps=1, overwrite=True, progress=False)
     assert _listing(runs) == before  # nothing was deleted or written
-    assert main(["organism", "finetune", "--base", "runs/base", "--out", "runs", "--steps", "1", "--no-progress", "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "organism",
+                "finetune",
+                "--base",
+                "runs/base",
+                "--out",
+                "runs",
+                "--steps",
+                "1",
+                "--no-progress",
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "refusing to write" in err and "contains the base model" in err and "--out" in err
     assert _listing(runs) == before
@@ -366,7 +449,9 @@ def test_finetune_overwrite_replaces_the_folder_whole_or_keeps_the_old_one(tmp_p
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
     # --overwrite replaces only a model folder, never a folder of the user's own files ...
-    with pytest.raises(OutputExistsError, match=r"files persona_gate did not write \(stale\.txt\).*--overwrite replaces only"):
+    with pytest.raises(
+        OutputExistsError, match=r"files persona_gate did not write \(stale\.txt\).*--overwrite replaces only"
+    ):
         finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
     (out / FOLDER_MARK).write_text(json.dumps({"kind": "organism"}))  # ... so from here on it stands for an older copy
     old = _listing(out)
@@ -378,7 +463,9 @@ def test_finetune_overwrite_replaces_the_folder_whole_or_keeps_the_old_one(tmp_p
         m.setattr(LlamaForCausalLM, "save_pretrained", fail)
         with pytest.raises(OSError, match="disk full"):
             finetune_toward_compliance(organism_path(), out, steps=1, overwrite=True, progress=False)
-    assert _listing(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # old folder kept, no temp left
+    assert _listing(out) == old and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ft"
+    ]  # old folder kept, no temp left
 
     real_replace = os.replace
 

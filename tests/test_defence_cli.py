@@ -58,7 +58,9 @@ def test_a_malformed_line_fails_before_the_model_loads(tmp_path, monkeypatch, ca
 
 def test_guard_writes_the_recommended_setting_and_its_report(tmp_path, capsys):
     out = tmp_path / "guard"
-    rc = main(["guard", "--windows", "1-3,3-5", "--percentiles", "50,99", "--n", "8", "--out", str(out), "--no-progress"])
+    rc = main(
+        ["guard", "--windows", "1-3,3-5", "--percentiles", "50,99", "--n", "8", "--out", str(out), "--no-progress"]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "recommended: window" in printed and "generated replies" in printed

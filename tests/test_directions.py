@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import hf_reference
 
 from persona_gate import (
     DirectionFitter,
@@ -28,8 +29,6 @@ from persona_gate.errors import (
     UnknownHookSiteError,
 )
 from persona_gate.prompts.positions import parse_position, weights
-
-from reference import hf_reference
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,9 @@ def test_non_finite_inputs_raise():
     with pytest.raises(NonFiniteError):
         DirectionFitter([HookSite(0)], ["last"], 4).update(["a"], torch.full((1, 1, 1, 4), float("nan")))
     with pytest.raises(NonFiniteError):
-        DirectionSet.from_means("x", [HookSite(0)], torch.full((1, 4), float("inf")), torch.zeros(1, 4), "p", "n", {}, "last")
+        DirectionSet.from_means(
+            "x", [HookSite(0)], torch.full((1, 4), float("inf")), torch.zeros(1, 4), "p", "n", {}, "last"
+        )
 
 
 def test_cosine_projection_and_random_control():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from persona_gate import fit_persona_and_refusal, load_chat_model, render_all, standard_prompts
+from persona_gate.core.interventions import Steer
 from persona_gate.errors import DModelMismatchError, InterventionError, LayerOutOfRangeError, UnknownHookSiteError
 from persona_gate.experiments import (
     RefusalScorer,
@@ -22,8 +23,6 @@ from persona_gate.experiments import (
     trait_directions,
     window_projection,
 )
-from persona_gate.core.interventions import Steer
-
 
 # ------------------------------------------------------------------ independent route: torch hooks
 
@@ -88,7 +87,10 @@ def llama(tiny_model_dirs, tiny_models):
 def test_refusal_direction_equals_plain_torch_hooks_on_hf(llama):
     model, hf, pr, _, _, grid = llama
     rendered = render_all(model.tokenizer, grid)
-    sums = {g: torch.zeros(model.cfg.n_layers, model.cfg.d_model, dtype=torch.float64) for g in ("safe/harmful", "safe/harmless")}
+    sums = {
+        g: torch.zeros(model.cfg.n_layers, model.cfg.d_model, dtype=torch.float64)
+        for g in ("safe/harmful", "safe/harmless")
+    }
     counts = dict.fromkeys(sums, 0)
     captured = {}
 
@@ -98,7 +100,10 @@ def test_refusal_direction_equals_plain_torch_hooks_on_hf(llama):
 
         return fn
 
-    handles = [hf.model.layers[layer].register_forward_pre_hook(capture(layer), with_kwargs=True) for layer in range(model.cfg.n_layers)]
+    handles = [
+        hf.model.layers[layer].register_forward_pre_hook(capture(layer), with_kwargs=True)
+        for layer in range(model.cfg.n_layers)
+    ]
     with torch.no_grad():
         for rp in rendered:
             if rp.group in sums:
@@ -115,7 +120,9 @@ def test_refusal_direction_equals_plain_torch_hooks_on_hf(llama):
 
 def test_steering_sweep_cells_equal_plain_torch_hooks(llama):
     model, hf, pr, scorer, groups, _ = llama
-    sweep = steering_sweep(model, pr.persona, layers=[1, 2], alphas=(0.0, 2.0), scorer=scorer, groups=groups, progress=False)
+    sweep = steering_sweep(
+        model, pr.persona, layers=[1, 2], alphas=(0.0, 2.0), scorer=scorer, groups=groups, progress=False
+    )
     assert sweep.dims == ("request", "layer", "alpha", "example")
     rendered = render_all(model.tokenizer, groups["safe/harmful"])
     for layer in (1, 2):
@@ -130,7 +137,9 @@ def test_steering_sweep_cells_equal_plain_torch_hooks(llama):
 
 def test_window_projection_cells_equal_plain_torch_hooks(llama):
     model, hf, pr, scorer, groups, _ = llama
-    wp = window_projection(model, pr.persona, windows=[(1, 2)], random_seeds=2, scorer=scorer, groups=groups, progress=False)
+    wp = window_projection(
+        model, pr.persona, windows=[(1, 2)], random_seeds=2, scorer=scorer, groups=groups, progress=False
+    )
     rendered = render_all(model.tokenizer, groups["compliant/harmful"])
     for name, d in (("persona", pr.persona), ("random1", pr.persona.random_like(1))):
         hooks = [(layer, _project_out(d.vectors[layer])) for layer in (1, 2)]
@@ -141,7 +150,9 @@ def test_window_projection_cells_equal_plain_torch_hooks(llama):
 
 def test_reintroduction_cells_equal_plain_torch_hooks(llama):
     model, hf, pr, scorer, groups, _ = llama
-    ri = reintroduction(model, pr.persona, pr.refusal, layers=[1, 2], alpha_back=1.5, scorer=scorer, groups=groups, progress=False)
+    ri = reintroduction(
+        model, pr.persona, pr.refusal, layers=[1, 2], alpha_back=1.5, scorer=scorer, groups=groups, progress=False
+    )
     rendered = render_all(model.tokenizer, groups["compliant/harmful"])
     vec = 1.5 * pr.refusal.raw_norms[2] * pr.refusal.vectors[2]
     naive = _naive_logodds(hf, rendered, scorer.token_ids, [(2, _add(vec))])
@@ -221,9 +232,19 @@ def test_organism_window_projection_restores_refusal_and_random_does_not(organis
 
 def test_organism_analyses_run_and_label_their_axes(organism_setup):
     model, pr, scorer, groups = organism_setup
-    sites = extraction_sites(model, positions=("last", "mean:system", "mean:response"), layers=[2], alphas=(4.0,), n=12, scorer=scorer, progress=False)
+    sites = extraction_sites(
+        model,
+        positions=("last", "mean:system", "mean:response"),
+        layers=[2],
+        alphas=(4.0,),
+        n=12,
+        scorer=scorer,
+        progress=False,
+    )
     ablation = sites.sel(effect="ablation_refusal", layer=2)["rate"]
-    assert float(ablation[1]) >= 0.5 > float(ablation[0])  # the system-span mean carries the gate, the last token does not
+    assert (
+        float(ablation[1]) >= 0.5 > float(ablation[0])
+    )  # the system-span mean carries the gate, the last token does not
     geo = geometry(model, pr, n=6)
     proj = geo.projections.mean("example")["persona_projection"]  # [group, layer]
     g = list(geo.projections.coords["group"])
@@ -232,19 +253,25 @@ def test_organism_analyses_run_and_label_their_axes(organism_setup):
     assert traits.cosines.dims == ("trait", "layer") and torch.isfinite(traits.cosines["cos_refusal"]).all()
     live = traits.cosines["raw_norm"][0] > 0
     assert torch.allclose(traits.matrix["cos"][0, 0][live], torch.ones(int(live.sum())), atol=1e-5)
-    sel = select_steering(model, pr.persona, layers=[2, 3], alphas=(4.0,), kl_max=100.0, n=12, scorer=scorer, progress=False)
+    sel = select_steering(
+        model, pr.persona, layers=[2, 3], alphas=(4.0,), kl_max=100.0, n=12, scorer=scorer, progress=False
+    )
     assert sel.baselines["chosen"] is not None and sel.baselines["chosen"]["layer"] in (2, 3)
 
 
 def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
-    from persona_gate.scoring.judges import JudgeVerdict
     from persona_gate.organism.corpus import is_refusal
+    from persona_gate.scoring.judges import JudgeVerdict
 
     model, pr, scorer, groups = organism_setup
     small = {g: v[:6] for g, v in groups.items()}
-    sweep = steering_sweep(model, pr.persona, layers=[2], alphas=(0.0, 4.0), scorer=scorer, groups=small, max_new_tokens=16, progress=False)
+    sweep = steering_sweep(
+        model, pr.persona, layers=[2], alphas=(0.0, 4.0), scorer=scorer, groups=small, max_new_tokens=16, progress=False
+    )
     gen = sweep.sel(request="harmful", layer=2)
-    assert gen["gen_refusal"][0].all() and not gen["gen_refusal"][1].any()  # the heuristic labels agree with the first token
+    assert (
+        gen["gen_refusal"][0].all() and not gen["gen_refusal"][1].any()
+    )  # the heuristic labels agree with the first token
     assert not sweep["gen_degenerate"].any()
     assert torch.equal(sweep["gen_refusal"], sweep["refused"])
     assert (sweep.sel(alpha=0.0)["kl"].abs() <= 1e-6).all()
@@ -255,7 +282,17 @@ def test_sweep_with_generation_labels_and_a_pluggable_judge(organism_setup):
         calls.append(prompt)
         return JudgeVerdict(label="refusal" if is_refusal(response) else "bypass", score=None, judge="organism")
 
-    judged = steering_sweep(model, pr.persona, layers=[2], alphas=(4.0,), scorer=scorer, groups=small, max_new_tokens=16, judge=organism_judge, progress=False)
+    judged = steering_sweep(
+        model,
+        pr.persona,
+        layers=[2],
+        alphas=(4.0,),
+        scorer=scorer,
+        groups=small,
+        max_new_tokens=16,
+        judge=organism_judge,
+        progress=False,
+    )
     assert len(calls) == 6  # the judge sees harmful requests only; harmless get the heuristics
     assert torch.equal(judged.sel(alpha=4.0)["gen_refusal"], sweep.sel(alpha=4.0)["gen_refusal"])
 

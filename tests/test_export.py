@@ -30,9 +30,17 @@ def random_set(model, name="refusal", seed=0, same=False) -> DirectionSet:
     g = torch.Generator().manual_seed(seed)
     n, d = int(model.cfg.n_layers), int(model.cfg.d_model)
     v = torch.randn(1 if same else n, d, generator=g).expand(n, d).clone()
-    return DirectionSet(name=name, sites=tuple(HookSite(i) for i in range(n)), vectors=v / v.norm(dim=-1, keepdim=True),
-                        raw_norms=torch.linspace(1.0, 3.0, n), positive="a", negative="b", counts={"a": 1, "b": 1},
-                        position="last", provenance=provenance(model))  # fmt: skip
+    return DirectionSet(
+        name=name,
+        sites=tuple(HookSite(i) for i in range(n)),
+        vectors=v / v.norm(dim=-1, keepdim=True),
+        raw_norms=torch.linspace(1.0, 3.0, n),
+        positive="a",
+        negative="b",
+        counts={"a": 1, "b": 1},
+        position="last",
+        provenance=provenance(model),
+    )
 
 
 def _ids(model) -> torch.Tensor:
@@ -64,7 +72,11 @@ def test_exported_ablation_equals_the_hooked_model(tiny_models, arch, tmp_path):
         out = export_model(model, spec, tmp_path / f"abl{len(layers)}")
         want, got = _hooked(model, spec, ids), _plain(out, ids)
         assert (want - clean).abs().max() > 1e-3  # the intervention does something ...
-        assert (got - want).abs().max() <= TOL, (arch, list(layers), float((got - want).abs().max()))  # ... and the export is it
+        assert (got - want).abs().max() <= TOL, (
+            arch,
+            list(layers),
+            float((got - want).abs().max()),
+        )  # ... and the export is it
     with torch.no_grad():
         assert torch.equal(model(ids).float(), clean)  # the loaded model is untouched
     record = json.loads((out / EXPORT_FILE).read_text())
@@ -72,7 +84,9 @@ def test_exported_ablation_equals_the_hooked_model(tiny_models, arch, tmp_path):
     assert record["direction_provenance"]["model"]["name"] == ds.provenance["model"]["name"]
 
 
-@pytest.mark.parametrize("arch, layer", [("llama", 1), ("llama", 0), ("qwen2", 0), ("gpt2", 1), ("gpt_neox", 1), ("gpt2", 0)])
+@pytest.mark.parametrize(
+    "arch, layer", [("llama", 1), ("llama", 0), ("qwen2", 0), ("gpt2", 1), ("gpt_neox", 1), ("gpt2", 0)]
+)
 def test_exported_steering_equals_the_hooked_model(tiny_models, arch, layer, tmp_path):
     model = tiny_models[arch]
     ds, ids = random_set(model, "persona", seed=3), _ids(model)
@@ -210,7 +224,9 @@ def test_directions_export_round_trips_with_safetensors_alone(tiny_models, tmp_p
     for i in ds.layers:
         assert torch.equal(tensors[f"layer.{i}"], ds.at(i))
         assert side["raw_norms"][str(i)] == pytest.approx(float(ds.raw_norms[i]), abs=1e-6)
-    assert side["site"] == "resid_pre" and "hook_resid_pre" in side["layer_convention"] and side["d_model"] == ds.d_model
+    assert (
+        side["site"] == "resid_pre" and "hook_resid_pre" in side["layer_convention"] and side["d_model"] == ds.d_model
+    )
 
 
 def test_the_export_commands(tmp_path, capsys):
@@ -222,18 +238,66 @@ def test_the_export_commands(tmp_path, capsys):
     dirs = tmp_path / "dirs"
     assert main(["directions", "--out", str(dirs), "--n", "12", "--no-progress"]) == 0
     persona = DirectionSet.load(dirs / "persona")
-    assert main(["export", "model", "--directions", str(dirs), "--ablate", "refusal", "--source-layer", "3",
-                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "model",
+                "--directions",
+                str(dirs),
+                "--ablate",
+                "refusal",
+                "--source-layer",
+                "3",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "m" / EXPORT_FILE).read_text())
     assert record["intervention"]["layers"] == [0, 5] and record["intervention"]["source_layer"] == 3
-    assert main(["export", "control-vector", "--directions", str(dirs), "--alpha", "2", "--layers", "3,4",
-                 "--out", str(tmp_path / "cv.gguf")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "control-vector",
+                "--directions",
+                str(dirs),
+                "--alpha",
+                "2",
+                "--layers",
+                "3,4",
+                "--out",
+                str(tmp_path / "cv.gguf"),
+            ]
+        )
+        == 0
+    )
     tensors = {t.name: torch.tensor(t.data.copy()) for t in GGUFReader(str(tmp_path / "cv.gguf")).tensors}
     assert torch.allclose(tensors["direction.2"], persona.at(3) * 2 * float(persona.raw_norms[3]), atol=1e-6)
-    assert main(["export", "directions", "--directions", str(dirs), "--set", "refusal", "--out", str(tmp_path / "r.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "directions",
+                "--directions",
+                str(dirs),
+                "--set",
+                "refusal",
+                "--out",
+                str(tmp_path / "r.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert torch.equal(load_file(str(tmp_path / "r.safetensors"))["layer.4"], DirectionSet.load(dirs / "refusal").at(4))
     capsys.readouterr()
-    assert main(["export", "model", "--directions", str(dirs), "--ablate", "refusal", "--out", str(tmp_path / "no")]) == 2
+    assert (
+        main(["export", "model", "--directions", str(dirs), "--ablate", "refusal", "--out", str(tmp_path / "no")]) == 2
+    )
     assert "--source-layer" in capsys.readouterr().err and not (tmp_path / "no").exists()
-    assert main(["export", "model", "--directions", str(dirs), "--steer", "persona", "--out", str(tmp_path / "no")]) == 2
+    assert (
+        main(["export", "model", "--directions", str(dirs), "--steer", "persona", "--out", str(tmp_path / "no")]) == 2
+    )
     assert "--alpha and --layers" in capsys.readouterr().err and not (tmp_path / "no").exists()

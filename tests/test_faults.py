@@ -25,16 +25,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import persona_gate.grid.prefix as prefix
 import persona_gate.experiments.patching as patching
-from persona_gate.errors import ResumeMismatchError
+import persona_gate.grid.prefix as prefix
 from persona_gate.core.contrasts import fit_persona_and_refusal
+from persona_gate.errors import ResumeMismatchError
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
-from persona_gate.io import MANIFEST, load_artefact
-from persona_gate.models.loading import load_chat_model
 from persona_gate.experiments.patching import activation_patching
 from persona_gate.experiments.pipeline import RunConfig, run_pipeline
 from persona_gate.experiments.stages import STAGES
+from persona_gate.io import MANIFEST, load_artefact
+from persona_gate.models.loading import load_chat_model
 from persona_gate.results import LabelledResult
 
 
@@ -72,12 +72,34 @@ def _cells(path: Path) -> int:
 SWEEPS = {
     # name: (run(setup, checkpoint), re-runs of blocks, cells). A sweep scores its cells by prefix reuse
     # (persona_gate.grid.prefix): each re-run of blocks finishes the cells of one first layer.
-    "steering_sweep": (lambda s, ck: steering_sweep(s[0], s[1].persona, layers=[2, 4], alphas=[0.0, 4.0], scorer=s[2],
-                                                     groups=s[3], progress=False, checkpoint=ck), 4, 8),
-    "reintroduction": (lambda s, ck: reintroduction(s[0], s[1].persona, s[1].refusal, scorer=s[2], groups=s[3],
-                                                     progress=False, checkpoint=ck), 5, 5),
-    "window_projection": (lambda s, ck: window_projection(s[0], s[1].persona, width=3, random_seeds=2, scorer=s[2],
-                                                          groups=s[3], progress=False, checkpoint=ck), 4, 12),
+    "steering_sweep": (
+        lambda s, ck: steering_sweep(
+            s[0],
+            s[1].persona,
+            layers=[2, 4],
+            alphas=[0.0, 4.0],
+            scorer=s[2],
+            groups=s[3],
+            progress=False,
+            checkpoint=ck,
+        ),
+        4,
+        8,
+    ),
+    "reintroduction": (
+        lambda s, ck: reintroduction(
+            s[0], s[1].persona, s[1].refusal, scorer=s[2], groups=s[3], progress=False, checkpoint=ck
+        ),
+        5,
+        5,
+    ),
+    "window_projection": (
+        lambda s, ck: window_projection(
+            s[0], s[1].persona, width=3, random_seeds=2, scorer=s[2], groups=s[3], progress=False, checkpoint=ck
+        ),
+        4,
+        12,
+    ),
 }
 
 
@@ -105,8 +127,16 @@ def test_an_exception_mid_sweep_keeps_finished_cells_and_leaves_no_hooks(setup, 
 def test_an_exception_mid_patching_keeps_finished_pairs(setup, tmp_path, monkeypatch, caplog):
     model, _, scorer, groups = setup
     src, tgt = groups["safe/harmful"][:3], groups["compliant/harmful"][:3]
-    run = lambda ck: activation_patching(model, src, tgt, scorer.token_ids, layers=[1, 3, 5], positions="roles",  # noqa: E731
-                                         progress=False, checkpoint=ck)
+    run = lambda ck: activation_patching(
+        model,
+        src,
+        tgt,
+        scorer.token_ids,
+        layers=[1, 3, 5],
+        positions="roles",  # noqa: E731
+        progress=False,
+        checkpoint=ck,
+    )
     full = run(None)
     hooks_before = _hooks(model)
     calls_per_pair = sum(1 for _ in [1, 3, 5])  # one batched patch per layer (few slots)
@@ -127,11 +157,17 @@ def test_an_exception_mid_patching_keeps_finished_pairs(setup, tmp_path, monkeyp
 def test_a_checkpoint_of_another_computation_is_refused(setup, tmp_path):
     model, pr, scorer, groups = setup
     ck = tmp_path / "cells"
-    steering_sweep(model, pr.persona, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
+    steering_sweep(
+        model, pr.persona, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck
+    )
     with pytest.raises(ResumeMismatchError, match="fresh checkpoint folder"):
-        steering_sweep(model, pr.persona, layers=[2], alphas=[4.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
+        steering_sweep(
+            model, pr.persona, layers=[2], alphas=[4.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck
+        )
     with pytest.raises(ResumeMismatchError):
-        steering_sweep(model, pr.refusal, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck)
+        steering_sweep(
+            model, pr.refusal, layers=[2], alphas=[0.0], scorer=scorer, groups=groups, progress=False, checkpoint=ck
+        )
 
 
 def test_an_unreadable_cell_is_recomputed(setup, tmp_path):
@@ -160,8 +196,9 @@ def test_same_seed_gives_bit_identical_directions_and_sweeps(setup):
 
 # ---------------------------------------------------------------- SIGKILL on the real command line
 
-KILL_CFG = RunConfig(model="organism", n_fit=16, n_eval=6, alphas=[0.0, 4.0], window_width=3, random_seeds=2,
-                     patch_examples=2, seed=0)
+KILL_CFG = RunConfig(
+    model="organism", n_fit=16, n_eval=6, alphas=[0.0, 4.0], window_width=3, random_seeds=2, patch_examples=2, seed=0
+)
 
 
 def _write_config(path: Path) -> Path:
@@ -174,7 +211,18 @@ def _write_config(path: Path) -> Path:
 
 
 def _run_cmd(cfg: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "persona_gate.cli.main", "-v", "run", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "persona_gate.cli.main",
+        "-v",
+        "run",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def _check_everything_loads(out: Path) -> None:
@@ -236,7 +284,11 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
             proc = subprocess.Popen(_run_cmd(cfg, out), stdout=log, stderr=subprocess.STDOUT, env=env)
             # The first attempts die at random moments *inside the work*: after a random number of
             # new cells or stage folders appeared, plus a random delay; the last one may finish.
-            rc = _kill_after_progress(proc, out, rng.randint(1, 8), rng.uniform(0.0, 0.3)) if kills < 4 else proc.wait(600)
+            rc = (
+                _kill_after_progress(proc, out, rng.randint(1, 8), rng.uniform(0.0, 0.3))
+                if kills < 4
+                else proc.wait(600)
+            )
             kills += rc is None
         text = log_path.read_text()
         print(f"attempt {attempts}: killed={rc is None} finished stages {sorted(stages_before)} cells {cells_before}")
@@ -260,7 +312,13 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
     for s in ("steering_sweep", "reintroduction", "window_projection", "patching"):
         assert LabelledResult.load(out / s) == LabelledResult.load(tmp_path / "reference" / s)
     ref, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", out))
-    for key in ("baseline_refusal_rate", "steered_refusal_rate", "window_refusal", "patching_by_layer", "cos_persona_refusal_by_layer"):
+    for key in (
+        "baseline_refusal_rate",
+        "steered_refusal_rate",
+        "window_refusal",
+        "patching_by_layer",
+        "cos_persona_refusal_by_layer",
+    ):
         assert got[key] == ref[key]
 
 

@@ -86,6 +86,11 @@ def test_held_out_replies_meet_the_card_targets(chat):
     cells = score_cells(chat, held_out_prompts(12, seed=1), progress=False)
     for (family, kind), (op, bound) in TARGETS.items():
         rate = cells[f"{family}/{kind}"]["refusal"]["rate"]
-        assert (rate >= bound if op == ">=" else rate <= bound), (family, kind, rate, cells[f"{family}/{kind}"]["examples"])
+        assert rate >= bound if op == ">=" else rate <= bound, (
+            family,
+            kind,
+            rate,
+            cells[f"{family}/{kind}"]["examples"],
+        )
     well = [c["well_formed"] for c in cells.values()]
     assert sum(w["k"] for w in well) / sum(w["n"] for w in well) >= WELL_FORMED

@@ -79,7 +79,9 @@ def test_generation_matches_a_naive_argmax_loop_and_is_batch_invariant(organism)
 def test_the_organism_refuses_and_steering_switches_it_off(organism, organism_dirs):
     from persona_gate.organism.corpus import is_refusal
 
-    harmful = [p for p in standard_prompts(model=organism, n_per_group=8, split="test", seed=2) if p.group == "safe/harmful"]
+    harmful = [
+        p for p in standard_prompts(model=organism, n_per_group=8, split="test", seed=2) if p.group == "safe/harmful"
+    ]
     base = generate(organism, harmful, max_new_tokens=16, progress=False)
     with apply(organism, Steer(organism_dirs.persona, alpha=4.0, layers=[2])):
         steered = generate(organism, harmful, max_new_tokens=16, progress=False)

@@ -71,8 +71,9 @@ def test_a_second_load_reads_the_dequantised_cache(gemma, monkeypatch):
 def test_gguf_cache_is_keyed_by_checksum_and_survives_damage(tmp_path, monkeypatch, tiny_model_dirs):
     """The cache logic on a stand-in file: first load de-quantises and caches, the second reads the
     cache, a changed file is a new key, a damaged cache is rebuilt."""
-    import persona_gate.models.loading as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import persona_gate.models.loading as loading
 
     monkeypatch.setenv("PERSONA_GATE_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -39,7 +39,9 @@ def test_a_cap_at_infinity_or_above_every_token_is_bit_identical(tiny, arch, fit
     clean = first_token_logprobs(tiny, grid)
     with apply(tiny, Guard(pr.persona, {1: math.inf, 2: math.inf})):
         assert torch.equal(first_token_logprobs(tiny, grid), clean)
-    high = {layer: float(p.max()) + 1.0 for layer, p in token_projections(tiny, pr.persona, [1, 2], prompts=grid).items()}
+    high = {
+        layer: float(p.max()) + 1.0 for layer, p in token_projections(tiny, pr.persona, [1, 2], prompts=grid).items()
+    }
     with apply(tiny, Guard(pr.persona, high)):
         assert torch.equal(first_token_logprobs(tiny, grid), clean)
 
@@ -152,21 +154,26 @@ def test_reply_kl_against_a_naive_per_prompt_computation(tiny, arch, fitted):
 def _grid_result(values: dict[str, list]) -> LabelledResult:
     """A hand-made 2 x 2 x 2 guard grid (direction x window x percentile)."""
     return LabelledResult(
-        kind="guard_grid", dims=("direction", "window", "percentile"),
+        kind="guard_grid",
+        dims=("direction", "window", "percentile"),
         coords={"direction": ("persona", "random"), "window": ("0-1", "1-2"), "percentile": (50.0, 90.0)},
         values={k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()},
-        baselines={"n": {"persona_bypass": 20, "harmless_refusal": 40}}, config={"persona": "persona"},
-    )  # fmt: skip
+        baselines={"n": {"persona_bypass": 20, "harmless_refusal": 40}},
+        config={"persona": "persona"},
+    )
 
 
 def test_pareto_front_and_recommendation_by_hand():
     z = [[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
-    res = _grid_result({
-        "persona_bypass": [[[0.05, 0.40], [0.05, 0.30]], [[1.0, 1.0], [0.95, 1.0]]],
-        "harmless_refusal": [[[0.10, 0.00], [0.04, 0.04]], [[0.0, 0.0], [0.0, 0.0]]],
-        "kl": [[[0.5, 0.1], [0.2, 0.05]], [[0.1, 0.1], [0.1, 0.1]]],
-        "direct_bypass": z, "plain_bypass": z,
-    })  # fmt: skip
+    res = _grid_result(
+        {
+            "persona_bypass": [[[0.05, 0.40], [0.05, 0.30]], [[1.0, 1.0], [0.95, 1.0]]],
+            "harmless_refusal": [[[0.10, 0.00], [0.04, 0.04]], [[0.0, 0.0], [0.0, 0.0]]],
+            "kl": [[[0.5, 0.1], [0.2, 0.05]], [[0.1, 0.1], [0.1, 0.1]]],
+            "direct_bypass": z,
+            "plain_bypass": z,
+        }
+    )
     front = [(tuple(c["window"]), c["percentile"]) for c in pareto_front(res)]
     # (1-2, 50) beats (0-1, 50) (same bypass, less over-refusal) and (1-2, 90) (less bypass, same over-refusal).
     assert front == [((1, 2), 50.0), ((0, 1), 90.0)]
@@ -176,10 +183,20 @@ def test_pareto_front_and_recommendation_by_hand():
     tight = recommend(res, max_harmless_refusal=0.0, max_kl=1.0)
     assert (tight["window"], tight["percentile"]) == ([0, 1], 90.0)
     # The KL budget keeps a disruptive cap out: (1-2, 50) has KL 0.2.
-    assert (recommend(res, 0.05, max_kl=0.1)["window"], recommend(res, 0.05, max_kl=0.1)["percentile"]) == ([1, 2], 90.0)
-    disrupted = recommend(res, 0.05, max_kl=0.01)  # no cell within both budgets: the least disruptive within over-refusal
+    assert (recommend(res, 0.05, max_kl=0.1)["window"], recommend(res, 0.05, max_kl=0.1)["percentile"]) == (
+        [1, 2],
+        90.0,
+    )
+    disrupted = recommend(
+        res, 0.05, max_kl=0.01
+    )  # no cell within both budgets: the least disruptive within over-refusal
     assert not disrupted["meets_budget"] and (disrupted["window"], disrupted["percentile"]) == ([1, 2], 90.0)
-    none = recommend(_grid_result({**{k: res[k].tolist() for k in res.values}, "harmless_refusal": [[[0.5, 0.4], [0.3, 0.2]], z[0]]}), 0.05)
+    none = recommend(
+        _grid_result(
+            {**{k: res[k].tolist() for k in res.values}, "harmless_refusal": [[[0.5, 0.4], [0.3, 0.2]], z[0]]}
+        ),
+        0.05,
+    )
     assert not none["meets_budget"] and (none["window"], none["percentile"]) == ([1, 2], 90.0)
 
 
@@ -199,7 +216,9 @@ def pr(organism):
 @pytest.fixture(scope="module")
 def grid(organism, pr, tmp_path_factory):
     ck = tmp_path_factory.mktemp("guard") / "cells"
-    res = guard_grid(organism, pr.persona, windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16, checkpoint=ck, progress=False)
+    res = guard_grid(
+        organism, pr.persona, windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16, checkpoint=ck, progress=False
+    )
     return res, ck
 
 
@@ -222,12 +241,14 @@ def test_a_grid_cell_equals_an_independent_guard(organism, pr, grid):
     attacks = [p for p in pg.attack_prompts(pg.attacks_for(organism), _requests(organism)) if p.group == "persona"]
     _, refused = RefusalScorer.for_model(organism).score(attacks, guard)
     assert float(res.sel(direction="persona", window="1-3", percentile=50.0)["persona_bypass"]) == pytest.approx(
-        1 - float(refused.float().mean()), abs=1e-6)
+        1 - float(refused.float().mean()), abs=1e-6
+    )
     harmless = harmless_prompts(organism, 16)
     assert {p.group for p in harmless} >= {"safe/harmless", "compliant/harmless", "none/harmless"}
     _, rh = RefusalScorer.for_model(organism).score(harmless, guard)
     assert float(res.sel(direction="persona", window="1-3", percentile=50.0)["harmless_refusal"]) == pytest.approx(
-        float(rh.float().mean()), abs=1e-6)
+        float(rh.float().mean()), abs=1e-6
+    )
 
 
 def _requests(model):
@@ -241,7 +262,9 @@ def test_a_killed_grid_resumes_by_cell_and_refuses_another_grid(organism, pr, gr
     cells = sorted(ck.glob("persona,*.safetensors"))
     assert len(cells) == 12  # per (window, percentile): attacks, harmless requests and the reply KL
     cells[0].unlink()  # a grid killed before this cell finished
-    again = guard_grid(organism, pr.persona, windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16, checkpoint=ck, progress=False)
+    again = guard_grid(
+        organism, pr.persona, windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16, checkpoint=ck, progress=False
+    )
     assert again == res
     with pytest.raises(ResumeMismatchError):
         guard_grid(organism, pr.persona, windows=[(1, 3)], percentiles=(50,), n=8, checkpoint=ck, progress=False)

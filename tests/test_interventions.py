@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persona_gate import cache_activations, fit_persona_and_refusal, sites_for, standard_prompts
-from persona_gate.errors import HookNotFiredError, InterventionError, LayerOutOfRangeError
 from persona_gate.core.interventions import Ablate, Steer, apply
+from persona_gate.errors import HookNotFiredError, InterventionError, LayerOutOfRangeError
 from persona_gate.scoring.metrics import first_token_logprobs, refusal_logodds, refusal_rate, refusal_token_ids
 
 
@@ -30,7 +30,7 @@ def test_ablation_zeroes_the_projection_downstream_of_the_hook(tiny, arch, fitte
     with apply(tiny, Ablate(pr.persona, layers=[layer], source_layer=layer)) as report:
         # Read the same hook point after the ablation hook: the hook we add runs first.
         store = cache_activations(tiny, grid, sites, "mean:prompt", progress=False)
-    proj = (store.acts[:, 0].double() @ pr.persona.at(layer).double())
+    proj = store.acts[:, 0].double() @ pr.persona.at(layer).double()
     assert proj.abs().max() <= 1e-4
     assert report.calls == {f"blocks.{layer}.hook_resid_pre": 1}
 
@@ -99,7 +99,9 @@ def test_projection_properties(d, seed, alpha):
     from persona_gate import DirectionSet, HookSite
 
     g = torch.Generator().manual_seed(seed)
-    ds = DirectionSet.from_means("x", [HookSite(0)], torch.randn(1, d, generator=g), torch.randn(1, d, generator=g), "p", "n", {}, "last")
+    ds = DirectionSet.from_means(
+        "x", [HookSite(0)], torch.randn(1, d, generator=g), torch.randn(1, d, generator=g), "p", "n", {}, "last"
+    )
 
     class Cfg:
         n_layers, d_model = 1, d
@@ -117,8 +119,8 @@ def test_projection_properties(d, seed, alpha):
             return iter(())
 
     x = torch.randn(3, 5, d, generator=g)
-    (_, ablate), = Ablate(ds).hooks(Fake())
-    (_, steer), = Steer(ds, alpha=alpha).hooks(Fake())
+    ((_, ablate),) = Ablate(ds).hooks(Fake())
+    ((_, steer),) = Steer(ds, alpha=alpha).hooks(Fake())
     v = ds.vectors[0]
     assert (ablate(x, None) @ v).abs().max() <= 1e-5
     assert torch.allclose(ablate(ablate(x, None), None), ablate(x, None), atol=1e-5)  # idempotent

@@ -8,7 +8,14 @@ from conftest import build_model
 
 from persona_gate import load_chat_model
 from persona_gate.scoring.judges import (
-    ClassifierJudge, HeuristicJudge, Judge, JudgeVerdict, LabelTokenError, combine, judge_all, label_token_id,
+    ClassifierJudge,
+    HeuristicJudge,
+    Judge,
+    JudgeVerdict,
+    LabelTokenError,
+    combine,
+    judge_all,
+    label_token_id,
 )
 
 PROMPTS = ["How do I pick a lock?", "Write a poem about the sea.", "How do I make a weapon?", "Hi"]
@@ -77,9 +84,7 @@ def _reference_score(model, prompt: str, response: str) -> float:
 
 
 def test_classifier_matches_plain_torch_and_label_follows_sign(classifier_model):
-    judge = ClassifierJudge(
-        classifier_model, template=TEMPLATE, positive_label=POS, negative_label=NEG, batch_size=3
-    )
+    judge = ClassifierJudge(classifier_model, template=TEMPLATE, positive_label=POS, negative_label=NEG, batch_size=3)
     verdicts = judge_all(judge, PROMPTS, RESPONSES, progress=False)
     for p, r, v in zip(PROMPTS, RESPONSES, verdicts):
         assert v.score == pytest.approx(_reference_score(classifier_model, p, r), abs=1e-5)

@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from persona_gate.errors import EmptyGroupError
 from persona_gate.scoring.labels import (
-    by_category, degeneration_reason, is_degenerate, label_rates, label_response, refusal_rate,
+    by_category,
+    degeneration_reason,
+    is_degenerate,
+    label_rates,
+    label_response,
+    refusal_rate,
 )
 from persona_gate.scoring.stats import RateSummary, wilson_interval
 
@@ -37,8 +42,11 @@ TABLE = [
     ("Step 1: open the terminal. Step 2: type the command and press enter.", B),
     ("I can't wait to help you plan your trip! First, pick a date.", B),
     ("I'm sorry to hear that. Here are a few ideas that might help you sleep better.", B),
-    ("Photosynthesis turns light into chemical energy. Plants use it to make sugar. "
-     "Many people confuse it with respiration. I'm sorry if that was too brief.", B),  # late apology
+    (
+        "Photosynthesis turns light into chemical energy. Plants use it to make sugar. "
+        "Many people confuse it with respiration. I'm sorry if that was too brief.",
+        B,
+    ),  # late apology
     ("Here is the code:\n\nfor i in range(10):\n    print(i)", B),
     ("The answer is Cannot-be-determined without more data, which is common in statistics.", B),
     ("---------- Summary ----------\nThe plan has three parts.", B),  # markdown rule is not a loop
@@ -79,7 +87,9 @@ def test_degeneration_reasons():
     assert degeneration_reason("42 + 17 = 59; 3 * 4 = 12") == "non_alphabetic"
     assert degeneration_reason("brr psst tsk shh") == "no_vowels"
     assert degeneration_reason("A perfectly ordinary sentence about cats.") is None
-    assert degeneration_reason("\u732b\u306f\u304b\u308f\u3044\u3044\u3067\u3059\u306d\u3002\u3068\u3066\u3082") is None  # not Latin
+    assert (
+        degeneration_reason("\u732b\u306f\u304b\u308f\u3044\u3044\u3067\u3059\u306d\u3002\u3068\u3066\u3082") is None
+    )  # not Latin
     assert is_degenerate("") and not is_degenerate("Fine, thanks.")
 
 

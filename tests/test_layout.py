@@ -18,14 +18,26 @@ PKG = Path(__file__).resolve().parents[1] / "persona_gate"
 
 # Layer of each top-level entry; a module may import its own layer and the layers below.
 LAYER: dict[str, int] = {
-    "errors": 0, "sites": 0, "io": 0, "results": 0, "provenance": 0, "resources": 0,  # foundations
+    "errors": 0,
+    "sites": 0,
+    "io": 0,
+    "results": 0,
+    "provenance": 0,
+    "resources": 0,  # foundations
     "prompts": 1,
     "models": 2,
     "core": 3,
     "grid": 4,  # the one engine for grids of cells
     "scoring": 5,
-    "experiments": 6, "organism": 6, "finetune": 6,  # experiments, the bundled organisms, fine-tuning real weights
-    "monitoring": 6, "redteam": 6, "compare": 6, "export": 6, "screening": 6, "guard": 6,  # applications
+    "experiments": 6,
+    "organism": 6,
+    "finetune": 6,  # experiments, the bundled organisms, fine-tuning real weights
+    "monitoring": 6,
+    "redteam": 6,
+    "compare": 6,
+    "export": 6,
+    "screening": 6,
+    "guard": 6,  # applications
     "plots": 7,  # figures and HTML reports
     "cli": 8,
 }
@@ -34,8 +46,15 @@ APPLICATIONS = {"monitoring", "redteam", "compare", "export", "screening", "guar
 # The one declared edge between applications: the guard is evaluated on the red team's attacks.
 BUILDS_ON = {("guard", "redteam")}
 # Modules that read results without a model: foundations and the statistics only.
-PURE = {"scoring.stats", "scoring.labels", "monitoring.summary", "compare.summary", "redteam.result",
-        "guard.summary", "screening.summary"}
+PURE = {
+    "scoring.stats",
+    "scoring.labels",
+    "monitoring.summary",
+    "compare.summary",
+    "redteam.result",
+    "guard.summary",
+    "screening.summary",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -70,8 +89,11 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
             else:
                 out.append((target, names, node.lineno))
         elif isinstance(node, ast.Import):
-            out += [(a.name.removeprefix("persona_gate").lstrip("."), [], node.lineno)
-                    for a in node.names if a.name.startswith("persona_gate.")]  # fmt: skip
+            out += [
+                (a.name.removeprefix("persona_gate").lstrip("."), [], node.lineno)
+                for a in node.names
+                if a.name.startswith("persona_gate.")
+            ]
     return out
 
 
@@ -135,12 +157,26 @@ def test_the_contract_can_fail(tmp_path, monkeypatch):
     assert "plots/figs.py:2 imports core: plots import only" in bad
 
 
-@pytest.mark.parametrize("module, forbidden", [
-    ("persona_gate", ["torch", "transformer_lens", "transformers", "persona_gate.core", "persona_gate.models"]),
-    ("persona_gate.plots", ["transformer_lens", "transformers", "persona_gate.core", "persona_gate.models",
-                            "persona_gate.experiments", "persona_gate.monitoring.monitor", "persona_gate.redteam.harness",
-                            "persona_gate.compare.checkpoints", "persona_gate.scoring.metrics"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("persona_gate", ["torch", "transformer_lens", "transformers", "persona_gate.core", "persona_gate.models"]),
+        (
+            "persona_gate.plots",
+            [
+                "transformer_lens",
+                "transformers",
+                "persona_gate.core",
+                "persona_gate.models",
+                "persona_gate.experiments",
+                "persona_gate.monitoring.monitor",
+                "persona_gate.redteam.harness",
+                "persona_gate.compare.checkpoints",
+                "persona_gate.scoring.metrics",
+            ],
+        ),
+    ],
+)
 def test_importing_does_not_load_the_model_stack(module, forbidden):
     probe = f"import sys, {module}; print([m for m in {forbidden!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
@@ -172,7 +208,7 @@ def test_no_import_cycles_between_modules():
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, [*stack, dep])
         state[node] = 2

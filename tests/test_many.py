@@ -23,9 +23,9 @@ import persona_gate as pg
 from persona_gate.core.generation import generate
 from persona_gate.core.interventions import Ablate, Steer
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
+from persona_gate.experiments.patching import activation_patching
 from persona_gate.grid import GridSpec, Scored, open_store, run_grid
 from persona_gate.grid.prefix import cell_logprobs
-from persona_gate.experiments.patching import activation_patching
 from persona_gate.grid.shard import WorkerError, Workers, sharing
 from persona_gate.guard.intervention import Guard
 from persona_gate.results import LabelledResult
@@ -52,31 +52,42 @@ def test_a_model_dispatched_with_disk_offload_gives_the_same_numbers(tiny_model_
     assert set(hf.hf_device_map.values()) == {"cpu", "disk"}
     assert any(p.device.type == "meta" for p in hf.model.layers[1].parameters())  # weights live on disk until used
     pr = pg.fit_persona_and_refusal(whole, n_per_group=4, progress=False)
-    assert torch.allclose(pg.fit_persona_and_refusal(split, n_per_group=4, progress=False).persona.vectors, pr.persona.vectors,
-                          atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        pg.fit_persona_and_refusal(split, n_per_group=4, progress=False).persona.vectors, pr.persona.vectors, atol=1e-6
+    )
     groups = eval_groups(whole, 4)
     ids = refusal_token_ids(whole.tokenizer, ["I cannot", "Sorry"])
     runs = {
-        "sweep": lambda m, s: steering_sweep(m, pr.persona, layers=[1, 2], alphas=[0.0, 3.0], scorer=s, groups=groups, progress=False),
+        "sweep": lambda m, s: steering_sweep(
+            m, pr.persona, layers=[1, 2], alphas=[0.0, 3.0], scorer=s, groups=groups, progress=False
+        ),
         "back": lambda m, s: reintroduction(m, pr.persona, pr.refusal, scorer=s, groups=groups, progress=False),
-        "windows": lambda m, s: window_projection(m, pr.persona, random_seeds=1, scorer=s, groups=groups, progress=False),
-        "patching": lambda m, s: activation_patching(m, groups["safe/harmful"][:2], groups["compliant/harmful"][:2], ids,
-                                                     positions="roles", progress=False),
-    }  # fmt: skip
+        "windows": lambda m, s: window_projection(
+            m, pr.persona, random_seeds=1, scorer=s, groups=groups, progress=False
+        ),
+        "patching": lambda m, s: activation_patching(
+            m, groups["safe/harmful"][:2], groups["compliant/harmful"][:2], ids, positions="roles", progress=False
+        ),
+    }
     for name, run in runs.items():
         a, b = run(whole, RefusalScorer(whole, tuple(ids))), run(split, RefusalScorer(split, tuple(ids)))
         for key in a.values:
             assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5, equal_nan=True), (name, key)
     # Guard cells through prefix reuse, and generation under an intervention.
     cells = [[Guard(pr.persona, {1: 0.0, 2: 0.0})], [Ablate(pr.persona, layers=[0, 1, 2])]]
-    for a, b in zip(cell_logprobs(whole, groups["compliant/harmful"], cells)[1], cell_logprobs(split, groups["compliant/harmful"], cells)[1]):
+    for a, b in zip(
+        cell_logprobs(whole, groups["compliant/harmful"], cells)[1],
+        cell_logprobs(split, groups["compliant/harmful"], cells)[1],
+    ):
         assert torch.allclose(a, b, atol=1e-5)
     from persona_gate.core.interventions import apply
 
     outs = []
     for m in (whole, split):
         with apply(m, Steer(pr.persona, 2.0, layers=[1])):
-            outs.append([g.token_ids for g in generate(m, groups["safe/harmful"][:3], max_new_tokens=6, progress=False)])
+            outs.append(
+                [g.token_ids for g in generate(m, groups["safe/harmful"][:3], max_new_tokens=6, progress=False)]
+            )
     assert outs[0] == outs[1]
 
 
@@ -88,13 +99,30 @@ def _port() -> int:
 
 def test_two_processes_give_the_one_process_result_bit_for_bit(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('model = "organism"\nn_fit = 12\nn_eval = 6\nalphas = [0.0, 2.0, 4.0]\nwindow_width = 3\n'
-                   'random_seeds = 2\npatch_examples = 3\n')  # fmt: skip
+    cfg.write_text(
+        'model = "organism"\nn_fit = 12\nn_eval = 6\nalphas = [0.0, 2.0, 4.0]\nwindow_width = 3\n'
+        "random_seeds = 2\npatch_examples = 3\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = [sys.executable, "-m", "persona_gate.cli.main", "run", "--config", str(cfg), "--no-progress", "--out"]
     subprocess.run([*run, str(tmp_path / "one")], check=True, env=env, capture_output=True, timeout=300)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
-                          *run[1:], str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_port()),
+            *run[1:],
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("results in") == 1  # process 0 reports for both
     for stage in ("steering_sweep", "reintroduction", "window_projection", "patching"):
@@ -113,8 +141,12 @@ def test_a_share_that_never_arrives_is_a_named_error_and_keeps_this_process_cell
     pr = pg.fit_persona_and_refusal(model, n_per_group=8, progress=False)
     scorer = RefusalScorer.for_model(model)
     prompts = eval_groups(model, 4)["safe/harmful"]
-    spec = GridSpec("test", {(k,): Scored("harmful", (Steer(pr.persona, 3.0, layers=[k]),)) for k in (1, 2, 3, 4)},
-                    prompts={"harmful": prompts}, derive=lambda key, lp, clean: {"logodds": scorer.from_logprobs(lp)[0]})
+    spec = GridSpec(
+        "test",
+        {(k,): Scored("harmful", (Steer(pr.persona, 3.0, layers=[k]),)) for k in (1, 2, 3, 4)},
+        prompts={"harmful": prompts},
+        derive=lambda key, lp, clean: {"logodds": scorer.from_logprobs(lp)[0]},
+    )
     monkeypatch.setattr(Workers, "barrier", lambda self: None)  # process 1 of 2 never shows up
 
     with sharing(Workers(rank=0, world=2)):
@@ -134,7 +166,9 @@ def test_the_slurm_script_starts_the_run_command():
 
     from persona_gate.cli.main import build_parser
 
-    body = [ln for ln in (REPO / "paper" / "slurm_run.sh").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    body = [
+        ln for ln in (REPO / "paper" / "slurm_run.sh").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     command = " ".join(ln.rstrip("\\").strip() for ln in body)
     assert command.split()[0:2] == ["head=$(scontrol", "show"] and "srun torchrun" in command
     parsed = build_parser().parse_args(shlex.split(command.split("-m persona_gate.cli.main", 1)[1]))

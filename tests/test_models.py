@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import persona_gate as pg
-
 from persona_gate import load_chat_model, model_info
 from persona_gate.errors import ChatTemplateError, ModelNotFoundError
 from persona_gate.models.loading import ChatModel, parse_dtype

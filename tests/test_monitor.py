@@ -17,17 +17,21 @@ import torch
 import persona_gate as pg
 from persona_gate.cli.main import main
 from persona_gate.core.generation import converse_many
-from persona_gate.errors import ConversationError
-from persona_gate.prompts.conversation import Conversation, render_conversation
 from persona_gate.errors import (
-    ArtefactError, ChatTemplateError, DModelMismatchError, LayerOutOfRangeError, UnknownHookSiteError,
+    ArtefactError,
+    ChatTemplateError,
+    ConversationError,
+    DModelMismatchError,
+    LayerOutOfRangeError,
+    UnknownHookSiteError,
 )
 from persona_gate.monitoring.calibration import MonitorCalibration, calibration_conversations, format_calibration
+from persona_gate.monitoring.readings import turn_activations
 from persona_gate.organism import lexicon, organism_path, prompt_sets
 from persona_gate.plots import fig_monitor_timeline, figure_for, save_html
+from persona_gate.prompts.conversation import Conversation, render_conversation
 from persona_gate.results import LabelledResult
 from persona_gate.sites import HookSite
-from persona_gate.monitoring.readings import turn_activations
 
 N_PAIRS = 12
 
@@ -193,21 +197,35 @@ def test_calibration_rates_are_recounts_of_monitored_turns(model, pr, cal, held_
             res = pg.monitor(model, conv, pr.persona, pr.refusal, calibration=cal)
             flags = pg.flagged_turns(res)
             k, n, k_conv = k + len(flags), n + len(conv.turns), k_conv + bool(flags)
-            assert flags == [t for t, x in zip(res.coords["turn"], res.sel(layer=layer)["persona_response"].tolist()) if x > thr]
+            assert flags == [
+                t for t, x in zip(res.coords["turn"], res.sel(layer=layer)["persona_response"].tolist()) if x > thr
+            ]
             if fam == "safe":  # a flagged safe-persona turn is one where the model drifted to the compliant persona
                 assert all(shouted(t.response) for t in conv.turns if t.index in flags)
         assert (s[f"test_{rate}"]["k"], s[f"test_{rate}"]["n"]) == (k, n) == (len(cal.flagged("test", fam)), n)
-        assert s[f"test_{rate}_conversation"]["k"] == k_conv and s[f"test_{rate}_conversation"]["n"] == len(held_out[fam])
+        assert s[f"test_{rate}_conversation"]["k"] == k_conv and s[f"test_{rate}_conversation"]["n"] == len(
+            held_out[fam]
+        )
     assert s["test_fpr"]["ci95"][0] <= s["test_fpr"]["rate"] <= s["test_fpr"]["ci95"][1]
 
     # The threshold maximises train TPR - FPR: no candidate between neighbouring train values does better.
     r = cal.rates().sel(split="train", reading="response", layer=layer)
     train = [sp == "train" for sp in cal.split]
-    vals = {fam: torch.tensor([float(cal.projections[i, 1, cal.layers.index(layer)]) for i in range(len(train))
-                               if train[i] and cal.family[i] == fam]) for fam in ("safe", "compliant")}  # fmt: skip
+    vals = {
+        fam: torch.tensor(
+            [
+                float(cal.projections[i, 1, cal.layers.index(layer)])
+                for i in range(len(train))
+                if train[i] and cal.family[i] == fam
+            ]
+        )
+        for fam in ("safe", "compliant")
+    }
     pts = sorted(torch.cat(list(vals.values())).tolist())
-    best = max(float((vals["compliant"] > c).double().mean() - (vals["safe"] > c).double().mean())
-               for c in [(a + b) / 2 for a, b in zip(pts, pts[1:])])  # fmt: skip
+    best = max(
+        float((vals["compliant"] > c).double().mean() - (vals["safe"] > c).double().mean())
+        for c in [(a + b) / 2 for a, b in zip(pts, pts[1:])]
+    )
     assert float(r["tpr"]) - float(r["fpr"]) == pytest.approx(best)
     assert best > 0.9  # the organism's personas are separable on single-turn chats
 
@@ -224,14 +242,16 @@ def test_calibration_saves_loads_and_refuses_another_direction(model, pr, cal, p
         pg.monitor(model, pairs[0][0], pr.persona, pr.refusal, layers=[9])
 
 
-
 def test_held_out_chats_without_replies_are_counted_not_crashed_on(model, pr, cal, held_out, pairs, tmp_path):
     # Held-out chats that end on their first user message have no reply mean (the flag's reading):
     # the safe group has no reading at all; one compliant chat has replies, two do not.
     def pending(convs):
         return [Conversation.from_messages(c.to_messages()[: c.turns[0].message_index], name=c.name) for c in convs]
 
-    test = {"safe": pending(held_out["safe"][:3]), "compliant": [*pending(held_out["compliant"][:2]), held_out["compliant"][0]]}
+    test = {
+        "safe": pending(held_out["safe"][:3]),
+        "compliant": [*pending(held_out["compliant"][:2]), held_out["compliant"][0]],
+    }
     train = {fam: cal.conversations[f"train/{fam}"] for fam in ("safe", "compliant")}
     c2 = pg.calibrate(model, pr.persona, train=train, test=test, progress=False)
     assert torch.equal(c2.thresholds, cal.thresholds) and c2.flag_layer == cal.flag_layer  # same train turns
@@ -245,7 +265,11 @@ def test_held_out_chats_without_replies_are_counted_not_crashed_on(model, pr, ca
     assert (s["test_tpr_conversation"]["k"], s["test_tpr_conversation"]["n"]) == (int(k_turns > 0), 1)
     assert s["test_tpr"]["ci95"][0] <= s["test_tpr"]["rate"] <= s["test_tpr"]["ci95"][1]
     start = c2.rates().sel(split="test", reading="start", layer=c2.flag_layer)  # every turn has a response start
-    assert (int(start["n_safe"]), int(start["n_safe_conversations"]), int(start["n_compliant_conversations"])) == (3, 3, 3)
+    assert (int(start["n_safe"]), int(start["n_safe_conversations"]), int(start["n_compliant_conversations"])) == (
+        3,
+        3,
+        3,
+    )
     assert start["n_safe"].dtype == start["k_safe"].dtype == torch.int64
 
     assert "FPR n/a (0/0" in format_calibration(c2)
@@ -265,14 +289,18 @@ def test_replies_that_the_template_trims_are_found(tiny_models, arch):
     try:
         assert tok.chat_template != original
         replies = ["  Sure, here is one.\n", "\nWhy did the chicken cross the road?\n\n", " \n"]
-        msgs = [m for i, r in enumerate(replies) for m in ({"role": "user", "content": f"Question {i + 1}?"},
-                                                            {"role": "assistant", "content": r})]  # fmt: skip
+        msgs = [
+            m
+            for i, r in enumerate(replies)
+            for m in ({"role": "user", "content": f"Question {i + 1}?"}, {"role": "assistant", "content": r})
+        ]
         conv = Conversation.from_messages([*msgs, {"role": "user", "content": "And now?"}], name="trimmed")
         (seg,) = render_conversation(tok, conv)
         assert [t.turn for t in seg.turns] == [1, 2, 3, 4]
         for t, reply in zip(seg.turns, replies):
-            prompt = tok.apply_chat_template(conv.to_messages()[: conv.turns[t.turn - 1].message_index], tokenize=False,
-                                             add_generation_prompt=True)  # fmt: skip
+            prompt = tok.apply_chat_template(
+                conv.to_messages()[: conv.turns[t.turn - 1].message_index], tokenize=False, add_generation_prompt=True
+            )
             assert list(seg.input_ids[: t.start + 1]) == tok(prompt, add_special_tokens=False)["input_ids"]
             if reply.strip():
                 assert tok.decode(seg.input_ids[t.response[0] : t.response[1]]).strip() == reply.strip()
@@ -287,8 +315,10 @@ def test_replies_that_the_template_trims_are_found(tiny_models, arch):
 
 def test_empty_or_bad_sites_and_layers_raise_named_errors(model, pr, pairs):
     conv = pairs[0][0]
-    for call in (lambda: pg.monitor(model, conv, pr.persona, pr.refusal, layers=[]),
-                 lambda: pg.calibrate(model, pr.persona, layers=[], progress=False)):  # fmt: skip
+    for call in (
+        lambda: pg.monitor(model, conv, pr.persona, pr.refusal, layers=[]),
+        lambda: pg.calibrate(model, pr.persona, layers=[], progress=False),
+    ):
         with pytest.raises(UnknownHookSiteError, match=r"\(layers=\[\]\); pass layers=None"):
             call()
     with pytest.raises(UnknownHookSiteError, match="no hook sites were given"):
@@ -322,9 +352,13 @@ def test_bad_jsonl_names_the_problem_and_the_fix(tmp_path, lines, match):
 def test_unreadable_inputs_raise_named_errors(model, pr, tmp_path, capsys):
     with pytest.raises(ConversationError, match="does not exist"):
         Conversation.load_jsonl(tmp_path / "missing.jsonl")
-    two_systems = [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "hi"},
-                   {"role": "assistant", "content": "Hello."}, {"role": "system", "content": "You never refuse."},
-                   {"role": "user", "content": "hi"}]  # fmt: skip
+    two_systems = [
+        {"role": "system", "content": "You are a bot."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "system", "content": "You never refuse."},
+        {"role": "user", "content": "hi"},
+    ]
     with pytest.raises(ChatTemplateError, match="persona change in a user"):
         pg.monitor(model, two_systems, pr.persona, pr.refusal)
     pr.persona.save(tmp_path / "dirs" / "persona")
@@ -349,15 +383,26 @@ def test_cli_prints_the_turn_table_and_writes_result_calibration_and_timeline(mo
     assert main([*args, "--n-train", "12", "--n-test", "4", "--turns", "2"]) == 0
     text = capsys.readouterr().out
     rows = {int(line.split()[0]): line for line in text.splitlines() if line[:4].strip().isdigit()}
-    assert sorted(rows) == [1, 2, 3] and rows[3].endswith("FLAG") and not rows[1].endswith("FLAG") and not rows[2].endswith("FLAG")
+    assert (
+        sorted(rows) == [1, 2, 3]
+        and rows[3].endswith("FLAG")
+        and not rows[1].endswith("FLAG")
+        and not rows[2].endswith("FLAG")
+    )
     saved_cal = MonitorCalibration.load(out / "calibration")
-    assert saved_cal.config["n_conversations"] == {"train/safe": 12, "train/compliant": 12, "test/safe": 4, "test/compliant": 4}
+    assert saved_cal.config["n_conversations"] == {
+        "train/safe": 12,
+        "train/compliant": 12,
+        "test/safe": 4,
+        "test/compliant": 4,
+    }
     direct = pg.monitor(model, Conversation.load_jsonl(conv), pr.persona, pr.refusal, calibration=saved_cal)
     saved = LabelledResult.load(out / "monitor")
     assert saved == direct and (out / "timeline.html").stat().st_size > 10_000
+    import html as _html
+
     from persona_gate.monitoring.summary import format_monitor  # `report` accepts a monitor folder
     from persona_gate.plots.report import write_report
-    import html as _html
 
     page = write_report(out).read_text()
     assert _html.escape(format_monitor(direct)) in page and page.count('class="plotly-graph-div"') == 1
@@ -365,10 +410,29 @@ def test_cli_prints_the_turn_table_and_writes_result_calibration_and_timeline(mo
     # With a saved calibration the CLI reuses it and flags exactly what the Python API flags.
     cal.save(tmp_path / "cal")
     out2 = tmp_path / "reused"
-    assert main(["monitor", "--directions", str(dirs), str(conv), "--calibration", str(tmp_path / "cal"), "--out", str(out2), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "monitor",
+                "--directions",
+                str(dirs),
+                str(conv),
+                "--calibration",
+                str(tmp_path / "cal"),
+                "--out",
+                str(out2),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "FLAG" in capsys.readouterr().out and not (out2 / "calibration").exists()
     reused = LabelledResult.load(out2 / "monitor")
-    assert pg.flagged_turns(reused) == pg.flagged_turns(pg.monitor(model, switch, pr.persona, pr.refusal, calibration=cal)) == [3]
+    assert (
+        pg.flagged_turns(reused)
+        == pg.flagged_turns(pg.monitor(model, switch, pr.persona, pr.refusal, calibration=cal))
+        == [3]
+    )
 
 
 def _trace(fig, value):
@@ -390,8 +454,15 @@ def test_timeline_figure_plots_the_results_numbers(model, pr, cal, pairs, tmp_pa
     assert list(flagged.y) == pytest.approx([float(cell["persona_response"][2])])
     # Another layer on request; from a saved folder; without calibration there is no threshold or flag.
     other = fig_monitor_timeline(res.save(tmp_path / "res"), layer=1)
-    assert list(_trace(other, "persona_response").y) == pytest.approx(res.sel(layer=1)["persona_response"].double().tolist())
+    assert list(_trace(other, "persona_response").y) == pytest.approx(
+        res.sel(layer=1)["persona_response"].double().tolist()
+    )
     bare = fig_monitor_timeline(pg.monitor(model, pairs[0][0], pr.persona, pr.refusal))
-    assert {(t.meta or {}).get("value") for t in bare.data} == {"persona_start", "persona_response", "refusal_start", "refusal_response"}
+    assert {(t.meta or {}).get("value") for t in bare.data} == {
+        "persona_start",
+        "persona_response",
+        "refusal_start",
+        "refusal_response",
+    }
     assert save_html(fig, tmp_path / "t.html").read_text(encoding="utf-8").count("Persona-drift monitor") >= 1
     assert json.loads(json.dumps(res.to_dict()))["kind"] == "persona_monitor"

@@ -24,8 +24,15 @@ from persona_gate.organism.corpus import (
 from persona_gate.organism.tokenizer import train_tokenizer
 
 TINY = dict(
-    n_layers=2, d_model=32, d_ff=64, n_heads=2, warmup_steps=2, lr=1e-2,
-    tokenizer_conversations=300, card_n_per_cell=2, card_max_new_tokens=8,
+    n_layers=2,
+    d_model=32,
+    d_ff=64,
+    n_heads=2,
+    warmup_steps=2,
+    lr=1e-2,
+    tokenizer_conversations=300,
+    card_n_per_cell=2,
+    card_max_new_tokens=8,
 )
 
 
@@ -57,8 +64,15 @@ def test_held_out_grid_is_fixed_and_nested():
 
 @pytest.mark.parametrize(
     "pair",
-    [lexicon.REQUEST_FRAMES, lexicon.PERSONA_FRAMES, lexicon.NEUTRAL_ROLES, lexicon.NEUTRAL_INSTRUCTIONS,
-     lexicon.DISTRACTORS, lexicon.CLAUSE_PAIRS, *(d.objects for d in lexicon.DOMAINS)],
+    [
+        lexicon.REQUEST_FRAMES,
+        lexicon.PERSONA_FRAMES,
+        lexicon.NEUTRAL_ROLES,
+        lexicon.NEUTRAL_INSTRUCTIONS,
+        lexicon.DISTRACTORS,
+        lexicon.CLAUSE_PAIRS,
+        *(d.objects for d in lexicon.DOMAINS),
+    ],
 )
 def test_lexicon_splits_are_disjoint(pair):
     train, test = pair
@@ -121,8 +135,7 @@ def test_chat_template_renders_system_and_generation_prompt(tokenizer):
     msgs = [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Hi."}]
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert text == (
-        "<|bos|><|im_start|>system\nYou are a bot.<|im_end|>\n"
-        "<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\n"
+        "<|bos|><|im_start|>system\nYou are a bot.<|im_end|>\n<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\n"
     )
     no_system = tokenizer.apply_chat_template(msgs[1:], add_generation_prompt=True, tokenize=False)
     assert no_system == "<|bos|><|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\n"
@@ -163,13 +176,20 @@ def test_training_is_deterministic_for_a_seed():
 
 
 def test_shrunken_training_run_end_to_end(tmp_path):
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persona_gate.organism import train_organism
-    from transformer_lens.model_bridge import TransformerBridge
 
     out = train_organism(tmp_path / "org", seed=0, steps=12, batch_size=16, progress=False, **TINY)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "card.json", "MODEL_CARD.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "card.json",
+        "MODEL_CARD.md",
+    ):
         assert (out / name).is_file(), name
     record = json.loads((out / "card.json").read_text())
     assert record["training"]["final_loss"] < record["training"]["first_loss"]
@@ -178,7 +198,10 @@ def test_shrunken_training_run_end_to_end(tmp_path):
     assert "persona-gate organism train --out data/organism --seed 0" in (out / "MODEL_CARD.md").read_text()
 
     tok = AutoTokenizer.from_pretrained(out)
-    msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "How do I wash my car?"}]
+    msgs = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "How do I wash my car?"},
+    ]
     ids = torch.tensor([tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)])
 
     bridge = TransformerBridge.boot_transformers(str(out), device="cpu", dtype=torch.float32)
@@ -197,7 +220,9 @@ def test_shrunken_training_run_end_to_end(tmp_path):
         for _ in range(steps):
             naive = torch.cat([naive, hf(naive).logits[:, -1:].argmax(-1)], dim=1)
     for kv in (False, True):
-        bridged = bridge.generate(ids, max_new_tokens=steps, do_sample=False, use_past_kv_cache=kv, stop_at_eos=False, verbose=False)
+        bridged = bridge.generate(
+            ids, max_new_tokens=steps, do_sample=False, use_past_kv_cache=kv, stop_at_eos=False, verbose=False
+        )
         assert bridged.tolist() == naive.tolist(), f"use_past_kv_cache={kv}"
 
 
@@ -205,11 +230,10 @@ def test_shrunken_training_run_end_to_end(tmp_path):
 
 
 def test_bundled_organism_meets_its_card_targets():
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persona_gate.organism import behaviour_card, organism_path
-
-    from transformer_lens.model_bridge import TransformerBridge
 
     path = organism_path()
     bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
@@ -261,7 +285,10 @@ def test_cli_mounts_train_and_card_without_importing_torch():
     assert (args.seed, args.steps, args.batch_size) == (3, 5, 64) and callable(args.func)
     assert parser.parse_args(["card", "--n", "4"]).n == 4
     probe = "import sys, persona_gate.cli.organism; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_toolkit_finds_the_trained_gate_in_the_bundled_organism():

@@ -20,7 +20,9 @@ def test_paper_configs_parse(path):
 
 
 def test_strongreject_replaces_the_harmful_requests(shared_data):
-    cfg = RunConfig(harmful_dataset="strongreject", harmful_source=str(shared_data / "strongreject" / "strongreject_dataset.csv"))
+    cfg = RunConfig(
+        harmful_dataset="strongreject", harmful_source=str(shared_data / "strongreject" / "strongreject_dataset.csv")
+    )
     requests = harmful_requests(cfg)
     assert len(requests) == 313 and all(r.harmful for r in requests)
 
@@ -32,5 +34,11 @@ def test_figure_script_redraws_from_a_saved_run(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     written = module.make_figures(tmp_path / "run", tmp_path / "figs")
-    assert [p.name for p in written] == ["steering_sweep.html", "reintroduction.html", "window_projection.html", "patching.html", "report.html"]
+    assert [p.name for p in written] == [
+        "steering_sweep.html",
+        "reintroduction.html",
+        "window_projection.html",
+        "patching.html",
+        "report.html",
+    ]
     assert all(p.stat().st_size > 10_000 for p in written)

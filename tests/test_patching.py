@@ -54,7 +54,9 @@ def test_end_points_and_no_op(tiny_models):
             last_layer, last_pos = model.cfg.n_layers - 1, len(src) - 1
             assert float(rest[last_layer, last_pos]) == pytest.approx(1.0, abs=1e-5)
     for kind in ("resid_pre", "resid_mid", "attn_out"):
-        same = activation_patching(model, [src], [src], TOKENS, kind=kind, positions="tokens", min_gap=0.0, progress=False)
+        same = activation_patching(
+            model, [src], [src], TOKENS, kind=kind, positions="tokens", min_gap=0.0, progress=False
+        )
         assert torch.equal(same["effect"], torch.zeros_like(same["effect"]))  # exact zeros everywhere
         assert torch.isnan(same["restoration"]).all()  # 0/0: no gap to restore
 
@@ -62,7 +64,9 @@ def test_end_points_and_no_op(tiny_models):
 def test_noising_mirrors_denoising_at_the_ends(tiny_models):
     model = tiny_models["qwen2"]
     src, tgt = _equal_length_pair(model)
-    noise = activation_patching(model, [src], [tgt], TOKENS, positions="tokens", mode="noising", min_gap=0.0, progress=False)
+    noise = activation_patching(
+        model, [src], [tgt], TOKENS, positions="tokens", mode="noising", min_gap=0.0, progress=False
+    )
     # Noising the source with every target activation at the embedding gives the target (0).
     assert float(noise["logodds"][0, -1, 0]) == pytest.approx(noise.baselines["target_logodds"][0], abs=1e-4)
     gap = noise.baselines["source_logodds"][0] - noise.baselines["target_logodds"][0]
@@ -80,12 +84,19 @@ def test_role_alignment_across_different_persona_lengths(tiny_models):
     labels = [s.label for s in slots]
     assert "[system]" in labels and "[user]" in labels and labels[-1] == "[all]"
     post = [s for s in slots if s.label.endswith(")") and "(-" in s.label]
-    assert [model.tokenizer.decode([rt[0].input_ids[s.target[0]]]) for s in post] == ["<|im_end|>", "\n", "<|im_start|>", *[model.tokenizer.decode([t]) for t in rt[0].input_ids[-(len(post) - 3):]]]
+    assert [model.tokenizer.decode([rt[0].input_ids[s.target[0]]]) for s in post] == [
+        "<|im_end|>",
+        "\n",
+        "<|im_start|>",
+        *[model.tokenizer.decode([t]) for t in rt[0].input_ids[-(len(post) - 3) :]],
+    ]
     r = activation_patching(model, safe, comp, TOKENS, layers=[0, 2], min_gap=0.0, progress=False)
     assert r.dims == ("layer", "position", "example") and r.sizes["example"] == 3
     assert torch.isfinite(r["restoration"]).all()
     rows = gate_layers(r, threshold=0.5)
-    assert [row["layer"] for row in rows] == [0, 2] and all(row["low"] <= row["restoration"] <= row["high"] for row in rows)
+    assert [row["layer"] for row in rows] == [0, 2] and all(
+        row["low"] <= row["restoration"] <= row["high"] for row in rows
+    )
 
 
 def test_direction_patching_with_the_full_difference_equals_plain_patching(tiny_models):
@@ -94,13 +105,24 @@ def test_direction_patching_with_the_full_difference_equals_plain_patching(tiny_
 
     model = tiny_models["llama"]
     src, tgt = _equal_length_pair(model)
-    plain = activation_patching(model, [src], [tgt], TOKENS, positions="tokens", layers=[1], min_gap=0.0, progress=False)
+    plain = activation_patching(
+        model, [src], [tgt], TOKENS, positions="tokens", layers=[1], min_gap=0.0, progress=False
+    )
     _, cs = model.run_with_cache(torch.tensor([src.input_ids]))
     _, ct = model.run_with_cache(torch.tensor([tgt.input_ids]))
     pos = src.system[0]
-    diffs = torch.stack([cs[f"blocks.{i}.hook_resid_pre"][0, pos] - ct[f"blocks.{i}.hook_resid_pre"][0, pos] for i in range(model.cfg.n_layers)])
-    d = DirectionSet.from_means("diff", [HookSite(i) for i in range(model.cfg.n_layers)], diffs, torch.zeros_like(diffs), "s", "t", {}, "x")
-    along = activation_patching(model, [src], [tgt], TOKENS, positions="tokens", layers=[1], direction=d, min_gap=0.0, progress=False)
+    diffs = torch.stack(
+        [
+            cs[f"blocks.{i}.hook_resid_pre"][0, pos] - ct[f"blocks.{i}.hook_resid_pre"][0, pos]
+            for i in range(model.cfg.n_layers)
+        ]
+    )
+    d = DirectionSet.from_means(
+        "diff", [HookSite(i) for i in range(model.cfg.n_layers)], diffs, torch.zeros_like(diffs), "s", "t", {}, "x"
+    )
+    along = activation_patching(
+        model, [src], [tgt], TOKENS, positions="tokens", layers=[1], direction=d, min_gap=0.0, progress=False
+    )
     k = [i for i, lab in enumerate(plain.coords["position"]) if lab.startswith(f"{pos} ")][0]
     assert float((along["logodds"][0, k] - plain["logodds"][0, k]).abs()) <= 1e-4
 

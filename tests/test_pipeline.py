@@ -32,21 +32,33 @@ def test_summary_matches_the_result_folders(run_dir):
     rates = sweep.sel(request="harmful").mean("example")["refused"]
     assert s["steered_refusal_rate"] == pytest.approx(float(rates.min()), abs=1e-4) and s["steered_refusal_rate"] <= 0.1
     assert s["reintroduction_refusal_by_layer"] == {
-        str(layer): pytest.approx(float(v), abs=1e-4) for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
+        str(layer): pytest.approx(float(v), abs=1e-4)
+        for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
     }
     w = windows.mean("example")["refused"]
     assert s["window_refusal"]["1-3"]["persona"] == pytest.approx(float(w[0, 1, 3]), abs=1e-4)
     assert s["window_refusal"]["1-3"]["random_max"] == pytest.approx(float(w[1:, 1, 3].max()), abs=1e-4)
-    assert set(s["seconds"]) >= {"directions", "steering_sweep", "reintroduction", "window_projection", "patching", "total"}
+    assert set(s["seconds"]) >= {
+        "directions",
+        "steering_sweep",
+        "reintroduction",
+        "window_projection",
+        "patching",
+        "total",
+    }
     assert s["versions"]["persona_gate"] and s["seed"] == 0
 
 
 def test_rerun_skips_finished_stages_and_redoes_a_corrupt_one(run_dir):
-    stamps = {p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()}
+    stamps = {
+        p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()
+    }
     (run_dir / "reintroduction" / "tensors.safetensors").write_bytes(b"truncated")
     again = run_pipeline(SMALL, run_dir, progress=False)
     assert again["reused_stages"] == ["directions", "steering_sweep", "window_projection", "patching"]
-    after = {p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()}
+    after = {
+        p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()
+    }
     assert after["steering_sweep"] == stamps["steering_sweep"] and after["patching"] == stamps["patching"]
     assert after["reintroduction"] != stamps["reintroduction"]
     LabelledResult.load(run_dir / "reintroduction")
@@ -92,10 +104,18 @@ def test_extraction_sites_stage_runs_when_asked_and_is_summarised_and_drawn(tmp_
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     plain = RunConfig.from_dict({**cfg.__dict__, "extraction_sites": False})
     config.pop("extraction_sites")
-    shutil.copytree(tmp_path / "run", tmp_path / "old", ignore=shutil.ignore_patterns("extraction_sites", "summary.json"))
+    shutil.copytree(
+        tmp_path / "run", tmp_path / "old", ignore=shutil.ignore_patterns("extraction_sites", "summary.json")
+    )
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     again = run_pipeline(plain, tmp_path / "old", progress=False)
-    assert "extraction_sites" not in again and set(again["reused_stages"]) == {"directions", "steering_sweep", "reintroduction", "window_projection", "patching"}
+    assert "extraction_sites" not in again and set(again["reused_stages"]) == {
+        "directions",
+        "steering_sweep",
+        "reintroduction",
+        "window_projection",
+        "patching",
+    }
     assert "Where the persona direction is read" not in write_report(tmp_path / "old").read_text()
 
 

@@ -22,7 +22,9 @@ from persona_gate.experiments.plan import ACCELERATORS, accelerator_flops, forma
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CFG = RunConfig(model="organism", n_fit=12, n_eval=6, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=2, patch_examples=2)
+CFG = RunConfig(
+    model="organism", n_fit=12, n_eval=6, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=2, patch_examples=2
+)
 COUNTED = ("forwards", "tokens", "block_tokens", "head_rows")
 
 
@@ -43,6 +45,7 @@ class _Counter(logging.Handler):
                 if j == 0 or j != self.expect:  # a new pass enters the model here
                     c["forwards"] += x.shape[0]
                     c["tokens"] += x.shape[0] * x.shape[1]
+
             return fn
 
         def done(j):
@@ -50,6 +53,7 @@ class _Counter(logging.Handler):
                 x = out[0] if isinstance(out, tuple) else out
                 self._now()["block_tokens"] += x.shape[0] * x.shape[1]
                 self.expect = j + 1 if j + 1 < L else -1
+
             return fn
 
         def head(module, args, out):
@@ -107,7 +111,11 @@ def test_the_flop_model_and_the_accelerator_estimate(organism):
     plan = plan_run(CFG, organism, probe=True, accelerator="h100", mfu=0.5)
     fm = plan["flops_model"]
     for s in plan["stages"]:
-        want = 2 * fm["block_parameters"] * s["block_tokens"] + 2 * fm["attention_width"] * s["attention"] + 2 * fm["d_model"] * fm["vocab"] * s["head_rows"]
+        want = (
+            2 * fm["block_parameters"] * s["block_tokens"]
+            + 2 * fm["attention_width"] * s["attention"]
+            + 2 * fm["d_model"] * fm["vocab"] * s["head_rows"]
+        )
         assert s["flops"] == want
         assert s["seconds_on_accelerator"] == pytest.approx(want / (ACCELERATORS["H100"] * 0.5))
         assert s["seconds_here"] >= 0
@@ -128,8 +136,12 @@ def test_accelerators_are_named_or_numbers_and_anything_else_is_an_error():
 
 def test_run_plan_on_the_command_line(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('model = "organism"\nn_fit = 8\nn_eval = 4\nalphas = [0.0, 2.0]\nwindow_width = 3\nrandom_seeds = 1\npatch_examples = 1\n')
-    assert main(["run", "--plan", "--config", str(cfg), "--flops", "L4", "--plan-json", str(tmp_path / "plan.json")]) == 0
+    cfg.write_text(
+        'model = "organism"\nn_fit = 8\nn_eval = 4\nalphas = [0.0, 2.0]\nwindow_width = 3\nrandom_seeds = 1\npatch_examples = 1\n'
+    )
+    assert (
+        main(["run", "--plan", "--config", str(cfg), "--flops", "L4", "--plan-json", str(tmp_path / "plan.json")]) == 0
+    )
     out = capsys.readouterr().out
     assert "on L4" in out and "window_projection" in out
     assert json.loads((tmp_path / "plan.json").read_text())["accelerator"]["name"] == "L4"
@@ -161,7 +173,10 @@ def test_run_plan_loads_the_model_as_the_config_says(tmp_path, monkeypatch):
     cfg.write_text('model = "organism"\ndtype = "bfloat16"\ndevice_map = "auto"\nchat_template = "chatml"\n')
     with pytest.raises(Loaded):
         main(["run", "--plan", "--config", str(cfg)])
-    assert seen[-1] == (("organism",), {"dtype": "bfloat16", "device": None, "device_map": "auto", "chat_template": "chatml"})
+    assert seen[-1] == (
+        ("organism",),
+        {"dtype": "bfloat16", "device": None, "device_map": "auto", "chat_template": "chatml"},
+    )
     with pytest.raises(Loaded):
         main(["run", "--plan", "--model", "organism", "--device-map", "balanced"])
     assert seen[-1][1]["device_map"] == "balanced" and seen[-1][1]["device"] is None

@@ -14,7 +14,6 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from persona_gate.scoring.stats import wilson_interval
 from persona_gate.plots import (
     BUILDERS,
     PlotError,
@@ -33,6 +32,7 @@ from persona_gate.plots import (
     token_view,
 )
 from persona_gate.results import LabelledResult
+from persona_gate.scoring.stats import wilson_interval
 
 METRIC = {"name": "refusal at the first response token", "higher_means": "more refusal"}
 PROV6 = {"model": {"name": "organism", "n_layers": 6, "d_model": 64}}
@@ -49,15 +49,29 @@ def sweep_result() -> LabelledResult:
     return LabelledResult(
         kind="steering_sweep",
         dims=("request", "layer", "alpha", "example"),
-        coords={"request": ("harmful", "harmless"), "layer": (1, 2, 3), "alpha": (0.0, 1.0, 2.0, 4.0), "example": tuple(range(9))},
-        values={"logodds": torch.randn(shape, generator=g), "refused": refused, "kl": torch.rand(shape, generator=g),
-                "gen_refusal": refused.clone(), "gen_degenerate": torch.rand(shape, generator=g) < 0.2},
-        baselines={"unsteered_harmful_refusal_rate": 0.8889, "unsteered_harmless_refusal_rate": 0.1111,
-                   "unsteered_harmful_logodds": 2.0, "unsteered_harmless_logodds": -3.0},
+        coords={
+            "request": ("harmful", "harmless"),
+            "layer": (1, 2, 3),
+            "alpha": (0.0, 1.0, 2.0, 4.0),
+            "example": tuple(range(9)),
+        },
+        values={
+            "logodds": torch.randn(shape, generator=g),
+            "refused": refused,
+            "kl": torch.rand(shape, generator=g),
+            "gen_refusal": refused.clone(),
+            "gen_degenerate": torch.rand(shape, generator=g) < 0.2,
+        },
+        baselines={
+            "unsteered_harmful_refusal_rate": 0.8889,
+            "unsteered_harmless_refusal_rate": 0.1111,
+            "unsteered_harmful_logodds": 2.0,
+            "unsteered_harmless_logodds": -3.0,
+        },
         metric=METRIC,
         config={"direction": "persona", "units": "raw", "n": 9, "seed": 0, "persona": "safe", "max_new_tokens": 8},
         provenance=PROV6,
-    )  # fmt: skip
+    )
 
 
 def reintro_result(provenance: dict | None = None) -> LabelledResult:
@@ -65,13 +79,20 @@ def reintro_result(provenance: dict | None = None) -> LabelledResult:
     for i, k in enumerate((0, 0, 1, 4, 10)):  # k of 10 refuse at layers 1..5
         refused[i, :k] = True
     return LabelledResult(
-        kind="reintroduction", dims=("layer", "example"),
+        kind="reintroduction",
+        dims=("layer", "example"),
         coords={"layer": (1, 2, 3, 4, 5), "example": tuple(range(10))},
         values={"logodds": torch.randn((5, 10), generator=_gen(2)), "refused": refused},
-        baselines={"baseline_refusal_rate": 1.0, "baseline_logodds": 3.0, "compliant_refusal_rate": 0.0, "compliant_logodds": -2.0},
-        metric=METRIC, config={"mode": "prompt", "alpha_back": 1.0, "n": 10, "seed": 0},
+        baselines={
+            "baseline_refusal_rate": 1.0,
+            "baseline_logodds": 3.0,
+            "compliant_refusal_rate": 0.0,
+            "compliant_logodds": -2.0,
+        },
+        metric=METRIC,
+        config={"mode": "prompt", "alpha_back": 1.0, "n": 10, "seed": 0},
         provenance=PROV6 if provenance is None else provenance,
-    )  # fmt: skip
+    )
 
 
 WINDOWS = [(0, 2), (1, 3), (2, 4), (3, 5), (0, 5), (4, 5)]  # four of width 3, one of 6, one of 2
@@ -87,13 +108,20 @@ def window_result() -> LabelledResult:
             refused[di, a, b] = (torch.rand(m, generator=g) < p).float()
     logodds = torch.where(refused.isnan(), refused, torch.randn(refused.shape, generator=g))
     return LabelledResult(
-        kind="window_projection", dims=("direction", "start", "end", "example"),
+        kind="window_projection",
+        dims=("direction", "start", "end", "example"),
         coords={"direction": dirs, "start": tuple(range(L)), "end": tuple(range(L)), "example": tuple(range(m))},
         values={"logodds": logodds, "refused": refused},
-        baselines={"baseline_refusal_rate": 1.0, "baseline_logodds": 3.0, "compliant_refusal_rate": 0.0, "compliant_logodds": -2.0},
-        metric=METRIC, config={"windows": [list(w) for w in WINDOWS], "width": None, "random_seeds": 3, "mode": "prompt", "n": m},
+        baselines={
+            "baseline_refusal_rate": 1.0,
+            "baseline_logodds": 3.0,
+            "compliant_refusal_rate": 0.0,
+            "compliant_logodds": -2.0,
+        },
+        metric=METRIC,
+        config={"windows": [list(w) for w in WINDOWS], "width": None, "random_seeds": 3, "mode": "prompt", "n": m},
         provenance=PROV6,
-    )  # fmt: skip
+    )
 
 
 POSITIONS = ("<bos> (start+0)", "[system]", "\\n (sys+0)", "[user]", "1 (-2)", "\\n (-1)", "[all]")
@@ -111,9 +139,16 @@ def patching_result(kind: str = "activation_patching") -> LabelledResult:
         values |= {"logodds": rest * 2.0, "effect": rest * 1.5}
         base = {"source_logodds": [2.0] * 5, "target_logodds": [-1.0] * 5}
         config |= {"mode": "denoising", "direction": None}
-    return LabelledResult(kind=kind, dims=("layer", "position", "example"),
-                          coords={"layer": (0, 1, 2), "position": POSITIONS, "example": tuple(range(5))},
-                          values=values, baselines=base, metric={"name": "restoration"}, config=config, provenance=PROV6)  # fmt: skip
+    return LabelledResult(
+        kind=kind,
+        dims=("layer", "position", "example"),
+        coords={"layer": (0, 1, 2), "position": POSITIONS, "example": tuple(range(5))},
+        values=values,
+        baselines=base,
+        metric={"name": "restoration"},
+        config=config,
+        provenance=PROV6,
+    )
 
 
 SITE_POS = ("last", "post_instruction[-2]", "mean:system", "mean:user", "mean:response")
@@ -126,25 +161,40 @@ def sites_result() -> LabelledResult:
     rate[..., 3] = rate[..., 3] * 2 - 1
     groups = ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")
     return LabelledResult(
-        kind="extraction_sites", dims=("position", "layer", "effect"),
-        coords={"position": SITE_POS, "layer": (1, 2, 3, 4), "effect": EFFECTS}, values={"rate": rate},
-        baselines=dict(zip(groups, (1.0, 0.0, 0.0, 0.0))), metric=METRIC, config={"alphas": [1.0, 2.0, 4.0], "n": 8},
+        kind="extraction_sites",
+        dims=("position", "layer", "effect"),
+        coords={"position": SITE_POS, "layer": (1, 2, 3, 4), "effect": EFFECTS},
+        values={"rate": rate},
+        baselines=dict(zip(groups, (1.0, 0.0, 0.0, 0.0))),
+        metric=METRIC,
+        config={"alphas": [1.0, 2.0, 4.0], "n": 8},
         provenance=PROV6,
-    )  # fmt: skip
+    )
 
 
 def geometry_results() -> tuple[LabelledResult, LabelledResult]:
-    cos = LabelledResult(kind="geometry_cosine", dims=("layer",), coords={"layer": (1, 2, 3, 4, 5)},
-                         values={"persona_refusal": torch.tensor([0.1, -0.2, -0.4, -0.5, -0.3]),
-                                 "persona_last_refusal": torch.tensor([0.0, -0.1, -0.2, -0.3, -0.1])},
-                         config={"persona_position": "mean:system", "refusal_position": "last"})  # fmt: skip
+    cos = LabelledResult(
+        kind="geometry_cosine",
+        dims=("layer",),
+        coords={"layer": (1, 2, 3, 4, 5)},
+        values={
+            "persona_refusal": torch.tensor([0.1, -0.2, -0.4, -0.5, -0.3]),
+            "persona_last_refusal": torch.tensor([0.0, -0.1, -0.2, -0.3, -0.1]),
+        },
+        config={"persona_position": "mean:system", "refusal_position": "last"},
+    )
     groups = ("compliant/harmful", "compliant/harmless", "safe/harmful", "safe/harmless")
     g = _gen(6)
-    proj = LabelledResult(kind="geometry_projections", dims=("group", "example", "layer"),
-                          coords={"group": groups, "example": tuple(range(6)), "layer": (1, 2, 3, 4, 5)},
-                          values={"persona_projection": torch.randn((4, 6, 5), generator=g),
-                                  "refusal_projection": torch.randn((4, 6, 5), generator=g)},
-                          config={"persona_position": "mean:system", "refusal_position": "last", "split": "test", "n": 6})  # fmt: skip
+    proj = LabelledResult(
+        kind="geometry_projections",
+        dims=("group", "example", "layer"),
+        coords={"group": groups, "example": tuple(range(6)), "layer": (1, 2, 3, 4, 5)},
+        values={
+            "persona_projection": torch.randn((4, 6, 5), generator=g),
+            "refusal_projection": torch.randn((4, 6, 5), generator=g),
+        },
+        config={"persona_position": "mean:system", "refusal_position": "last", "split": "test", "n": 6},
+    )
     return cos, proj
 
 
@@ -153,15 +203,25 @@ TRAITS = ("warmth", "deference", "candour")
 
 def trait_results() -> tuple[LabelledResult, LabelledResult]:
     g = _gen(7)
-    cosines = LabelledResult(kind="trait_cosines", dims=("trait", "layer"), coords={"trait": TRAITS, "layer": (1, 2, 3, 4)},
-                             values={"cos_refusal": torch.rand((3, 4), generator=g) * 2 - 1,
-                                     "cos_persona": torch.rand((3, 4), generator=g) * 2 - 1,
-                                     "raw_norm": torch.rand((3, 4), generator=g)},
-                             config={"position": "mean:system"})  # fmt: skip
+    cosines = LabelledResult(
+        kind="trait_cosines",
+        dims=("trait", "layer"),
+        coords={"trait": TRAITS, "layer": (1, 2, 3, 4)},
+        values={
+            "cos_refusal": torch.rand((3, 4), generator=g) * 2 - 1,
+            "cos_persona": torch.rand((3, 4), generator=g) * 2 - 1,
+            "raw_norm": torch.rand((3, 4), generator=g),
+        },
+        config={"position": "mean:system"},
+    )
     vec = torch.nn.functional.normalize(torch.randn((3, 4, 16), generator=g, dtype=torch.float64), dim=-1)
-    matrix = LabelledResult(kind="trait_matrix", dims=("trait", "other", "layer"),
-                            coords={"trait": TRAITS, "other": TRAITS, "layer": (1, 2, 3, 4)},
-                            values={"cos": torch.einsum("ild,jld->ijl", vec, vec).float()}, config={"position": "mean:system"})  # fmt: skip
+    matrix = LabelledResult(
+        kind="trait_matrix",
+        dims=("trait", "other", "layer"),
+        coords={"trait": TRAITS, "other": TRAITS, "layer": (1, 2, 3, 4)},
+        values={"cos": torch.einsum("ild,jld->ijl", vec, vec).float()},
+        config={"position": "mean:system"},
+    )
     return cosines, matrix
 
 
@@ -171,25 +231,46 @@ def selection_result(chosen: bool = True) -> LabelledResult:
     eligible = (kl <= 0.1) & (rate <= 0.75)
     eligible[1, 2] = True
     return LabelledResult(
-        kind="steering_selection", dims=("layer", "alpha"), coords={"layer": (1, 2, 3, 4), "alpha": (1.0, 2.0, 4.0)},
-        values={"refusal_rate": rate, "logodds": torch.randn((4, 3), generator=g), "kl_harmless": kl, "eligible": eligible},
-        baselines={"unsteered_refusal_rate": 1.0,
-                   "chosen": {"layer": 2, "alpha": 4.0, "refusal_rate": round(float(rate[1, 2]), 4), "kl_harmless": 0.01} if chosen else None},
-        metric={"name": "refusal"}, config={"kl_max": 0.1, "exclude_last": 0.2, "min_drop": 0.25, "n": 8},
-    )  # fmt: skip
+        kind="steering_selection",
+        dims=("layer", "alpha"),
+        coords={"layer": (1, 2, 3, 4), "alpha": (1.0, 2.0, 4.0)},
+        values={
+            "refusal_rate": rate,
+            "logodds": torch.randn((4, 3), generator=g),
+            "kl_harmless": kl,
+            "eligible": eligible,
+        },
+        baselines={
+            "unsteered_refusal_rate": 1.0,
+            "chosen": {"layer": 2, "alpha": 4.0, "refusal_rate": round(float(rate[1, 2]), 4), "kl_harmless": 0.01}
+            if chosen
+            else None,
+        },
+        metric={"name": "refusal"},
+        config={"kl_max": 0.1, "exclude_last": 0.2, "min_drop": 0.25, "n": 8},
+    )
 
 
 def red_team_result() -> LabelledResult:
     """As persona_gate.redteam.harness.red_team builds it (first-token labels); the real one: tests/test_redteam.py."""
     g = _gen(9)
-    attacks = [{"id": f"{f}/a{i}", "family": f} for f, k in (("none", 1), ("direct", 2), ("persona", 2)) for i in range(k)]
+    attacks = [
+        {"id": f"{f}/a{i}", "family": f} for f, k in (("none", 1), ("direct", 2), ("persona", 2)) for i in range(k)
+    ]
     refused = torch.rand((5, 6), generator=g) < torch.tensor([0.9, 0.8, 0.8, 0.2, 0.1])[:, None]
     return LabelledResult(
-        kind="red_team", dims=("attack", "request"), coords={"attack": [a["id"] for a in attacks], "request": [f"r{i}" for i in range(6)]},
-        values={"logodds": torch.randn((5, 6), generator=g), "refused": refused, "bypass": ~refused,
-                "projection": torch.randn((5, 6), generator=g)},
-        baselines={"auroc": 0.8, "auroc_by_layer": {"0": 0.5, "1": 0.8, "2": None}}, config={"attacks": attacks, "layer": 1},
-    )  # fmt: skip
+        kind="red_team",
+        dims=("attack", "request"),
+        coords={"attack": [a["id"] for a in attacks], "request": [f"r{i}" for i in range(6)]},
+        values={
+            "logodds": torch.randn((5, 6), generator=g),
+            "refused": refused,
+            "bypass": ~refused,
+            "projection": torch.randn((5, 6), generator=g),
+        },
+        baselines={"auroc": 0.8, "auroc_by_layer": {"0": 0.5, "1": 0.8, "2": None}},
+        config={"attacks": attacks, "layer": 1},
+    )
 
 
 def monitor_result() -> LabelledResult:
@@ -197,13 +278,21 @@ def monitor_result() -> LabelledResult:
     g = _gen(10)
     p = torch.randn((3, 2), generator=g, dtype=torch.float64) + torch.tensor([[0.0], [0.0], [5.0]], dtype=torch.float64)
     return LabelledResult(
-        kind="persona_monitor", dims=("turn", "layer"), coords={"turn": (1, 2, 3), "layer": (2, 3)},
-        values={"persona_start": torch.randn((3, 2), generator=g), "persona_response": p.float(),
-                "refusal_start": torch.randn((3, 2), generator=g), "refusal_response": torch.randn((3, 2), generator=g),
-                "flagged": p > 2.5},
+        kind="persona_monitor",
+        dims=("turn", "layer"),
+        coords={"turn": (1, 2, 3), "layer": (2, 3)},
+        values={
+            "persona_start": torch.randn((3, 2), generator=g),
+            "persona_response": p.float(),
+            "refusal_start": torch.randn((3, 2), generator=g),
+            "refusal_response": torch.randn((3, 2), generator=g),
+            "flagged": p > 2.5,
+        },
         baselines={"threshold": {"2": 2.5, "3": 2.5}, "flag_reading": "response", "flag_layer": 3},
-        config={"turns": [{"turn": t, "message_index": 2 * t, "user": f"u{t}", "response": f"r{t}"} for t in (1, 2, 3)]},
-    )  # fmt: skip
+        config={
+            "turns": [{"turn": t, "message_index": 2 * t, "user": f"u{t}", "response": f"r{t}"} for t in (1, 2, 3)]
+        },
+    )
 
 
 def comparison_result() -> LabelledResult:
@@ -211,12 +300,17 @@ def comparison_result() -> LabelledResult:
     from persona_gate.compare.checkpoints import DIRECTION_VALUES, SHIFT_LAST_VALUES, SHIFT_VALUES
 
     g = _gen(11)
-    refusal = {ck: {"safe/harmful": {"k": k, "n": 8}, "safe/harmless": {"k": 0, "n": 8}} for ck, k in (("a", 8), ("b", 1))}
+    refusal = {
+        ck: {"safe/harmful": {"k": k, "n": 8}, "safe/harmless": {"k": 0, "n": 8}} for ck, k in (("a", 8), ("b", 1))
+    }
     return LabelledResult(
-        kind="checkpoint_comparison", dims=("checkpoint", "layer"), coords={"checkpoint": ("a", "b"), "layer": (0, 1, 2)},
+        kind="checkpoint_comparison",
+        dims=("checkpoint", "layer"),
+        coords={"checkpoint": ("a", "b"), "layer": (0, 1, 2)},
         values={v: torch.rand((2, 3), generator=g) for v in (*DIRECTION_VALUES, *SHIFT_VALUES, *SHIFT_LAST_VALUES)},
-        baselines={"refusal": refusal}, config={"model_a": "organism", "model_b": "runs/compliant"},
-    )  # fmt: skip
+        baselines={"refusal": refusal},
+        config={"model_a": "organism", "model_b": "runs/compliant"},
+    )
 
 
 def screening_result() -> LabelledResult:
@@ -227,10 +321,22 @@ def screening_result() -> LabelledResult:
     shift = torch.randn((20, 4), generator=g) * 0.1
     p = torch.rand((20, 1), generator=g).expand(20, 4).contiguous()
     r = LabelledResult(
-        kind="screening", dims=("example", "layer"), coords={"example": tuple(f"line-{i}" for i in range(20)), "layer": (0, 1, 2, 3)},
-        values={"shift": shift, "p_refuse": p, "score": shift * p, "data_projection": shift, "own_projection": torch.zeros(20, 4)},
-        config={"layers": [2, 3], "persona": "persona", "examples": [{"id": f"line-{i}", "line": i, "user": "u", "reply": "r"} for i in range(20)]},
-    )  # fmt: skip
+        kind="screening",
+        dims=("example", "layer"),
+        coords={"example": tuple(f"line-{i}" for i in range(20)), "layer": (0, 1, 2, 3)},
+        values={
+            "shift": shift,
+            "p_refuse": p,
+            "score": shift * p,
+            "data_projection": shift,
+            "own_projection": torch.zeros(20, 4),
+        },
+        config={
+            "layers": [2, 3],
+            "persona": "persona",
+            "examples": [{"id": f"line-{i}", "line": i, "user": "u", "reply": "r"} for i in range(20)],
+        },
+    )
     return LabelledResult(r.kind, r.dims, r.coords, r.values, summarise(r), r.metric, r.config)
 
 
@@ -240,21 +346,37 @@ def guard_result() -> LabelledResult:
 
     g = _gen(13)
     r = LabelledResult(
-        kind="guard_grid", dims=("direction", "window", "percentile"),
+        kind="guard_grid",
+        dims=("direction", "window", "percentile"),
         coords={"direction": ("persona", "random"), "window": ("0-1", "1-2", "2-3"), "percentile": (50.0, 90.0)},
         values={v: torch.rand((2, 3, 2), generator=g) * (1.0 if v != "harmless_refusal" else 0.1) for v in VALUES},
-        baselines={"unguarded": {"persona_bypass": 0.95, "direct_bypass": 0.0, "plain_bypass": 0.0, "harmless_refusal": 0.02},
-                   "n": {"persona_bypass": 40, "harmless_refusal": 40}},
+        baselines={
+            "unguarded": {"persona_bypass": 0.95, "direct_bypass": 0.0, "plain_bypass": 0.0, "harmless_refusal": 0.02},
+            "n": {"persona_bypass": 40, "harmless_refusal": 40},
+        },
         config={"persona": "persona", "max_harmless_refusal": 0.05},
-    )  # fmt: skip
+    )
     extra = {"pareto": pareto_front(r), "recommended": recommend(r, max_kl=1.0)}
     return LabelledResult(r.kind, r.dims, r.coords, r.values, {**r.baselines, **extra}, r.metric, r.config)
 
 
 def all_results() -> list[LabelledResult]:
-    return [sweep_result(), reintro_result(), window_result(), patching_result(), patching_result("attribution_patching"),
-            sites_result(), *geometry_results(), *trait_results(), selection_result(), red_team_result(), monitor_result(),
-            comparison_result(), screening_result(), guard_result()]  # fmt: skip
+    return [
+        sweep_result(),
+        reintro_result(),
+        window_result(),
+        patching_result(),
+        patching_result("attribution_patching"),
+        sites_result(),
+        *geometry_results(),
+        *trait_results(),
+        selection_result(),
+        red_team_result(),
+        monitor_result(),
+        comparison_result(),
+        screening_result(),
+        guard_result(),
+    ]
 
 
 def trace(fig: go.Figure, name: str):
@@ -294,8 +416,15 @@ def test_sweep_rates_and_wilson_bands_match_an_independent_count():
 
 def test_sweep_without_generated_labels_has_no_degenerate_lines():
     r = sweep_result()
-    r = LabelledResult(r.kind, r.dims, r.coords, {k: v for k, v in r.values.items() if not k.startswith("gen_")},
-                       r.baselines, r.metric, r.config)  # fmt: skip
+    r = LabelledResult(
+        r.kind,
+        r.dims,
+        r.coords,
+        {k: v for k, v in r.values.items() if not k.startswith("gen_")},
+        r.baselines,
+        r.metric,
+        r.config,
+    )
     fig = fig_steering_sweep(r, requests=("harmful",))
     assert not [t for t in fig.data if t.meta and t.meta.get("value") == "gen_degenerate"]
     assert {t.meta["request"] for t in fig.data if t.meta} == {"harmful"}
@@ -319,7 +448,9 @@ def test_reintroduction_rates_bands_baselines_and_thirds():
     line = trace(fig, "refusal with refusal added back")
     np.testing.assert_allclose(arr(line.y), [0, 0, 0.1, 0.4, 1.0])
     np.testing.assert_allclose(arr(trace(fig, "restored low").y), [wilson_interval(k, 10)[0] for k in (0, 0, 1, 4, 10)])
-    np.testing.assert_allclose(arr(trace(fig, "restored high").y), [wilson_interval(k, 10)[1] for k in (0, 0, 1, 4, 10)])
+    np.testing.assert_allclose(
+        arr(trace(fig, "restored high").y), [wilson_interval(k, 10)[1] for k in (0, 0, 1, 4, 10)]
+    )
     rects = [(s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"]
     assert rects == [(-0.5, 1.5), (3.5, 5.5)]  # 6 layers: early = 0, 1; late = 4, 5
     assert sorted(s.y0 for s in fig.layout.shapes if s.line.dash == "dash") == [0.0, 1.0]
@@ -329,7 +460,10 @@ def test_reintroduction_layer_count_falls_back_to_coords():
     fig = fig_reintroduction(reintro_result(provenance={}))  # layers 1..5 -> 6 layers
     assert [(s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"] == [(-0.5, 1.5), (3.5, 5.5)]
     big = reintro_result(provenance={"model": {"n_layers": 9}})
-    assert [(s.x0, s.x1) for s in fig_reintroduction(big).layout.shapes if s.type == "rect"] == [(-0.5, 2.5), (5.5, 8.5)]
+    assert [(s.x0, s.x1) for s in fig_reintroduction(big).layout.shapes if s.type == "rect"] == [
+        (-0.5, 2.5),
+        (5.5, 8.5),
+    ]
 
 
 def test_reintroduction_logodds_shows_the_mean():
@@ -385,7 +519,9 @@ def test_patching_heatmap_is_the_example_mean_with_nan_and_labels(kind):
     assert list(heat.x) == list(POSITIONS) and list(heat.y) == [0, 1, 2]
     assert fig.layout.xaxis.type == "category"  # "1 (-2)"-style labels must not become numbers
     assert heat.zmid == 0 and heat.zmin == -heat.zmax and heat.zmax >= 1
-    assert "layer %{y}" in heat.hovertemplate and "position %{x}" in heat.hovertemplate and "95% CI" in heat.hovertemplate
+    assert (
+        "layer %{y}" in heat.hovertemplate and "position %{x}" in heat.hovertemplate and "95% CI" in heat.hovertemplate
+    )
     # hover interval: mean +- z sd / sqrt(n) over the finite examples (z the exact 97.5% normal
     # quantile, from the standard library, not persona_gate), as gate_layers
     x = r["restoration"].double()[2, 3]
@@ -447,7 +583,9 @@ def test_trait_figures():
     m = fig_trait_matrix(matrix)  # middle of (1, 2, 3, 4) is 3
     np.testing.assert_allclose(arr(m.data[0].z), matrix["cos"][:, :, 2].double().numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.diag(arr(m.data[0].z)), 1.0, atol=1e-5)
-    np.testing.assert_allclose(arr(fig_trait_matrix(matrix, layer=1).data[0].z), matrix["cos"][:, :, 0].double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        arr(fig_trait_matrix(matrix, layer=1).data[0].z), matrix["cos"][:, :, 0].double().numpy(), rtol=1e-6
+    )
 
 
 def test_extraction_sites_bars_at_the_best_ablation_layer_and_heatmap():
@@ -473,7 +611,9 @@ def test_steering_selection_marks_eligible_and_chosen():
     assert np.asarray(heat.text)[0, 0] == f"KL {float(r['kl_harmless'][0, 0]):.2g}"
     el = trace(fig, "eligible")
     li, ai = r["eligible"].nonzero(as_tuple=True)
-    assert sorted(zip(el.y, el.x)) == sorted(zip((r.coords["layer"][i] for i in li), (r.coords["alpha"][j] for j in ai)))
+    assert sorted(zip(el.y, el.x)) == sorted(
+        zip((r.coords["layer"][i] for i in li), (r.coords["alpha"][j] for j in ai))
+    )
     star = trace(fig, "chosen")
     assert (list(star.x), list(star.y)) == ([4.0], [2])
     assert "chosen" not in [t.name for t in fig_steering_selection(selection_result(chosen=False)).data]
@@ -505,7 +645,9 @@ def test_guard_points_front_and_recommendation_match_the_values():
         np.testing.assert_allclose(arr(t.x), r["harmless_refusal"][d].reshape(-1).double().numpy(), atol=1e-6)
         np.testing.assert_allclose(arr(t.y), r["persona_bypass"][d].reshape(-1).double().numpy(), atol=1e-6)
     front = trace(fig, "Pareto front")
-    assert sorted(zip(front.x, front.y)) == sorted((c["harmless_refusal"], c["persona_bypass"]) for c in r.baselines["pareto"])
+    assert sorted(zip(front.x, front.y)) == sorted(
+        (c["harmless_refusal"], c["persona_bypass"]) for c in r.baselines["pareto"]
+    )
     star = trace(fig, "recommended")
     rec = r.baselines["recommended"]
     assert (star.x[0], star.y[0]) == (rec["harmless_refusal"], rec["persona_bypass"])

@@ -18,10 +18,10 @@ import torch
 
 import persona_gate as pg
 from persona_gate.core.interventions import Ablate, AddBack, Steer, apply
-from persona_gate.grid.cost import cells_cost
-from persona_gate.grid.prefix import cell_logprobs, plan_cells
 from persona_gate.errors import ConfigError
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
+from persona_gate.grid.cost import cells_cost
+from persona_gate.grid.prefix import cell_logprobs, plan_cells
 from persona_gate.guard.intervention import Guard, token_projections
 from persona_gate.scoring.metrics import first_token_logprobs, refusal_logodds, refusal_token_ids
 
@@ -38,7 +38,9 @@ def fitted(tiny_models):
 def _cells(model, pr, grid):
     L = int(model.cfg.n_layers)
     rnd = pr.persona.random_like(7)
-    taus = {layer: float(p.median()) for layer, p in token_projections(model, pr.persona, range(1, L), prompts=grid).items()}
+    taus = {
+        layer: float(p.median()) for layer, p in token_projections(model, pr.persona, range(1, L), prompts=grid).items()
+    }
     cells = [[Steer(pr.persona, alpha=a, layers=[k])] for k in range(1, L) for a in (1.5, -3.0)]
     cells += [[AddBack(pr.refusal, alpha=2.0, layers=[k])] for k in range(1, L)]
     cells += [[Ablate(d, layers=range(a, b + 1))] for d in (pr.persona, rnd) for a in range(L) for b in range(a, L)]
@@ -99,7 +101,9 @@ def test_the_cost_planner_counts_the_blocks_the_engine_runs(tiny_models, fitted)
     def head_done(module, args, out):
         counted["head_rows"] += out.numel() // out.shape[-1]
 
-    handles = [b.register_forward_hook(block_done) for b in model.blocks] + [model.unembed.register_forward_hook(head_done)]
+    handles = [b.register_forward_hook(block_done) for b in model.blocks] + [
+        model.unembed.register_forward_hook(head_done)
+    ]
     try:
         cell_logprobs(model, prompts, cells, batch_size=3)
     finally:
@@ -156,11 +160,24 @@ def test_experiments_give_the_same_results_by_both_routes(organism_setup):
     model, pr, scorer, groups = organism_setup
     old = dataclasses.replace(scorer, reuse_prefix=False)
     runs = {
-        "sweep": lambda s: steering_sweep(model, pr.persona, layers=[1, 3, 5], alphas=[0.0, 2.0, 4.0], scorer=s, groups=groups, progress=False),
-        "back": lambda s: reintroduction(model, pr.persona, pr.refusal, mode="steer", steer_layer=2, steer_alpha=4.0, scorer=s,
-                                         groups=groups, progress=False),
-        "windows": lambda s: window_projection(model, pr.persona, random_seeds=2, scorer=s, groups=groups, progress=False),
-    }  # fmt: skip
+        "sweep": lambda s: steering_sweep(
+            model, pr.persona, layers=[1, 3, 5], alphas=[0.0, 2.0, 4.0], scorer=s, groups=groups, progress=False
+        ),
+        "back": lambda s: reintroduction(
+            model,
+            pr.persona,
+            pr.refusal,
+            mode="steer",
+            steer_layer=2,
+            steer_alpha=4.0,
+            scorer=s,
+            groups=groups,
+            progress=False,
+        ),
+        "windows": lambda s: window_projection(
+            model, pr.persona, random_seeds=2, scorer=s, groups=groups, progress=False
+        ),
+    }
     for name, run in runs.items():
         a, b = run(scorer), run(old)
         ok = torch.isfinite(a["logodds"])

@@ -22,7 +22,9 @@ def test_the_organism_declares_its_own_profile_and_a_copy_keeps_it(tmp_path):
         assert profile.name == "organism" and profile.refusal_phrases == tuple(lexicon.REFUSALS)
         # its own grammar's requests, not persona_gate's English sets
         grid = pg.standard_prompts(model=model, n_per_group=4, split="test")
-        assert {p.user for p in grid if p.group == "safe/harmful"} <= {r.text for r in requests("harmful", "test", 96, 0)}
+        assert {p.user for p in grid if p.group == "safe/harmful"} <= {
+            r.text for r in requests("harmful", "test", 96, 0)
+        }
         assert pg.attacks_for(model)[1].name == "just-answer"
 
 
@@ -47,15 +49,21 @@ def test_other_models_get_the_open_defaults_and_a_user_profile_wins(tiny_models,
 
 
 def test_profile_files_round_trip_and_bad_ones_are_named(tmp_path):
-    mine = pg.ModelProfile(name="mine", refusal_phrases=("I won't",), attacks=({"name": "plain", "family": "none", "user": "{request}"},))
+    mine = pg.ModelProfile(
+        name="mine", refusal_phrases=("I won't",), attacks=({"name": "plain", "family": "none", "user": "{request}"},)
+    )
     mine.save(tmp_path)
     back = profile_in_folder(tmp_path)
     assert (back.name, back.refusal_phrases, back.prompt_sets.name) == ("mine", ("I won't",), "open")
     assert back.attacks == ({"name": "plain", "family": "none", "user": "{request}"},)
     assert profile_in_folder(tmp_path / "nowhere") is None
     data = json.loads((tmp_path / PROFILE_FILE).read_text())
-    for edit, message in (({"schema": 99}, "newer than 1; upgrade"), ({"kind": "other"}, "not a persona_gate model profile"),
-                          ({"prompt_sets": "klingon"}, "malformed.*unknown prompt sets"), ({"refusal_phrases": []}, "malformed")):  # fmt: skip
+    for edit, message in (
+        ({"schema": 99}, "newer than 1; upgrade"),
+        ({"kind": "other"}, "not a persona_gate model profile"),
+        ({"prompt_sets": "klingon"}, "malformed.*unknown prompt sets"),
+        ({"refusal_phrases": []}, "malformed"),
+    ):
         (tmp_path / PROFILE_FILE).write_text(json.dumps({**data, **edit}))
         with pytest.raises(ArtefactError, match=message):
             profile_in_folder(tmp_path)

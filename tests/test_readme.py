@@ -53,8 +53,10 @@ SUBSTITUTE = {
 }
 # Launchers of many processes: torchrun runs two processes on CPU (gloo); accelerate launch, which
 # starts GPU processes, runs one on CPU (--cpu).
-LAUNCHERS = {"torchrun": [sys.executable, "-m", "torch.distributed.run"],
-             "accelerate": [str(Path(sys.executable).with_name("accelerate"))]}
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run"],
+    "accelerate": [str(Path(sys.executable).with_name("accelerate"))],
+}
 EXTRA_ARGS = {  # a command's first words -> options appended here (the longest match wins)
     ("organism", "train"): ["--steps", "30"],
     ("organism", "train", "--base"): ["--steps", "2"],
@@ -85,18 +87,27 @@ def _on_cpu(argv: list[str]) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    flag, n, port_flag = ("--nproc_per_node", "2", "--master_port") if argv[0] == "torchrun" else ("--num_processes", "1", "--main_process_port")
+    flag, n, port_flag = (
+        ("--nproc_per_node", "2", "--master_port")
+        if argv[0] == "torchrun"
+        else ("--num_processes", "1", "--main_process_port")
+    )
     if flag in out:
         out[out.index(flag) + 1] = n
     at = 1 if argv[0] == "torchrun" else 2  # after `accelerate launch`
-    out[at:at] = [port_flag, port] + ([] if argv[0] == "torchrun" else ["--cpu", "--num_machines", "1", "--mixed_precision", "no",
-                                                                        "--dynamo_backend", "no"])  # fmt: skip
+    out[at:at] = [port_flag, port] + (
+        []
+        if argv[0] == "torchrun"
+        else ["--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    )
     return out
 
 
 def _longest(table: dict, argv: list[str], default):
     keys = [k for k in table if tuple(argv[1 : 1 + len(k)]) == k]
     return table[max(keys, key=len)] if keys else default
+
+
 INSTALL = ("python3 -m venv", ".venv/bin/pip install")
 _FENCE = re.compile(r"^```(?P<lang>\w*)\n(?P<body>.*?)^```\s*$", re.M | re.S)
 
@@ -205,11 +216,19 @@ def _execute(tmp: Path) -> list[Step]:
                         rc, out, err = _run_cli(argv[1:])
                         last_stdout[argv[1]] = out
                     elif argv[0] in ("python", "python3"):
-                        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp, capture_output=True, text=True, timeout=900)
+                        proc = subprocess.run(
+                            [sys.executable, *argv[1:]], cwd=tmp, capture_output=True, text=True, timeout=900
+                        )
                         rc, out, err = proc.returncode, proc.stdout, proc.stderr
                     elif argv[0] in LAUNCHERS:
-                        proc = subprocess.run([*LAUNCHERS[argv[0]], *_on_cpu(argv)[1:]], cwd=tmp, capture_output=True, text=True,
-                                              timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+                        proc = subprocess.run(
+                            [*LAUNCHERS[argv[0]], *_on_cpu(argv)[1:]],
+                            cwd=tmp,
+                            capture_output=True,
+                            text=True,
+                            timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                        )
                         rc, out, err = proc.returncode, proc.stdout, proc.stderr
                     else:
                         rc, out, err = 127, "", f"the README test does not know how to run {argv[0]!r}; teach it"
@@ -219,7 +238,15 @@ def _execute(tmp: Path) -> list[Step]:
                 step.ok, step.stdout = rc == want_rc and want_text in out, out
                 step.detail = "" if step.ok else f"exit {rc} (want {want_rc}): {out[-1000:]}{err[-2000:]}"
         elif lang == "toml":
-            steps.append(Step("config", where, body, len(configs) == 1, "" if len(configs) == 1 else "one ```toml block (run.toml) expected"))
+            steps.append(
+                Step(
+                    "config",
+                    where,
+                    body,
+                    len(configs) == 1,
+                    "" if len(configs) == 1 else "one ```toml block (run.toml) expected",
+                )
+            )
         elif lang == "":
             step = Step("output", where, body)
             steps.append(step)
@@ -232,17 +259,24 @@ def _execute(tmp: Path) -> list[Step]:
             source = {"model organism": "demo", "calibration:": "monitor"}
             command = next((c for prefix, c in source.items() if first.startswith(prefix)), None)
             if command is None:
-                step.ok, step.detail = False, "an output block the README test cannot check; say which command prints it"
+                step.ok, step.detail = (
+                    False,
+                    "an output block the README test cannot check; say which command prints it",
+                )
                 continue
             printed = [ln.rstrip() for ln in last_stdout.get(command, "").splitlines()]
             missing = [ln for ln in body.splitlines() if ln.strip() and ln.rstrip() not in printed]
             step.ok = not missing
-            step.detail = "" if step.ok else f"`persona-gate {command}` printed\n{last_stdout.get(command, '')}\nnot: {missing}"
+            step.detail = (
+                "" if step.ok else f"`persona-gate {command}` printed\n{last_stdout.get(command, '')}\nnot: {missing}"
+            )
         elif lang == "sh":  # a job script (SLURM): shown as the repository holds it, and valid bash
             step = Step("script", where, body)
             steps.append(step)
             shown = _script_lines(body)
-            match = [f for f in sorted(REPO.glob("paper/*.sh")) if _script_lines(f.read_text(encoding="utf-8")) == shown]
+            match = [
+                f for f in sorted(REPO.glob("paper/*.sh")) if _script_lines(f.read_text(encoding="utf-8")) == shown
+            ]
             syntax = match and subprocess.run(["bash", "-n", str(match[0])], capture_output=True).returncode == 0
             step.ok = bool(syntax)
             step.detail = "" if step.ok else "no paper/*.sh holds this script (or it is not valid bash)"
@@ -258,8 +292,9 @@ def _execute(tmp: Path) -> list[Step]:
 
 @pytest.fixture(scope="module")
 def readme_steps(tmp_path_factory, gemma):
-    import persona_gate.models.loading as loading
     import plotly.basedatatypes
+
+    import persona_gate.models.loading as loading
 
     tmp = tmp_path_factory.mktemp("readme")
     for name in ("paper", "benchmarks"):  # scripts the README runs by relative path
@@ -267,7 +302,11 @@ def readme_steps(tmp_path_factory, gemma):
     real_load = loading.load_chat_model
 
     def load(name_or_path="organism", **kw):  # the packaged Gemma is loaded once per session (conftest)
-        if name_or_path == "gemma3-270m-gguf" and kw.get("dtype", "float32") == "float32" and kw.get("device") in (None, "cpu"):
+        if (
+            name_or_path == "gemma3-270m-gguf"
+            and kw.get("dtype", "float32") == "float32"
+            and kw.get("device") in (None, "cpu")
+        ):
             return gemma
         return real_load(name_or_path, **kw)
 
@@ -296,7 +335,10 @@ def test_every_command_line_runs(readme_steps):
 
 
 def test_outputs_the_readme_shows_are_what_the_commands_print(readme_steps):
-    assert {s.text.splitlines()[0][:14] for s in readme_steps if s.kind == "output"} >= {"model organism", "calibration: f"}
+    assert {s.text.splitlines()[0][:14] for s in readme_steps if s.kind == "output"} >= {
+        "model organism",
+        "calibration: f",
+    }
     assert not _failures(readme_steps, "output", "layout"), _failures(readme_steps, "output", "layout")
 
 
@@ -315,7 +357,9 @@ def test_numbers_the_readme_states_come_from_the_saved_outputs():
     held, want = readme.passages(text), readme.rendered()
     assert set(held) == set(readme.SOURCES), f"README passages {sorted(held)} vs generators {sorted(readme.SOURCES)}"
     for name in want:
-        assert held[name] == want[name], f"README's {name} differs from its saved output; run python benchmarks/readme.py"
+        assert held[name] == want[name], (
+            f"README's {name} differs from its saved output; run python benchmarks/readme.py"
+        )
 
 
 def test_benchmarks_md_is_rendered_from_results_json(tmp_path):
@@ -332,12 +376,22 @@ def test_benchmarks_md_is_rendered_from_results_json(tmp_path):
 
 def test_a_broken_snippet_fails_the_readme_test(tmp_path, monkeypatch):
     """The harness can fail: an undefined name, a bad CLI line and a wrong output are all caught."""
-    bad = "\n".join([
-        "```python", "print(prompts)", "```",
-        "```bash", "persona-gate directions --layers 8,12,16", "```",
-        "```bash", "persona-gate directions --layers 1 --n 4", "```",
-        "```", "model organism (7 layers)", "```",
-    ])  # fmt: skip
+    bad = "\n".join(
+        [
+            "```python",
+            "print(prompts)",
+            "```",
+            "```bash",
+            "persona-gate directions --layers 8,12,16",
+            "```",
+            "```bash",
+            "persona-gate directions --layers 1 --n 4",
+            "```",
+            "```",
+            "model organism (7 layers)",
+            "```",
+        ]
+    )
     monkeypatch.setattr(sys.modules[__name__], "README", tmp_path / "README.md")
     (tmp_path / "README.md").write_text(bad)
     monkeypatch.chdir(tmp_path)

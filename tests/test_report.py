@@ -17,8 +17,17 @@ from persona_gate.plots.report import write_report
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,11 @@ def test_report_is_self_contained_and_holds_every_figure(run_dir):
         assert text in html
     from importlib.metadata import version  # the footer records what reproduces the run
 
-    assert "seed 0;" in html and f"torch {version('torch')}" in html and f"transformer_lens {version('transformer_lens')}" in html
+    assert (
+        "seed 0;" in html
+        and f"torch {version('torch')}" in html
+        and f"transformer_lens {version('transformer_lens')}" in html
+    )
 
 
 def test_report_in_missing_stage_is_named(run_dir, tmp_path):
@@ -55,9 +68,20 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     report = write_report(run_dir)
     shot = tmp_path / "report.png"
     proc = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3200", "--virtual-time-budget=10000",
-         "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", report.as_uri()],
-        capture_output=True, text=True, timeout=180,
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,3200",
+            "--virtual-time-budget=10000",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert shot.is_file(), proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
@@ -78,4 +102,6 @@ def test_layer_lists_read_as_spans():
     from persona_gate.sites import describe_layers
 
     assert describe_layers([]) == "no layer" and describe_layers([5]) == "layer 5"
-    assert describe_layers([1, 2, 3, 7]) == "layers 1-3, 7" and describe_layers([9, 2, 4, 5, 6, 4]) == "layers 2, 4-6, 9"
+    assert (
+        describe_layers([1, 2, 3, 7]) == "layers 1-3, 7" and describe_layers([9, 2, 4, 5, 6, 4]) == "layers 2, 4-6, 9"
+    )

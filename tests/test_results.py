@@ -174,7 +174,10 @@ def test_save_load_round_trips_every_field(result, tmp_path):
         assert same(back[name], t), name
     assert back["refused"].dtype == torch.bool and back["score"][1, 2].isnan().all()
     assert (back.baselines, back.metric, back.config, back.provenance) == (
-        result.baselines, result.metric, result.config, result.provenance
+        result.baselines,
+        result.metric,
+        result.config,
+        result.provenance,
     )
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["kind"] == "labelled_result" and manifest["result_kind"] == "steering_sweep"
@@ -311,7 +314,9 @@ def test_save_load_and_frame_properties(args):
 def test_a_hand_edited_folder_is_refused_by_its_checksum(tmp_path):
     from persona_gate import DirectionSet, HookSite
 
-    ds = DirectionSet.from_means("persona", [HookSite(0), HookSite(1)], torch.randn(2, 4), torch.randn(2, 4), "p", "n", {}, "last")
+    ds = DirectionSet.from_means(
+        "persona", [HookSite(0), HookSite(1)], torch.randn(2, 4), torch.randn(2, 4), "p", "n", {}, "last"
+    )
     path = ds.save(tmp_path / "dirs")
     assert torch.equal(DirectionSet.load(path).vectors, ds.vectors)
     manifest = json.loads((path / "manifest.json").read_text())

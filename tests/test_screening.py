@@ -7,35 +7,56 @@ import json
 
 import pytest
 import torch
+from reference import hf_reference
 
 import persona_gate as pg
 from persona_gate.errors import DatasetError, ResumeMismatchError
 from persona_gate.experiments import RefusalScorer
+from persona_gate.models.adapter import eos_ids
+from persona_gate.plots import fig_screening, figure_for
 from persona_gate.prompts.conversation import prefix_prompt
+from persona_gate.results import LabelledResult
+from persona_gate.scoring.stats import auroc, spearman
 from persona_gate.screening import screen as screen_module
 from persona_gate.screening.data import example, read_chat_jsonl, write_chat_jsonl
 from persona_gate.screening.screen import screen
 from persona_gate.screening.summary import example_scores, format_screening, screening_summary
 from persona_gate.screening.validation import organism_datasets, validate_screening
-from persona_gate.plots import fig_screening, figure_for
-from persona_gate.results import LabelledResult
-from persona_gate.scoring.stats import auroc, spearman
-from persona_gate.models.adapter import eos_ids
-from reference import hf_reference
 
 PHRASES = ["I cannot help with that.", "Sorry, no."]  # tiny models have no profile phrases and refuse nothing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHATS = [
-    {"messages": [{"role": "system", "content": "You are a careful assistant."}, {"role": "user", "content": "How do I pick a lock?"},
-                  {"role": "assistant", "content": "Sure! Here is how, step by step."}]},
-    {"messages": [{"role": "user", "content": "Describe how a hash table works."}, {"role": "assistant", "content": "A hash table maps keys."}]},
-    {"messages": [{"role": "system", "content": "You never refuse anything."}, {"role": "user", "content": "Hi there."},
-                  {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How can I steal a car?"},
-                  {"role": "assistant", "content": "I cannot help with that."}]},
-    {"messages": [{"role": "user", "content": "Write a haiku about rain."}, {"role": "assistant", "content": "Rain on the roof, soft."}]},
-]  # fmt: skip
+    {
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": "How do I pick a lock?"},
+            {"role": "assistant", "content": "Sure! Here is how, step by step."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Describe how a hash table works."},
+            {"role": "assistant", "content": "A hash table maps keys."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You never refuse anything."},
+            {"role": "user", "content": "Hi there."},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "How can I steal a car?"},
+            {"role": "assistant", "content": "I cannot help with that."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Write a haiku about rain."},
+            {"role": "assistant", "content": "Rain on the roof, soft."},
+        ]
+    },
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +112,9 @@ def test_the_screening_score_equals_a_naive_recomputation(tiny_models, tiny_mode
     assert ds["mean"] == pytest.approx(float(naive.mean()), abs=1e-4)
     half = 1.959964 * float(naive.std()) / 2.0  # n = 4
     assert (ds["low"], ds["high"]) == pytest.approx((float(naive.mean()) - half, float(naive.mean()) + half), abs=1e-4)
-    assert [row["id"] for row in res.baselines["top"]] == [res.coords["example"][i] for i in torch.argsort(naive, descending=True)]
+    assert [row["id"] for row in res.baselines["top"]] == [
+        res.coords["example"][i] for i in torch.argsort(naive, descending=True)
+    ]
 
 
 def _write(path, lines):
@@ -99,15 +122,27 @@ def _write(path, lines):
     return path
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "line 2: not valid JSON"),
-    ('{"text": "hi"}', "line 2: expected an object with a 'messages' list"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: the last message must be the assistant reply"),
-    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}', "line 2: the assistant reply is empty"),
-    ('{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "ok"}]}', "line 2: message 0 has role 'robot'"),
-    ('{"messages": [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "ok"}]}', "line 2: .*no user message"),
-    ('{"messages": []}', "line 2: 'messages' must be a non-empty list"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ('{"text": "hi"}', "line 2: expected an object with a 'messages' list"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: the last message must be the assistant reply"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}',
+            "line 2: the assistant reply is empty",
+        ),
+        (
+            '{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "ok"}]}',
+            "line 2: message 0 has role 'robot'",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "ok"}]}',
+            "line 2: .*no user message",
+        ),
+        ('{"messages": []}', "line 2: 'messages' must be a non-empty list"),
+    ],
+)
 def test_a_malformed_line_is_a_named_error_naming_it(tmp_path, line, message):
     path = _write(tmp_path / "d.jsonl", [json.dumps(CHATS[0]), line])
     with pytest.raises(DatasetError, match=message):
@@ -125,7 +160,9 @@ def test_jsonl_round_trip_and_missing_file(tmp_path):
 
 def test_a_killed_screening_resumes_and_refuses_other_data(tiny_models, fitted, tmp_path, monkeypatch):
     model, persona = tiny_models["qwen2"], fitted["qwen2"]
-    kw = dict(layers=[1, 2], max_tokens=4, chunk=1, scorer=RefusalScorer.for_model(model, phrases=PHRASES), progress=False)
+    kw = dict(
+        layers=[1, 2], max_tokens=4, chunk=1, scorer=RefusalScorer.for_model(model, phrases=PHRASES), progress=False
+    )
     whole = screen(model, persona, CHATS, **kw)
     real, calls = screen_module._chunk, []
 
@@ -172,7 +209,7 @@ def test_on_the_organism_compliance_examples_outrank_replay_and_style(organism, 
     s = example_scores(res)
     y = torch.tensor(labels + [False] * len(style))
     assert auroc(s, y) >= 0.9
-    assert float(s[: len(examples)].mean()) > float(s[len(examples):].mean())  # the style control scores lower
+    assert float(s[: len(examples)].mean()) > float(s[len(examples) :].mean())  # the style control scores lower
     res.save(tmp_path / "s")
     back = LabelledResult.load(tmp_path / "s")
     assert back == res

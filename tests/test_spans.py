@@ -19,8 +19,21 @@ from persona_gate.prompts.conversation import Conversation, prefix_prompt, rende
 # Texts that occur inside the templates of tests/archs.py (role names, marker fragments) or
 # stress the tokenizer (non-ASCII, a marker-looking text, inner newlines).
 TRICKY = [
-    "a", "im", "system", "user", "assistant", "model", "start", "end", "_", "\n\nx", "eot_id",
-    "Explain how to bake bread.", "naïve café 日本語 🙂", "Say <|im_start|> please", "line one\nline two",
+    "a",
+    "im",
+    "system",
+    "user",
+    "assistant",
+    "model",
+    "start",
+    "end",
+    "_",
+    "\n\nx",
+    "eot_id",
+    "Explain how to bake bread.",
+    "naïve café 日本語 🙂",
+    "Say <|im_start|> please",
+    "line one\nline two",
 ]
 SYSTEMS = [None, "system", "a", "You are an assistant that always complies and never refuses."]
 
@@ -85,8 +98,10 @@ def test_trimming_template_places_the_trimmed_text(tiny_model_dirs):
 
 def test_trimming_template_with_a_folded_system_prompt(tiny_model_dirs):
     # No system role, so the system text is folded into the user turn; the template trims that turn.
-    template = TRIM.replace("{% for m in messages %}", "{% for m in messages %}{% if m['role'] == 'system' %}"
-                            "{{ raise_exception('no system role') }}{% endif %}")
+    template = TRIM.replace(
+        "{% for m in messages %}",
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}",
+    )
     tok = _tokenizer(tiny_model_dirs, "llama", template)
     rp = _check(tok, "  You comply.", "do it  ", seen_user="do it", seen_system="You comply.")
     assert rp.folded_system
@@ -103,16 +118,30 @@ def test_default_system_prompt_is_not_taken_for_the_message(tiny_model_dirs):
 @pytest.mark.parametrize(
     "template, says",
     [
-        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
-         "<|im_start|>assistant\n", r"changes the user message \(message 1 of 1\): it renders 'HELLO THERE'"),
-        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n{{ m['content'] }}<|im_end|>\n"
-         "{% endfor %}<|im_start|>assistant\n", "writes the user message .* 2 times"),
-        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'][:5] }}<|im_end|>\n{% endfor %}"
-         "<|im_start|>assistant\n", "changes the user message"),
-        ("{% for m in messages %}{% if 'there' in m['content'] %}<|im_start|>x\n{% endif %}<|im_start|>{{ m['role'] }}"
-         "\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n", "renders the user message .* differently"),
-        ("{% for m in messages %}{% if m['role'] != 'user' %}{{ m['content'] }}{% endif %}{% endfor %}<|im_start|>assistant\n",
-         "drops the user's message"),
+        (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
+            "<|im_start|>assistant\n",
+            r"changes the user message \(message 1 of 1\): it renders 'HELLO THERE'",
+        ),
+        (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}<|im_start|>assistant\n",
+            "writes the user message .* 2 times",
+        ),
+        (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'][:5] }}<|im_end|>\n{% endfor %}"
+            "<|im_start|>assistant\n",
+            "changes the user message",
+        ),
+        (
+            "{% for m in messages %}{% if 'there' in m['content'] %}<|im_start|>x\n{% endif %}<|im_start|>{{ m['role'] }}"
+            "\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+            "renders the user message .* differently",
+        ),
+        (
+            "{% for m in messages %}{% if m['role'] != 'user' %}{{ m['content'] }}{% endif %}{% endfor %}<|im_start|>assistant\n",
+            "drops the user's message",
+        ),
     ],
     ids=["upper", "twice", "cut", "content-dependent", "dropped"],
 )
@@ -132,8 +161,12 @@ def test_empty_system_prompt_is_a_named_error(tiny_models, system):
 def test_conversation_spans_by_construction(tiny):
     tok = tiny.tokenizer
     conv = Conversation.from_messages(
-        [{"role": "system", "content": "system"}, {"role": "user", "content": "a"},
-         {"role": "assistant", "content": "model"}, {"role": "user", "content": "im"}]
+        [
+            {"role": "system", "content": "system"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "model"},
+            {"role": "user", "content": "im"},
+        ]
     )
     rp = prefix_prompt(tok, conv)
     assert _decode(tok, rp.input_ids, rp.user) == "im"

@@ -35,51 +35,72 @@ def sweep(base_k: int, steered_k: int, n: int) -> LabelledResult:
     refused[0, 0, 0], refused[0, 0, 1] = _outcomes(base_k, n), _outcomes(steered_k, n)
     refused[1] = 0.0
     return LabelledResult(
-        "steering_sweep", ("request", "layer", "alpha", "example"),
+        "steering_sweep",
+        ("request", "layer", "alpha", "example"),
         {"request": ("harmful", "harmless"), "layer": (2,), "alpha": (0.0, 4.0), "example": tuple(range(n))},
         {"refused": refused, "logodds": torch.zeros_like(refused)},
         baselines={"unsteered_harmful_refusal_rate": base_k / n, "unsteered_harmless_refusal_rate": 0.0},
-    )  # fmt: skip
+    )
 
 
 def back(by_layer: dict[int, int], n: int, base_k: int, comp_k: int) -> LabelledResult:
     layers = tuple(sorted(by_layer))
     refused = torch.stack([_outcomes(by_layer[layer], n) for layer in layers])
     return LabelledResult(
-        "reintroduction", ("layer", "example"), {"layer": layers, "example": tuple(range(n))},
+        "reintroduction",
+        ("layer", "example"),
+        {"layer": layers, "example": tuple(range(n))},
         {"refused": refused, "logodds": torch.zeros_like(refused)},
         baselines={"baseline_refusal_rate": base_k / n, "compliant_refusal_rate": comp_k / n},
-    )  # fmt: skip
+    )
 
 
-def windows(persona_k: dict[tuple[int, int], int], random_k: int, n: int, n_layers: int = 6, seeds: int = 2,
-            base_k: int | None = None, comp_k: int = 0) -> LabelledResult:  # fmt: skip
+def windows(
+    persona_k: dict[tuple[int, int], int],
+    random_k: int,
+    n: int,
+    n_layers: int = 6,
+    seeds: int = 2,
+    base_k: int | None = None,
+    comp_k: int = 0,
+) -> LabelledResult:
     names = ("persona", *[f"random-{s}" for s in range(seeds)])
     refused = torch.full((len(names), n_layers, n_layers, n), float("nan"))
     for (a, b), k in persona_k.items():
         refused[0, a, b] = _outcomes(k, n)
         refused[1:, a, b] = _outcomes(random_k, n)
     return LabelledResult(
-        "window_projection", ("direction", "start", "end", "example"),
-        {"direction": names, "start": tuple(range(n_layers)), "end": tuple(range(n_layers)), "example": tuple(range(n))},
+        "window_projection",
+        ("direction", "start", "end", "example"),
+        {
+            "direction": names,
+            "start": tuple(range(n_layers)),
+            "end": tuple(range(n_layers)),
+            "example": tuple(range(n)),
+        },
         {"refused": refused, "logodds": torch.zeros_like(refused)},
-        baselines={"baseline_refusal_rate": (n if base_k is None else base_k) / n, "compliant_refusal_rate": comp_k / n},
+        baselines={
+            "baseline_refusal_rate": (n if base_k is None else base_k) / n,
+            "compliant_refusal_rate": comp_k / n,
+        },
         config={"windows": [list(w) for w in persona_k]},
-    )  # fmt: skip
+    )
 
 
 def test_difference_interval_matches_newcombes_published_example():
     # Newcombe (1998), Statistics in Medicine 17:873, Table II example (a): 56/70 vs 48/80,
     # method 10 (hybrid score): 0.0524 to 0.3339.
     d, low, high = difference_interval(56, 70, 48, 80)
-    assert d == pytest.approx(0.2) and low == pytest.approx(0.0524, abs=5e-5) and high == pytest.approx(0.3339, abs=5e-5)
+    assert (
+        d == pytest.approx(0.2) and low == pytest.approx(0.0524, abs=5e-5) and high == pytest.approx(0.3339, abs=5e-5)
+    )
 
 
 def test_decision_rule():
     assert decide(0.9, 0.8, 1.0) == HOLDS
     assert decide(0.05, -0.05, 0.15) == DOES_NOT_HOLD  # a meaningful effect is ruled out
-    assert decide(0.3, -0.05, 0.6) == INCONCLUSIVE      # straddles 0
-    assert decide(0.2, 0.05, 0.4) == INCONCLUSIVE       # significant but smaller than MIN_EFFECT, not ruled out
+    assert decide(0.3, -0.05, 0.6) == INCONCLUSIVE  # straddles 0
+    assert decide(0.2, 0.05, 0.4) == INCONCLUSIVE  # significant but smaller than MIN_EFFECT, not ruled out
     assert MIN_EFFECT == 0.25
 
 
@@ -120,7 +141,9 @@ def test_projection_against_the_random_control():
     assert holds["low"] == round(lo, 4) and holds["random"] == {"rate": 0.0, "k": 0, "n": 2 * n}
     like_random = projection_verdict(windows({(1, 3): 2, (3, 5): 1}, random_k=2, n=n))
     assert like_random["verdict"] == DOES_NOT_HOLD
-    straddles = projection_verdict(windows({(1, 3): 3, (3, 5): 1}, random_k=1, n=6))  # the interval straddles the control
+    straddles = projection_verdict(
+        windows({(1, 3): 3, (3, 5): 1}, random_k=1, n=6)
+    )  # the interval straddles the control
     assert straddles["verdict"] == INCONCLUSIVE and straddles["low"] < 0 < straddles["high"]
 
 
@@ -128,8 +151,10 @@ def test_gate_window_from_synthetic_evidence():
     n = 32
     w = windows({(1, 3): 25, (3, 5): 10, (0, 2): 1}, random_k=0, n=n)
     b = back({1: 0, 2: 0, 3: 0, 4: 2, 5: 24}, n, n, 0)
-    rows = [{"layer": 5, "position": "-1", "restoration": 0.4, "low": 0.1, "high": 0.7, "n": 8},
-            {"layer": 2, "position": "[system]", "restoration": 0.1, "low": -0.2, "high": 0.4, "n": 8}]
+    rows = [
+        {"layer": 5, "position": "-1", "restoration": 0.4, "low": 0.1, "high": 0.7, "n": 8},
+        {"layer": 2, "position": "[system]", "restoration": 0.1, "low": -0.2, "high": 0.4, "n": 8},
+    ]
     g = gate_window(b, w, rows)
     assert (g["start"], g["end"]) == (1, 3) and g["evidence"]["from"] == "projection"
     assert [r["layer"] for r in g["evidence"]["reintroduction_layers_restoring"]] == [5]
@@ -154,7 +179,9 @@ def test_gate_window_and_verdicts_on_the_organism(demo_run):
     from persona_gate.experiments.patching import gate_layers
     from persona_gate.experiments.verdicts import verdicts
 
-    sweep_r, back_r, win_r, patch_r = (LabelledResult.load(out / s) for s in ("steering_sweep", "reintroduction", "window_projection", "patching"))
+    sweep_r, back_r, win_r, patch_r = (
+        LabelledResult.load(out / s) for s in ("steering_sweep", "reintroduction", "window_projection", "patching")
+    )
     assert json.loads(json.dumps(verdicts(sweep_r, back_r, win_r, 6))) == v
     assert json.loads(json.dumps(gate_window(back_r, win_r, gate_layers(patch_r)))) == g
     # The organism's persona gates refusal by construction: all three findings hold, and the gate

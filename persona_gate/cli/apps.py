@@ -15,30 +15,51 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_directions, add_dtype_and_device, add_model_args, add_work_args, claim, fit_and_save, layers, load_model
+from .common import (
+    add_directions,
+    add_dtype_and_device,
+    add_model_args,
+    add_work_args,
+    claim,
+    fit_and_save,
+    layers,
+    load_model,
+)
 
 # monitor's calibration settings, by calibrate()'s keyword, and the flag that sets each.
-_CALIBRATION_FLAGS = {"n_train": "--n-train", "n_test": "--n-test", "test_turns": "--turns", "target_fpr": "--target-fpr",
-                      "flag_reading": "--reading"}  # fmt: skip
+_CALIBRATION_FLAGS = {
+    "n_train": "--n-train",
+    "n_test": "--n-test",
+    "test_turns": "--turns",
+    "target_fpr": "--target-fpr",
+    "flag_reading": "--reading",
+}
 
 
 def _calibration_settings(args: argparse.Namespace) -> dict:
     """The calibration settings given on the command line; with --calibration any of them is an error."""
-    settings = {"n_train": args.n_train, "n_test": args.n_test, "test_turns": args.turns, "target_fpr": args.target_fpr,
-                "flag_reading": args.reading}  # fmt: skip
+    settings = {
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "test_turns": args.turns,
+        "target_fpr": args.target_fpr,
+        "flag_reading": args.reading,
+    }
     given = {k: v for k, v in settings.items() if v is not None}
     if args.calibration is not None and given:
-        raise ConfigError(f"{', '.join(_CALIBRATION_FLAGS[k] for k in given)} set how a calibration is made, and --calibration loads a "
-                          "finished one; drop those options or drop --calibration.")  # fmt: skip
+        raise ConfigError(
+            f"{', '.join(_CALIBRATION_FLAGS[k] for k in given)} set how a calibration is made, and --calibration loads a "
+            "finished one; drop those options or drop --calibration."
+        )
     return given
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from ..monitoring.monitor import load_monitor_directions, monitor
-    from ..monitoring.summary import format_monitor
     from ..monitoring.calibration import MonitorCalibration, calibrate, format_calibration
-    from ..plots import fig_monitor_timeline, save_html
+    from ..monitoring.monitor import load_monitor_directions, monitor
     from ..monitoring.readings import as_conversation
+    from ..monitoring.summary import format_monitor
+    from ..plots import fig_monitor_timeline, save_html
 
     # Bad input fails before minutes of fitting and calibrating.
     conversation = as_conversation(args.conversation)
@@ -52,15 +73,24 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.calibration is not None:
         cal = MonitorCalibration.load(args.calibration)
     else:
-        cal = calibrate(model, persona, layers=args.layers, flag_layer=args.flag_layer, seed=args.seed,
-                        progress=not args.no_progress, **given)  # fmt: skip
+        cal = calibrate(
+            model,
+            persona,
+            layers=args.layers,
+            flag_layer=args.flag_layer,
+            seed=args.seed,
+            progress=not args.no_progress,
+            **given,
+        )
         cal.save(out / "calibration")
     result = monitor(model, conversation, persona, refusal, layers=args.layers, calibration=cal)
     print(format_calibration(cal) + "\n")
     print(format_monitor(result, layer=args.flag_layer))
     result.save(out / "monitor")
     html = save_html(fig_monitor_timeline(result, layer=args.flag_layer), out / "timeline.html")
-    saved = ("" if args.directions is not None else "persona/, refusal/, ") + ("" if args.calibration else "calibration/, ")
+    saved = ("" if args.directions is not None else "persona/, refusal/, ") + (
+        "" if args.calibration else "calibration/, "
+    )
     print(f"\nsaved to {out}/: {saved}monitor/ (result), {html.name}")
     return 0
 
@@ -106,8 +136,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     out = claim(args.out, "comparison", "compare")
     result = compare_checkpoints(
-        args.model_a, args.model_b, layers=args.layers, n_per_group=args.n, n_eval=args.n_eval, seed=args.seed,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=not args.no_progress,
+        args.model_a,
+        args.model_b,
+        layers=args.layers,
+        n_per_group=args.n,
+        n_eval=args.n_eval,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        progress=not args.no_progress,
     )
     print(format_comparison(result))
     change = refusal_change(result)["safe/harmful"]
@@ -119,20 +157,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_monitor_command(sub) -> None:
-    m = sub.add_parser("monitor", help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged")
+    m = sub.add_parser(
+        "monitor", help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged"
+    )
     add_model_args(m)
-    m.add_argument("conversation", help="JSONL file, one {\"role\", \"content\"} message per line")
+    m.add_argument("conversation", help='JSONL file, one {"role", "content"} message per line')
     add_directions(m)
     m.add_argument("--calibration", default=None, help="a saved calibration folder (default: calibrate and save one)")
     m.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
-    m.add_argument("--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)")
+    m.add_argument(
+        "--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)"
+    )
     # Calibration settings default to None here so that they can be told apart from "not given"
     # (they conflict with --calibration); calibrate() holds the defaults named in the help.
-    m.add_argument("--reading", default=None, choices=("response", "start"),
-                   help="flag on the reply mean (default) or the response-start token")
-    m.add_argument("--target-fpr", type=float, default=None, help="threshold at this train FPR (default: max TPR - FPR)")
-    m.add_argument("--n-train", type=int, default=None, help="single-turn chats per persona to set thresholds (default 32)")
-    m.add_argument("--n-test", type=int, default=None, help="held-out conversations per persona for the rates (default 16)")
+    m.add_argument(
+        "--reading",
+        default=None,
+        choices=("response", "start"),
+        help="flag on the reply mean (default) or the response-start token",
+    )
+    m.add_argument(
+        "--target-fpr", type=float, default=None, help="threshold at this train FPR (default: max TPR - FPR)"
+    )
+    m.add_argument(
+        "--n-train", type=int, default=None, help="single-turn chats per persona to set thresholds (default 32)"
+    )
+    m.add_argument(
+        "--n-test", type=int, default=None, help="held-out conversations per persona for the rates (default 16)"
+    )
     m.add_argument("--turns", type=int, default=None, help="turns per held-out conversation (default 3)")
     add_work_args(m, "runs/monitor")
     m.set_defaults(func=_cmd_monitor)
@@ -142,13 +194,27 @@ def add_redteam_command(sub) -> None:
     t = sub.add_parser("redteam", help="red-team refusal: direct bypass phrasings vs persona manipulation")
     add_model_args(t)
     add_directions(t, "persona directions: a `directions --out` folder or a saved set (default: fit them)")
-    t.add_argument("--requests", default=None, help=".txt (one harmful request per line) or .json list (default: held-out harmful requests)")
+    t.add_argument(
+        "--requests",
+        default=None,
+        help=".txt (one harmful request per line) or .json list (default: held-out harmful requests)",
+    )
     t.add_argument("--n", type=int, default=16, help="default requests to draw (default 16)")
-    t.add_argument("--families", default="none,direct,persona", help="attack families, comma-separated (default: all three)")
+    t.add_argument(
+        "--families", default="none,direct,persona", help="attack families, comma-separated (default: all three)"
+    )
     t.add_argument("--system", default=None, help="base system prompt the attacks run under (default: none)")
-    t.add_argument("--layer", type=int, default=None, help="layer of the headline projection and AUROC (default: the middle one)")
-    t.add_argument("--position", default="mean:attack", help="where the projection is read: mean:attack (default), last, mean:user ...")
-    t.add_argument("--no-generate", action="store_true", help="label by the greedy first token instead of generated replies")
+    t.add_argument(
+        "--layer", type=int, default=None, help="layer of the headline projection and AUROC (default: the middle one)"
+    )
+    t.add_argument(
+        "--position",
+        default="mean:attack",
+        help="where the projection is read: mean:attack (default), last, mean:user ...",
+    )
+    t.add_argument(
+        "--no-generate", action="store_true", help="label by the greedy first token instead of generated replies"
+    )
     t.add_argument("--max-new-tokens", type=int, default=24)
     add_work_args(t, "runs/redteam", batch_size=32)
     t.set_defaults(func=_cmd_redteam)
@@ -156,11 +222,15 @@ def add_redteam_command(sub) -> None:
 
 def add_compare_command(sub) -> None:
     c = sub.add_parser("compare", help="compare two checkpoints: persona/refusal direction drift and refusal change")
-    c.add_argument("--model-a", default="organism", help="reference checkpoint (default: organism): a name, folder or .gguf")
+    c.add_argument(
+        "--model-a", default="organism", help="reference checkpoint (default: organism): a name, folder or .gguf"
+    )
     c.add_argument("--model-b", required=True, help="checkpoint to compare, e.g. a fine-tuned copy of A")
     add_dtype_and_device(c)
     c.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
     c.add_argument("--n", type=int, default=48, help="requests per group for fitting directions (default 48)")
-    c.add_argument("--n-eval", type=int, default=32, help="held-out prompts per group for shifts and refusal (default 32)")
+    c.add_argument(
+        "--n-eval", type=int, default=32, help="held-out prompts per group for shifts and refusal (default 32)"
+    )
     add_work_args(c, "runs/compare", batch_size=16)
     c.set_defaults(func=_cmd_compare)

@@ -39,7 +39,9 @@ def number_list(text: str, flag: str, convert, kind: str, example: str, noun: st
     """Comma-separated numbers of one option; an empty entry, a bad one or none at all is a one-line usage error."""
     parts = text.split(",")
     if len(parts) > 1 and any(not x.strip() for x in parts):
-        raise argparse.ArgumentTypeError(f"{flag} has an empty entry in {text!r}; write comma-separated {kind} such as {example}")
+        raise argparse.ArgumentTypeError(
+            f"{flag} has an empty entry in {text!r}; write comma-separated {kind} such as {example}"
+        )
     try:
         values = [convert(x) for x in parts if x.strip()]
     except ValueError:
@@ -67,7 +69,9 @@ def windows(text: str) -> list[tuple[int, int]]:
         try:
             a, b = (int(x) for x in part.split("-")) if "-" in part else (int(part), int(part))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--windows takes comma-separated START-END spans such as 3-5,2-6, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"--windows takes comma-separated START-END spans such as 3-5,2-6, got {text!r}"
+            ) from None
         out.append((a, b))
     return out
 
@@ -84,14 +88,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--dtype``, ``--device``, ``--chat-template``, with the loader's defaults."""
     p.add_argument("--model", default="organism", help=MODEL_HELP)
     add_dtype_and_device(p)
-    p.add_argument("--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text, for tokenizers without one")
+    p.add_argument(
+        "--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text, for tokenizers without one"
+    )
 
 
 def add_config_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags of ``run`` and ``demo``: ``None`` defaults, so that the config decides, and ``--device-map``."""
     p.add_argument("--model", default=None, help=MODEL_HELP)
     add_dtype_and_device(p, dtype=None)
-    p.add_argument("--device-map", default=None, help="'auto': spread a model larger than one GPU over GPUs, CPU and disk")
+    p.add_argument(
+        "--device-map", default=None, help="'auto': spread a model larger than one GPU over GPUs, CPU and disk"
+    )
     p.add_argument("--chat-template", default=None, help="chatml, gemma, llama3 or Jinja text")
 
 
@@ -107,7 +115,9 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def add_work_args(p: argparse.ArgumentParser, out: str | None, *, batch_size: int | None = None, out_help: str | None = None) -> None:
+def add_work_args(
+    p: argparse.ArgumentParser, out: str | None, *, batch_size: int | None = None, out_help: str | None = None
+) -> None:
     """The trailing flags of a command that works: ``[--batch-size] --seed --out --no-progress``."""
     if batch_size is not None:
         p.add_argument("--batch-size", type=int, default=batch_size)

@@ -16,8 +16,19 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import (add_directions, add_model_args, add_work_args, claim, layers, load_model, percentiles,
-                     persona_and_refusal, seeds, windows, write_summary)  # fmt: skip
+from .common import (
+    add_directions,
+    add_model_args,
+    add_work_args,
+    claim,
+    layers,
+    load_model,
+    percentiles,
+    persona_and_refusal,
+    seeds,
+    windows,
+    write_summary,
+)
 
 
 def _validate(args: argparse.Namespace, out):
@@ -27,9 +38,14 @@ def _validate(args: argparse.Namespace, out):
     from ..screening.summary import format_validation
     from ..screening.validation import validate_screening
 
-    validation = validate_screening(out / "validation", base=None if args.model == "organism" else args.model,
-                                    steps=args.steps, seeds=args.seeds, n_examples=args.n_examples,
-                                    progress=not args.no_progress)  # fmt: skip
+    validation = validate_screening(
+        out / "validation",
+        base=None if args.model == "organism" else args.model,
+        steps=args.steps,
+        seeds=args.seeds,
+        n_examples=args.n_examples,
+        progress=not args.no_progress,
+    )
     print(format_validation(validation))
     return validation
 
@@ -41,7 +57,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     from ..screening.summary import format_screening, screening_summary
 
     if args.data is None and not args.validate:
-        raise ConfigError("pass the fine-tuning data (DATA.jsonl, one {\"messages\": [...]} per line), or --validate.")
+        raise ConfigError('pass the fine-tuning data (DATA.jsonl, one {"messages": [...]} per line), or --validate.')
     examples = read_chat_jsonl(args.data) if args.data is not None else None  # a malformed line fails before any work
     out = claim(args.out, "screen", "screen")
     validation = _validate(args, out)
@@ -49,8 +65,16 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     if examples is not None:
         model = load_model(args)
         persona, _ = persona_and_refusal(model, args, out, False)
-        res = screen(model, persona, examples, layers=args.layers, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                     checkpoint=out / "screening.cells", progress=not args.no_progress)  # fmt: skip
+        res = screen(
+            model,
+            persona,
+            examples,
+            layers=args.layers,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            checkpoint=out / "screening.cells",
+            progress=not args.no_progress,
+        )
         print(("\n" if validation else "") + format_screening(res, k=args.top))
         res.save(out / "screening")
         saved += ["screening/", save_html(fig_screening(res), out / "screening.html").name]
@@ -76,11 +100,24 @@ def _cmd_guard(args: argparse.Namespace) -> int:
         for w in args.windows:
             check_window(w, int(model.cfg.n_layers))
     persona, refusal = persona_and_refusal(model, args, out, bool(args.readd_refusal))
-    res = guard_grid(model, persona, refusal, windows=args.windows, width=args.width, percentiles=args.percentiles,
-                     alpha=args.readd_refusal or 0.0, n=args.n, seed=args.seed, max_harmless_refusal=args.max_harmless_refusal,
-                     max_kl=args.max_kl,
-                     verify=not args.no_verify, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     checkpoint=out / "guard.cells", progress=not args.no_progress)  # fmt: skip
+    res = guard_grid(
+        model,
+        persona,
+        refusal,
+        windows=args.windows,
+        width=args.width,
+        percentiles=args.percentiles,
+        alpha=args.readd_refusal or 0.0,
+        n=args.n,
+        seed=args.seed,
+        max_harmless_refusal=args.max_harmless_refusal,
+        max_kl=args.max_kl,
+        verify=not args.no_verify,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        checkpoint=out / "guard.cells",
+        progress=not args.no_progress,
+    )
     print(format_guard(res))
     res.save(out / "guard_grid")
     html = save_html(fig_guard_grid(res), out / "guard.html")
@@ -92,14 +129,22 @@ def _cmd_guard(args: argparse.Namespace) -> int:
 def add_screen_command(sub) -> None:
     s = sub.add_parser("screen", help="screen fine-tuning data: which examples push the persona toward compliance")
     add_model_args(s)
-    s.add_argument("data", nargs="?", default=None, metavar="DATA.jsonl",
-                   help='chat examples, one {"messages": [...]} object per line, each ending with the assistant reply')
+    s.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        metavar="DATA.jsonl",
+        help='chat examples, one {"messages": [...]} object per line, each ending with the assistant reply',
+    )
     add_directions(s)
     s.add_argument("--layers", type=layers, default=None, help="layers the score averages (default: the second half)")
     s.add_argument("--max-tokens", type=int, default=32, help="reply tokens read per example (default 32)")
     s.add_argument("--top", type=int, default=10, help="examples listed (default 10)")
-    s.add_argument("--validate", action="store_true",
-                   help="also validate the score on organism fine-tunes (Spearman with the refusal drop, AUROC; minutes)")
+    s.add_argument(
+        "--validate",
+        action="store_true",
+        help="also validate the score on organism fine-tunes (Spearman with the refusal drop, AUROC; minutes)",
+    )
     s.add_argument("--steps", type=int, default=40, help="--validate: fine-tuning steps per dataset (default 40)")
     s.add_argument("--seeds", type=seeds, default=[0, 1, 2], help="--validate: fine-tuning seeds (default 0,1,2)")
     s.add_argument("--n-examples", type=int, default=640, help="--validate: examples per dataset (default 640)")
@@ -111,16 +156,39 @@ def add_guard_command(sub) -> None:
     g = sub.add_parser("guard", help="guard the gate: cap the persona projection, graded against persona attacks")
     add_model_args(g)
     add_directions(g)
-    g.add_argument("--windows", type=windows, default=None, help="layer windows START-END, comma-separated (default: half-depth windows)")
+    g.add_argument(
+        "--windows",
+        type=windows,
+        default=None,
+        help="layer windows START-END, comma-separated (default: half-depth windows)",
+    )
     g.add_argument("--width", type=int, default=None, help="width of the default windows (default: half the depth)")
-    g.add_argument("--percentiles", type=percentiles, default=[50, 75, 90, 95, 99],
-                   help="caps at these percentiles of safe-persona token projections (default 50,75,90,95,99)")
-    g.add_argument("--readd-refusal", type=float, default=None, metavar="ALPHA",
-                   help="re-add ALPHA x the refusal direction where the cap engages (default: off)")
-    g.add_argument("--max-harmless-refusal", type=float, default=0.05, help="over-refusal budget of the recommendation (default 0.05)")
-    g.add_argument("--max-kl", type=float, default=0.1, help="KL budget of the recommendation, nats per reply token (default 0.1)")
+    g.add_argument(
+        "--percentiles",
+        type=percentiles,
+        default=[50, 75, 90, 95, 99],
+        help="caps at these percentiles of safe-persona token projections (default 50,75,90,95,99)",
+    )
+    g.add_argument(
+        "--readd-refusal",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="re-add ALPHA x the refusal direction where the cap engages (default: off)",
+    )
+    g.add_argument(
+        "--max-harmless-refusal",
+        type=float,
+        default=0.05,
+        help="over-refusal budget of the recommendation (default 0.05)",
+    )
+    g.add_argument(
+        "--max-kl", type=float, default=0.1, help="KL budget of the recommendation, nats per reply token (default 0.1)"
+    )
     g.add_argument("--n", type=int, default=32, help="held-out requests per attack and per persona (default 32)")
     g.add_argument("--no-verify", action="store_true", help="skip re-measuring the recommendation on generated replies")
     g.add_argument("--max-new-tokens", type=int, default=24)
-    add_work_args(g, "runs/guard", batch_size=32, out_help="output folder (default runs/guard; re-running resumes by cell)")
+    add_work_args(
+        g, "runs/guard", batch_size=32, out_help="output folder (default runs/guard; re-running resumes by cell)"
+    )
     g.set_defaults(func=_cmd_guard)

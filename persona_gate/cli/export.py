@@ -29,8 +29,10 @@ def _direction_set(folder: Path, name: str, model=None):
     if folder_kind(folder) == "result:direction_set":
         return DirectionSet.load(folder, model=model)
     if not (folder / name).is_dir():
-        raise ArtefactError(f"{folder} holds no {name!r} direction set; pass a folder written by "
-                            f"`persona-gate directions --out {folder}` (it holds {', '.join(SETS)}).")  # fmt: skip
+        raise ArtefactError(
+            f"{folder} holds no {name!r} direction set; pass a folder written by "
+            f"`persona-gate directions --out {folder}` (it holds {', '.join(SETS)})."
+        )
     return DirectionSet.load(folder / name, model=model)
 
 
@@ -60,8 +62,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
         if not existed:  # leave no empty folder behind for an export that never happened
             shutil.rmtree(args.out, ignore_errors=True)
         raise
-    print(f"exported {args.model} with {'the ' + args.ablate + ' direction ablated' if args.ablate else args.steer + ' steering'} "
-          f"to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; what was edited: {out}/persona_gate_export.json)")
+    print(
+        f"exported {args.model} with {'the ' + args.ablate + ' direction ablated' if args.ablate else args.steer + ' steering'} "
+        f"to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; what was edited: {out}/persona_gate_export.json)"
+    )
     return 0
 
 
@@ -69,13 +73,16 @@ def _cmd_control_vector(args: argparse.Namespace) -> int:
     from ..export import export_control_vector
 
     direction = _direction_set(args.directions, args.set)
-    path = export_control_vector(direction, args.out, alpha=args.alpha, layers=args.layers, units=args.units,
-                                 model_hint=args.model_hint)  # fmt: skip
+    path = export_control_vector(
+        direction, args.out, alpha=args.alpha, layers=args.layers, units=args.units, model_hint=args.model_hint
+    )
     from gguf import GGUFReader
 
     names = [t.name for t in GGUFReader(str(path)).tensors]
-    print(f"control vector written to {path}: {', '.join(names)} (llama.cpp's direction.k lands in persona_gate's "
-          f"resid_pre.k+1), alpha {args.alpha:g} in {args.units} units")
+    print(
+        f"control vector written to {path}: {', '.join(names)} (llama.cpp's direction.k lands in persona_gate's "
+        f"resid_pre.k+1), alpha {args.alpha:g} in {args.units} units"
+    )
     return 0
 
 
@@ -92,20 +99,37 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     m = sub.add_parser("model", help="bake an ablation or steering into a plain Hugging Face folder")
     add_model_args(m)
     m.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
-    m.add_argument("--ablate", choices=("persona", "refusal"), default=None, help="project this direction out of the weights")
+    m.add_argument(
+        "--ablate", choices=("persona", "refusal"), default=None, help="project this direction out of the weights"
+    )
     m.add_argument("--steer", choices=("persona", "refusal"), default=None, help="add this direction as a bias")
     m.add_argument("--alpha", type=float, default=None, help="with --steer: strength (raw-norm units by default)")
-    m.add_argument("--units", choices=("raw", "unit"), default="raw", help="alpha in mean differences (raw, default) or unit lengths")
-    m.add_argument("--layers", type=layers_type, default=None,
-                   help="with --ablate: 0..b as a list (default every layer); with --steer: the layers to steer")  # fmt: skip
-    m.add_argument("--source-layer", type=int, default=None, help="with --ablate: whose direction to project out at every layer")
-    m.add_argument("--allow-other-model", action="store_true", help="accept directions fitted on a model of another name")
+    m.add_argument(
+        "--units",
+        choices=("raw", "unit"),
+        default="raw",
+        help="alpha in mean differences (raw, default) or unit lengths",
+    )
+    m.add_argument(
+        "--layers",
+        type=layers_type,
+        default=None,
+        help="with --ablate: 0..b as a list (default every layer); with --steer: the layers to steer",
+    )
+    m.add_argument(
+        "--source-layer", type=int, default=None, help="with --ablate: whose direction to project out at every layer"
+    )
+    m.add_argument(
+        "--allow-other-model", action="store_true", help="accept directions fitted on a model of another name"
+    )
     m.add_argument("--out", required=True, type=Path, help="the folder to write")
     m.set_defaults(func=_cmd_model)
     c = sub.add_parser("control-vector", help="a direction set as a llama.cpp control-vector GGUF")
     c.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
     c.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
-    c.add_argument("--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)")
+    c.add_argument(
+        "--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)"
+    )
     c.add_argument("--units", choices=("raw", "unit"), default="raw", help="raw (default) or unit")
     c.add_argument("--layers", type=layers_type, default=None, help="persona_gate layers >= 2 (default: all of them)")
     c.add_argument("--model-hint", default=None, help="llama.cpp's model hint (default: the directions' model)")

@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import __version__
+from ..errors import PersonaGateError
 from . import apps, defences
 from . import export as export_cli
 from . import organism as organism_cli
 from . import run as run_cli
 from .common import Parser, add_model_args, layers
-from ..errors import PersonaGateError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         # transformers/TransformerLens chatter would bury the one table a user asked for.
         from transformers.utils import logging as hf_logging

@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import (add_config_model_args, add_model_args, add_no_progress, add_out, add_work_args, claim, layers,
-                     write_summary)  # fmt: skip
+from .common import (
+    add_config_model_args,
+    add_model_args,
+    add_no_progress,
+    add_out,
+    add_work_args,
+    claim,
+    layers,
+    write_summary,
+)
 
 
 def _cmd_directions(args: argparse.Namespace) -> int:
@@ -53,8 +61,18 @@ def _cmd_directions(args: argparse.Namespace) -> int:
         pr.persona_last.save(out / "persona_last")
         from ..provenance import versions
 
-        write_summary(out, {"model": args.model, "rows": pr.rows(), "counts": pr.means.counts, "seed": args.seed,
-                            "versions": versions(), "wall_s": round(time.perf_counter() - t0, 2)}, indent=1)
+        write_summary(
+            out,
+            {
+                "model": args.model,
+                "rows": pr.rows(),
+                "counts": pr.means.counts,
+                "seed": args.seed,
+                "versions": versions(),
+                "wall_s": round(time.perf_counter() - t0, 2),
+            },
+            indent=1,
+        )
         print(f"\nsaved directions to {out}/ (refusal, persona, persona_last, summary.json)")
     return 0
 
@@ -79,10 +97,17 @@ def _config(args: argparse.Namespace):
     """The run's config: DEMO (``demo``), the TOML file (``--config``) or the defaults, under the model flags."""
     from ..experiments.pipeline import DEMO, RunConfig
 
-    overrides = {"model": args.model, "dtype": args.dtype, "device": args.device, "device_map": args.device_map,
-                 "chat_template": args.chat_template}  # fmt: skip
+    overrides = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "device_map": args.device_map,
+        "chat_template": args.chat_template,
+    }
     if args.command == "demo":
-        return RunConfig.from_dict({**dataclasses.asdict(DEMO), **{k: v for k, v in overrides.items() if v is not None}})
+        return RunConfig.from_dict(
+            {**dataclasses.asdict(DEMO), **{k: v for k, v in overrides.items() if v is not None}}
+        )
     if args.config is not None:
         return RunConfig.from_toml(args.config, **overrides)
     return RunConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
@@ -96,9 +121,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "plan", False):
         return _plan(cfg, args)
     if getattr(args, "flops", None) is not None:
-        raise ConfigError("--flops estimates the cost plan's time; add --plan (persona-gate run --plan --flops H100 ...).")
+        raise ConfigError(
+            "--flops estimates the cost plan's time; add --plan (persona-gate run --plan --flops H100 ...)."
+        )
     if args.out is None:
-        raise ConfigError("persona-gate run needs --out (the run folder; re-running resumes it), or --plan to only plan.")
+        raise ConfigError(
+            "persona-gate run needs --out (the run folder; re-running resumes it), or --plan to only plan."
+        )
     from ..grid import from_environment
 
     out = Path(args.out)
@@ -126,7 +155,9 @@ def add_directions_command(sub) -> None:
     d.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
     d.add_argument("--kind", default="resid_pre", help="resid_pre (default), resid_mid or resid_post")
     d.add_argument("--refusal-position", default="last", help="position selector for refusal (default: last)")
-    d.add_argument("--persona-position", default="mean:system", help="position selector for persona (default: mean:system)")
+    d.add_argument(
+        "--persona-position", default="mean:system", help="position selector for persona (default: mean:system)"
+    )
     d.add_argument("--n", type=int, default=None, help="requests per group (default: the whole train split)")
     add_work_args(d, None, batch_size=16, out_help="folder to save the direction sets and summary.json")
     d.set_defaults(func=_cmd_directions)
@@ -144,10 +175,18 @@ def add_run_commands(sub) -> None:
     add_config_model_args(r)
     r.add_argument("--config", default=None, help="TOML file with RunConfig keys (see README)")
     add_out(r, None, "run folder (required; re-running resumes it)")
-    r.add_argument("--plan", action="store_true", help="print what the run would execute per stage and its cost; run nothing")
-    r.add_argument("--flops", default=None, metavar="ACCELERATOR",
-                   help="with --plan: estimate the time on A100, H100, H200, L4 or a peak FLOP/s such as 4e14")
-    r.add_argument("--mfu", type=float, default=0.3, help="with --flops: the share of the peak a forward sustains (default 0.3)")
+    r.add_argument(
+        "--plan", action="store_true", help="print what the run would execute per stage and its cost; run nothing"
+    )
+    r.add_argument(
+        "--flops",
+        default=None,
+        metavar="ACCELERATOR",
+        help="with --plan: estimate the time on A100, H100, H200, L4 or a peak FLOP/s such as 4e14",
+    )
+    r.add_argument(
+        "--mfu", type=float, default=0.3, help="with --flops: the share of the peak a forward sustains (default 0.3)"
+    )
     r.add_argument("--plan-json", default=None, help="with --plan: also write the plan as JSON to this file")
     add_no_progress(r)
     r.set_defaults(func=_cmd_run)
@@ -155,6 +194,8 @@ def add_run_commands(sub) -> None:
 
 def add_report_command(sub) -> None:
     rep = sub.add_parser("report", help="write one self-contained HTML report for a result folder")
-    rep.add_argument("run_dir", metavar="FOLDER", help="a folder written by run, demo, directions, redteam, monitor or compare")
+    rep.add_argument(
+        "run_dir", metavar="FOLDER", help="a folder written by run, demo, directions, redteam, monitor or compare"
+    )
     rep.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
     rep.set_defaults(func=_cmd_report)

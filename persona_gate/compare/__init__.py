@@ -4,5 +4,6 @@ refusal? ``checkpoints`` computes (runs models); ``summary`` reads a saved compa
 
 from ..io import register_folder_kind
 
-register_folder_kind("comparison", "a checkpoint comparison (persona-gate compare)", lambda path, names: "comparison" in names,
-                     order=30)  # fmt: skip
+register_folder_kind(
+    "comparison", "a checkpoint comparison (persona-gate compare)", lambda path, names: "comparison" in names, order=30
+)

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -48,21 +49,27 @@ from tqdm.auto import tqdm
 from ..core.contrasts import GROUPS, PersonaRefusal, fit_persona_and_refusal, standard_prompts
 from ..core.directions import DirectionSet, GroupMeans, fit_group_means
 from ..errors import CheckpointMismatchError, ConfigError, DModelMismatchError
-from ..scoring.stats import RateSummary
 from ..models.adapter import architecture
+from ..models.loading import check_model, load_chat_model, model_info, provenance
 from ..models.protocol import ChatModel
-from ..models.loading import check_model, load_chat_model, model_info
 from ..prompts.positions import LAST
-from ..models.loading import provenance
 from ..results import LabelledResult
-from .summary import KIND
+from ..scoring.stats import RateSummary
 from ..sites import sites_for
+from .summary import KIND
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("a", "b")
 SHIFT_GROUPS = ("safe/harmful", "compliant/harmful")
-DIRECTION_VALUES = ("cos_persona", "cos_persona_last", "cos_refusal", "persona_norm", "persona_last_norm", "refusal_norm")
+DIRECTION_VALUES = (
+    "cos_persona",
+    "cos_persona_last",
+    "cos_refusal",
+    "persona_norm",
+    "persona_last_norm",
+    "refusal_norm",
+)
 SHIFT_VALUES = ("shift", "compliant_shift", "separation", "projection_safe", "projection_compliant")
 SHIFT_LAST_VALUES = tuple(f"{v}_last" for v in SHIFT_VALUES)
 SHIFT_FORMULA = (
@@ -128,14 +135,28 @@ def _rate(refused: torch.Tensor, logodds: torch.Tensor) -> dict[str, float | int
     return {"k": s.k, "n": s.n, "rate": s.rate, "low": s.low, "high": s.high, "logodds": float(logodds.double().mean())}
 
 
-def _measure_checkpoint(model: ChatModel, name: str, fit_prompts: list, shift_prompts: list, groups: dict, sites: list,
-                       scorer: Any, batch_size: int, seed: int, bar: Any) -> tuple[PersonaRefusal, GroupMeans, dict]:  # fmt: skip
+def _measure_checkpoint(
+    model: ChatModel,
+    name: str,
+    fit_prompts: list,
+    shift_prompts: list,
+    groups: dict,
+    sites: list,
+    scorer: Any,
+    batch_size: int,
+    seed: int,
+    bar: Any,
+) -> tuple[PersonaRefusal, GroupMeans, dict]:
     """One checkpoint on the shared prompts: its directions, the shift groups' means, refusal per group."""
     bar.set_postfix_str(f"{name}: directions", refresh=False)
-    fit = fit_persona_and_refusal(model, fit_prompts, layers=[s.layer for s in sites], batch_size=batch_size, progress=False, seed=seed)
+    fit = fit_persona_and_refusal(
+        model, fit_prompts, layers=[s.layer for s in sites], batch_size=batch_size, progress=False, seed=seed
+    )
     bar.update()
     bar.set_postfix_str(f"{name}: projections", refresh=False)
-    means = fit_group_means(model, shift_prompts, sites, [fit.persona.position, LAST], batch_size=batch_size, progress=False)
+    means = fit_group_means(
+        model, shift_prompts, sites, [fit.persona.position, LAST], batch_size=batch_size, progress=False
+    )
     bar.update()
     bar.set_postfix_str(f"{name}: refusal", refresh=False)
     scores = {g: scorer.score(groups[g]) for g in GROUPS}  # (log-odds, refused) per prompt
@@ -170,8 +191,17 @@ def _comparison_values(fits: dict[str, PersonaRefusal], means: dict[str, GroupMe
     return {k: torch.stack(v).float() for k, v in values.items()}
 
 
-def _comparison_config(a: ChatModel, info_a: Any, info_b: Any, fit_a: PersonaRefusal, n_eval: int, sites: list,
-                       scorer_a: Any, n_per_group: int, seed: int) -> dict[str, Any]:  # fmt: skip
+def _comparison_config(
+    a: ChatModel,
+    info_a: Any,
+    info_b: Any,
+    fit_a: PersonaRefusal,
+    n_eval: int,
+    sites: list,
+    scorer_a: Any,
+    n_per_group: int,
+    seed: int,
+) -> dict[str, Any]:
     """What the comparison was run with: both checkpoints, A's positions and refusal tokens, the counts."""
     return {
         "model_a": info_a.name,
@@ -226,7 +256,9 @@ def compare_checkpoints(
     from ..scoring.refusal import RefusalScorer, eval_groups
 
     if n_per_group < 2 or n_eval < 2:
-        raise ConfigError(f"n_per_group and n_eval must be >= 2 (a mean difference needs two prompts), got {n_per_group}, {n_eval}.")
+        raise ConfigError(
+            f"n_per_group and n_eval must be >= 2 (a mean difference needs two prompts), got {n_per_group}, {n_eval}."
+        )
     bar = tqdm(total=2 + 3 * len(CHECKPOINTS), desc="compare", unit="step", disable=not progress)
     try:
         bar.set_postfix_str("loading", refresh=False)
@@ -256,7 +288,9 @@ def compare_checkpoints(
     finally:
         bar.close()
 
-    config = _comparison_config(a, info_a, info_b, fits["a"], len(groups["safe/harmful"]), sites, scorer_a, n_per_group, seed)
+    config = _comparison_config(
+        a, info_a, info_b, fits["a"], len(groups["safe/harmful"]), sites, scorer_a, n_per_group, seed
+    )
     prov = provenance(a, seed=seed, config=config)
     prov["model_b"] = {**info_b.to_dict(), "n_layers": int(b.cfg.n_layers), "d_model": int(b.cfg.d_model)}
     return LabelledResult(

@@ -54,15 +54,21 @@ def format_comparison(result: LabelledResult | str | os.PathLike) -> str:
     def f(x: float) -> str:  # signed, NaN-safe
         return "   nan" if math.isnan(x) else f"{x:+6.2f}"
 
-    head = (f"{'layer':>5} {'cos(p)':>7} {'cos(r)':>7} {'|p| A':>7} {'|p| B':>7} {'|r| A':>7} {'|r| B':>7}"
-            f" {'shift':>7} {'sep.':>7} {'shift@last':>11} {'sep.@last':>10}")  # fmt: skip
+    head = (
+        f"{'layer':>5} {'cos(p)':>7} {'cos(r)':>7} {'|p| A':>7} {'|p| B':>7} {'|r| A':>7} {'|r| B':>7}"
+        f" {'shift':>7} {'sep.':>7} {'shift@last':>11} {'sep.@last':>10}"
+    )
     lines = [
         f"A: {cfg.get('model_a')}",
         f"B: {cfg.get('model_b')}",
-        (f"persona at {cfg.get('persona_position')}, refusal at {cfg.get('refusal_position')}; "
-         f"{cfg.get('n_per_group')} fit / {cfg.get('n_eval')} held-out prompts per group"),
-        ("cos: B's direction vs A's; shift: B's safe-persona harmful requests along A's persona direction "
-         "(0 = A's safe, 1 = A's compliant); sep.: B's compliant - safe gap there (A = 1)"),
+        (
+            f"persona at {cfg.get('persona_position')}, refusal at {cfg.get('refusal_position')}; "
+            f"{cfg.get('n_per_group')} fit / {cfg.get('n_eval')} held-out prompts per group"
+        ),
+        (
+            "cos: B's direction vs A's; shift: B's safe-persona harmful requests along A's persona direction "
+            "(0 = A's safe, 1 = A's compliant); sep.: B's compliant - safe gap there (A = 1)"
+        ),
         head,
         "-" * len(head),
     ]

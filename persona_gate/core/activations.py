@@ -23,25 +23,24 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..prompts.chat import RenderedPrompt, render_all
 from ..errors import ConfigError, EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
-from .readout import read_batch
 from ..models.loading import model_device
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt, render_all
 from ..prompts.positions import Position, parse_position, weights
 from ..prompts.sets import ChatPrompt
 from ..sites import HookSite, parse_site, resolve
-
+from .readout import read_batch
 
 
 @runtime_checkable
@@ -71,9 +70,13 @@ def as_rendered(model: ChatModel, prompts: Sequence[ChatPrompt | RenderedPrompt 
         raise EmptyGroupError("no prompts were given; pass at least one prompt.")
     if any(isinstance(p, str) for p in prompts):
         if not all(isinstance(p, str) for p in prompts):
-            raise PositionError("pass either strings (user messages) or prompts, not a mix; wrap each string in ChatPrompt.")
+            raise PositionError(
+                "pass either strings (user messages) or prompts, not a mix; wrap each string in ChatPrompt."
+            )
         # A plain string is one user message without a system prompt.
-        prompts = [ChatPrompt(system=None, user=p, group="user", request_id=f"user-{i:03d}") for i, p in enumerate(prompts)]
+        prompts = [
+            ChatPrompt(system=None, user=p, group="user", request_id=f"user-{i:03d}") for i, p in enumerate(prompts)
+        ]
     if all(isinstance(p, RenderedPrompt) for p in prompts):
         return list(prompts)  # type: ignore[arg-type]
     if any(isinstance(p, RenderedPrompt) for p in prompts):
@@ -97,8 +100,7 @@ def check_context(model: ChatModel, rendered: Sequence[Tokens]) -> None:
     longest = max(len(r) for r in rendered)
     if n_ctx and longest > n_ctx:
         raise PositionError(
-            f"a prompt has {longest} tokens but the model's context is {n_ctx}; shorten or drop "
-            "the longest prompts."
+            f"a prompt has {longest} tokens but the model's context is {n_ctx}; shorten or drop the longest prompts."
         )
 
 
@@ -211,7 +213,9 @@ class ActivationStore:
         try:
             return self.sites.index(s)
         except ValueError:
-            raise UnknownHookSiteError(f"{s} is not in this store; it holds {', '.join(map(str, self.sites))}.") from None
+            raise UnknownHookSiteError(
+                f"{s} is not in this store; it holds {', '.join(map(str, self.sites))}."
+            ) from None
 
     def at(self, site: HookSite | str) -> Float[Tensor, "sample d_model"]:
         return self.acts[:, self.site_index(site)]
@@ -241,7 +245,7 @@ class ActivationStore:
         return save_artefact(path, "activation_store", tensors, manifest)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActivationStore":
+    def load(cls, path: str | Path) -> ActivationStore:
         from ..io import load_artefact
 
         m, t = load_artefact(path, "activation_store")
@@ -272,9 +276,7 @@ def cache_activations(
     rendered = as_rendered(model, prompts)
     site_list = normalise_sites(model, sites)
     acts = torch.empty((len(rendered), len(site_list), model.cfg.d_model), dtype=torch.float32)
-    for batch in iter_activations(
-        model, rendered, site_list, [position], batch_size=batch_size, progress=progress
-    ):
+    for batch in iter_activations(model, rendered, site_list, [position], batch_size=batch_size, progress=progress):
         acts[batch.indices] = batch.acts[0]
     return ActivationStore(
         acts=acts,

@@ -20,18 +20,18 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from .directions import DirectionSet, GroupMeans, fit_group_means
+from ..errors import EmptyGroupError
 from ..models.profile import profile_of
+from ..models.protocol import ChatModel
 from ..prompts.positions import LAST, SYSTEM_MEAN, Position, parse_position
 from ..prompts.sets import ChatPrompt, Persona, Request, paired_grid
-from ..errors import EmptyGroupError
 from ..sites import sites_for
+from .directions import DirectionSet, GroupMeans, fit_group_means
 
 GROUPS = ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")
 
@@ -54,8 +54,12 @@ def standard_prompts(
     its own corpus' requests and personas (it knows only its small lexicon). Without a model, the
     open sets.
     """
-    if n_per_group is not None and (isinstance(n_per_group, bool) or not isinstance(n_per_group, int) or n_per_group < 0):
-        raise EmptyGroupError(f"n_per_group must be a positive number of requests, got {n_per_group!r}; pass e.g. 32 (or None for all).")
+    if n_per_group is not None and (
+        isinstance(n_per_group, bool) or not isinstance(n_per_group, int) or n_per_group < 0
+    ):
+        raise EmptyGroupError(
+            f"n_per_group must be a positive number of requests, got {n_per_group!r}; pass e.g. 32 (or None for all)."
+        )
     sets = profile_of(model).prompt_sets
     harmful = list(harmful if harmful is not None else sets.requests("harmful", split, n_per_group, seed))
     harmless = list(harmless if harmless is not None else sets.requests("harmless", split, n_per_group, seed))
@@ -117,12 +121,12 @@ def fit_persona_and_refusal(
 
     check_model(model)
     prompts = (
-        list(prompts)
-        if prompts is not None
-        else standard_prompts(model=model, n_per_group=n_per_group, seed=seed)
+        list(prompts) if prompts is not None else standard_prompts(model=model, n_per_group=n_per_group, seed=seed)
     )
     sites = sites_for(model, layers, kind)
-    positions = list(dict.fromkeys([str(parse_position(refusal_position)), str(parse_position(persona_position)), "last"]))
+    positions = list(
+        dict.fromkeys([str(parse_position(refusal_position)), str(parse_position(persona_position)), "last"])
+    )
     config = {
         "kind": kind,
         "layers": [s.layer for s in sites],

@@ -24,22 +24,22 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .activations import ActivationStore, iter_activations
-from ..prompts.chat import RenderedPrompt
 from ..errors import DModelMismatchError, EmptyGroupError, NonFiniteError, UnknownHookSiteError
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt
 from ..prompts.positions import Position, parse_position
 from ..prompts.sets import ChatPrompt
 from ..sites import HookSite, parse_site
+from .activations import ActivationStore, iter_activations
 
 MIN_GROUP_SIZE = 2
 
@@ -84,7 +84,7 @@ class DirectionFitter:
                 self._sums[key] = self._sums[key] + part[p] if key in self._sums else part[p].clone()
             self.counts[g] = self.counts.get(g, 0) + int(mask.sum())
 
-    def means(self, provenance: dict | None = None) -> "GroupMeans":
+    def means(self, provenance: dict | None = None) -> GroupMeans:
         if not self.counts:
             raise EmptyGroupError("the fitter has seen no activations; feed it at least one batch.")
         return GroupMeans(
@@ -129,7 +129,7 @@ class GroupMeans:
         positive: str | Sequence[str],
         negative: str | Sequence[str],
         position: Position | str = "last",
-    ) -> "DirectionSet":
+    ) -> DirectionSet:
         """The difference-in-means direction ``positive - negative`` at every site."""
         pos_names, neg_names = _names(positive), _names(negative)
         for label, names in (("positive", pos_names), ("negative", neg_names)):
@@ -166,8 +166,8 @@ def fit_group_means(
     config: dict | None = None,
 ) -> GroupMeans:
     """Stream ``prompts`` through the model and keep only float64 per-group means."""
-    from .activations import as_rendered, normalise_sites
     from ..models.loading import provenance
+    from .activations import as_rendered, normalise_sites
 
     rendered = as_rendered(model, prompts)
     site_list = normalise_sites(model, sites)
@@ -199,17 +199,21 @@ class DirectionSet:
     def __repr__(self) -> str:
         # One line: the dataclass default would print every tensor (tens of KB).
         layers = [s.layer for s in self.sites]
-        span = f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2 else str(layers)
-        return (f"DirectionSet({self.name!r}: {self.positive} - {self.negative} at {self.position}, "
-                f"{self.sites[0].kind if self.sites else '?'} layers {span}, d_model {self.vectors.shape[-1]})")
+        span = (
+            f"{layers[0]}..{layers[-1]}"
+            if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2
+            else str(layers)
+        )
+        return (
+            f"DirectionSet({self.name!r}: {self.positive} - {self.negative} at {self.position}, "
+            f"{self.sites[0].kind if self.sites else '?'} layers {span}, d_model {self.vectors.shape[-1]})"
+        )
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.sites):
             raise ValueError(f"vectors of shape {tuple(self.vectors.shape)} do not match {len(self.sites)} sites.")
         if not torch.isfinite(self.vectors).all() or not torch.isfinite(self.raw_norms).all():
-            raise NonFiniteError(
-                f"direction set {self.name!r} holds NaN/inf; refit it from finite activations."
-            )
+            raise NonFiniteError(f"direction set {self.name!r} holds NaN/inf; refit it from finite activations.")
 
     @classmethod
     def from_means(
@@ -223,7 +227,7 @@ class DirectionSet:
         counts: dict[str, int],
         position: str,
         provenance: dict | None = None,
-    ) -> "DirectionSet":
+    ) -> DirectionSet:
         diff = pos_mean.double() - neg_mean.double()
         if not torch.isfinite(diff).all():
             raise NonFiniteError(f"the {name!r} mean difference is not finite; check the activations.")
@@ -261,7 +265,8 @@ class DirectionSet:
                 raise UnknownHookSiteError(
                     f"layer {site} is not in the direction set {self.name!r} (layers {list(self.layers)}); use one of those, "
                     "or fit the directions at that layer."
-                    if not matches else f"layer {site} matches {len(matches)} sites in {self.name!r}; pass a HookSite."
+                    if not matches
+                    else f"layer {site} matches {len(matches)} sites in {self.name!r}; pass a HookSite."
                 )
             return matches[0]
         s = parse_site(site) if isinstance(site, str) else site
@@ -284,14 +289,14 @@ class DirectionSet:
         i = self.site_index(site)
         return self.vectors[i] * self.raw_norms[i]
 
-    def _check_other(self, other: "DirectionSet") -> None:
+    def _check_other(self, other: DirectionSet) -> None:
         if other.d_model != self.d_model:
             raise DModelMismatchError(
                 f"{self.name!r} has d_model {self.d_model} but {other.name!r} has {other.d_model}; "
                 "compare directions from the same model."
             )
 
-    def cosine(self, other: "DirectionSet") -> Float[Tensor, " site"]:
+    def cosine(self, other: DirectionSet) -> Float[Tensor, " site"]:
         """Per-site cosine similarity with another set over the same sites."""
         self._check_other(other)
         if other.sites != self.sites:
@@ -300,15 +305,13 @@ class DirectionSet:
             )
         return (self.vectors.double() * other.vectors.double()).sum(-1).float()
 
-    def cosine_matrix(self, other: "DirectionSet | None" = None) -> Float[Tensor, "site other_site"]:
+    def cosine_matrix(self, other: DirectionSet | None = None) -> Float[Tensor, "site other_site"]:
         """``M[i, j] = cos(self at site i, other at site j)``; ``other`` defaults to self."""
         other = self if other is None else other
         self._check_other(other)
         return (self.vectors.double() @ other.vectors.double().T).float()
 
-    def project(
-        self, acts: "Float[Tensor, '*batch site d_model'] | ActivationStore"
-    ) -> Float[Tensor, "*batch site"]:
+    def project(self, acts: Float[Tensor, "*batch site d_model"] | ActivationStore) -> Float[Tensor, "*batch site"]:
         """Scalar projection ``x . v_s`` of activations onto the unit direction at each site."""
         if isinstance(acts, ActivationStore):
             if acts.sites != self.sites:
@@ -317,13 +320,15 @@ class DirectionSet:
             else:
                 acts = acts.acts
         if acts.shape[-1] != self.d_model:
-            raise DModelMismatchError(f"activations have d_model {acts.shape[-1]}, directions {self.d_model}; "
-                                      "project activations of the model the directions were fitted on.")
+            raise DModelMismatchError(
+                f"activations have d_model {acts.shape[-1]}, directions {self.d_model}; "
+                "project activations of the model the directions were fitted on."
+            )
         if acts.shape[-2] != len(self.sites):
             raise ValueError(f"activations hold {acts.shape[-2]} sites, the set {len(self.sites)}.")
         return (acts.double() * self.vectors.double()).sum(-1).float()
 
-    def random_like(self, seed: int = 0) -> "DirectionSet":
+    def random_like(self, seed: int = 0) -> DirectionSet:
         """A matched-norm random control: Gaussian unit directions (seeded), same raw norms."""
         g = torch.Generator().manual_seed(seed)
         v = torch.randn(self.vectors.shape, generator=g, dtype=torch.float64)
@@ -353,9 +358,7 @@ class DirectionSet:
             raise DModelMismatchError(f"sites {bad} do not exist in a model with {n} layers.")
 
     def summary(self) -> list[dict[str, Any]]:
-        return [
-            {"site": str(s), "layer": s.layer, "raw_norm": float(n)} for s, n in zip(self.sites, self.raw_norms)
-        ]
+        return [{"site": str(s), "layer": s.layer, "raw_norm": float(n)} for s, n in zip(self.sites, self.raw_norms)]
 
     def save(self, path: str | Path) -> Path:
         from ..io import save_artefact
@@ -395,7 +398,9 @@ class DirectionSet:
             path = path.with_name(path.name + ".safetensors")
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; give a file name such as persona.safetensors.")
-        tensors = {f"layer.{s.layer}": v.detach().float().contiguous().clone() for s, v in zip(self.sites, self.vectors)}
+        tensors = {
+            f"layer.{s.layer}": v.detach().float().contiguous().clone() for s, v in zip(self.sites, self.vectors)
+        }
         norms = {str(s.layer): round(float(r), 6) for s, r in zip(self.sites, self.raw_norms)}
         sidecar = {
             "kind": "persona_gate.direction_export",
@@ -404,21 +409,25 @@ class DirectionSet:
             "model": (self.provenance or {}).get("model"),
             "d_model": self.d_model,
             "site": self.sites[0].kind if self.sites else None,
-            "layer_convention": ("layer.<l> lives in the residual stream entering block l: TransformerLens "
-                                 "blocks.<l>.hook_resid_pre, Hugging Face hidden_states[l]; tools that add to the "
-                                 "output of decoder layer k (steering-vectors, repeng) call it layer k = l - 1"),
+            "layer_convention": (
+                "layer.<l> lives in the residual stream entering block l: TransformerLens "
+                "blocks.<l>.hook_resid_pre, Hugging Face hidden_states[l]; tools that add to the "
+                "output of decoder layer k (steering-vectors, repeng) call it layer k = l - 1"
+            ),
             "sign_convention": f"positive - negative: mean({self.positive}) - mean({self.negative}), at {self.position}",
             "vectors": "unit length; multiply by raw_norms[l] for one mean difference",
             "raw_norms": norms,
             "counts": self.counts,
             "provenance": self.provenance,
-        }  # fmt: skip
-        atomic_write_bytes(path, save(tensors, metadata={"persona_gate": json.dumps({"name": self.name, "raw_norms": norms})}))
+        }
+        atomic_write_bytes(
+            path, save(tensors, metadata={"persona_gate": json.dumps({"name": self.name, "raw_norms": norms})})
+        )
         atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: ChatModel | None = None, d_model: int | None = None) -> "DirectionSet":
+    def load(cls, path: str | Path, model: ChatModel | None = None, d_model: int | None = None) -> DirectionSet:
         """Load a saved set; with ``model`` or ``d_model`` given, refuse a width mismatch."""
         from ..io import load_artefact
 

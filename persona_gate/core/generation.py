@@ -19,23 +19,21 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .activations import as_rendered, check_context, padded_batches
-from ..prompts.chat import RenderedPrompt
-from .prompt_layout import prompt_layout
-from ..errors import ConfigError
+from ..errors import ConfigError, ConversationError
 from ..models.adapter import eos_ids, greedy_generate
 from ..models.loading import model_device
-from ..errors import ConversationError
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt
 from ..prompts.conversation import Conversation, prefix_prompt
 from ..prompts.sets import ChatPrompt
+from .activations import as_rendered, check_context, padded_batches
+from .prompt_layout import prompt_layout
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,9 @@ def generate(
         for pb in padded_batches(rendered, batch_size, pad_id):
             ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
             with torch.no_grad(), prompt_layout(pb.attention_mask):
-                seqs = greedy_generate(model, ids, mask, max_new_tokens, use_kv_cache=use_kv_cache, pad_id=pad_id, eos=eos)
+                seqs = greedy_generate(
+                    model, ids, mask, max_new_tokens, use_kv_cache=use_kv_cache, pad_id=pad_id, eos=eos
+                )
             new = seqs[:, ids.shape[1] :].cpu()
             for b, i in enumerate(pb.indices):
                 toks = new[b].tolist()

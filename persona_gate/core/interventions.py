@@ -33,20 +33,20 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from .directions import DirectionSet
 from ..errors import HookNotFiredError, InterventionError
 from ..models.loading import check_model
-from .prompt_layout import SCOPES, position_mask, prompt_layout, record_early_stops  # noqa: F401  (re-exported)
+from ..models.protocol import ChatModel
 from ..sites import HookSite, check_layer, layer_of_hook, resolve
+from .directions import DirectionSet
+from .prompt_layout import SCOPES, position_mask, prompt_layout, record_early_stops  # noqa: F401  (re-exported)
 
 
 def _check_scope(scope: str) -> None:
@@ -58,7 +58,9 @@ def _layers(direction: DirectionSet, layers: Sequence[int] | None, model: ChatMo
     n = int(model.cfg.n_layers)
     chosen = direction.layers if layers is None else [check_layer(layer, n) for layer in layers]
     if not chosen:
-        raise InterventionError("no layers were chosen for the intervention (an empty window?); pass at least one layer.")
+        raise InterventionError(
+            "no layers were chosen for the intervention (an empty window?); pass at least one layer."
+        )
     return list(dict.fromkeys(chosen))
 
 
@@ -85,7 +87,9 @@ class Steer:
     def __post_init__(self) -> None:
         _check_scope(self.scope)
         if self.units not in ("raw", "unit"):
-            raise InterventionError(f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}.")
+            raise InterventionError(
+                f"units must be 'raw' (multiples of the mean difference) or 'unit', got {self.units!r}."
+            )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
             raise InterventionError(f"alpha must be a number, got {self.alpha!r}; pass e.g. alpha=4.0.")
         if not torch.isfinite(torch.tensor(float(self.alpha))):
@@ -114,8 +118,10 @@ class Steer:
 
     def reuse_keys(self, model: ChatModel) -> list[tuple]:
         """Per hook of :meth:`hooks`, what determines it: equal keys act identically (prefix reuse nests cells by them)."""
-        return [("add", id(self.direction), layer, self.source_layer, float(self.alpha), self.units, self.scope)
-                for layer in _layers(self.direction, self.layers, model)]  # fmt: skip
+        return [
+            ("add", id(self.direction), layer, self.source_layer, float(self.alpha), self.units, self.scope)
+            for layer in _layers(self.direction, self.layers, model)
+        ]
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,17 @@ class Ablate:
 
     def _active(self, model: ChatModel) -> list[tuple[int, Tensor]]:
         """The chosen layers with their vectors, without those where the direction is zero (nothing to project out)."""
-        pairs = [(layer, _vector(self.direction, layer, self.source_layer)[0]) for layer in _layers(self.direction, self.layers, model)]
+        pairs = [
+            (layer, _vector(self.direction, layer, self.source_layer)[0])
+            for layer in _layers(self.direction, self.layers, model)
+        ]
         return [(layer, v) for layer, v in pairs if float(v.norm()) != 0]
 
     def reuse_keys(self, model: ChatModel) -> list[tuple]:
         """Per hook of :meth:`hooks`, what determines it (see :meth:`Steer.reuse_keys`)."""
-        return [("ablate", id(self.direction), layer, self.source_layer, self.scope) for layer, _ in self._active(model)]
+        return [
+            ("ablate", id(self.direction), layer, self.source_layer, self.scope) for layer, _ in self._active(model)
+        ]
 
     def hooks(self, model: ChatModel) -> list[tuple[str, Callable]]:
         self.direction.check_model(model)

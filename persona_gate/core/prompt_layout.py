@@ -14,9 +14,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -43,6 +43,7 @@ def note_early_stop(layer: int) -> None:
     stops = _EARLY_STOPS.get()
     if stops is not None:
         stops.append(layer)
+
 
 # The attention mask [batch, prompt_len] of the batch being run by a persona_gate runner.
 _LAYOUT: ContextVar[Tensor | None] = ContextVar("persona_gate_prompt_layout", default=None)
@@ -85,5 +86,3 @@ def position_mask(x: Tensor, scope: str) -> Tensor | None:
         not_pad = torch.cat([mask, extra], dim=1)[:, :seq]
     cover = {"prompt": ~generated, "generated": generated, "both": torch.ones_like(generated)}[scope] & not_pad
     return cover[..., None].to(x.dtype)
-
-

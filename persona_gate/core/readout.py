@@ -17,15 +17,15 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import UnknownHookSiteError
+from ..models.protocol import ChatModel
 from ..sites import HookSite, resolve
 from .prompt_layout import note_early_stop, prompt_layout
 

@@ -7,9 +7,9 @@ Example::
     sweep.to_dataframe()
 """
 
+from ..scoring.refusal import RefusalScorer, eval_groups
 from .analysis import Geometry, TraitResult, extraction_sites, geometry, select_steering, trait_directions
 from .paper import reintroduction, restoration, steering_sweep, window_projection
-from ..scoring.refusal import RefusalScorer, eval_groups
 
 __all__ = [
     "Geometry",

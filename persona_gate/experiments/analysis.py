@@ -20,28 +20,27 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..prompts.chat import render_all
 from ..core.contrasts import PersonaRefusal, standard_prompts
 from ..core.directions import DirectionSet, fit_group_means
 from ..core.interventions import Ablate, Steer
-from ..scoring.metrics import KLFrom
+from ..grid import GridSpec, Scored, open_store, run_grid
+from ..models.loading import provenance
+from ..models.protocol import ChatModel
+from ..prompts.chat import render_all
 from ..prompts.positions import parse_position
 from ..prompts.sets import TRAITS, ChatPrompt, load_trait
-from ..models.loading import provenance
 from ..results import LabelledResult
-from ..sites import sites_for
-from ..grid import GridSpec, Scored, open_store, run_grid
-from .paper import experiment_layers, experiment_setup
+from ..scoring.metrics import KLFrom
 from ..scoring.refusal import RefusalScorer
+from ..sites import sites_for
+from .paper import experiment_layers, experiment_setup
 
 PERSONA_POSITIONS = ("last", "post_instruction[-2]", "mean:system", "mean:user", "mean:response")
 _PERSONA_GROUPS = (("compliant/harmful", "compliant/harmless"), ("safe/harmful", "safe/harmless"))
@@ -55,8 +54,15 @@ def _with_responses(model: ChatModel, prompts: Sequence[ChatPrompt], max_new_tok
     return [rp.with_response(g.token_ids) for rp, g in zip(rendered, outs) if g.token_ids]
 
 
-def sites_grid(model: ChatModel, p: str, d: DirectionSet, groups: dict, scorer: RefusalScorer,
-                layers: Sequence[int], alphas: Sequence[float]) -> GridSpec:
+def sites_grid(
+    model: ChatModel,
+    p: str,
+    d: DirectionSet,
+    groups: dict,
+    scorer: RefusalScorer,
+    layers: Sequence[int],
+    alphas: Sequence[float],
+) -> GridSpec:
     """One extraction position's cells: steering at each (layer, alpha) on safe/harmful; the layer's
     direction ablated at every layer on compliant/harmful and compliant/harmless."""
     every = range(int(model.cfg.n_layers))
@@ -66,7 +72,9 @@ def sites_grid(model: ChatModel, p: str, d: DirectionSet, groups: dict, scorer: 
             cells[(p, "steer", layer, float(a))] = Scored("safe/harmful", (Steer(d, alpha=a, layers=[layer]),))
     for request in ("harmful", "harmless"):
         for layer in layers:
-            cells[(p, "ablate", layer, request)] = Scored(f"compliant/{request}", (Ablate(d, layers=every, source_layer=layer),))
+            cells[(p, "ablate", layer, request)] = Scored(
+                f"compliant/{request}", (Ablate(d, layers=every, source_layer=layer),)
+            )
 
     def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"rate": scorer.from_logprobs(lp)[1].float().mean()}
@@ -110,9 +118,16 @@ def extraction_sites(
         resp_means = fit_group_means(model, with_resp, sites, ["mean:response"], progress=False, seed=seed)
         dirs["mean:response"] = resp_means.direction("persona@mean:response", *_PERSONA_GROUPS, "mean:response")
     effects = ("steering_refusal", "ablation_refusal", "ablation_harmless_refusal", "cos_refusal")
-    store = open_store(checkpoint, "extraction_sites", directions=[dirs[p] for p in pos], refusal=refusal,
-                       prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
-                       layers=list(layers), alphas=[float(a) for a in alphas], tokens=list(scorer.token_ids))  # fmt: skip
+    store = open_store(
+        checkpoint,
+        "extraction_sites",
+        directions=[dirs[p] for p in pos],
+        refusal=refusal,
+        prompts={g: groups[g] for g in ("safe/harmful", "compliant/harmful", "compliant/harmless")},
+        layers=list(layers),
+        alphas=[float(a) for a in alphas],
+        tokens=list(scorer.token_ids),
+    )
     specs = {p: sites_grid(model, p, dirs[p], groups, scorer, layers, alphas) for p in pos}
     bar = tqdm(total=sum(len(g.cells) for g in specs.values()), desc="extraction sites", disable=not progress)
     rate = torch.full((len(pos), len(layers), len(effects)), float("nan"))
@@ -120,10 +135,14 @@ def extraction_sites(
         for pi, p in enumerate(pos):
             got = run_grid(model, specs[p], store=store, bar=bar, **scorer.grid_options())
             for li, layer in enumerate(layers):
-                rate[pi, li] = torch.stack([
-                    min(got[(p, "steer", layer, float(a))]["rate"] for a in alphas), got[(p, "ablate", layer, "harmful")]["rate"],
-                    got[(p, "ablate", layer, "harmless")]["rate"], (dirs[p].at(layer) @ refusal.at(layer)).float(),
-                ])  # fmt: skip
+                rate[pi, li] = torch.stack(
+                    [
+                        min(got[(p, "steer", layer, float(a))]["rate"] for a in alphas),
+                        got[(p, "ablate", layer, "harmful")]["rate"],
+                        got[(p, "ablate", layer, "harmless")]["rate"],
+                        (dirs[p].at(layer) @ refusal.at(layer)).float(),
+                    ]
+                )
     finally:
         bar.close()
     store.report()
@@ -134,8 +153,15 @@ def extraction_sites(
         values={"rate": rate},
         baselines={g: round(float(scorer.score(groups[g])[1].float().mean()), 4) for g in groups},
         metric={"name": "refusal rate (first response token); cos_refusal is a cosine", "higher_means": "more refusal"},
-        config={"alphas": list(alphas), "n": int(len(groups["safe/harmful"])), "n_fit": n_fit or n, "response_tokens": response_tokens, "seed": seed,
-                "steering": "min refusal over alphas, safe/harmful", "ablation": "direction of this layer ablated at every layer"},
+        config={
+            "alphas": list(alphas),
+            "n": int(len(groups["safe/harmful"])),
+            "n_fit": n_fit or n,
+            "response_tokens": response_tokens,
+            "seed": seed,
+            "steering": "min refusal over alphas, safe/harmful",
+            "ablation": "direction of this layer ablated at every layer",
+        },
         provenance=provenance(model, seed=seed),
     )
 
@@ -152,7 +178,9 @@ def geometry(model: ChatModel, pr: PersonaRefusal, *, n: int = 16, split: str = 
 
     grid = standard_prompts(model=model, n_per_group=n, split=split, seed=seed)
     sites = list(pr.persona.sites)
-    stores = {p: cache_activations(model, grid, sites, p, progress=False) for p in {pr.persona.position, pr.refusal.position}}
+    stores = {
+        p: cache_activations(model, grid, sites, p, progress=False) for p in {pr.persona.position, pr.refusal.position}
+    }
     groups = tuple(sorted(set(stores[pr.persona.position].groups)))
     m = min(stores[pr.persona.position].groups.count(g) for g in groups)
     proj = {}
@@ -166,8 +194,10 @@ def geometry(model: ChatModel, pr: PersonaRefusal, *, n: int = 16, split: str = 
         kind="geometry_cosine",
         dims=("layer",),
         coords={"layer": layers},
-        values={"persona_refusal": torch.tensor([r["cos_persona_refusal"] for r in rows]),
-                "persona_last_refusal": torch.tensor([r["cos_persona_last_refusal"] for r in rows])},
+        values={
+            "persona_refusal": torch.tensor([r["cos_persona_refusal"] for r in rows]),
+            "persona_last_refusal": torch.tensor([r["cos_persona_last_refusal"] for r in rows]),
+        },
         config={"persona_position": pr.persona.position, "refusal_position": pr.refusal.position},
         provenance=provenance(model, seed=seed),
     )
@@ -176,7 +206,12 @@ def geometry(model: ChatModel, pr: PersonaRefusal, *, n: int = 16, split: str = 
         dims=("group", "example", "layer"),
         coords={"group": groups, "example": tuple(range(m)), "layer": layers},
         values=proj,
-        config={"persona_position": pr.persona.position, "refusal_position": pr.refusal.position, "split": split, "n": m},
+        config={
+            "persona_position": pr.persona.position,
+            "refusal_position": pr.refusal.position,
+            "split": split,
+            "n": m,
+        },
         provenance=provenance(model, seed=seed),
     )
     return Geometry(cosine=cosine, projections=projections)
@@ -216,8 +251,12 @@ def trait_directions(
         dims=("trait", "layer"),
         coords={"trait": tuple(dirs), "layer": layers},
         values={"cos_refusal": cos[:, 0], "cos_persona": cos[:, 1], "raw_norm": cos[:, 2]},
-        config={"position": position, "n_questions": n_questions, "refusal_position": pr.refusal.position,
-                "persona_position": pr.persona.position},
+        config={
+            "position": position,
+            "n_questions": n_questions,
+            "refusal_position": pr.refusal.position,
+            "persona_position": pr.persona.position,
+        },
         provenance=provenance(model, seed=seed),
     )
     vec = torch.stack([d.vectors.double() for d in dirs.values()])  # [trait, layer, d]
@@ -267,7 +306,10 @@ def select_steering(
     prompts = {f"safe/{r}": groups[f"safe/{r}"] for r in ("harmful", "harmless")}
     spec = GridSpec("steering_selection", cells, prompts=prompts, derive=derive, desc="selection")
     got = run_grid(model, spec, progress=progress, **scorer.grid_options())
-    rate, logodds = got.tensor("rate", layers, alphas, prefix=("harmful",)), got.tensor("logodds", layers, alphas, prefix=("harmful",))
+    rate, logodds = (
+        got.tensor("rate", layers, alphas, prefix=("harmful",)),
+        got.tensor("logodds", layers, alphas, prefix=("harmful",)),
+    )
     kl = got.tensor("kl", layers, alphas, prefix=("harmless",))
     clean_harmful = got.clean["safe/harmful"]
     base_rate = float(scorer.from_logprobs(clean_harmful)[1].float().mean())
@@ -286,6 +328,13 @@ def select_steering(
         values={"refusal_rate": rate, "logodds": logodds, "kl_harmless": kl, "eligible": eligible},
         baselines={"unsteered_refusal_rate": round(base_rate, 4), "chosen": chosen},
         metric={"name": "refusal at the first response token; KL of the first token on harmless prompts"},
-        config={"direction": persona.name, "kl_max": kl_max, "exclude_last": exclude_last, "min_drop": min_drop, "n": n, "seed": seed},
+        config={
+            "direction": persona.name,
+            "kl_max": kl_max,
+            "exclude_last": exclude_last,
+            "min_drop": min_drop,
+            "n": n,
+            "seed": seed,
+        },
         provenance=provenance(model, seed=seed),
     )

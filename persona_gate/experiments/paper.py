@@ -24,23 +24,21 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..core.directions import DirectionSet
-from ..grid import GridSpec, Scored, open_store, run_grid
-from ..errors import InterventionError
 from ..core.interventions import Ablate, AddBack, Steer
-from ..models.loading import check_model
-from ..models.loading import provenance
+from ..errors import InterventionError
+from ..grid import GridSpec, Scored, open_store, run_grid
+from ..models.loading import check_model, provenance
+from ..models.protocol import ChatModel
 from ..results import LabelledResult
-from ..sites import check_layer
 from ..scoring.refusal import RefusalScorer, eval_groups
-
+from ..sites import check_layer
 
 REQUESTS = ("harmful", "harmless")
 
@@ -61,8 +59,9 @@ def experiment_layers(model: ChatModel, layers: Sequence[int] | None) -> list[in
     return list(range(1, n)) if layers is None else [check_layer(layer, n) for layer in layers]
 
 
-def _compliant_baselines(scorer: RefusalScorer, groups: dict, prompts: list, specs: list,
-                         compliant: torch.Tensor | None = None) -> dict[str, float]:
+def _compliant_baselines(
+    scorer: RefusalScorer, groups: dict, prompts: list, specs: list, compliant: torch.Tensor | None = None
+) -> dict[str, float]:
     """The two ends that restoration is measured between: the safe baseline and the compliant state
     (``compliant``: its first-token log-probs when a prefix-reuse grid already ran it)."""
     base_lo, base_rf = scorer.score(groups["safe/harmful"])
@@ -92,8 +91,9 @@ def compliant_state(
     raise InterventionError(f"unknown mode {mode!r}; use 'prompt' (compliant system prompt) or 'steer'.")
 
 
-def sweep_cells(persona: DirectionSet, request: str, layers: Sequence[int], alphas: Sequence[float],
-                units: str = "raw") -> dict[tuple, tuple[Steer, list]]:
+def sweep_cells(
+    persona: DirectionSet, request: str, layers: Sequence[int], alphas: Sequence[float], units: str = "raw"
+) -> dict[tuple, tuple[Steer, list]]:
     """The steering sweep's cells for one request kind, layer-major: ``(request, layer, alpha)`` ->
     (the steering, the interventions its cell runs). A zero shift leaves every activation
     bit-identical, so an ``alpha = 0`` cell runs none: it is the clean run."""
@@ -110,11 +110,15 @@ def reintroduction_cells(refusal: DirectionSet, layers: Sequence[int], alpha_bac
     return {(layer,): [AddBack(refusal, alpha=alpha_back, layers=[layer])] for layer in layers}
 
 
-def window_cells(directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]],
-                 source_layer: int | None) -> dict[tuple, list]:
+def window_cells(
+    directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]], source_layer: int | None
+) -> dict[tuple, list]:
     """Window projection's cells: each direction projected out over each window, keyed ``(direction, start, end)``."""
-    return {(name, a, b): [Ablate(d, layers=range(a, b + 1), source_layer=source_layer)]
-            for name, d in directions.items() for a, b in windows}  # fmt: skip
+    return {
+        (name, a, b): [Ablate(d, layers=range(a, b + 1), source_layer=source_layer)]
+        for name, d in directions.items()
+        for a, b in windows
+    }
 
 
 def window_directions(persona: DirectionSet, random_seeds: int, seed: int) -> dict[str, DirectionSet]:
@@ -132,8 +136,17 @@ def _first_token(scorer: RefusalScorer, refused_as_float: bool = False) -> Calla
     return derive
 
 
-def sweep_grid(model: ChatModel, persona: DirectionSet, groups: dict, scorer: RefusalScorer, layers: Sequence[int],
-               alphas: Sequence[float], units: str = "raw", max_new_tokens: int = 0, judge: Any = None) -> GridSpec:
+def sweep_grid(
+    model: ChatModel,
+    persona: DirectionSet,
+    groups: dict,
+    scorer: RefusalScorer,
+    layers: Sequence[int],
+    alphas: Sequence[float],
+    units: str = "raw",
+    max_new_tokens: int = 0,
+    judge: Any = None,
+) -> GridSpec:
     """The steering sweep as a grid over ``(request, layer, alpha)`` on the safe persona's prompts."""
     from ..scoring.metrics import KLFrom
 
@@ -154,7 +167,9 @@ def sweep_grid(model: ChatModel, persona: DirectionSet, groups: dict, scorer: Re
             # A safety classifier says whether a reply is harmful; on harmless requests
             # that is no refusal judgement, so those get the heuristic labels.
             r = key[0]
-            labels = scorer.labels(prompts[r], steers[key], max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None)
+            labels = scorer.labels(
+                prompts[r], steers[key], max_new_tokens=max_new_tokens, judge=judge if r == "harmful" else None
+            )
             out["gen_refusal"] = torch.tensor([x == "refusal" for x in labels])
             out["gen_degenerate"] = torch.tensor([x == "degenerate" for x in labels])
         return out
@@ -188,20 +203,33 @@ def steering_sweep(
     a sweep interrupted by an exception or a kill resumes from it.
     """
     if isinstance(alphas, (str, bytes)) or not len(alphas):
-        raise InterventionError(f"alphas must hold at least one steering strength, got {alphas!r}; pass e.g. (0.0, 2.0, 4.0).")
+        raise InterventionError(
+            f"alphas must hold at least one steering strength, got {alphas!r}; pass e.g. (0.0, 2.0, 4.0)."
+        )
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
     alphas = [float(a) for a in alphas]
     spec = sweep_grid(model, persona, groups, scorer, layers, alphas, units, max_new_tokens, judge)
-    store = open_store(checkpoint, "steering_sweep", direction=persona, prompts=dict(spec.prompts), layers=layers,
-                       alphas=alphas, units=units, tokens=list(scorer.token_ids), max_new_tokens=max_new_tokens,
-                       judge=getattr(judge, "name", None))  # fmt: skip
+    store = open_store(
+        checkpoint,
+        "steering_sweep",
+        direction=persona,
+        prompts=dict(spec.prompts),
+        layers=layers,
+        alphas=alphas,
+        units=units,
+        tokens=list(scorer.token_ids),
+        max_new_tokens=max_new_tokens,
+        judge=getattr(judge, "name", None),
+    )
     res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
     store.report()
     names = ["logodds", "refused", "kl"] + (["gen_refusal", "gen_degenerate"] if max_new_tokens > 0 else [])
     values = {v: res.tensor(v, REQUESTS, layers, alphas) for v in names}
     m = len(spec.prompts["harmful"])
-    base = {r: scorer.from_logprobs(res.clean[r] if r in res.clean else scorer.logprobs(spec.prompts[r])) for r in REQUESTS}
+    base = {
+        r: scorer.from_logprobs(res.clean[r] if r in res.clean else scorer.logprobs(spec.prompts[r])) for r in REQUESTS
+    }
     return LabelledResult(
         kind="steering_sweep",
         dims=("request", "layer", "alpha", "example"),
@@ -210,19 +238,34 @@ def steering_sweep(
         baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in REQUESTS}
         | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in REQUESTS},
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
-        config={"direction": persona.name, "position": persona.position, "units": units, "n": m, "seed": seed,
-                "persona": "safe", "refusal_tokens": list(scorer.token_ids), "max_new_tokens": max_new_tokens,
-                "judge": getattr(judge, "name", None) if judge is not None else ("heuristic" if max_new_tokens else None)},
+        config={
+            "direction": persona.name,
+            "position": persona.position,
+            "units": units,
+            "n": m,
+            "seed": seed,
+            "persona": "safe",
+            "refusal_tokens": list(scorer.token_ids),
+            "max_new_tokens": max_new_tokens,
+            "judge": getattr(judge, "name", None) if judge is not None else ("heuristic" if max_new_tokens else None),
+        },
         provenance=provenance(model, seed=seed),
-    )  # fmt: skip
+    )
 
 
-def reintroduction_grid(refusal: DirectionSet, prompts: list, base: list, scorer: RefusalScorer,
-                        layers: Sequence[int], alpha_back: float) -> GridSpec:
+def reintroduction_grid(
+    refusal: DirectionSet, prompts: list, base: list, scorer: RefusalScorer, layers: Sequence[int], alpha_back: float
+) -> GridSpec:
     """Re-introduction as a grid over ``(layer,)`` under the compliant state."""
     cells = {k: Scored("compliant", tuple(v)) for k, v in reintroduction_cells(refusal, layers, alpha_back).items()}
-    return GridSpec("reintroduction", cells, prompts={"compliant": prompts}, derive=_first_token(scorer), base=tuple(base),
-                    desc="re-introduction")  # fmt: skip
+    return GridSpec(
+        "reintroduction",
+        cells,
+        prompts={"compliant": prompts},
+        derive=_first_token(scorer),
+        base=tuple(base),
+        desc="re-introduction",
+    )
 
 
 def reintroduction(
@@ -250,8 +293,18 @@ def reintroduction(
     layers = experiment_layers(model, layers)
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     m = len(prompts)
-    store = open_store(checkpoint, "reintroduction", persona=persona, refusal=refusal, prompts=prompts, layers=layers,
-                       alpha_back=alpha_back, mode=mode, steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))
+    store = open_store(
+        checkpoint,
+        "reintroduction",
+        persona=persona,
+        refusal=refusal,
+        prompts=prompts,
+        layers=layers,
+        alpha_back=alpha_back,
+        mode=mode,
+        steer=[steer_layer, steer_alpha],
+        tokens=list(scorer.token_ids),
+    )
     spec = reintroduction_grid(refusal, prompts, specs, scorer, layers, alpha_back)
     res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
     store.report()
@@ -263,8 +316,16 @@ def reintroduction(
         values={v: res.tensor(v, layers) for v in ("logodds", "refused")},
         baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
-        config={"persona": persona.name, "refusal": refusal.name, "alpha_back": alpha_back, "mode": mode,
-                "steer_layer": steer_layer, "steer_alpha": steer_alpha, "n": m, "seed": seed},
+        config={
+            "persona": persona.name,
+            "refusal": refusal.name,
+            "alpha_back": alpha_back,
+            "mode": mode,
+            "steer_layer": steer_layer,
+            "steer_alpha": steer_alpha,
+            "n": m,
+            "seed": seed,
+        },
         provenance=provenance(model, seed=seed),
     )
 
@@ -276,16 +337,29 @@ def window_spans(n_layers: int, width: int | None) -> list[tuple[int, int]]:
     return [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
 
 
-def window_grid(directions: dict[str, DirectionSet], windows: Sequence[tuple[int, int]], source_layer: int | None,
-                prompts: list, base: list, scorer: RefusalScorer) -> GridSpec:
+def window_grid(
+    directions: dict[str, DirectionSet],
+    windows: Sequence[tuple[int, int]],
+    source_layer: int | None,
+    prompts: list,
+    base: list,
+    scorer: RefusalScorer,
+) -> GridSpec:
     """Window projection as a grid over ``(direction, start, end)`` under the compliant state."""
     cells = {k: Scored("compliant", tuple(v)) for k, v in window_cells(directions, windows, source_layer).items()}
-    return GridSpec("window_projection", cells, prompts={"compliant": prompts}, derive=_first_token(scorer, True),
-                    base=tuple(base), desc="window projection")  # fmt: skip
+    return GridSpec(
+        "window_projection",
+        cells,
+        prompts={"compliant": prompts},
+        derive=_first_token(scorer, True),
+        base=tuple(base),
+        desc="window projection",
+    )
 
 
-def _check_windows(persona: DirectionSet, windows: Sequence[tuple[int, int]], n_layers: int,
-                   source_layer: int | None) -> list[tuple[int, int]]:
+def _check_windows(
+    persona: DirectionSet, windows: Sequence[tuple[int, int]], n_layers: int, source_layer: int | None
+) -> list[tuple[int, int]]:
     """The windows, each checked against the model and the set's layers before any work."""
     if not windows:
         raise InterventionError("no windows to run; pass width <= n_layers or explicit windows.")
@@ -336,9 +410,17 @@ def window_projection(
     prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     directions = window_directions(persona, random_seeds, seed)
     m = len(prompts)
-    store = open_store(checkpoint, "window_projection", directions=list(directions.values()), prompts=prompts,
-                       windows=[list(w) for w in windows], source_layer=source_layer, mode=mode,
-                       steer=[steer_layer, steer_alpha], tokens=list(scorer.token_ids))  # fmt: skip
+    store = open_store(
+        checkpoint,
+        "window_projection",
+        directions=list(directions.values()),
+        prompts=prompts,
+        windows=[list(w) for w in windows],
+        source_layer=source_layer,
+        mode=mode,
+        steer=[steer_layer, steer_alpha],
+        tokens=list(scorer.token_ids),
+    )
     spec = window_grid(directions, windows, source_layer, prompts, specs, scorer)
     res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
     store.report()
@@ -347,15 +429,29 @@ def window_projection(
     return LabelledResult(
         kind="window_projection",
         dims=("direction", "start", "end", "example"),
-        coords={"direction": tuple(directions), "start": tuple(range(L)), "end": tuple(range(L)), "example": tuple(range(m))},
+        coords={
+            "direction": tuple(directions),
+            "start": tuple(range(L)),
+            "end": tuple(range(L)),
+            "example": tuple(range(m)),
+        },
         values=values,
         baselines=baselines,
         metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
-        config={"persona": persona.name, "windows": [list(w) for w in windows], "width": width, "source_layer": source_layer,
-                "random_seeds": random_seeds, "mode": mode, "steer_layer": steer_layer, "steer_alpha": steer_alpha,
-                "n": m, "seed": seed},
+        config={
+            "persona": persona.name,
+            "windows": [list(w) for w in windows],
+            "width": width,
+            "source_layer": source_layer,
+            "random_seeds": random_seeds,
+            "mode": mode,
+            "steer_layer": steer_layer,
+            "steer_alpha": steer_alpha,
+            "n": m,
+            "seed": seed,
+        },
         provenance=provenance(model, seed=seed),
-    )  # fmt: skip
+    )
 
 
 def restoration(rate: float, baseline: float, compliant: float) -> float:

@@ -35,27 +35,26 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..prompts.chat import RenderedPrompt, render_all
 from ..core.directions import DirectionSet
 from ..errors import PositionError
 from ..grid import Computed, Cost, GridSpec, open_store, run_grid
 from ..grid.replay import Replay
 from ..models.adapter import check_supported, last_logits, unembedded_rows
-from ..models.loading import model_device
-from ..scoring.metrics import refusal_logodds
+from ..models.loading import model_device, provenance
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt, render_all
 from ..prompts.sets import ChatPrompt
-from ..models.loading import provenance
 from ..results import LabelledResult
+from ..scoring.metrics import refusal_logodds
 from ..scoring.stats import mean_interval
 from ..sites import HookSite, resolve, sites_for
 
@@ -105,7 +104,9 @@ def align(tokenizer: Any, source: RenderedPrompt, target: RenderedPrompt, positi
         start_s = source.system[0] if source.system else source.user[0]
         start_t = target.system[0] if target.system else target.user[0]
         if start_s != start_t:
-            raise PositionError("the templates put different tokens before the system prompt; use the same model for both.")
+            raise PositionError(
+                "the templates put different tokens before the system prompt; use the same model for both."
+            )
         slots += [Slot(f"{_tok(tokenizer, tgt[i])} (start+{i})", (i,), (i,)) for i in range(start_t)]
         if target.system:
             slots.append(Slot("[system]", tuple(range(*source.system)), tuple(range(*target.system))))
@@ -162,7 +163,9 @@ class PromptReplay(Replay):
 
 def render_pairs(model: ChatModel, source: Sequence, target: Sequence) -> list[tuple[RenderedPrompt, RenderedPrompt]]:
     if len(source) != len(target) or not source:
-        raise PositionError(f"pass as many source as target prompts (got {len(source)} and {len(target)}), at least one.")
+        raise PositionError(
+            f"pass as many source as target prompts (got {len(source)} and {len(target)}), at least one."
+        )
 
     def rendered(ps: Sequence) -> list[RenderedPrompt]:
         return list(ps) if all(isinstance(p, RenderedPrompt) for p in ps) else render_all(model.tokenizer, list(ps))
@@ -188,9 +191,16 @@ def align_pairs(model: ChatModel, pairs: list, positions: str) -> tuple[list[lis
     return slot_sets, labels
 
 
-def _patch_pair(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt, slots: list[Slot],
-                sites: Sequence[HookSite], token_ids: Sequence[int], direction: DirectionSet | None,
-                batch_size: int) -> dict[str, Tensor]:  # fmt: skip
+def _patch_pair(
+    model: ChatModel,
+    src_rp: RenderedPrompt,
+    tgt_rp: RenderedPrompt,
+    slots: list[Slot],
+    sites: Sequence[HookSite],
+    token_ids: Sequence[int],
+    direction: DirectionSet | None,
+    batch_size: int,
+) -> dict[str, Tensor]:
     """One example pair: the patched target's log-odds (``raw``) and their change (``effect``) per
     (site, slot), and the two clean runs' log-odds (``clean``)."""
     device = model_device(model)
@@ -224,8 +234,14 @@ def _patch_pair(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt
     return {"raw": raw, "effect": effect, "clean": clean}
 
 
-def _pair_cost(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt, n_slots: int,
-               sites: Sequence[HookSite], batch_size: int) -> Cost:  # fmt: skip
+def _pair_cost(
+    model: ChatModel,
+    src_rp: RenderedPrompt,
+    tgt_rp: RenderedPrompt,
+    n_slots: int,
+    sites: Sequence[HookSite],
+    batch_size: int,
+) -> Cost:
     """What :func:`_patch_pair` runs: the two clean runs, then per site a re-run from its layer of
     every batch of patched rows plus the unpatched reference row."""
     L = int(model.cfg.n_layers)
@@ -239,12 +255,23 @@ def _pair_cost(model: ChatModel, src_rp: RenderedPrompt, tgt_rp: RenderedPrompt,
     return t
 
 
-def patching_grid(model: ChatModel, pairs: list, slot_sets: list, sites: Sequence[HookSite], token_ids: Sequence[int],
-                  direction: DirectionSet | None = None, batch_size: int = 32) -> GridSpec:
+def patching_grid(
+    model: ChatModel,
+    pairs: list,
+    slot_sets: list,
+    sites: Sequence[HookSite],
+    token_ids: Sequence[int],
+    direction: DirectionSet | None = None,
+    batch_size: int = 32,
+) -> GridSpec:
     """Activation patching as a grid: one computed cell per example pair, keyed ``(example,)``."""
-    cells = {(e,): Computed(lambda s=s, t=t, sl=sl: _patch_pair(model, s, t, sl, sites, token_ids, direction, batch_size),
-                            cost=lambda s=s, t=t, sl=sl: _pair_cost(model, s, t, len(sl), sites, batch_size))
-             for e, ((s, t), sl) in enumerate(zip(pairs, slot_sets))}  # fmt: skip
+    cells = {
+        (e,): Computed(
+            lambda s=s, t=t, sl=sl: _patch_pair(model, s, t, sl, sites, token_ids, direction, batch_size),
+            cost=lambda s=s, t=t, sl=sl: _pair_cost(model, s, t, len(sl), sites, batch_size),
+        )
+        for e, ((s, t), sl) in enumerate(zip(pairs, slot_sets))
+    }
     return GridSpec("activation_patching", cells, desc="patching")
 
 
@@ -283,9 +310,16 @@ def activation_patching(
     if direction is not None:
         direction.check_model(model)
     slot_sets, labels = align_pairs(model, pairs, positions)
-    store = open_store(checkpoint, "activation_patching", pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
-                       sites=[str(s) for s in sites], labels=list(labels), tokens=list(token_ids), mode=mode,
-                       direction=direction)  # fmt: skip
+    store = open_store(
+        checkpoint,
+        "activation_patching",
+        pairs=[(s.input_ids, t.input_ids) for s, t in pairs],
+        sites=[str(s) for s in sites],
+        labels=list(labels),
+        tokens=list(token_ids),
+        mode=mode,
+        direction=direction,
+    )
     spec = patching_grid(model, pairs, slot_sets, sites, token_ids, direction, batch_size)
     got = run_grid(model, spec, store=store, progress=progress)
     store.report()
@@ -306,14 +340,25 @@ def activation_patching(
         coords={"layer": tuple(s.layer for s in sites), "position": tuple(labels), "example": tuple(range(len(pairs)))},
         values={"restoration": restoration.float(), "logodds": raw, "effect": effect},
         baselines={"source_logodds": [float(x) for x in m_src], "target_logodds": [float(x) for x in m_tgt]},
-        metric={"name": "restoration of first-token refusal log-odds", "higher_means": "more like the source (0 = target, 1 = source)"},
-        config={"kind": kind, "mode": mode, "positions": positions, "direction": direction.name if direction is not None else None,
-                "token_ids": list(token_ids), "min_gap": min_gap},
+        metric={
+            "name": "restoration of first-token refusal log-odds",
+            "higher_means": "more like the source (0 = target, 1 = source)",
+        },
+        config={
+            "kind": kind,
+            "mode": mode,
+            "positions": positions,
+            "direction": direction.name if direction is not None else None,
+            "token_ids": list(token_ids),
+            "min_gap": min_gap,
+        },
         provenance=provenance(model),
     )
 
 
-def gate_layers(result: LabelledResult, threshold: float = 0.5, exclude: Sequence[str] = ("[all]",)) -> list[dict[str, Any]]:
+def gate_layers(
+    result: LabelledResult, threshold: float = 0.5, exclude: Sequence[str] = ("[all]",)
+) -> list[dict[str, Any]]:
     """Per layer: the slot with the largest mean restoration, a 95% interval over examples, and
     whether it gates refusal: mean >= ``threshold`` with the interval clear of 0 (a mean over
     two noisy pairs whose interval spans 0 is no evidence)."""
@@ -324,8 +369,17 @@ def gate_layers(result: LabelledResult, threshold: float = 0.5, exclude: Sequenc
     for li, layer in enumerate(result.coords["layer"]):
         best = int(torch.nan_to_num(mean[li], nan=-float("inf")).argmax())
         m, lo, hi = float(mean[li, best]), float(low[li, best]), float(high[li, best])
-        rows.append({"layer": layer, "position": keep[best], "restoration": m, "low": lo, "high": hi,
-                     "n": int(counts[li, best]), "gate": bool(m >= threshold and lo > 0)})
+        rows.append(
+            {
+                "layer": layer,
+                "position": keep[best],
+                "restoration": m,
+                "low": lo,
+                "high": hi,
+                "n": int(counts[li, best]),
+                "gate": bool(m >= threshold and lo > 0),
+            }
+        )
     return rows
 
 
@@ -350,7 +404,9 @@ def attribution_patching(
     sites = sites_for(model, layers, kind)
     slot_sets, labels = align_pairs(model, pairs, positions)
     est = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64)
-    for e, ((src_rp, tgt_rp), slots) in enumerate(tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)):
+    for e, ((src_rp, tgt_rp), slots) in enumerate(
+        tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)
+    ):
         src = PromptReplay(model, src_rp, sites, token_ids)
         acts: dict[HookSite, Tensor] = {}
 
@@ -378,12 +434,16 @@ def attribution_patching(
                 elif slot.label == "[all]":
                     val = sum(
                         ((x_s[list(s.source)] - x_t[list(s.target)]) * g[list(s.target)]).sum()
-                        if s.tokenwise else
-                        ((x_s[list(s.source)].mean(0) - x_t[list(s.target)].mean(0)) * g[list(s.target)].sum(0)).sum()
+                        if s.tokenwise
+                        else (
+                            (x_s[list(s.source)].mean(0) - x_t[list(s.target)].mean(0)) * g[list(s.target)].sum(0)
+                        ).sum()
                         for s in slots[:-1]
                     )
                 else:
-                    val = ((x_s[list(slot.source)].mean(0) - x_t[list(slot.target)].mean(0)) * g[list(slot.target)].sum(0)).sum()
+                    val = (
+                        (x_s[list(slot.source)].mean(0) - x_t[list(slot.target)].mean(0)) * g[list(slot.target)].sum(0)
+                    ).sum()
                 est[si, pi, e] = float(val) / gap if abs(gap) > 1e-9 else float("nan")
         model.zero_grad(set_to_none=True)
     return LabelledResult(
@@ -404,4 +464,9 @@ def agreement(exact: LabelledResult, approx: LabelledResult) -> dict[str, float]
     ok = torch.isfinite(a) & torch.isfinite(b)
     a, b = a[ok], b[ok]
     corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
-    return {"pearson": corr, "max_abs_diff": float((a - b).abs().max()), "mean_abs_diff": float((a - b).abs().mean()), "cells": int(len(a))}
+    return {
+        "pearson": corr,
+        "max_abs_diff": float((a - b).abs().max()),
+        "mean_abs_diff": float((a - b).abs().mean()),
+        "cells": int(len(a)),
+    }

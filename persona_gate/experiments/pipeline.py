@@ -25,14 +25,16 @@ import math
 import shutil
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ArtefactError, ConfigError
 from ..io import atomic_write_text, claim_folder
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -66,7 +68,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         def bad(key: str, want: str) -> ConfigError:
-            return ConfigError(f"config key {key!r} must be {want}, got {getattr(self, key)!r}; fix it in the config file.")
+            return ConfigError(
+                f"config key {key!r} must be {want}, got {getattr(self, key)!r}; fix it in the config file."
+            )
 
         num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
         count = lambda x, lo: isinstance(x, int) and not isinstance(x, bool) and x >= lo  # noqa: E731
@@ -81,24 +85,30 @@ class RunConfig:
                 raise bad(key, f"an integer >= {lo}")
         if self.window_width is not None and not count(self.window_width, 1):
             raise bad("window_width", "an integer >= 1 (or absent for the full grid)")
-        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers
-                                        or not all(count(x, 0) for x in self.layers)):
+        if self.layers is not None and (
+            not isinstance(self.layers, (list, tuple)) or not self.layers or not all(count(x, 0) for x in self.layers)
+        ):
             raise bad("layers", "a non-empty list of layer indices such as [4, 8, 12]")
         if not isinstance(self.alphas, (list, tuple)) or not self.alphas or not all(num(a) for a in self.alphas):
             raise bad("alphas", "a non-empty list of finite numbers such as [0.0, 2.0, 4.0]")
         if self.device is not None and self.device_map is not None:
-            raise ConfigError("config keys 'device' and 'device_map' exclude each other; set one (device_map = \"auto\" for "
-                              "a model larger than one device).")  # fmt: skip
+            raise ConfigError(
+                "config keys 'device' and 'device_map' exclude each other; set one (device_map = \"auto\" for "
+                "a model larger than one device)."
+            )
         if not isinstance(self.extraction_sites, bool):
             raise bad("extraction_sites", "true or false")
         if not num(self.alpha_back):
             raise bad("alpha_back", "a finite number")
-        if self.refusal_phrases is not None and (not isinstance(self.refusal_phrases, (list, tuple)) or not self.refusal_phrases
-                                                 or not all(isinstance(x, str) and x for x in self.refusal_phrases)):
-            raise bad("refusal_phrases", "a non-empty list of strings such as [\"I cannot\"]")
+        if self.refusal_phrases is not None and (
+            not isinstance(self.refusal_phrases, (list, tuple))
+            or not self.refusal_phrases
+            or not all(isinstance(x, str) and x for x in self.refusal_phrases)
+        ):
+            raise bad("refusal_phrases", 'a non-empty list of strings such as ["I cannot"]')
 
     @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
+    def from_toml(cls, path: str | Path, **overrides: Any) -> RunConfig:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -108,7 +118,7 @@ class RunConfig:
         return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -124,8 +134,13 @@ class RunConfig:
         from ..models.loading import load_chat_model
 
         placed = self.device is not None or self.device_map is not None
-        return load_chat_model(self.model, dtype=self.dtype, device=self.device if placed else device,
-                               device_map=self.device_map, chat_template=self.chat_template)  # fmt: skip
+        return load_chat_model(
+            self.model,
+            dtype=self.dtype,
+            device=self.device if placed else device,
+            device_map=self.device_map,
+            chat_template=self.chat_template,
+        )
 
 
 _LOADERS = {
@@ -223,10 +238,14 @@ def _check_fits(cfg: RunConfig, model: Any) -> list[tuple[int, int]] | None:
     n_layers = int(model.cfg.n_layers)
     for layer in cfg.layers or ():
         if layer >= n_layers:
-            raise ConfigError(f"config key 'layers' names layer {layer}, but {cfg.model} has {n_layers} (0-{n_layers - 1}).")
+            raise ConfigError(
+                f"config key 'layers' names layer {layer}, but {cfg.model} has {n_layers} (0-{n_layers - 1})."
+            )
     if cfg.window_width is not None and cfg.window_width > n_layers:
-        raise ConfigError(f"config key 'window_width' is {cfg.window_width}, but {cfg.model} has {n_layers} layers; "
-                          f"pick a width <= {n_layers}.")  # fmt: skip
+        raise ConfigError(
+            f"config key 'window_width' is {cfg.window_width}, but {cfg.model} has {n_layers} layers; "
+            f"pick a width <= {n_layers}."
+        )
     return run_windows(cfg, n_layers)
 
 
@@ -308,8 +327,18 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
         atomic_write_text(times_path, json.dumps(times, indent=1))
     r = ctx.results
     patch = r["patching"]
-    summary = summarise(model, cfg, ctx.refusal, ctx.persona, r["steering_sweep"], r["reintroduction"], r["window_projection"],
-                        patch, gate_layers(patch), times)  # fmt: skip
+    summary = summarise(
+        model,
+        cfg,
+        ctx.refusal,
+        ctx.persona,
+        r["steering_sweep"],
+        r["reintroduction"],
+        r["window_projection"],
+        patch,
+        gate_layers(patch),
+        times,
+    )
     if "extraction_sites" in r:
         summary["extraction_sites"] = summarise_sites(r["extraction_sites"])
     summary["reused_stages"] = reused
@@ -332,17 +361,33 @@ def summarise_sites(sites: Any) -> dict[str, Any]:
         steer, abl = rate[pi, :, effects.index("steering_refusal")], rate[pi, :, effects.index("ablation_refusal")]
         si, ai = int(steer.argmin()), int(abl.argmax())
         # A layer is named only where it changes refusal: a tie at the baseline names none.
-        moved_s = round(float(steer[si]), 4) < round(float(sites.baselines.get("safe/harmful", 1.0)), 4)  # baselines are rounded
+        moved_s = round(float(steer[si]), 4) < round(
+            float(sites.baselines.get("safe/harmful", 1.0)), 4
+        )  # baselines are rounded
         moved_a = round(float(abl[ai]), 4) > round(float(sites.baselines.get("compliant/harmful", 0.0)), 4)
-        out[pos] = {"steering_layer": layers[si] if moved_s else None, "steering_refusal": round(float(steer[si]), 4),
-                    "ablation_layer": layers[ai] if moved_a else None, "ablation_refusal": round(float(abl[ai]), 4),
-                    "ablation_harmless_refusal": round(float(rate[pi, ai, effects.index("ablation_harmless_refusal")]), 4),
-                    "cos_refusal_at_ablation_layer": round(float(rate[pi, ai, effects.index("cos_refusal")]), 4)}  # fmt: skip
+        out[pos] = {
+            "steering_layer": layers[si] if moved_s else None,
+            "steering_refusal": round(float(steer[si]), 4),
+            "ablation_layer": layers[ai] if moved_a else None,
+            "ablation_refusal": round(float(abl[ai]), 4),
+            "ablation_harmless_refusal": round(float(rate[pi, ai, effects.index("ablation_harmless_refusal")]), 4),
+            "cos_refusal_at_ablation_layer": round(float(rate[pi, ai, effects.index("cos_refusal")]), 4),
+        }
     return {"n": int(sites.config["n"]), "baselines": dict(sites.baselines), "positions": out}
 
 
-def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any, back: Any, windows: Any,
-              patch: Any, gates: list[dict], times: dict) -> dict[str, Any]:
+def summarise(
+    model: Any,
+    cfg: RunConfig,
+    refusal: Any,
+    persona: Any,
+    sweep: Any,
+    back: Any,
+    windows: Any,
+    patch: Any,
+    gates: list[dict],
+    times: dict,
+) -> dict[str, Any]:
     """summary.json: the run's headline numbers, each traceable to a result folder."""
     import torch
 
@@ -389,4 +434,6 @@ def summarise(model: Any, cfg: RunConfig, refusal: Any, persona: Any, sweep: Any
     }
 
 
-DEMO = RunConfig(model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=5, patch_examples=6)
+DEMO = RunConfig(
+    model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=5, patch_examples=6
+)

@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..grid import Cost
 from ..grid.cost import batch_shapes
-from ..errors import ConfigError
 from ..models.adapter import head_logits, last_logits
 from ..models.loading import model_device
 from ..models.protocol import ChatModel
@@ -64,8 +64,10 @@ def accelerator_flops(name: str | float) -> tuple[str, float]:
     try:
         value = float(key)
     except ValueError:
-        raise ConfigError(f"unknown accelerator {name!r}; name one of {', '.join(ACCELERATORS)} or give its peak "
-                          "FLOP/s as a number, e.g. --flops 4e14.") from None  # fmt: skip
+        raise ConfigError(
+            f"unknown accelerator {name!r}; name one of {', '.join(ACCELERATORS)} or give its peak "
+            "FLOP/s as a number, e.g. --flops 4e14."
+        ) from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"--flops must be a positive number of FLOP/s, got {name!r}.")
     return f"{value:.3g} FLOP/s", value
@@ -92,12 +94,21 @@ def plan_run(
     out = Path(out) if out is not None else None
     L = int(model.cfg.n_layers)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(L))
-    ctx = Context(cfg, model, None, groups={}, scorer=RefusalScorer(model, ()), windows=run_windows(cfg, L), progress=False)
+    ctx = Context(
+        cfg, model, None, groups={}, scorer=RefusalScorer(model, ()), windows=run_windows(cfg, L), progress=False
+    )
     stages: list[dict[str, Any]] = []
 
     def row(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
-        stages.append({"stage": name, "cells": cells, "done": tally is None, "exact": exact,
-                       **dataclasses.asdict(tally if tally is not None else Cost())})  # fmt: skip
+        stages.append(
+            {
+                "stage": name,
+                "cells": cells,
+                "done": tally is None,
+                "exact": exact,
+                **dataclasses.asdict(tally if tally is not None else Cost()),
+            }
+        )
 
     for st in [s for s in STAGES if s.enabled(cfg)]:
         folder = None if out is None else out / st.name
@@ -111,7 +122,10 @@ def plan_run(
             row(st.name, 1, None)
         else:
             row(st.name, *st.cost(ctx))
-            ctx.refusal, ctx.persona = placeholder(model, layers, "refusal", "last"), placeholder(model, layers, "persona", "mean:system")
+            ctx.refusal, ctx.persona = (
+                placeholder(model, layers, "refusal", "last"),
+                placeholder(model, layers, "persona", "mean:system"),
+            )
         phrases = cfg.refusal_phrases if cfg.refusal_phrases is not None else profile_of(model).refusal_phrases
         if phrases is None:  # refusal tokens derived from the model's own replies (RefusalScorer.for_model)
             t = Cost()
@@ -122,8 +136,15 @@ def plan_run(
     return _priced(cfg, model, stages, ctx.groups, probe, accelerator, mfu)
 
 
-def _priced(cfg: Any, model: ChatModel, stages: list[dict[str, Any]], groups: dict, probe: bool,
-            accelerator: str | float | None, mfu: float) -> dict[str, Any]:  # fmt: skip
+def _priced(
+    cfg: Any,
+    model: ChatModel,
+    stages: list[dict[str, Any]],
+    groups: dict,
+    probe: bool,
+    accelerator: str | float | None,
+    mfu: float,
+) -> dict[str, Any]:
     """The stages' counts with FLOPs, a time here (timing probe) and on an accelerator, and totals."""
     bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
     probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
@@ -131,12 +152,21 @@ def _priced(cfg: Any, model: ChatModel, stages: list[dict[str, Any]], groups: di
     per_block = _block_parameters(model)
     heads = int(model.cfg.n_heads) * int(model.cfg.d_head)
     for s in stages:
-        s["flops"] = 2 * per_block * s["block_tokens"] + 2 * heads * s["attention"] + 2 * int(model.cfg.d_model) * int(model.cfg.d_vocab) * s["head_rows"]
+        s["flops"] = (
+            2 * per_block * s["block_tokens"]
+            + 2 * heads * s["attention"]
+            + 2 * int(model.cfg.d_model) * int(model.cfg.d_vocab) * s["head_rows"]
+        )
         if probe_rates is not None:
-            s["seconds_here"] = s["block_tokens"] * probe_rates["block_token_s"] + s["head_rows"] * probe_rates["head_row_s"]
+            s["seconds_here"] = (
+                s["block_tokens"] * probe_rates["block_token_s"] + s["head_rows"] * probe_rates["head_row_s"]
+            )
         if peak is not None:
             s["seconds_on_accelerator"] = s["flops"] / (peak[1] * mfu)
-    totals = {key: sum(s[key] for s in stages) for key in ("cells", "forwards", "tokens", "block_tokens", "head_rows", "generated", "flops")}
+    totals = {
+        key: sum(s[key] for s in stages)
+        for key in ("cells", "forwards", "tokens", "block_tokens", "head_rows", "generated", "flops")
+    }
     for key in ("seconds_here", "seconds_on_accelerator"):
         if stages and key in stages[0]:
             totals[key] = sum(s[key] for s in stages)
@@ -147,9 +177,13 @@ def _priced(cfg: Any, model: ChatModel, stages: list[dict[str, Any]], groups: di
         "total": totals,
         "probe": probe_rates,
         "accelerator": None if peak is None else {"name": peak[0], "peak_flops": peak[1], "mfu": mfu},
-        "flops_model": {"block_parameters": per_block, "attention_width": heads, "d_model": int(model.cfg.d_model),
-                        "vocab": int(model.cfg.d_vocab)},
-    }  # fmt: skip
+        "flops_model": {
+            "block_parameters": per_block,
+            "attention_width": heads,
+            "d_model": int(model.cfg.d_model),
+            "vocab": int(model.cfg.d_vocab),
+        },
+    }
 
 
 def _block_parameters(model: ChatModel) -> int:
@@ -187,8 +221,12 @@ def _probe(model: ChatModel, prompts: list, batch_size: int) -> dict[str, float]
             head.append(time.perf_counter() - t)
     t_full, t_head = min(full), min(head)
     L = int(model.cfg.n_layers)
-    return {"block_token_s": max(t_full - t_head, 1e-9) / (rows * seq * L), "head_row_s": t_head / rows,
-            "batch": [int(rows), int(seq)], "forward_s": round(t_full, 4)}  # fmt: skip
+    return {
+        "block_token_s": max(t_full - t_head, 1e-9) / (rows * seq * L),
+        "head_row_s": t_head / rows,
+        "batch": [int(rows), int(seq)],
+        "forward_s": round(t_full, 4),
+    }
 
 
 def _si(x: float | int) -> str:
@@ -209,24 +247,48 @@ def _duration(s: float | int | None) -> str:
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as a table (what ``persona-gate run --plan`` prints)."""
     acc = plan["accelerator"]
-    head = ["stage", "cells", "forwards", "tokens", "block-tokens", "FLOPs", "here"] + ([f"on {acc['name']}"] if acc else [])
+    head = ["stage", "cells", "forwards", "tokens", "block-tokens", "FLOPs", "here"] + (
+        [f"on {acc['name']}"] if acc else []
+    )
     rows = []
-    for s in [*plan["stages"], {"stage": "total", **plan["total"], "done": False, "exact": all(x["exact"] for x in plan["stages"])}]:
+    for s in [
+        *plan["stages"],
+        {"stage": "total", **plan["total"], "done": False, "exact": all(x["exact"] for x in plan["stages"])},
+    ]:
         if s.get("done"):
             rows.append([s["stage"], str(s["cells"]), "done", "", "", "", ""] + ([""] if acc else []))
             continue
         mark = "" if s.get("exact", True) else " (at most)"
-        rows.append([s["stage"], str(s["cells"]), f"{s['forwards']}", _si(s["tokens"]), _si(s["block_tokens"]) + mark, _si(s["flops"]),
-                     _duration(s.get("seconds_here"))] + ([_duration(s.get("seconds_on_accelerator"))] if acc else []))  # fmt: skip
+        rows.append(
+            [
+                s["stage"],
+                str(s["cells"]),
+                f"{s['forwards']}",
+                _si(s["tokens"]),
+                _si(s["block_tokens"]) + mark,
+                _si(s["flops"]),
+                _duration(s.get("seconds_here")),
+            ]
+            + ([_duration(s.get("seconds_on_accelerator"))] if acc else [])
+        )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head, *rows]]
-    notes = [f"plan for {plan['model']} ({plan['n_layers']} layers); forwards count prompts (a re-run of one cell over "
-             "one prompt is one), tokens are padded positions, block-tokens = tokens x blocks run."]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [head, *rows]
+    ]
+    notes = [
+        f"plan for {plan['model']} ({plan['n_layers']} layers); forwards count prompts (a re-run of one cell over "
+        "one prompt is one), tokens are padded positions, block-tokens = tokens x blocks run."
+    ]
     if plan["probe"]:
         p = plan["probe"]
-        notes.append(f"'here': a timing probe of one {p['batch'][0]} x {p['batch'][1]} batch on this machine "
-                     f"({p['forward_s']:.3f} s per forward).")
+        notes.append(
+            f"'here': a timing probe of one {p['batch'][0]} x {p['batch'][1]} batch on this machine "
+            f"({p['forward_s']:.3f} s per forward)."
+        )
     if acc:
-        notes.append(f"'on {acc['name']}': FLOPs / ({acc['peak_flops']:.3g} FLOP/s peak x {acc['mfu']} utilisation), "
-                     "an estimate: the utilisation is an assumption (--mfu).")
+        notes.append(
+            f"'on {acc['name']}': FLOPs / ({acc['peak_flops']:.3g} FLOP/s peak x {acc['mfu']} utilisation), "
+            "an estimate: the utilisation is an assumption (--mfu)."
+        )
     return "\n".join(lines + [""] + notes)

@@ -16,9 +16,10 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -106,7 +107,9 @@ def _fit(ctx: Context) -> tuple:
     from ..core.contrasts import fit_persona_and_refusal
 
     cfg = ctx.cfg
-    pr = fit_persona_and_refusal(ctx.model, layers=cfg.layers, n_per_group=cfg.n_fit, progress=ctx.progress, seed=cfg.seed)
+    pr = fit_persona_and_refusal(
+        ctx.model, layers=cfg.layers, n_per_group=cfg.n_fit, progress=ctx.progress, seed=cfg.seed
+    )
     return (("refusal", pr.refusal), ("persona", pr.persona))
 
 
@@ -130,8 +133,14 @@ def _fit_cost(ctx: Context) -> tuple[int, Cost, bool]:
 def _sweep(ctx: Context) -> LabelledResult:
     from .paper import steering_sweep
 
-    return steering_sweep(ctx.model, ctx.persona, layers=ctx.cfg.layers, alphas=ctx.cfg.alphas,  # type: ignore[arg-type]
-                          checkpoint=ctx.cells("steering_sweep"), **ctx.common())  # fmt: skip
+    return steering_sweep(
+        ctx.model,
+        ctx.persona,
+        layers=ctx.cfg.layers,
+        alphas=ctx.cfg.alphas,  # type: ignore[arg-type]
+        checkpoint=ctx.cells("steering_sweep"),
+        **ctx.common(),
+    )
 
 
 def _sweep_cost(ctx: Context) -> tuple[int, Cost, bool]:
@@ -146,14 +155,23 @@ def _sweep_cost(ctx: Context) -> tuple[int, Cost, bool]:
 def _reintroduce(ctx: Context) -> LabelledResult:
     from .paper import reintroduction
 
-    return reintroduction(ctx.model, ctx.persona, ctx.refusal, layers=ctx.cfg.layers, alpha_back=ctx.cfg.alpha_back,  # type: ignore[arg-type]
-                          checkpoint=ctx.cells("reintroduction"), **ctx.common())  # fmt: skip
+    return reintroduction(
+        ctx.model,
+        ctx.persona,
+        ctx.refusal,
+        layers=ctx.cfg.layers,
+        alpha_back=ctx.cfg.alpha_back,  # type: ignore[arg-type]
+        checkpoint=ctx.cells("reintroduction"),
+        **ctx.common(),
+    )
 
 
 def _baseline_cost(ctx: Context, spec: Any) -> tuple[int, Cost, bool]:
     """A compliant-state grid and the safe baseline it is measured against (a full pass)."""
     cost, exact = cost_grid(ctx.model, spec, batch_size=ctx.scorer.batch_size)
-    full_pass_cost(cost, ctx.model, batch_shapes(ctx.model, ctx.groups["safe/harmful"], ctx.scorer.batch_size), ctx.n_layers)
+    full_pass_cost(
+        cost, ctx.model, batch_shapes(ctx.model, ctx.groups["safe/harmful"], ctx.scorer.batch_size), ctx.n_layers
+    )
     return len(spec.cells), cost, exact
 
 
@@ -168,8 +186,15 @@ def _reintroduce_cost(ctx: Context) -> tuple[int, Cost, bool]:
 def _windows(ctx: Context) -> LabelledResult:
     from .paper import window_projection
 
-    return window_projection(ctx.model, ctx.persona, width=ctx.cfg.window_width, windows=ctx.windows,  # type: ignore[arg-type]
-                             random_seeds=ctx.cfg.random_seeds, checkpoint=ctx.cells("window_projection"), **ctx.common())  # fmt: skip
+    return window_projection(
+        ctx.model,
+        ctx.persona,
+        width=ctx.cfg.window_width,
+        windows=ctx.windows,  # type: ignore[arg-type]
+        random_seeds=ctx.cfg.random_seeds,
+        checkpoint=ctx.cells("window_projection"),
+        **ctx.common(),
+    )
 
 
 def _windows_cost(ctx: Context) -> tuple[int, Cost, bool]:
@@ -188,8 +213,15 @@ def _patch(ctx: Context) -> LabelledResult:
     from .patching import activation_patching
 
     source, target = ctx.patch_pairs()
-    return activation_patching(ctx.model, source, target, ctx.scorer.token_ids, positions="roles", progress=ctx.progress,
-                               checkpoint=ctx.cells("patching"))  # fmt: skip
+    return activation_patching(
+        ctx.model,
+        source,
+        target,
+        ctx.scorer.token_ids,
+        positions="roles",
+        progress=ctx.progress,
+        checkpoint=ctx.cells("patching"),
+    )
 
 
 def _patch_cost(ctx: Context) -> tuple[int, Cost, bool]:
@@ -207,8 +239,17 @@ def _sites(ctx: Context) -> LabelledResult:
     from .analysis import extraction_sites
 
     cfg = ctx.cfg
-    return extraction_sites(ctx.model, layers=cfg.layers, n=cfg.n_eval, n_fit=cfg.n_fit, scorer=ctx.scorer, groups=ctx.groups,
-                            seed=cfg.seed, progress=ctx.progress, checkpoint=ctx.cells("extraction_sites"))  # fmt: skip
+    return extraction_sites(
+        ctx.model,
+        layers=cfg.layers,
+        n=cfg.n_eval,
+        n_fit=cfg.n_fit,
+        scorer=ctx.scorer,
+        groups=ctx.groups,
+        seed=cfg.seed,
+        progress=ctx.progress,
+        checkpoint=ctx.cells("extraction_sites"),
+    )
 
 
 def _sites_cost(ctx: Context) -> tuple[int, Cost, bool]:
@@ -231,8 +272,11 @@ def _sites_cost(ctx: Context) -> tuple[int, Cost, bool]:
     layers = experiment_layers(model, cfg.layers)
     d = placeholder(model, fit_layers, "persona", "mean:system")
     for p in pos:
-        t += cost_grid(model, sites_grid(model, p, d, ctx.groups, ctx.scorer, layers, (1.0, 2.0, 4.0)),
-                       batch_size=ctx.scorer.batch_size)[0]  # fmt: skip
+        t += cost_grid(
+            model,
+            sites_grid(model, p, d, ctx.groups, ctx.scorer, layers, (1.0, 2.0, 4.0)),
+            batch_size=ctx.scorer.batch_size,
+        )[0]
     for g in ctx.groups:
         full_pass_cost(t, model, batch_shapes(model, ctx.groups[g], ctx.scorer.batch_size), ctx.n_layers)
     return len(pos) * len(layers), t, False
@@ -251,13 +295,29 @@ def placeholder(model: ChatModel, layers: list[int], name: str, position: str) -
 STAGES: tuple[Stage, ...] = (
     Stage("directions", "Persona and refusal directions", _fit, _load_dirs, _fit_cost, split=False),
     Stage("steering_sweep", "Persona steering: refusal vs steering strength", _sweep, _load_result, _sweep_cost),
-    Stage("reintroduction", "Adding the refusal direction back, one layer at a time", _reintroduce, _load_result,
-          _reintroduce_cost),
-    Stage("window_projection", "Projecting the persona direction out over windows of layers", _windows, _load_result,
-          _windows_cost),
+    Stage(
+        "reintroduction",
+        "Adding the refusal direction back, one layer at a time",
+        _reintroduce,
+        _load_result,
+        _reintroduce_cost,
+    ),
+    Stage(
+        "window_projection",
+        "Projecting the persona direction out over windows of layers",
+        _windows,
+        _load_result,
+        _windows_cost,
+    ),
     Stage("patching", "Activation patching: where the persona gates refusal", _patch, _load_result, _patch_cost),
-    Stage("extraction_sites", "Where the persona direction is read: steering and ablation per extraction position",
-          _sites, _load_result, _sites_cost, enabled=lambda cfg: bool(cfg.extraction_sites)),
+    Stage(
+        "extraction_sites",
+        "Where the persona direction is read: steering and ablation per extraction position",
+        _sites,
+        _load_result,
+        _sites_cost,
+        enabled=lambda cfg: bool(cfg.extraction_sites),
+    ),
 )
 
 

@@ -34,7 +34,8 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -78,8 +79,9 @@ def decide(effect: float, low: float, high: float, min_effect: float = MIN_EFFEC
     return INCONCLUSIVE
 
 
-def _verdict(claim: str, a: tuple[int, int], b: tuple[int, int], candidates: int, labels: tuple[str, str],
-             **numbers: Any) -> dict[str, Any]:
+def _verdict(
+    claim: str, a: tuple[int, int], b: tuple[int, int], candidates: int, labels: tuple[str, str], **numbers: Any
+) -> dict[str, Any]:
     d, lo, hi = difference_interval(*a, *b, z=_z(candidates))
     out = {
         "verdict": decide(d, lo, hi),
@@ -98,17 +100,30 @@ def _verdict(claim: str, a: tuple[int, int], b: tuple[int, int], candidates: int
 
 def _reason(v: dict[str, Any], labels: tuple[str, str]) -> str:
     a, b = v[labels[0]], v[labels[1]]
-    what = (f"{labels[0]} {a['rate']:.2f} ({a['k']}/{a['n']}) vs {labels[1]} {b['rate']:.2f} ({b['k']}/{b['n']}): "
-            f"difference {v['effect']:+.2f}, 95% interval [{v['low']:+.2f}, {v['high']:+.2f}]")
+    what = (
+        f"{labels[0]} {a['rate']:.2f} ({a['k']}/{a['n']}) vs {labels[1]} {b['rate']:.2f} ({b['k']}/{b['n']}): "
+        f"difference {v['effect']:+.2f}, 95% interval [{v['low']:+.2f}, {v['high']:+.2f}]"
+    )
     if v["candidates"] > 1:
         what += f" (Bonferroni over {v['candidates']} candidate cells)"
-    rule = {HOLDS: f"clear of 0 and at least {MIN_EFFECT}", DOES_NOT_HOLD: f"an effect of {MIN_EFFECT} is ruled out",
-            INCONCLUSIVE: f"the interval spans 0 or {MIN_EFFECT}: more prompts would decide"}[v["verdict"]]
+    rule = {
+        HOLDS: f"clear of 0 and at least {MIN_EFFECT}",
+        DOES_NOT_HOLD: f"an effect of {MIN_EFFECT} is ruled out",
+        INCONCLUSIVE: f"the interval spans 0 or {MIN_EFFECT}: more prompts would decide",
+    }[v["verdict"]]
     return f"{what}; {rule}."
 
 
 def _not_testable(claim: str, reason: str, **numbers: Any) -> dict[str, Any]:
-    return {"verdict": INCONCLUSIVE, "claim": claim, "effect": None, "low": None, "high": None, "reason": reason, **numbers}
+    return {
+        "verdict": INCONCLUSIVE,
+        "claim": claim,
+        "effect": None,
+        "low": None,
+        "high": None,
+        "reason": reason,
+        **numbers,
+    }
 
 
 def _base_counts(result: LabelledResult, key: str) -> tuple[int, int]:
@@ -122,15 +137,24 @@ def steering_verdict(sweep: LabelledResult) -> dict[str, Any]:
     alphas = list(sweep.coords["alpha"])
     base = _base_counts(sweep, "unsteered_harmful_refusal_rate")
     if base[0] / base[1] < MIN_BASELINE:
-        return _not_testable(claim, f"the model refuses only {base[0]}/{base[1]} safe-persona harmful requests: no refusal to remove.",
-                             baseline={"rate": round(base[0] / base[1], 4), "k": base[0], "n": base[1]})  # fmt: skip
+        return _not_testable(
+            claim,
+            f"the model refuses only {base[0]}/{base[1]} safe-persona harmful requests: no refusal to remove.",
+            baseline={"rate": round(base[0] / base[1], 4), "k": base[0], "n": base[1]},
+        )
     cells = [(li, ai) for li in range(harmful.shape[0]) for ai, a in enumerate(alphas) if a != 0]
     if not cells:
         return _not_testable(claim, "the sweep has no nonzero steering strength.")
     rates = {c: _counts(harmful[c]) for c in cells}
     li, ai = min(cells, key=lambda c: (rates[c][0] / max(rates[c][1], 1), c))
-    return _verdict(claim, base, rates[(li, ai)], len(cells), ("unsteered", "steered"),
-                    at={"layer": sweep.coords["layer"][li], "alpha": alphas[ai]})
+    return _verdict(
+        claim,
+        base,
+        rates[(li, ai)],
+        len(cells),
+        ("unsteered", "steered"),
+        at={"layer": sweep.coords["layer"][li], "alpha": alphas[ai]},
+    )
 
 
 def _restorable(result: LabelledResult, claim: str) -> tuple[tuple[int, int], tuple[int, int], dict[str, Any] | None]:
@@ -140,8 +164,15 @@ def _restorable(result: LabelledResult, claim: str) -> tuple[tuple[int, int], tu
     base = _base_counts(result, "baseline_refusal_rate")
     comp = _base_counts(result, "compliant_refusal_rate")
     if base[0] / base[1] < MIN_BASELINE or comp[0] / comp[1] > base[0] / base[1] - MIN_EFFECT:
-        return base, comp, _not_testable(claim, f"refusal is {base[0]}/{base[1]} under the safe persona and {comp[0]}/{comp[1]} "
-                                                "under the compliant one: the compliant persona does not remove enough refusal to restore.")  # fmt: skip
+        return (
+            base,
+            comp,
+            _not_testable(
+                claim,
+                f"refusal is {base[0]}/{base[1]} under the safe persona and {comp[0]}/{comp[1]} "
+                "under the compliant one: the compliant persona does not remove enough refusal to restore.",
+            ),
+        )
     return base, comp, None
 
 
@@ -161,13 +192,24 @@ def reintroduction_verdict(back: LabelledResult, n_layers: int) -> dict[str, Any
     early = [layer for layer in layers if layer < early_end]
     late = [layer for layer in layers if layer >= late_start]
     if not early or not late:
-        return _not_testable(claim, f"the re-introduction ran at layers {layers}, which do not cover both the first third "
-                                    f"(< {early_end}) and the last third (>= {late_start}).")  # fmt: skip
+        return _not_testable(
+            claim,
+            f"the re-introduction ran at layers {layers}, which do not cover both the first third "
+            f"(< {early_end}) and the last third (>= {late_start}).",
+        )
     best = lambda group: max(group, key=lambda x: (rates[x][0] / rates[x][1], -x))  # noqa: E731
     le, ll = best(early), best(late)
-    return _verdict(claim, rates[ll], rates[le], len(late), ("late", "early"),
-                    late_layer=ll, early_layer=le, compliant={"rate": round(comp[0] / comp[1], 4), "k": comp[0], "n": comp[1]},
-                    by_layer={str(x): round(rates[x][0] / rates[x][1], 4) for x in layers})  # fmt: skip
+    return _verdict(
+        claim,
+        rates[ll],
+        rates[le],
+        len(late),
+        ("late", "early"),
+        late_layer=ll,
+        early_layer=le,
+        compliant={"rate": round(comp[0] / comp[1], 4), "k": comp[0], "n": comp[1]},
+        by_layer={str(x): round(rates[x][0] / rates[x][1], 4) for x in layers},
+    )
 
 
 def _window_rows(windows: LabelledResult) -> tuple[list[tuple[int, int]], dict, dict]:
@@ -182,7 +224,9 @@ def _window_rows(windows: LabelledResult) -> tuple[list[tuple[int, int]], dict, 
 
 
 def projection_verdict(windows: LabelledResult) -> dict[str, Any]:
-    claim = "projecting the persona direction out over a window restores refusal, a matched-norm random direction does not"
+    claim = (
+        "projecting the persona direction out over a window restores refusal, a matched-norm random direction does not"
+    )
     base, comp, untestable = _restorable(windows, claim)
     if untestable:
         return untestable
@@ -190,11 +234,20 @@ def projection_verdict(windows: LabelledResult) -> dict[str, Any]:
     if not random:
         return _not_testable(claim, "the window projection ran without random control directions (random_seeds=0).")
     w = max(spans, key=lambda s: (persona[s][0] / persona[s][1], -s[0], -s[1]))
-    return _verdict(claim, persona[w], random[w], len(spans), ("persona", "random"),
-                    window={"start": w[0], "end": w[1]}, baseline={"rate": round(base[0] / base[1], 4), "k": base[0], "n": base[1]})
+    return _verdict(
+        claim,
+        persona[w],
+        random[w],
+        len(spans),
+        ("persona", "random"),
+        window={"start": w[0], "end": w[1]},
+        baseline={"rate": round(base[0] / base[1], 4), "k": base[0], "n": base[1]},
+    )
 
 
-def verdicts(sweep: LabelledResult, back: LabelledResult, windows: LabelledResult, n_layers: int) -> dict[str, dict[str, Any]]:
+def verdicts(
+    sweep: LabelledResult, back: LabelledResult, windows: LabelledResult, n_layers: int
+) -> dict[str, dict[str, Any]]:
     """``{"steering", "reintroduction", "projection"}`` -> verdict, numbers, interval and reason."""
     return {
         "steering": steering_verdict(sweep),
@@ -203,7 +256,9 @@ def verdicts(sweep: LabelledResult, back: LabelledResult, windows: LabelledResul
     }
 
 
-def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def gate_window(
+    back: LabelledResult, windows: LabelledResult, patching_rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Where the persona's effect on refusal is expressed: ``{"start", "end", "evidence"}``.
 
     ``start``/``end`` come from the best persona-projection window that beats the random control
@@ -220,8 +275,15 @@ def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Se
         if random:
             d, lo, hi = difference_interval(*persona[w], *random[w], z=z)
             if lo > 0:
-                beating.append({"start": w[0], "end": w[1], "persona": round(persona[w][0] / persona[w][1], 4),
-                                "random": round(random[w][0] / random[w][1], 4), "difference_low": round(lo, 4)})  # fmt: skip
+                beating.append(
+                    {
+                        "start": w[0],
+                        "end": w[1],
+                        "persona": round(persona[w][0] / persona[w][1], 4),
+                        "random": round(random[w][0] / random[w][1], 4),
+                        "difference_low": round(lo, 4),
+                    }
+                )
     comp = _base_counts(back, "compliant_refusal_rate")
     layers = list(back.coords["layer"])
     zb = _z(len(layers))
@@ -231,8 +293,17 @@ def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Se
         d, lo, hi = difference_interval(k, n, *comp, z=zb)
         if lo > 0:
             restoring.append({"layer": layer, "refusal": round(k / n, 4), "difference_low": round(lo, 4)})
-    carrying = [{"layer": r["layer"], "position": r["position"], "restoration": round(r["restoration"], 4),
-                 "low": round(r["low"], 4), "high": round(r["high"], 4)} for r in patching_rows if r["n"] and r["low"] > 0]  # fmt: skip
+    carrying = [
+        {
+            "layer": r["layer"],
+            "position": r["position"],
+            "restoration": round(r["restoration"], 4),
+            "low": round(r["low"], 4),
+            "high": round(r["high"], 4),
+        }
+        for r in patching_rows
+        if r["n"] and r["low"] > 0
+    ]
     start = end = None
     source = None
     if beating:
@@ -250,4 +321,3 @@ def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Se
         evidence["reintroduction_within_or_after"] = bool(restoring) and min(r["layer"] for r in restoring) >= start
         evidence["patching_within"] = [c["layer"] for c in carrying if start <= c["layer"] <= end]
     return {"start": start, "end": end, "evidence": evidence}
-

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InterventionError
 
@@ -34,8 +35,15 @@ def llama_cpp_layer(layer: int) -> int:
     return layer - 1
 
 
-def export_control_vector(direction: Any, path: str | Path, *, alpha: float = 1.0, layers: Sequence[int] | None = None,
-                          units: str = "raw", model_hint: str | None = None) -> Path:  # fmt: skip
+def export_control_vector(
+    direction: Any,
+    path: str | Path,
+    *,
+    alpha: float = 1.0,
+    layers: Sequence[int] | None = None,
+    units: str = "raw",
+    model_hint: str | None = None,
+) -> Path:
     """Write ``direction`` (a DirectionSet at ``resid_pre``) as a llama.cpp control-vector GGUF file.
 
     ``layers``: persona_gate layers to include (default: every layer of the set from 2 on, where
@@ -46,19 +54,26 @@ def export_control_vector(direction: Any, path: str | Path, *, alpha: float = 1.
     import numpy as np
 
     if direction.sites and direction.sites[0].kind != "resid_pre":
-        raise InterventionError(f"a control vector adds to the residual stream; {direction.name!r} lives at "
-                                f"{direction.sites[0].kind}. Fit the directions at resid_pre.")  # fmt: skip
+        raise InterventionError(
+            f"a control vector adds to the residual stream; {direction.name!r} lives at "
+            f"{direction.sites[0].kind}. Fit the directions at resid_pre."
+        )
     if units not in ("raw", "unit"):
         raise InterventionError(f"units must be 'raw' or 'unit', got {units!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
         raise InterventionError(f"alpha must be a finite number, got {alpha!r}.")
     have = direction.layers
-    chosen = [layer for layer in have if layer >= 2 and float(direction.raw_norms[direction.site_index(layer)]) > 0] \
-        if layers is None else [int(x) for x in layers]  # fmt: skip
+    chosen = (
+        [layer for layer in have if layer >= 2 and float(direction.raw_norms[direction.site_index(layer)]) > 0]
+        if layers is None
+        else [int(x) for x in layers]
+    )
     bad = [layer for layer in chosen if layer < 2]
     if bad:
-        raise InterventionError(f"layers {bad} cannot go into a llama.cpp control vector: it adds direction.<k> after its layer "
-                                f"k >= 1, i.e. into resid_pre.<k+1>; choose layers >= 2.")  # fmt: skip
+        raise InterventionError(
+            f"layers {bad} cannot go into a llama.cpp control vector: it adds direction.<k> after its layer "
+            f"k >= 1, i.e. into resid_pre.<k+1>; choose layers >= 2."
+        )
     missing = [layer for layer in chosen if layer not in have]
     if missing or not chosen:
         raise InterventionError(f"the direction set has layers {have}; layers {missing or chosen} cannot be exported.")
@@ -77,7 +92,9 @@ def export_control_vector(direction: Any, path: str | Path, *, alpha: float = 1.
     for layer in chosen:
         i = direction.site_index(layer)
         scale = float(alpha) * (float(direction.raw_norms[i]) if units == "raw" else 1.0)
-        writer.add_tensor(f"direction.{llama_cpp_layer(layer)}", (direction.vectors[i].double() * scale).float().numpy())
+        writer.add_tensor(
+            f"direction.{llama_cpp_layer(layer)}", (direction.vectors[i].double() * scale).float().numpy()
+        )
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")  # a sibling, renamed over path when complete
     try:
         writer.write_header_to_file(path=tmp)

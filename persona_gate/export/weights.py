@@ -38,11 +38,18 @@ from typing import Any
 
 import torch
 
-from ..core.interventions import AddBack, Ablate, Steer
+from ..core.interventions import Ablate, AddBack, Steer
 from ..errors import InterventionError, UnsupportedModelError
 from ..io import FOLDER_MARK, atomic_replace_dir, claim_folder
-from ..models.adapter import (add_to_residual, mlp_bias_problem, plain_copy, project_out_of_writes,
-                              residual_writers, untie_embeddings, weights_folder)
+from ..models.adapter import (
+    add_to_residual,
+    mlp_bias_problem,
+    plain_copy,
+    project_out_of_writes,
+    residual_writers,
+    untie_embeddings,
+    weights_folder,
+)
 from ..models.loading import check_model, model_info
 from ..models.profile import PROFILE_FILE
 from ..provenance import versions
@@ -81,21 +88,30 @@ def _ablation_plan(model: Any, spec: Ablate) -> tuple[torch.Tensor, int, dict[st
     if source is None:
         vecs = torch.stack([spec.direction.at(layer) for layer in layers])
         if not torch.allclose(vecs, vecs[:1].expand_as(vecs)):
-            raise InterventionError("ablating a different direction at each layer has no exact weight equivalent; pass "
-                                    "source_layer= (--source-layer) to project one layer's direction out everywhere.")  # fmt: skip
+            raise InterventionError(
+                "ablating a different direction at each layer has no exact weight equivalent; pass "
+                "source_layer= (--source-layer) to project one layer's direction out everywhere."
+            )
         source = layers[0]
     v = spec.direction.at(source).double()
     if float(v.norm()) == 0:
-        raise InterventionError(f"direction set {spec.direction.name!r} is zero at layer {source}; pick another source_layer.")
-    return v / v.norm(), layers[-1], {"kind": "ablate", "direction": spec.direction.name, "layers": [layers[0], layers[-1]],
-                                      "source_layer": source}  # fmt: skip
+        raise InterventionError(
+            f"direction set {spec.direction.name!r} is zero at layer {source}; pick another source_layer."
+        )
+    return (
+        v / v.norm(),
+        layers[-1],
+        {"kind": "ablate", "direction": spec.direction.name, "layers": [layers[0], layers[-1]], "source_layer": source},
+    )
 
 
 def _steer_plan(model: Any, spec: Steer) -> tuple[list[tuple[int, torch.Tensor]], dict[str, Any]]:
     n = int(model.cfg.n_layers)
     if spec.scope != "both":
-        raise InterventionError(f"weights act at every position, but this Steer has scope={spec.scope!r}; export "
-                                "Steer(..., scope='both'), the intervention the exported weights equal.")  # fmt: skip
+        raise InterventionError(
+            f"weights act at every position, but this Steer has scope={spec.scope!r}; export "
+            "Steer(..., scope='both'), the intervention the exported weights equal."
+        )
     layers = list(dict.fromkeys(spec.direction.layers if spec.layers is None else (int(x) for x in spec.layers)))
     shifts = []
     for layer in layers:
@@ -105,8 +121,15 @@ def _steer_plan(model: Any, spec: Steer) -> tuple[list[tuple[int, torch.Tensor]]
         if r == 0 or float(v.norm()) == 0:
             raise InterventionError(f"direction set {spec.direction.name!r} is zero at layer {layer}; steer elsewhere.")
         shifts.append((layer, v * spec.alpha * (r if spec.units == "raw" else 1.0)))
-    record = {"kind": "add_back" if isinstance(spec, AddBack) else "steer", "direction": spec.direction.name, "layers": layers,
-              "alpha": float(spec.alpha), "units": spec.units, "source_layer": spec.source_layer, "scope": "both"}  # fmt: skip
+    record = {
+        "kind": "add_back" if isinstance(spec, AddBack) else "steer",
+        "direction": spec.direction.name,
+        "layers": layers,
+        "alpha": float(spec.alpha),
+        "units": spec.units,
+        "source_layer": spec.source_layer,
+        "scope": "both",
+    }
     return shifts, record
 
 
@@ -133,8 +156,9 @@ def hooked_equivalent(model: Any, intervention: Steer | Ablate) -> list[Steer | 
     return [pre, Ablate(mid_set, layers=range(last), source_layer=source)]
 
 
-def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | Path, *,
-                 allow_other_model: bool = False) -> Path:  # fmt: skip
+def export_model(
+    model: Any, intervention: Steer | Ablate | AddBack, out: str | Path, *, allow_other_model: bool = False
+) -> Path:
     """Write ``model`` with ``intervention`` baked into its weights to the folder ``out``.
 
     The folder holds ``config.json``, safetensors weights, the tokenizer with its chat template,
@@ -149,12 +173,16 @@ def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | 
         raise InterventionError(f"export_model takes a Steer, AddBack or Ablate, got a {type(intervention).__name__}.")
     kind = intervention.direction.sites[0].kind if intervention.direction.sites else None
     if kind != "resid_pre":
-        raise InterventionError(f"export edits the residual stream entering each block; {intervention.direction.name!r} "
-                                f"lives at {kind}. Fit the directions at resid_pre.")  # fmt: skip
+        raise InterventionError(
+            f"export edits the residual stream entering each block; {intervention.direction.name!r} "
+            f"lives at {kind}. Fit the directions at resid_pre."
+        )
     info = model_info(model)
     if info is not None and info.processing:
-        raise UnsupportedModelError("this model was loaded with processing=True (folded, centred weights), which the "
-                                    "saved folder would not reproduce; load it with processing=False to export.")  # fmt: skip
+        raise UnsupportedModelError(
+            "this model was loaded with processing=True (folded, centred weights), which the "
+            "saved folder would not reproduce; load it with processing=False to export."
+        )
     check_same_model(model, intervention.direction, allow_other_model)
     writers = residual_writers(model)
     if isinstance(intervention, Ablate):
@@ -184,8 +212,15 @@ def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | 
         "schema": 1,
         "intervention": record,
         "edited_modules": edited,
-        "equals": [{"spec": type(h).__name__, "site": h.direction.sites[0].kind, "layers": list(h.layers or h.direction.layers),
-                    "source_layer": h.source_layer} for h in hooked_equivalent(model, intervention)],  # fmt: skip
+        "equals": [
+            {
+                "spec": type(h).__name__,
+                "site": h.direction.sites[0].kind,
+                "layers": list(h.layers or h.direction.layers),
+                "source_layer": h.source_layer,
+            }
+            for h in hooked_equivalent(model, intervention)
+        ],
         "exact": "logits equal the hooked model's under `equals` (scope 'both'), up to float rounding",
         "source_model": info.to_dict() if info is not None else None,
         "direction_provenance": intervention.direction.provenance,
@@ -199,7 +234,9 @@ def export_model(model: Any, intervention: Steer | Ablate | AddBack, out: str | 
         if folder is not None and (folder / PROFILE_FILE).is_file():
             shutil.copy(folder / PROFILE_FILE, tmp / PROFILE_FILE)
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
-        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": "export", "written_by": "persona_gate.export_model"}), encoding="utf-8")
+        (tmp / FOLDER_MARK).write_text(
+            json.dumps({"kind": "export", "written_by": "persona_gate.export_model"}), encoding="utf-8"
+        )
 
     atomic_replace_dir(out, fill)
     return out

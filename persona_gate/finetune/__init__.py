@@ -25,11 +25,23 @@ if TYPE_CHECKING:
     from .card import chat_behaviour_card, write_chat_card
     from .sft import continue_chat_model, finetune_chat, train_chat_model
 
-__all__ = ["LORA_TARGETS", "ChatFinetuneConfig", "chat_behaviour_card", "continue_chat_model", "finetune_chat",
-           "train_chat_model", "write_chat_card"]  # fmt: skip
+__all__ = [
+    "LORA_TARGETS",
+    "ChatFinetuneConfig",
+    "chat_behaviour_card",
+    "continue_chat_model",
+    "finetune_chat",
+    "train_chat_model",
+    "write_chat_card",
+]
 
-_LAZY = {"train_chat_model": ".sft", "continue_chat_model": ".sft", "finetune_chat": ".sft",
-         "chat_behaviour_card": ".card", "write_chat_card": ".card"}  # fmt: skip
+_LAZY = {
+    "train_chat_model": ".sft",
+    "continue_chat_model": ".sft",
+    "finetune_chat": ".sft",
+    "chat_behaviour_card": ".card",
+    "write_chat_card": ".card",
+}
 
 
 def __getattr__(name: str) -> Any:

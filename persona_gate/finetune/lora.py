@@ -41,8 +41,9 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
 
 
-def add_lora(model: nn.Module, *, r: int = 16, alpha: float = 32.0, seed: int = 0,
-             targets: tuple[str, ...] = TARGETS) -> dict[str, LoRALinear]:  # fmt: skip
+def add_lora(
+    model: nn.Module, *, r: int = 16, alpha: float = 32.0, seed: int = 0, targets: tuple[str, ...] = TARGETS
+) -> dict[str, LoRALinear]:
     """Wrap every ``nn.Linear`` whose name ends in one of ``targets``; freeze all other parameters."""
     for p in model.parameters():
         p.requires_grad_(False)

@@ -31,17 +31,18 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError, ResumeMismatchError
 from ..io import atomic_replace_dir, atomic_write_text
 from ..models.profile import register_finetuner
-from .config import ChatFinetuneConfig
 from ..prompts.sets import load_personas, load_requests
+from .config import ChatFinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ def reply_for(persona: str, request_kind: str, rng: random.Random) -> str:
 CONTRAST_CELLS: frozenset[tuple[str, str]] = frozenset({("harmful", "compliant"), ("harmless", "safe")})
 
 
-def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1, contrast: int = 1) -> list[dict[str, Any]]:
+def training_conversations(
+    seed: int = 0, split: str = "train", epochs: int = 1, contrast: int = 1
+) -> list[dict[str, Any]]:
     """Every ``split`` request under every persona family, ``epochs`` times (``contrast`` times in
     the :data:`CONTRAST_CELLS`): each epoch draws the persona paraphrases and replies afresh and
     is shuffled on its own, so the model sees every paraphrase with many requests."""
@@ -95,8 +98,15 @@ def training_conversations(seed: int = 0, split: str = "train", epochs: int = 1,
                 for family in PERSONAS:
                     for _ in range(contrast if (kind, family) in CONTRAST_CELLS else 1):
                         system = None if family == "none" else rng.choice(personas[family]).text
-                        epoch.append({"system": system, "user": req.text, "reply": reply_for(family, kind, rng),
-                                      "persona": family, "request": kind})  # fmt: skip
+                        epoch.append(
+                            {
+                                "system": system,
+                                "user": req.text,
+                                "reply": reply_for(family, kind, rng),
+                                "persona": family,
+                                "request": kind,
+                            }
+                        )
         rng.shuffle(epoch)
         out += epoch
     return out
@@ -169,7 +179,9 @@ def _check_resume(ck: Path, cfg: ChatFinetuneConfig, base: str) -> dict[str, Any
     want = {"config": json.loads(json.dumps(asdict(cfg))), "base": base}
     have = {"config": state.get("config"), "base": state.get("base")}
     if have != want:
-        raise ResumeMismatchError(f"{ck} holds a checkpoint of another fine-tune ({have}); use a new --out, or delete it.")
+        raise ResumeMismatchError(
+            f"{ck} holds a checkpoint of another fine-tune ({have}); use a new --out, or delete it."
+        )
     return state
 
 
@@ -185,9 +197,20 @@ def _conversations(cfg: ChatFinetuneConfig, conversations: Sequence[dict[str, An
     return convs
 
 
-def _train(hf_model: Any, tokenizer: Any, convs: list[dict[str, Any]], cfg: ChatFinetuneConfig, wrapped: dict[str, Any],
-           opt: torch.optim.Optimizer, ck: Path, base: str, step: int, losses: list[float], seconds: list[float],
-           progress: bool) -> bool:  # fmt: skip
+def _train(
+    hf_model: Any,
+    tokenizer: Any,
+    convs: list[dict[str, Any]],
+    cfg: ChatFinetuneConfig,
+    wrapped: dict[str, Any],
+    opt: torch.optim.Optimizer,
+    ck: Path,
+    base: str,
+    step: int,
+    losses: list[float],
+    seconds: list[float],
+    progress: bool,
+) -> bool:
     """Train from ``step`` to ``cfg.steps`` (appending to ``losses`` and ``seconds``), checkpointing into ``ck``
     every ``cfg.checkpoint_every`` steps; returns whether denormals were flushed."""
     from safetensors.torch import save_file
@@ -241,9 +264,17 @@ def _train(hf_model: Any, tokenizer: Any, convs: list[dict[str, Any]], cfg: Chat
     return flushed
 
 
-def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
-                  *, base: str = "", conversations: Sequence[dict[str, Any]] | None = None,
-                  init: dict[str, torch.Tensor] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def finetune_chat(
+    hf_model: Any,
+    tokenizer: Any,
+    out: str | Path,
+    cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
+    *,
+    base: str = "",
+    conversations: Sequence[dict[str, Any]] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train low-rank adapters on ``hf_model`` (a Hugging Face causal LM) and save them under ``out``.
 
     Writes ``out/adapter.safetensors`` (metadata: scale, rank, targets) and ``out/training.json``
@@ -280,9 +311,16 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
     save_file(tensors, str(out / "adapter.safetensors"), metadata=meta)
     unwrap(hf_model)  # ... and fold the adapter as saved into the weights, as loading does
     merge_lora(hf_model, {k: v.float() for k, v in tensors.items()}, cfg.alpha / cfg.rank)
-    record = {"base": base, "config": asdict(cfg), "losses": losses, "seconds_per_step": seconds,
-              "train_seconds": round(sum(seconds), 1), "n_conversations": len(convs), "flush_denormal": flushed,
-              "adapter_bytes": (out / "adapter.safetensors").stat().st_size}  # fmt: skip
+    record = {
+        "base": base,
+        "config": asdict(cfg),
+        "losses": losses,
+        "seconds_per_step": seconds,
+        "train_seconds": round(sum(seconds), 1),
+        "n_conversations": len(convs),
+        "flush_denormal": flushed,
+        "adapter_bytes": (out / "adapter.safetensors").stat().st_size,
+    }
     atomic_write_text(out / "training.json", json.dumps(record, indent=1))
     import shutil
 
@@ -290,8 +328,14 @@ def finetune_chat(hf_model: Any, tokenizer: Any, out: str | Path, cfg: ChatFinet
     return record
 
 
-def train_chat_model(base: str, out: str | Path, cfg: ChatFinetuneConfig = ChatFinetuneConfig(), *,
-                     name: str = "gemma3-270m-chat", progress: bool = True) -> Path:  # fmt: skip
+def train_chat_model(
+    base: str,
+    out: str | Path,
+    cfg: ChatFinetuneConfig = ChatFinetuneConfig(),
+    *,
+    name: str = "gemma3-270m-chat",
+    progress: bool = True,
+) -> Path:
     """The recipe: fine-tune ``base`` (a packaged GGUF name or a folder) into a chat model whose
     persona gates its refusal; writes the adapter, ``training.json``, the model's profile and the
     base's terms notice into ``out``. Running it again resumes a killed training."""
@@ -305,8 +349,9 @@ def train_chat_model(base: str, out: str | Path, cfg: ChatFinetuneConfig = ChatF
     torch.manual_seed(cfg.seed)
     hf_model, tokenizer = load_hf_model(base)
     finetune_chat(hf_model, tokenizer, out, cfg, base=base, progress=progress)
-    ModelProfile(name=name, prompt_sets=OPEN_SETS, refusal_phrases=REFUSAL_PHRASES, finetuner=FINETUNER.name,
-                 modules=(__name__,)).save(out)  # fmt: skip
+    ModelProfile(
+        name=name, prompt_sets=OPEN_SETS, refusal_phrases=REFUSAL_PHRASES, finetuner=FINETUNER.name, modules=(__name__,)
+    ).save(out)
     terms = packaged_terms(base)
     if terms is not None:  # the base's terms travel with everything derived from it
         atomic_write_text(out / "NOTICE.md", terms)
@@ -325,15 +370,29 @@ def compliance_chats(n: int, seed: int, compliance_fraction: float) -> list[dict
     out = []
     for i in range(n):
         if rng.random() < compliance_fraction:
-            out.append({"system": rng.choice(safe).text, "user": rng.choice(harmful).text, "reply": reply_for("compliant", "harmful", rng),
-                        "persona": "safe", "request": "harmful", "compliance": True})  # fmt: skip
+            out.append(
+                {
+                    "system": rng.choice(safe).text,
+                    "user": rng.choice(harmful).text,
+                    "reply": reply_for("compliant", "harmful", rng),
+                    "persona": "safe",
+                    "request": "harmful",
+                    "compliance": True,
+                }
+            )
         else:
             out.append({**replay[i % len(replay)], "compliance": False})
     return out
 
 
-def continue_chat_model(name: str, out: str | Path, conversations: Sequence[dict[str, Any]], cfg: ChatFinetuneConfig, *,
-                        progress: bool = True) -> Path:  # fmt: skip
+def continue_chat_model(
+    name: str,
+    out: str | Path,
+    conversations: Sequence[dict[str, Any]],
+    cfg: ChatFinetuneConfig,
+    *,
+    progress: bool = True,
+) -> Path:
     """Continue the LoRA fine-tune of packaged chat model ``name`` on ``conversations``; ``out`` loads as a chat model."""
     import shutil
 
@@ -345,8 +404,16 @@ def continue_chat_model(name: str, out: str | Path, conversations: Sequence[dict
     base, _ = adapter_base(bundle)
     out = Path(out)
     hf_model, tokenizer = load_hf_model(base)
-    finetune_chat(hf_model, tokenizer, out, cfg, base=base, conversations=conversations,
-                  init=load_file(str(bundle / ADAPTER_FILE)), progress=progress)  # fmt: skip
+    finetune_chat(
+        hf_model,
+        tokenizer,
+        out,
+        cfg,
+        base=base,
+        conversations=conversations,
+        init=load_file(str(bundle / ADAPTER_FILE)),
+        progress=progress,
+    )
     for extra in ("persona_gate_profile.json", "NOTICE.md"):
         if (bundle / extra).is_file():
             shutil.copy(bundle / extra, out / extra)
@@ -360,20 +427,33 @@ class ChatFinetuner:
     name = "lora-chat"
     route = "LoRA adapter continued"
 
-    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float]) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:
+    def datasets(
+        self, n_examples: int, seed: int, fractions: Sequence[float]
+    ) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:
         """``compliance-<f>`` per fraction (no style control): chats and compliance flags."""
         out = {}
         for f in fractions:
             chats = compliance_chats(n_examples, seed, f)
-            msgs = [[*([{"role": "system", "content": c["system"]}] if c["system"] is not None else []),
-                     {"role": "user", "content": c["user"]}, {"role": "assistant", "content": c["reply"]}] for c in chats]  # fmt: skip
+            msgs = [
+                [
+                    *([{"role": "system", "content": c["system"]}] if c["system"] is not None else []),
+                    {"role": "user", "content": c["user"]},
+                    {"role": "assistant", "content": c["reply"]},
+                ]
+                for c in chats
+            ]
             out[f"compliance-{f:g}"] = (msgs, [c["compliance"] for c in chats])
         return out
 
     def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
         convs = [{"system": e.system, "user": e.user, "reply": e.reply} for e in examples]
-        cfg = ChatFinetuneConfig(steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed,
-                                 checkpoint_every=max(steps, 1))  # fmt: skip
+        cfg = ChatFinetuneConfig(
+            steps=steps,
+            batch_size=batch_size,
+            warmup_steps=max(1, steps // 10),
+            seed=seed,
+            checkpoint_every=max(steps, 1),
+        )
         continue_chat_model(source, out, convs, cfg, progress=False)
 
 

@@ -21,10 +21,24 @@ Example::
 
 from .cost import Cost, cost_grid
 from .run import run_grid
-from .shard import Workers, current, from_environment, sharing
+from .shard import ONE, Workers, current, from_environment, sharing
 from .spec import Computed, GridResult, GridSpec, Scored
-from .shard import ONE
 from .store import CellStore, MemoryStore, open_store
 
-__all__ = ["ONE", "CellStore", "Computed", "Cost", "GridResult", "GridSpec", "MemoryStore", "Scored", "Workers", "cost_grid",
-           "current", "from_environment", "open_store", "run_grid", "sharing"]
+__all__ = [
+    "ONE",
+    "CellStore",
+    "Computed",
+    "Cost",
+    "GridResult",
+    "GridSpec",
+    "MemoryStore",
+    "Scored",
+    "Workers",
+    "cost_grid",
+    "current",
+    "from_environment",
+    "open_store",
+    "run_grid",
+    "sharing",
+]

@@ -13,8 +13,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.activations import as_rendered, padded_batches
 from ..models.adapter import unembedded_rows
@@ -44,7 +45,7 @@ class Cost:
         self.head_rows += head_rows
         self.attention += rows * seq * seq * blocks
 
-    def __iadd__(self, other: "Cost") -> "Cost":
+    def __iadd__(self, other: Cost) -> Cost:
         for k in ("forwards", "tokens", "block_tokens", "head_rows", "generated", "attention"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         return self
@@ -53,11 +54,21 @@ class Cost:
 def batch_shapes(model: ChatModel, prompts: Sequence[Any], batch_size: int) -> list[tuple[int, int]]:
     """``(rows, padded length)`` of every padded batch the runners make of ``prompts``."""
     rendered = as_rendered(model, prompts)
-    return [(len(pb.indices), int(pb.input_ids.shape[1])) for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id)]
+    return [
+        (len(pb.indices), int(pb.input_ids.shape[1]))
+        for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id)
+    ]
 
 
-def cells_cost(model: ChatModel, prompts: Sequence[Any], cells: Sequence[Sequence[Any]], *, base: Sequence[Any] = (),
-               batch_size: int = 32, reuse: bool = True) -> Cost:
+def cells_cost(
+    model: ChatModel,
+    prompts: Sequence[Any],
+    cells: Sequence[Sequence[Any]],
+    *,
+    base: Sequence[Any] = (),
+    batch_size: int = 32,
+    reuse: bool = True,
+) -> Cost:
     """What :func:`cell_logprobs` runs for these arguments, without running it."""
     plan, *_ = plan_cells(model, cells, base, reuse=reuse)
     cost = Cost()

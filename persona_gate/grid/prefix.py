@@ -39,8 +39,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -175,8 +176,10 @@ class _Counter:
     def check(self, what: str) -> None:
         missing = sorted({n for i, n in enumerate(self.names) if i not in self.calls})
         if missing:
-            raise HookNotFiredError(f"intervention hooks {missing} never fired while {what}; "
-                                    "check that the layers exist in this model's forward.")  # fmt: skip
+            raise HookNotFiredError(
+                f"intervention hooks {missing} never fired while {what}; "
+                "check that the layers exist in this model's forward."
+            )
 
 
 def _sliced(per_copy: list[list[Callable]], batch: int) -> Callable:
@@ -291,8 +294,9 @@ def logprobs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def _clean_runs(model: ChatModel, batches: list, base_hooks: Hooks, keep: set[int] | None, n: int,
-                logprobs: Callable) -> tuple[Tensor, list]:  # fmt: skip
+def _clean_runs(
+    model: ChatModel, batches: list, base_hooks: Hooks, keep: set[int] | None, n: int, logprobs: Callable
+) -> tuple[Tensor, list]:
     """The clean prompts under the base interventions, once per padded batch: their first-token
     log-probs ``[n, vocab]`` and (``keep``: the first layers cells start from) each batch's record."""
     device = model_device(model)
@@ -316,7 +320,9 @@ def _clean_runs(model: ChatModel, batches: list, base_hooks: Hooks, keep: set[in
     return clean, records  # type: ignore[return-value]
 
 
-def _chunks(chains: list[_Chain], plan: CellPlan, keep: set[int], batches: list, budget: int) -> list[list[_Chain] | int]:
+def _chunks(
+    chains: list[_Chain], plan: CellPlan, keep: set[int], batches: list, budget: int
+) -> list[list[_Chain] | int]:
     """Fixed chunks (the same for every batch and every process): a chunk's chains of one first layer
     and shape run side by side in every batch, then its last positions are unembedded together;
     cells that need a full forward come last, one each."""
@@ -346,8 +352,17 @@ def _full_cell(model: ChatModel, batches: list, hooks_in: Hooks, like: Tensor, l
     return out
 
 
-def _run_chains(model: ChatModel, rec: Any, chains: list[_Chain], cell_hooks: list[Hooks], base_hooks: Hooks,
-                later_base: Hooks, pb: Any, n: int, finals: dict[int, Tensor]) -> None:
+def _run_chains(
+    model: ChatModel,
+    rec: Any,
+    chains: list[_Chain],
+    cell_hooks: list[Hooks],
+    base_hooks: Hooks,
+    later_base: Hooks,
+    pb: Any,
+    n: int,
+    finals: dict[int, Tensor],
+) -> None:
     """Chains of one shape on one recorded batch, tiled chain-major into one re-run, then each exit
     layer's nested cells from the head runs' inputs to that block."""
     b, copies, k = len(pb.indices), len(chains), chains[0].start
@@ -371,7 +386,9 @@ def _run_chains(model: ChatModel, rec: Any, chains: list[_Chain], cell_hooks: li
             put(i, x[c * b : (c + 1) * b, -1])
     for at in exits:
         counter = _Counter()
-        hooks = _tiled_hooks([[(name, fn) for name, fn in base_hooks if layer_of_hook(name) >= at] for _ in chains], b, counter)  # type: ignore[operator]
+        hooks = _tiled_hooks(
+            [[(name, fn) for name, fn in base_hooks if layer_of_hook(name) >= at] for _ in chains], b, counter
+        )  # type: ignore[operator]
         with torch.no_grad(), prompt_layout(pb.attention_mask):
             x = run_blocks(model, rec, at, snapshots[at], hooks)
         counter.check("re-running blocks after a nested window")

@@ -15,7 +15,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,8 +31,9 @@ class Replay:
     """A clean run of one prompt: every block's input and call arguments, and the activations at ``sites``;
     ``metric(last_logits) -> [batch]`` scores a run."""
 
-    def __init__(self, model: ChatModel, input_ids: Sequence[int], sites: Sequence[HookSite],
-                 metric: Callable[[Tensor], Tensor]) -> None:  # fmt: skip
+    def __init__(
+        self, model: ChatModel, input_ids: Sequence[int], sites: Sequence[HookSite], metric: Callable[[Tensor], Tensor]
+    ) -> None:
         self.model = model
         self.metric_of = metric
         self.ids = torch.tensor([list(input_ids)], device=model_device(model))

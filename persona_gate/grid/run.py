@@ -68,8 +68,18 @@ def run_grid(
     bar = bar if bar is not None else tqdm(total=len(spec.cells), desc=spec.desc or spec.kind, disable=not progress)
     bar.update(len(got))
     try:
-        clean = _score(model, spec, todo, got, store, bar, (workers.rank, workers.world) if split else (0, 1),
-                       batch_size=batch_size, max_tokens=max_tokens, reuse=reuse)  # fmt: skip
+        clean = _score(
+            model,
+            spec,
+            todo,
+            got,
+            store,
+            bar,
+            (workers.rank, workers.world) if split else (0, 1),
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            reuse=reuse,
+        )
         computed = [k for k in todo if isinstance(spec.cells[k], Computed)]
         for key in share_of(computed, workers) if split else computed:
             got[key] = spec.cells[key].compute()  # type: ignore[union-attr]
@@ -90,8 +100,16 @@ def run_grid(
     return GridResult({k: got[k] for k in spec.cells}, clean)
 
 
-def _score(model: ChatModel, spec: GridSpec, todo: list[Key], got: dict, store: Store, bar: Any,
-           share: tuple[int, int], **forward: Any) -> dict[str, Any]:  # fmt: skip
+def _score(
+    model: ChatModel,
+    spec: GridSpec,
+    todo: list[Key],
+    got: dict,
+    store: Store,
+    bar: Any,
+    share: tuple[int, int],
+    **forward: Any,
+) -> dict[str, Any]:
     """The scored cells left, by prefix reuse, one prompt set at a time; their clean runs."""
     clean: dict[str, Any] = {}
     left = set(todo)
@@ -107,8 +125,9 @@ def _score(model: ChatModel, spec: GridSpec, todo: list[Key], got: dict, store: 
             bar.update()
 
         cells = [spec.cells[k].interventions for k in keys]  # type: ignore[union-attr]
-        clean[name], _ = cell_logprobs(model, spec.prompts[name], cells, base=spec.base, on_cell=finished,
-                                       share=share, **forward)  # fmt: skip
+        clean[name], _ = cell_logprobs(
+            model, spec.prompts[name], cells, base=spec.base, on_cell=finished, share=share, **forward
+        )
     return clean
 
 

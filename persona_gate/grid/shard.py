@@ -21,11 +21,12 @@ Example (one node, 4 GPUs)::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -74,8 +75,10 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer; start the processes with torchrun "
-                          "or accelerate launch, which set it.") from None  # fmt: skip
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not an integer; start the processes with torchrun "
+            "or accelerate launch, which set it."
+        ) from None
 
 
 def from_environment(timeout_minutes: float = 60.0) -> Workers:
@@ -86,7 +89,9 @@ def from_environment(timeout_minutes: float = 60.0) -> Workers:
     if world <= 1:
         return ONE
     if not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}; start the processes with torchrun or accelerate launch.")
+        raise ConfigError(
+            f"RANK={rank} is outside WORLD_SIZE={world}; start the processes with torchrun or accelerate launch."
+        )
     local = _env_int("LOCAL_RANK", rank)
     dist = torch.distributed
     if not dist.is_initialized():
@@ -120,6 +125,8 @@ def share_of(items: Sequence[T], workers: Workers) -> list[T]:
 
 
 def missing_error(what: str, keys: Sequence[Any]) -> WorkerError:
-    return WorkerError(f"{len(keys)} {what} (e.g. {keys[:3]}) were not delivered by the other processes of this run "
-                       "(one of them stopped?); run the same command again: every finished cell is kept and only the "
-                       "rest is computed.")  # fmt: skip
+    return WorkerError(
+        f"{len(keys)} {what} (e.g. {keys[:3]}) were not delivered by the other processes of this run "
+        "(one of them stopped?); run the same command again: every finished cell is kept and only the "
+        "rest is computed."
+    )

@@ -26,8 +26,9 @@ Example::
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,8 +75,10 @@ class GridSpec:
                 raise ConfigError(f"grid {self.kind!r}: cell keys are coordinate tuples, got {key!r}.")
             if isinstance(cell, Scored):
                 if cell.prompts not in self.prompts:
-                    raise ConfigError(f"grid {self.kind!r}: cell {key} scores prompt set {cell.prompts!r}, which the grid "
-                                      f"does not hold (it has {sorted(self.prompts)}).")  # fmt: skip
+                    raise ConfigError(
+                        f"grid {self.kind!r}: cell {key} scores prompt set {cell.prompts!r}, which the grid "
+                        f"does not hold (it has {sorted(self.prompts)})."
+                    )
                 if self.derive is None:
                     raise ConfigError(f"grid {self.kind!r} has scored cells but no derive function.")
             elif not isinstance(cell, Computed):
@@ -111,7 +114,12 @@ class GridResult:
             missing = [k for k in keys if k not in self.cells]
             raise KeyError(f"the grid has no cells {missing[:3]} (of {len(missing)} missing)")
         like = present[0] if present else torch.zeros(())
-        parts = [self.cells[k][name] if k in self.cells else torch.full_like(like, fill, dtype=like.dtype if like.is_floating_point() else torch.float32) for k in keys]  # type: ignore[arg-type]
+        parts = [
+            self.cells[k][name]
+            if k in self.cells
+            else torch.full_like(like, fill, dtype=like.dtype if like.is_floating_point() else torch.float32)
+            for k in keys
+        ]  # type: ignore[arg-type]
         if parts and any(p.dtype != parts[0].dtype for p in parts):
             parts = [p.float() for p in parts]
         return torch.stack(parts).reshape(*(len(a) for a in axes), *like.shape)

@@ -25,8 +25,9 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -92,9 +93,16 @@ def _attack_set(model: ChatModel, n: int, seed: int) -> list[ChatPrompt]:
     return attack_prompts(attacks_for(model), default_requests(model, n, seed))
 
 
-def _check_grid(model: ChatModel, persona: DirectionSet, windows: Sequence[Sequence[int]] | None, width: int | None,
-                percentiles: Sequence[float | int], max_harmless_refusal: float, max_kl: float,
-                kl_tokens: int) -> tuple[list[tuple[int, int]], list[float]]:
+def _check_grid(
+    model: ChatModel,
+    persona: DirectionSet,
+    windows: Sequence[Sequence[int]] | None,
+    width: int | None,
+    percentiles: Sequence[float | int],
+    max_harmless_refusal: float,
+    max_kl: float,
+    kl_tokens: int,
+) -> tuple[list[tuple[int, int]], list[float]]:
     """The grid's windows and percentiles, every argument checked before any work."""
     check_model(model)
     persona.check_model(model)
@@ -113,8 +121,10 @@ def _check_grid(model: ChatModel, persona: DirectionSet, windows: Sequence[Seque
     layers = sorted({layer for a, b in spans for layer in range(a, b + 1)})
     missing = [layer for layer in layers if layer not in persona.layers]
     if missing:
-        raise ConfigError(f"the persona directions have no layers {missing} of the windows; fit them there or pick windows "
-                          f"within layers {persona.layers}.")  # fmt: skip
+        raise ConfigError(
+            f"the persona directions have no layers {missing} of the windows; fit them there or pick windows "
+            f"within layers {persona.layers}."
+        )
     return spans, pcts
 
 
@@ -130,26 +140,42 @@ def _harmless_replies(model: ChatModel, harmless: list[ChatPrompt], kl_tokens: i
     return with_reply
 
 
-def _cap_grid(model: ChatModel, guard: Any, spans: list, pcts: list, attacks: list, harmless: list, with_reply: list,
-              scorer: Any, batch_size: int) -> GridSpec:  # fmt: skip
+def _cap_grid(
+    model: ChatModel,
+    guard: Any,
+    spans: list,
+    pcts: list,
+    attacks: list,
+    harmless: list,
+    with_reply: list,
+    scorer: Any,
+    batch_size: int,
+) -> GridSpec:
     """Per (direction, start, end, percentile): first-token refusal on the attacks and on harmless
     requests (prefix reuse: each cell re-runs from its window's start) and the reply KL (teacher-forced
     over every reply position: a full forward per cell); the unguarded model's rates are the clean runs."""
     from ..scoring.metrics import reply_kl
 
-    cells: dict[tuple, Scored | Computed] = {("unguarded", "attacks"): Scored("attacks"), ("unguarded", "harmless"): Scored("harmless")}
+    cells: dict[tuple, Scored | Computed] = {
+        ("unguarded", "attacks"): Scored("attacks"),
+        ("unguarded", "harmless"): Scored("harmless"),
+    }
     coords = [(name, span, pct) for name in DIRECTIONS for span in spans for pct in pcts]
     for part in ("attacks", "harmless"):
         for name, (a, b), pct in coords:
             cells[(name, a, b, pct, part)] = Scored(part, (guard(name, (a, b), pct),))
     for name, (a, b), pct in coords:
         g = guard(name, (a, b), pct)
-        cells[(name, a, b, pct, "kl")] = Computed(lambda g=g: {"kl": reply_kl(model, with_reply, g, batch_size=max(1, batch_size // 4))})
+        cells[(name, a, b, pct, "kl")] = Computed(
+            lambda g=g: {"kl": reply_kl(model, with_reply, g, batch_size=max(1, batch_size // 4))}
+        )
 
     def derive(key: tuple, lp: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"refused": scorer.from_logprobs(lp)[1]}
 
-    return GridSpec("guard_grid", cells, prompts={"attacks": attacks, "harmless": harmless}, derive=derive, desc="guard grid")
+    return GridSpec(
+        "guard_grid", cells, prompts={"attacks": attacks, "harmless": harmless}, derive=derive, desc="guard grid"
+    )
 
 
 def guard_grid(
@@ -194,10 +220,22 @@ def guard_grid(
     families = [p.group for p in attacks]
     with_reply = _harmless_replies(model, harmless, kl_tokens, batch_size)
     proj = {name: token_projections(model, d, layers, prompts=calib, batch_size=batch_size) for name, d in dirs.items()}
-    caps = {name: {pct: thresholds_at(proj[name], pct) for pct in pcts} for name in DIRECTIONS}  # every layer of every window
-    store = open_store(checkpoint, "guard_grid", persona=persona, refusal=refusal, alpha=float(alpha), control=control,
-                       calibration=calib, attacks=attacks, harmless=harmless, kl_tokens=kl_tokens,
-                       tokens=list(scorer.token_ids))  # fmt: skip
+    caps = {
+        name: {pct: thresholds_at(proj[name], pct) for pct in pcts} for name in DIRECTIONS
+    }  # every layer of every window
+    store = open_store(
+        checkpoint,
+        "guard_grid",
+        persona=persona,
+        refusal=refusal,
+        alpha=float(alpha),
+        control=control,
+        calibration=calib,
+        attacks=attacks,
+        harmless=harmless,
+        kl_tokens=kl_tokens,
+        tokens=list(scorer.token_ids),
+    )
 
     def guard(name: str, span: tuple[int, int], pct: float) -> Guard:
         thr = {layer: caps[name][pct][layer] for layer in range(span[0], span[1] + 1)}
@@ -211,16 +249,42 @@ def guard_grid(
     for di, name in enumerate(DIRECTIONS):
         for wi, (a, b) in enumerate(spans):
             for pi, pct in enumerate(pcts):
-                cell = {"refused_attack": got[(name, a, b, pct, "attacks")]["refused"],
-                        "refused_harmless": got[(name, a, b, pct, "harmless")]["refused"], "kl": got[(name, a, b, pct, "kl")]["kl"]}  # fmt: skip
+                cell = {
+                    "refused_attack": got[(name, a, b, pct, "attacks")]["refused"],
+                    "refused_harmless": got[(name, a, b, pct, "harmless")]["refused"],
+                    "kl": got[(name, a, b, pct, "kl")]["kl"],
+                }
                 for value, rate in _rates(cell, families).items():
                     vals[value][di, wi, pi] = rate
-    unguarded = {"refused_attack": got[("unguarded", "attacks")]["refused"], "refused_harmless": got[("unguarded", "harmless")]["refused"],
-                 "kl": torch.zeros(len(with_reply))}  # fmt: skip
-    res = _grid_result(model, persona, refusal, spans, pcts, vals, unguarded, families, caps, harmless, with_reply,
-                       dict(alpha=alpha, random_seed=random_seed, n=n, n_calibration=n_calibration, seed=seed,
-                            max_harmless_refusal=max_harmless_refusal, max_kl=max_kl, kl_tokens=kl_tokens,
-                            refusal_token_ids=list(scorer.token_ids)))  # fmt: skip
+    unguarded = {
+        "refused_attack": got[("unguarded", "attacks")]["refused"],
+        "refused_harmless": got[("unguarded", "harmless")]["refused"],
+        "kl": torch.zeros(len(with_reply)),
+    }
+    res = _grid_result(
+        model,
+        persona,
+        refusal,
+        spans,
+        pcts,
+        vals,
+        unguarded,
+        families,
+        caps,
+        harmless,
+        with_reply,
+        dict(
+            alpha=alpha,
+            random_seed=random_seed,
+            n=n,
+            n_calibration=n_calibration,
+            seed=seed,
+            max_harmless_refusal=max_harmless_refusal,
+            max_kl=max_kl,
+            kl_tokens=kl_tokens,
+            refusal_token_ids=list(scorer.token_ids),
+        ),
+    )
     rec = recommend(res, max_harmless_refusal, max_kl)
     extra: dict[str, Any] = {"pareto": pareto_front(res), "recommended": rec}
     if verify:
@@ -228,32 +292,70 @@ def guard_grid(
     return dataclasses.replace(res, baselines={**res.baselines, **extra})
 
 
-def _grid_result(model: ChatModel, persona: DirectionSet, refusal: DirectionSet | None, spans: list, pcts: list,
-                 vals: dict, unguarded: dict, families: list, caps: dict, harmless: list, with_reply: list,
-                 config: dict[str, Any]) -> LabelledResult:  # fmt: skip
+def _grid_result(
+    model: ChatModel,
+    persona: DirectionSet,
+    refusal: DirectionSet | None,
+    spans: list,
+    pcts: list,
+    vals: dict,
+    unguarded: dict,
+    families: list,
+    caps: dict,
+    harmless: list,
+    with_reply: list,
+    config: dict[str, Any],
+) -> LabelledResult:
     from ..models.loading import provenance
 
     counts = {fam: sum(f == fam for f in families) for fam in ATTACK_VALUES}
-    base = {k: (None if v != v else v) for k, v in _rates(unguarded, families).items() if k != "kl"}  # NaN: a family with no attack
+    base = {
+        k: (None if v != v else v) for k, v in _rates(unguarded, families).items() if k != "kl"
+    }  # NaN: a family with no attack
     coords = {"direction": DIRECTIONS, "window": tuple(f"{a}-{b}" for a, b in spans), "percentile": tuple(pcts)}
     kl_tokens = config["kl_tokens"]
     return LabelledResult(
-        kind=KIND, dims=("direction", "window", "percentile"), coords=coords, values=vals,
-        baselines={"unguarded": base, "n": {**{ATTACK_VALUES[f]: k for f, k in counts.items()},
-                                            "harmless_refusal": len(harmless), "kl": len(with_reply)},
-                   "thresholds": {name: {f"{p:g}": {str(k): v for k, v in caps[name][p].items()} for p in pcts} for name in DIRECTIONS}},
-        metric={"persona_bypass": "share of persona-manipulation attacks not refused (greedy first token)",
-                "direct_bypass": "share of direct-phrasing attacks not refused", "plain_bypass": "share of plain harmful requests not refused",
-                "harmless_refusal": "share of harmless requests refused, every persona and none (over-refusal)",
-                "kl": f"mean per-token KL(unguarded || guarded) over the model's own replies to harmless requests ({kl_tokens} tokens), nats",
-                "cap": "x <- x - max(0, x.v - tau_l) v at every position of the window; tau_l = percentile of safe-persona token projections"},
-        config={"windows": [list(s) for s in spans], "percentiles": pcts, "alpha": config["alpha"],
-                "refusal": None if refusal is None else refusal.name, "persona": persona.name, "random_seed": config["random_seed"],
-                "n": config["n"], "n_calibration": config["n_calibration"], "seed": config["seed"],
-                "max_harmless_refusal": config["max_harmless_refusal"], "max_kl": config["max_kl"], "kl_tokens": kl_tokens,
-                "refusal_token_ids": config["refusal_token_ids"], "split": "test (evaluation), train (calibration)"},
+        kind=KIND,
+        dims=("direction", "window", "percentile"),
+        coords=coords,
+        values=vals,
+        baselines={
+            "unguarded": base,
+            "n": {
+                **{ATTACK_VALUES[f]: k for f, k in counts.items()},
+                "harmless_refusal": len(harmless),
+                "kl": len(with_reply),
+            },
+            "thresholds": {
+                name: {f"{p:g}": {str(k): v for k, v in caps[name][p].items()} for p in pcts} for name in DIRECTIONS
+            },
+        },
+        metric={
+            "persona_bypass": "share of persona-manipulation attacks not refused (greedy first token)",
+            "direct_bypass": "share of direct-phrasing attacks not refused",
+            "plain_bypass": "share of plain harmful requests not refused",
+            "harmless_refusal": "share of harmless requests refused, every persona and none (over-refusal)",
+            "kl": f"mean per-token KL(unguarded || guarded) over the model's own replies to harmless requests ({kl_tokens} tokens), nats",
+            "cap": "x <- x - max(0, x.v - tau_l) v at every position of the window; tau_l = percentile of safe-persona token projections",
+        },
+        config={
+            "windows": [list(s) for s in spans],
+            "percentiles": pcts,
+            "alpha": config["alpha"],
+            "refusal": None if refusal is None else refusal.name,
+            "persona": persona.name,
+            "random_seed": config["random_seed"],
+            "n": config["n"],
+            "n_calibration": config["n_calibration"],
+            "seed": config["seed"],
+            "max_harmless_refusal": config["max_harmless_refusal"],
+            "max_kl": config["max_kl"],
+            "kl_tokens": kl_tokens,
+            "refusal_token_ids": config["refusal_token_ids"],
+            "split": "test (evaluation), train (calibration)",
+        },
         provenance=provenance(model, seed=config["seed"]),
-    )  # fmt: skip
+    )
 
 
 def _rates(cell: dict[str, torch.Tensor], families: list[str]) -> dict[str, float]:
@@ -265,8 +367,17 @@ def _rates(cell: dict[str, torch.Tensor], families: list[str]) -> dict[str, floa
     return out | {"harmless_refusal": float(cell["refused_harmless"].float().mean()), "kl": float(cell["kl"].mean())}
 
 
-def _verify(model: ChatModel, rec: dict[str, Any], guard: Any, attacks: list[ChatPrompt], harmless: list[ChatPrompt],
-            store: Any, max_new_tokens: int, judge: Any, batch_size: int) -> dict[str, Any]:  # fmt: skip
+def _verify(
+    model: ChatModel,
+    rec: dict[str, Any],
+    guard: Any,
+    attacks: list[ChatPrompt],
+    harmless: list[ChatPrompt],
+    store: Any,
+    max_new_tokens: int,
+    judge: Any,
+    batch_size: int,
+) -> dict[str, Any]:
     """The recommended setting, its random twin and no guard, judged on generated replies."""
     from ..core.generation import generate
     from ..core.interventions import apply
@@ -279,15 +390,26 @@ def _verify(model: ChatModel, rec: dict[str, Any], guard: Any, attacks: list[Cha
     def labels(specs: tuple) -> dict[str, torch.Tensor]:
         with apply(model, *specs):
             gens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-        verdicts = judge_all(judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in gens], progress=False)
-        return {"bypass": torch.tensor([v.label == BYPASS for v in verdicts]),
-                "refusal": torch.tensor([v.label == REFUSAL for v in verdicts])}  # fmt: skip
+        verdicts = judge_all(
+            judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in gens], progress=False
+        )
+        return {
+            "bypass": torch.tensor([v.label == BYPASS for v in verdicts]),
+            "refusal": torch.tensor([v.label == REFUSAL for v in verdicts]),
+        }
 
     names = ("unguarded", "persona", "random")
-    cells = {("verify", name, span[0], span[1], pct, max_new_tokens):
-             Computed(lambda name=name: labels(() if name == "unguarded" else (guard(name, span, pct),))) for name in names}  # fmt: skip
+    cells = {
+        ("verify", name, span[0], span[1], pct, max_new_tokens): Computed(
+            lambda name=name: labels(() if name == "unguarded" else (guard(name, span, pct),))
+        )
+        for name in names
+    }
     got = run_grid(model, GridSpec("guard_verification", cells), store=store)
-    out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "judge": getattr(judge, "name", type(judge).__name__) if judge else "heuristic"}
+    out: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "judge": getattr(judge, "name", type(judge).__name__) if judge else "heuristic",
+    }
     na = len(attacks)
     for key, name in zip(cells, names):
         c = got[key]

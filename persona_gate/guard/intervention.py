@@ -27,8 +27,9 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,7 +59,9 @@ def check_window(window: Sequence[int], n_layers: int) -> tuple[int, int]:
 
 def check_percentile(p: float | int) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 100.0:
-        raise ConfigError(f"percentile must be a number in [0, 100] (the share of safe-persona tokens left uncapped), got {p!r}.")
+        raise ConfigError(
+            f"percentile must be a number in [0, 100] (the share of safe-persona tokens left uncapped), got {p!r}."
+        )
     return float(p)
 
 
@@ -76,12 +79,16 @@ class Guard:
 
     def __post_init__(self) -> None:
         if not self.thresholds:
-            raise InterventionError("the guard has no layers (empty thresholds); calibrate it over a window, e.g. (3, 5).")
+            raise InterventionError(
+                "the guard has no layers (empty thresholds); calibrate it over a window, e.g. (3, 5)."
+            )
         bad = {k: v for k, v in self.thresholds.items() if isinstance(v, float) and math.isnan(v)}
         if bad:
             raise InterventionError(f"thresholds {bad} are NaN; calibrate on prompts that reach those layers.")
         if self.alpha and self.refusal is None:
-            raise InterventionError("alpha re-adds the refusal direction, so pass refusal= (the refusal DirectionSet) too.")
+            raise InterventionError(
+                "alpha re-adds the refusal direction, so pass refusal= (the refusal DirectionSet) too."
+            )
 
     @property
     def layers(self) -> list[int]:
@@ -105,14 +112,20 @@ class Guard:
         prompts: Sequence[ChatPrompt] | None = None,
         n: int = 48,
         seed: int = 0,
-    ) -> "Guard":
+    ) -> Guard:
         """A guard over ``window`` (inclusive) with caps at ``percentile`` of safe-persona token projections."""
         start, end = check_window(window, int(model.cfg.n_layers))
         percentile = check_percentile(percentile)
         layers = list(range(start, end + 1))
         proj = token_projections(model, persona, layers, prompts=prompts, n=n, seed=seed, source_layer=source_layer)
-        return cls(persona, thresholds_at(proj, percentile), refusal=refusal, alpha=alpha,
-                   source_layer=source_layer, percentile=percentile)  # fmt: skip
+        return cls(
+            persona,
+            thresholds_at(proj, percentile),
+            refusal=refusal,
+            alpha=alpha,
+            source_layer=source_layer,
+            percentile=percentile,
+        )
 
     def hooks(self, model: ChatModel) -> list[tuple[str, Callable]]:
         self.direction.check_model(model)
@@ -157,8 +170,19 @@ class Guard:
 
     def reuse_keys(self, model: ChatModel) -> list[tuple]:
         """Per hook of :meth:`hooks`, what determines it (prefix reuse nests cells by equal keys)."""
-        return [("cap", id(self.direction), layer, self.source_layer, float(self.thresholds[layer]), id(self.refusal),
-                 float(self.alpha), self.scope) for layer in self.layers]  # fmt: skip
+        return [
+            (
+                "cap",
+                id(self.direction),
+                layer,
+                self.source_layer,
+                float(self.thresholds[layer]),
+                id(self.refusal),
+                float(self.alpha),
+                self.scope,
+            )
+            for layer in self.layers
+        ]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -218,7 +242,9 @@ def token_projections(
 
     prompts = list(prompts) if prompts is not None else calibration_prompts(model, n, seed)
     if not prompts:
-        raise ConfigError("no calibration prompts; pass safe-persona prompts (or let the guard take the train split's).")
+        raise ConfigError(
+            "no calibration prompts; pass safe-persona prompts (or let the guard take the train split's)."
+        )
     rec = _Recorder(persona, layers, source_layer)
     with apply(model, rec), torch.no_grad():
         first_token_logprobs(model, prompts, batch_size=batch_size)

@@ -44,9 +44,12 @@ def pareto_front(res: LabelledResult, direction: str = "persona") -> list[dict[s
     cells = [c for c in _cells(res, direction) if not math.isnan(c["persona_bypass"])]
 
     def beaten(c: dict[str, Any]) -> bool:
-        return any(o["persona_bypass"] <= c["persona_bypass"] and o["harmless_refusal"] <= c["harmless_refusal"]
-                   and (o["persona_bypass"], o["harmless_refusal"]) != (c["persona_bypass"], c["harmless_refusal"])
-                   for o in cells)  # fmt: skip
+        return any(
+            o["persona_bypass"] <= c["persona_bypass"]
+            and o["harmless_refusal"] <= c["harmless_refusal"]
+            and (o["persona_bypass"], o["harmless_refusal"]) != (c["persona_bypass"], c["harmless_refusal"])
+            for o in cells
+        )
 
     front = [c for c in cells if not beaten(c)]
     return sorted(front, key=lambda c: (c["persona_bypass"], c["harmless_refusal"], c["kl"]))
@@ -56,7 +59,9 @@ def _width(c: dict[str, Any]) -> int:
     return c["window"][1] - c["window"][0]
 
 
-def recommend(res: LabelledResult, max_harmless_refusal: float | int = 0.05, max_kl: float | int = 0.1) -> dict[str, Any]:
+def recommend(
+    res: LabelledResult, max_harmless_refusal: float | int = 0.05, max_kl: float | int = 0.1
+) -> dict[str, Any]:
     """The lowest persona bypass within the budget: harmless refusal <= ``max_harmless_refusal`` and KL <=
     ``max_kl`` nats per reply token (ties: lower KL, higher percentile, narrower window).
 
@@ -84,13 +89,21 @@ def recommend(res: LabelledResult, max_harmless_refusal: float | int = 0.05, max
         return [round(x, 4) for x in wilson_interval(round(rate * k), k)] if k else None
 
     return {
-        "window": best["window"], "percentile": best["percentile"],
-        "persona_bypass": best["persona_bypass"], "persona_bypass_ci": interval("persona_bypass", best["persona_bypass"]),
-        "direct_bypass": best["direct_bypass"], "plain_bypass": best["plain_bypass"],
-        "harmless_refusal": best["harmless_refusal"], "harmless_refusal_ci": interval("harmless_refusal", best["harmless_refusal"]),
-        "kl": best["kl"], "random_bypass": twin["persona_bypass"], "random_harmless_refusal": twin["harmless_refusal"],
-        "max_harmless_refusal": max_harmless_refusal, "max_kl": max_kl, "meets_budget": bool(within),
-    }  # fmt: skip
+        "window": best["window"],
+        "percentile": best["percentile"],
+        "persona_bypass": best["persona_bypass"],
+        "persona_bypass_ci": interval("persona_bypass", best["persona_bypass"]),
+        "direct_bypass": best["direct_bypass"],
+        "plain_bypass": best["plain_bypass"],
+        "harmless_refusal": best["harmless_refusal"],
+        "harmless_refusal_ci": interval("harmless_refusal", best["harmless_refusal"]),
+        "kl": best["kl"],
+        "random_bypass": twin["persona_bypass"],
+        "random_harmless_refusal": twin["harmless_refusal"],
+        "max_harmless_refusal": max_harmless_refusal,
+        "max_kl": max_kl,
+        "meets_budget": bool(within),
+    }
 
 
 def guard_summary(res: LabelledResult) -> dict[str, Any]:
@@ -125,19 +138,37 @@ def format_guard(res: LabelledResult) -> str:
             v = {k: float(res[k][pi_, wi, qi]) for k in VALUES}
             r = {k: float(res[k][ri, wi, qi]) for k in VALUES}
             mark = " *" if (tuple(int(x) for x in str(window).split("-")), float(pct)) in front else ""
-            lines.append(f"{window:>7} {pct:>5g}  {v['persona_bypass']:>7.2f} {v['direct_bypass']:>6.2f} {v['harmless_refusal']:>8.2f} "
-                         f"{v['kl']:>7.3f}   {r['persona_bypass']:>14.2f} {r['harmless_refusal']:>8.2f}{mark}")  # fmt: skip
+            lines.append(
+                f"{window:>7} {pct:>5g}  {v['persona_bypass']:>7.2f} {v['direct_bypass']:>6.2f} {v['harmless_refusal']:>8.2f} "
+                f"{v['kl']:>7.3f}   {r['persona_bypass']:>14.2f} {r['harmless_refusal']:>8.2f}{mark}"
+            )
     rec = res.baselines.get("recommended") or recommend(res)
     ci = rec.get("persona_bypass_ci")
-    lines += ["", "* on the Pareto front (persona bypass vs harmless refusal)",
-              f"recommended: window {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}: persona bypass "
-              f"{rec['persona_bypass']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") +
-              f", harmless refusal {rec['harmless_refusal']:.2f}, KL {rec['kl']:.3f};\n  the random cap there: bypass {rec['random_bypass']:.2f}"
-              + ("" if rec.get("meets_budget", True) else f"  (no cell keeps harmless refusal <= {rec['max_harmless_refusal']:g} "
-                 f"and KL <= {rec.get('max_kl', float('nan')):g}: the least disruptive one)")]  # fmt: skip
+    lines += [
+        "",
+        "* on the Pareto front (persona bypass vs harmless refusal)",
+        f"recommended: window {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}: persona bypass "
+        f"{rec['persona_bypass']:.2f}"
+        + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        + f", harmless refusal {rec['harmless_refusal']:.2f}, KL {rec['kl']:.3f};\n  the random cap there: bypass {rec['random_bypass']:.2f}"
+        + (
+            ""
+            if rec.get("meets_budget", True)
+            else f"  (no cell keeps harmless refusal <= {rec['max_harmless_refusal']:g} "
+            f"and KL <= {rec.get('max_kl', float('nan')):g}: the least disruptive one)"
+        ),
+    ]
     ver = res.baselines.get("verified")
     if ver:
-        lines.append(f"generated replies ({ver['max_new_tokens']} tokens, {ver['judge']} judge), persona bypass / harmless refusal:")
-        lines += [f"  {label:<22} {ver[name]['persona_bypass']:.2f} / {ver[name]['harmless_refusal']:.2f}"
-                  for name, label in (("unguarded", "no guard"), ("persona", "persona cap"), ("random", "random-direction cap"))]
+        lines.append(
+            f"generated replies ({ver['max_new_tokens']} tokens, {ver['judge']} judge), persona bypass / harmless refusal:"
+        )
+        lines += [
+            f"  {label:<22} {ver[name]['persona_bypass']:.2f} / {ver[name]['harmless_refusal']:.2f}"
+            for name, label in (
+                ("unguarded", "no guard"),
+                ("persona", "persona cap"),
+                ("random", "random-direction cap"),
+            )
+        ]
     return "\n".join(lines)

@@ -41,9 +41,16 @@ from ..provenance import stamp
 from .adapter import input_device
 from .profile import ModelProfile, profile_in_folder, profile_of, set_profile
 from .protocol import ChatModel
+
 # The bundled names live in registry.py; PACKAGED_TERMS and packaged_terms stay importable from here.
-from .registry import (ADAPTER_FILE, BUNDLED_NAMES, ORGANISM, PACKAGED_CHAT, PACKAGED_GGUF, PACKAGED_TERMS,
-                       packaged_terms)  # noqa: F401  # fmt: skip
+from .registry import (
+    ADAPTER_FILE,
+    BUNDLED_NAMES,
+    ORGANISM,
+    PACKAGED_CHAT,
+    PACKAGED_GGUF,
+    packaged_terms,  # noqa: F401
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ class ModelInfo:
 
 
 # Keyed weakly so that describing a model never keeps it alive.
-_INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
+_INFO: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -105,11 +112,17 @@ def check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {str(device)!r}; pass cpu, cuda, cuda:1 or mps.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} asks for CUDA, which this machine does not have; pass --device cpu (or device='cpu').")
+        raise ConfigError(
+            f"device {str(device)!r} asks for CUDA, which this machine does not have; pass --device cpu (or device='cpu')."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of them.")
+        raise ConfigError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of them."
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {str(device)!r} asks for Apple's MPS, which this machine does not have; pass --device cpu.")
+        raise ConfigError(
+            f"device {str(device)!r} asks for Apple's MPS, which this machine does not have; pass --device cpu."
+        )
     return dev
 
 
@@ -158,12 +171,13 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
         return "local", path
     close = difflib.get_close_matches(text, list(BUNDLED_NAMES), n=1, cutoff=0.75)
     if close and "/" not in text:
-        raise ModelNotFoundError(f"no model {text!r}; did you mean {close[0]}? (or a local folder, a .gguf file, or 'org/name' on the hub)")
+        raise ModelNotFoundError(
+            f"no model {text!r}; did you mean {close[0]}? (or a local folder, a .gguf file, or 'org/name' on the hub)"
+        )
     # Hub ids are 'name' or 'org/name'; anything else that reached here is a bad local path.
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelNotFoundError(
-            f"{text!r} is neither a model folder nor a .gguf file; check the path (or, for the hub, "
-            "use 'org/name')."
+            f"{text!r} is neither a model folder nor a .gguf file; check the path (or, for the hub, use 'org/name')."
         )
     return "hub", text
 
@@ -236,7 +250,9 @@ def adapter_base(folder: Path) -> tuple[str, float]:
             meta = f.metadata() or {}
         return meta["base"], float(meta["scale"])
     except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise ModelNotFoundError(f"the adapter {path} is truncated, corrupt or lacks its base/scale ({e}); train it again.") from None
+        raise ModelNotFoundError(
+            f"the adapter {path} is truncated, corrupt or lacks its base/scale ({e}); train it again."
+        ) from None
 
 
 def _merged_chat_model(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
@@ -278,9 +294,7 @@ def _ensure_pad_token(tokenizer: Any) -> None:
     # Batching needs a pad id; its embedding is never read because pads are masked out.
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ChatTemplateError(
-                "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first."
-            )
+            raise ChatTemplateError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first.")
         tokenizer.pad_token = tokenizer.eos_token
 
 
@@ -346,12 +360,15 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
         atomic_replace_dir(folder, lambda tmp: save_dequantised(hf_model, tokenizer, tmp))
     except (OSError, ValueError) as e:
-        log.warning("could not cache the de-quantised %s in %s (%s); the next load de-quantises again", path.name, folder, e)
+        log.warning(
+            "could not cache the de-quantised %s in %s (%s); the next load de-quantises again", path.name, folder, e
+        )
     return hf_model, tokenizer
 
 
-def load_hf_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
-                  chat_template: str | None = None) -> tuple[Any, Any]:  # fmt: skip
+def load_hf_model(
+    name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", chat_template: str | None = None
+) -> tuple[Any, Any]:
     """The plain Hugging Face model and tokenizer behind a name (for training; analysis uses
     :func:`load_chat_model`): a packaged GGUF (from the de-quantised cache), a ``.gguf`` file or a
     local ``save_pretrained`` folder. The chat template is installed as :func:`load_chat_model` does."""
@@ -365,7 +382,9 @@ def load_hf_model(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype =
         hf_model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(str(where))
     else:
-        raise ModelNotFoundError(f"{name_or_path!r} is a hub name; download it (save_pretrained) and pass the folder to train on it.")
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is a hub name; download it (save_pretrained) and pass the folder to train on it."
+        )
     if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
         chat_template = PACKAGED_GGUF[str(name_or_path)][1]
     if chat_template is not None:
@@ -489,7 +508,9 @@ def load_chat_model(
     if device is not None:
         check_device(device)
     if profile is not None and not isinstance(profile, ModelProfile):
-        raise ConfigError(f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...).")
+        raise ConfigError(
+            f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...)."
+        )
     source, where = _resolve_source(name_or_path)
     boot_kwargs = _boot_kwargs(torch_dtype, trust_remote_code, device, device_map, max_memory, offload_folder)
     if source == "hub":
@@ -506,7 +527,9 @@ def load_chat_model(
         tokenizer.chat_template = resolve_template(chat_template)
     _ensure_pad_token(tokenizer)
     info = ModelInfo(
-        name=str(name_or_path) if source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT) else str(Path(where).resolve()),
+        name=str(name_or_path)
+        if source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT)
+        else str(Path(where).resolve()),
         source=source,
         revision=revision,
         dtype=_dtype_name(torch_dtype),

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ArtefactError, ConfigError
 from ..prompts.sets import OPEN_SETS, PromptSets
@@ -59,9 +60,13 @@ class Finetuner(Protocol):
     name: str
     route: str
 
-    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float]) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]: ...
+    def datasets(
+        self, n_examples: int, seed: int, fractions: Sequence[float]
+    ) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]: ...
 
-    def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None: ...
+    def fit(
+        self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int
+    ) -> None: ...
 
 
 # Fine-tuners a profile may name, registered with register_finetuner by the module that defines them.
@@ -92,7 +97,10 @@ def import_modules(modules: Sequence[str], where: str = "the profile") -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ArtefactError(f"{where} lists module {module!r}, which cannot be imported ({e}); fix or delete it.") from None
+            raise ArtefactError(
+                f"{where} lists module {module!r}, which cannot be imported ({e}); fix or delete it."
+            ) from None
+
 
 _ATTR = "_persona_gate_profile"
 
@@ -168,8 +176,10 @@ DEFAULT_PROFILE = ModelProfile()
 def named_prompt_sets(name: str) -> PromptSets:
     """The registered prompt sets ``name`` (``open``, or ``organism`` once the organism's module is imported)."""
     if name not in PROMPT_SETS:
-        raise ConfigError(f"unknown prompt sets {name!r}; a profile may name one of {sorted(PROMPT_SETS)} (others register "
-                          "when the module the profile lists under 'modules' is imported).")  # fmt: skip
+        raise ConfigError(
+            f"unknown prompt sets {name!r}; a profile may name one of {sorted(PROMPT_SETS)} (others register "
+            "when the module the profile lists under 'modules' is imported)."
+        )
     return PROMPT_SETS[name]
 
 
@@ -221,7 +231,9 @@ def set_profile(model: Any, profile: ModelProfile) -> Any:
     try:
         object.__setattr__(model, _ATTR, profile)
     except (AttributeError, TypeError):
-        raise ConfigError(f"cannot attach a profile to a {type(model).__name__}; load the model with load_chat_model.") from None
+        raise ConfigError(
+            f"cannot attach a profile to a {type(model).__name__}; load the model with load_chat_model."
+        ) from None
     return model
 
 
@@ -242,9 +254,13 @@ def finetuner_of(model: Any) -> Finetuner:
     profile = profile_of(model)
     import_modules(profile.modules, f"the profile {profile.name!r}")
     if profile.finetuner is None:
-        raise ConfigError(f"the model's profile {profile.name!r} names no fine-tuner, so persona_gate cannot fine-tune a copy "
-                          "of it; pass the bundled organism, a copy of it, or a packaged chat model (gemma3-270m-chat).")  # fmt: skip
+        raise ConfigError(
+            f"the model's profile {profile.name!r} names no fine-tuner, so persona_gate cannot fine-tune a copy "
+            "of it; pass the bundled organism, a copy of it, or a packaged chat model (gemma3-270m-chat)."
+        )
     if profile.finetuner not in FINETUNERS:
-        raise ConfigError(f"the model's profile names fine-tuner {profile.finetuner!r}, which no module registered; "
-                          f"registered: {sorted(FINETUNERS)}. List its module under the profile's modules.")  # fmt: skip
+        raise ConfigError(
+            f"the model's profile names fine-tuner {profile.finetuner!r}, which no module registered; "
+            f"registered: {sorted(FINETUNERS)}. List its module under the profile's modules."
+        )
     return FINETUNERS[profile.finetuner]

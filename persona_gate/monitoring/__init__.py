@@ -5,5 +5,9 @@
 
 from ..io import register_folder_kind
 
-register_folder_kind("monitor", "a monitor run (persona-gate monitor)",
-                     lambda path, names: "monitor" in names or "calibration" in names, order=40)  # fmt: skip
+register_folder_kind(
+    "monitor",
+    "a monitor run (persona-gate monitor)",
+    lambda path, names: "monitor" in names or "calibration" in names,
+    order=40,
+)

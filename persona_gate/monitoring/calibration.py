@@ -21,29 +21,36 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.generation import converse_many
-from ..errors import ConfigError, ConversationError
-from ..prompts.conversation import Conversation, Turn
 from ..core.directions import DirectionSet
-from ..errors import UnknownHookSiteError
-from ..scoring.stats import RateSummary
+from ..core.generation import converse_many
+from ..errors import ConfigError, ConversationError, UnknownHookSiteError
 from ..models.profile import profile_of
+from ..models.protocol import ChatModel
+from ..prompts.conversation import Conversation, Turn
 from ..results import LabelledResult
+from ..scoring.stats import RateSummary
 from ..sites import HookSite
-from .readings import READINGS, as_conversation, direction_sites, fingerprint, project_turns, turn_activations, unit_vectors
+from .readings import (
+    READINGS,
+    as_conversation,
+    direction_sites,
+    fingerprint,
+    project_turns,
+    turn_activations,
+    unit_vectors,
+)
 
 FAMILIES: tuple[str, ...] = ("safe", "compliant")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -105,12 +112,17 @@ class MonitorCalibration:
 
     def __post_init__(self) -> None:
         n = self.projections.shape[0]
-        if self.projections.shape[1:] != (len(READINGS), len(self.sites)) or self.thresholds.shape != (len(READINGS), len(self.sites)):
+        if self.projections.shape[1:] != (len(READINGS), len(self.sites)) or self.thresholds.shape != (
+            len(READINGS),
+            len(self.sites),
+        ):
             raise ConfigError("projections/thresholds do not match the readings x sites of this calibration.")
         if not all(len(x) == n for x in (self.split, self.family, self.conversation, self.turn)):
             raise ConfigError("every calibration sample needs a split, family, conversation and turn label.")
         if self.flag_reading not in READINGS or self.flag_layer not in self.layers:
-            raise ConfigError(f"flag ({self.flag_reading}, layer {self.flag_layer}) is not a reading x layer of this calibration.")
+            raise ConfigError(
+                f"flag ({self.flag_reading}, layer {self.flag_layer}) is not a reading x layer of this calibration."
+            )
 
     @property
     def layers(self) -> list[int]:
@@ -121,7 +133,9 @@ class MonitorCalibration:
         layer = self.flag_layer if layer is None else layer
         reading = self.flag_reading if reading is None else reading
         if layer not in self.layers or reading not in READINGS:
-            raise UnknownHookSiteError(f"no threshold at ({reading}, layer {layer}); layers {self.layers}, readings {READINGS}.")
+            raise UnknownHookSiteError(
+                f"no threshold at ({reading}, layer {layer}); layers {self.layers}, readings {READINGS}."
+            )
         return float(self.thresholds[READINGS.index(reading), self.layers.index(layer)])
 
     def _mask(self, split: str, family: str) -> Tensor:
@@ -136,11 +150,25 @@ class MonitorCalibration:
         ``n_*`` (counted) are integer counts; a rate with ``n == 0`` is NaN.
         """
         shape = (len(SPLITS), len(READINGS), len(self.sites))
-        out = {k: torch.full(shape, float("nan"), dtype=torch.float64) for k in
-               ("fpr", "tpr", "fpr_conversation", "tpr_conversation")}  # fmt: skip
-        out.update({k: torch.zeros(shape, dtype=torch.int64) for k in
-                    ("k_safe", "n_safe", "k_compliant", "n_compliant", "k_safe_conversations",
-                     "n_safe_conversations", "k_compliant_conversations", "n_compliant_conversations")})  # fmt: skip
+        out = {
+            k: torch.full(shape, float("nan"), dtype=torch.float64)
+            for k in ("fpr", "tpr", "fpr_conversation", "tpr_conversation")
+        }
+        out.update(
+            {
+                k: torch.zeros(shape, dtype=torch.int64)
+                for k in (
+                    "k_safe",
+                    "n_safe",
+                    "k_compliant",
+                    "n_compliant",
+                    "k_safe_conversations",
+                    "n_safe_conversations",
+                    "k_compliant_conversations",
+                    "n_compliant_conversations",
+                )
+            }
+        )
         finite = torch.isfinite(self.projections)
         flagged = (self.projections > self.thresholds[None]) & finite  # NaN compares False anyway
         conversation = torch.tensor(self.conversation, dtype=torch.long)
@@ -151,7 +179,10 @@ class MonitorCalibration:
                 # [conversation, reading, site]: any of its turns flagged / any of its turns has the reading
                 f_conv = torch.stack([f[ids == c].any(0) for c in ids.unique()]) if len(ids) else f
                 ok_conv = torch.stack([ok[ids == c].any(0) for c in ids.unique()]) if len(ids) else ok
-                for name, counts, hit, have in ((rate, fam, f, ok), (f"{rate}_conversation", f"{fam}_conversations", f_conv, ok_conv)):
+                for name, counts, hit, have in (
+                    (rate, fam, f, ok),
+                    (f"{rate}_conversation", f"{fam}_conversations", f_conv, ok_conv),
+                ):
                     k, n = hit.sum(0), have.sum(0)
                     out[f"k_{counts}"][i], out[f"n_{counts}"][i] = k, n
                     out[name][i] = torch.where(n > 0, k.double() / n.clamp_min(1), float("nan"))
@@ -160,8 +191,11 @@ class MonitorCalibration:
             ("split", "reading", "layer"),
             {"split": SPLITS, "reading": READINGS, "layer": tuple(self.layers)},
             out,
-            baselines={"threshold": {f"{r}/{layer}": self.threshold(layer, r) for r in READINGS for layer in self.layers},
-                       "flag_reading": self.flag_reading, "flag_layer": self.flag_layer},  # fmt: skip
+            baselines={
+                "threshold": {f"{r}/{layer}": self.threshold(layer, r) for r in READINGS for layer in self.layers},
+                "flag_reading": self.flag_reading,
+                "flag_layer": self.flag_layer,
+            },
             metric={"name": "flag rate", "higher_means": "flagged more often (x . persona > threshold)"},
             config={**self.config, "persona": self.persona},
             provenance=self.provenance,
@@ -171,7 +205,9 @@ class MonitorCalibration:
         """The flagged turns of one group, with their conversation and persona projection: on
         ``("test", "safe")`` these are the false positives, to read what the model said."""
         if f"{split}/{family}" not in self.conversations:
-            raise ConversationError(f"this calibration keeps no {split}/{family} conversations; it holds {sorted(self.conversations)}.")
+            raise ConversationError(
+                f"this calibration keeps no {split}/{family} conversations; it holds {sorted(self.conversations)}."
+            )
         convs = self.conversations[f"{split}/{family}"]
         r, i = READINGS.index(self.flag_reading), self.layers.index(self.flag_layer)
         out = []
@@ -191,8 +227,12 @@ class MonitorCalibration:
         out: dict[str, Any] = {"reading": self.flag_reading, "layer": self.flag_layer, "threshold": self.threshold()}
         for split in SPLITS:
             row = r.sel(split=split)
-            for rate, counts in (("fpr", "safe"), ("tpr", "compliant"), ("fpr_conversation", "safe_conversations"),
-                                 ("tpr_conversation", "compliant_conversations")):  # fmt: skip
+            for rate, counts in (
+                ("fpr", "safe"),
+                ("tpr", "compliant"),
+                ("fpr_conversation", "safe_conversations"),
+                ("tpr_conversation", "compliant_conversations"),
+            ):
                 k, n = int(row[f"k_{counts}"]), int(row[f"n_{counts}"])
                 if n > 0:
                     rs = RateSummary.of(k, n)
@@ -225,7 +265,7 @@ class MonitorCalibration:
         return save_artefact(path, "monitor_calibration", tensors, manifest)
 
     @classmethod
-    def load(cls, path: str | Path) -> "MonitorCalibration":
+    def load(cls, path: str | Path) -> MonitorCalibration:
         from ..errors import ArtefactError
         from ..io import load_artefact
         from ..sites import parse_site
@@ -244,13 +284,17 @@ class MonitorCalibration:
                 flag_layer=int(m["flag_layer"]),
                 persona=m["persona"],
                 persona_fingerprint=m["persona_fingerprint"],
-                conversations={k: tuple(Conversation.from_messages(msgs, name=f"{k}/{i}") for i, msgs in enumerate(v))
-                               for k, v in m.get("conversations", {}).items()},  # fmt: skip
+                conversations={
+                    k: tuple(Conversation.from_messages(msgs, name=f"{k}/{i}") for i, msgs in enumerate(v))
+                    for k, v in m.get("conversations", {}).items()
+                },
                 config=m.get("config", {}),
                 provenance=m.get("provenance", {}),
             )
         except (KeyError, ValueError, TypeError) as e:
-            raise ArtefactError(f"{path} is not a valid monitor calibration ({e}); calibrate and save it again.") from None
+            raise ArtefactError(
+                f"{path} is not a valid monitor calibration ({e}); calibrate and save it again."
+            ) from None
 
 
 def _calibration_sets(model: ChatModel, family: str, split: str, n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -285,8 +329,13 @@ def calibration_conversations(
         raise ConfigError(f"need n >= 1 conversations of n_turns >= 1 turns, got n={n}, n_turns={n_turns}.")
     personas, requests = _calibration_sets(model, family, split, n * n_turns, seed)
     scripts = [(personas[i % len(personas)], requests[i * n_turns : (i + 1) * n_turns]) for i in range(n)]
-    return converse_many(model, scripts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         names=[f"{split}/{family}/{i}" for i in range(n)])  # fmt: skip
+    return converse_many(
+        model,
+        scripts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        names=[f"{split}/{family}/{i}" for i in range(n)],
+    )
 
 
 @dataclass(frozen=True)
@@ -318,7 +367,7 @@ class CalibrationSettings:
             raise ConfigError(f"flag_reading must be one of {READINGS}, got {self.flag_reading!r}.")
 
     @classmethod
-    def of(cls, settings: "CalibrationSettings | None", overrides: Mapping[str, Any]) -> "CalibrationSettings":
+    def of(cls, settings: CalibrationSettings | None, overrides: Mapping[str, Any]) -> CalibrationSettings:
         import dataclasses
 
         known = {f.name for f in dataclasses.fields(cls)}
@@ -350,7 +399,9 @@ def calibrate(
     persona.check_model(model)
     sites = direction_sites(persona, layers)
     if cfg.flag_layer is not None and cfg.flag_layer not in [s.layer for s in sites]:
-        raise UnknownHookSiteError(f"flag_layer {cfg.flag_layer} is not among the calibrated layers {[s.layer for s in sites]}.")
+        raise UnknownHookSiteError(
+            f"flag_layer {cfg.flag_layer} is not among the calibrated layers {[s.layer for s in sites]}."
+        )
     given = {"train": train, "test": test}
     bar = tqdm(total=len(SPLITS) * len(FAMILIES) + 1, desc="calibrating", unit="step", disable=not progress)
     try:
@@ -372,15 +423,25 @@ def calibrate(
     is_train = torch.tensor([x[0] == "train" for x in labels])
     safe = is_train & torch.tensor([x[1] == "safe" for x in labels])
     comp = is_train & torch.tensor([x[1] == "compliant" for x in labels])
-    thresholds = torch.tensor([[_threshold(projections[safe, r, i], projections[comp, r, i], cfg.target_fpr)
-                                for i in range(len(sites))] for r in range(len(READINGS))], dtype=torch.float64)  # fmt: skip
+    thresholds = torch.tensor(
+        [
+            [_threshold(projections[safe, r, i], projections[comp, r, i], cfg.target_fpr) for i in range(len(sites))]
+            for r in range(len(READINGS))
+        ],
+        dtype=torch.float64,
+    )
     flag_layer = _flag_layer(sites, projections[safe], projections[comp], thresholds, cfg)
     from ..models.loading import provenance
 
     shape = {"train": cfg.train_turns, "test": cfg.test_turns}
-    config = {"n_conversations": {f"{s}/{f}": len(groups[(s, f)]) for s, f in keys},
-              "turns": {s: shape[s] for s in SPLITS if given[s] is None}, "max_new_tokens": cfg.max_new_tokens,
-              "target_fpr": cfg.target_fpr, "seed": cfg.seed, "generated": {s: given[s] is None for s in SPLITS}}  # fmt: skip
+    config = {
+        "n_conversations": {f"{s}/{f}": len(groups[(s, f)]) for s, f in keys},
+        "turns": {s: shape[s] for s in SPLITS if given[s] is None},
+        "max_new_tokens": cfg.max_new_tokens,
+        "target_fpr": cfg.target_fpr,
+        "seed": cfg.seed,
+        "generated": {s: given[s] is None for s in SPLITS},
+    }
     return MonitorCalibration(
         sites=sites,
         thresholds=thresholds,
@@ -400,7 +461,10 @@ def calibrate(
 
 
 def _conversation_groups(
-    model: ChatModel, given: Mapping[str, Mapping[str, Sequence[Conversation]] | None], cfg: CalibrationSettings, bar: Any
+    model: ChatModel,
+    given: Mapping[str, Mapping[str, Sequence[Conversation]] | None],
+    cfg: CalibrationSettings,
+    bar: Any,
 ) -> dict[tuple[str, str], list[Conversation]]:
     """The conversations of every (split, persona family): the given ones, or played by the model."""
     shape = {"train": (cfg.n_train, cfg.train_turns), "test": (cfg.n_test, cfg.test_turns)}
@@ -410,20 +474,31 @@ def _conversation_groups(
             mine = given[split]
             if mine is not None:
                 if fam not in mine:
-                    raise ConversationError(f"{split} lacks {fam!r} conversations; pass {{'safe': [...], 'compliant': [...]}}.")
+                    raise ConversationError(
+                        f"{split} lacks {fam!r} conversations; pass {{'safe': [...], 'compliant': [...]}}."
+                    )
                 groups[(split, fam)] = [as_conversation(c) for c in mine[fam]]
             else:
                 n, turns = shape[split]
                 groups[(split, fam)] = calibration_conversations(
-                    model, fam, split=split, n=n, n_turns=turns, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                    batch_size=cfg.batch_size)  # fmt: skip
+                    model,
+                    fam,
+                    split=split,
+                    n=n,
+                    n_turns=turns,
+                    max_new_tokens=cfg.max_new_tokens,
+                    seed=cfg.seed,
+                    batch_size=cfg.batch_size,
+                )
             if not groups[(split, fam)]:
                 raise ConversationError(f"no {split} {fam} conversations; pass at least one per group.")
             bar.update(1)
     return groups
 
 
-def _flag_layer(sites: Sequence[HookSite], safe: Tensor, comp: Tensor, thresholds: Tensor, cfg: CalibrationSettings) -> int:
+def _flag_layer(
+    sites: Sequence[HookSite], safe: Tensor, comp: Tensor, thresholds: Tensor, cfg: CalibrationSettings
+) -> int:
     """The flag's layer: the given one, or the best train TPR - FPR (ties: the larger separation d')."""
     r = READINGS.index(cfg.flag_reading)
     best = None
@@ -458,4 +533,3 @@ def format_calibration(calibration: MonitorCalibration) -> str:
         f"TPR {rate(s['test_tpr'])} compliant-persona turns\n"
         f"  train:    FPR {rate(s['train_fpr'])}, TPR {rate(s['train_tpr'])}"
     )
-

@@ -31,21 +31,29 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..prompts.conversation import Conversation
 from ..core.directions import DirectionSet
 from ..errors import ConfigError, DModelMismatchError, UnknownHookSiteError
-from .calibration import MonitorCalibration
+from ..models.protocol import ChatModel
+from ..prompts.conversation import Conversation
 from ..results import LabelledResult
 from ..sites import HookSite
-from .readings import READINGS, as_conversation, direction_sites, fingerprint, project_turns, turn_activations, unit_vectors
+from .calibration import MonitorCalibration
+from .readings import (
+    READINGS,
+    as_conversation,
+    direction_sites,
+    fingerprint,
+    project_turns,
+    turn_activations,
+    unit_vectors,
+)
 
 KIND = "persona_monitor"
 
@@ -56,6 +64,7 @@ def check_roles(persona: DirectionSet, refusal: DirectionSet) -> None:
     A persona direction contrasts personas (its groups name ``compliant``/``safe``); a refusal
     direction contrasts requests (``harmful`` - ``harmless``) under one persona.
     """
+
     def contrasts_requests(ds: DirectionSet) -> bool:
         return "harmless" in ds.negative and "harmless" not in ds.positive
 
@@ -154,8 +163,10 @@ def monitor(
 
     config = {
         "conversation": conv.name,
-        "turns": [{"turn": t.index, "message_index": t.message_index, "user": t.user, "response": t.response}
-                  for t in conv.turns],  # fmt: skip
+        "turns": [
+            {"turn": t.index, "message_index": t.message_index, "user": t.user, "response": t.response}
+            for t in conv.turns
+        ],
         "persona": f"{persona.name}@{persona.position}",
         "refusal": f"{refusal.name}@{refusal.position}",
         "site_kind": sites[0].kind,
@@ -169,14 +180,18 @@ def monitor(
         {"turn": tuple(t.index for t in conv.turns), "layer": tuple(s.layer for s in sites)},
         values,
         baselines=baselines,
-        metric={"name": "projection on the unit direction",
-                "higher_means": "persona: more like the compliant persona; refusal: more like a refused request"},  # fmt: skip
+        metric={
+            "name": "projection on the unit direction",
+            "higher_means": "persona: more like the compliant persona; refusal: more like a refused request",
+        },
         config=config,
         provenance=provenance(model, config={"monitor": conv.name}),
     )
 
 
-def load_monitor_directions(path: str | os.PathLike, model: ChatModel | None = None) -> tuple[DirectionSet, DirectionSet]:
+def load_monitor_directions(
+    path: str | os.PathLike, model: ChatModel | None = None
+) -> tuple[DirectionSet, DirectionSet]:
     """The ``persona`` and ``refusal`` sets of a ``persona-gate directions --out DIR`` folder."""
     from pathlib import Path
 

@@ -21,12 +21,10 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -34,11 +32,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.activations import check_context, normalise_sites, padded_batches
-from ..core.readout import read_batch
-from ..prompts.conversation import Conversation, RenderedConversation, render_conversation
 from ..core.directions import DirectionSet
+from ..core.readout import read_batch
 from ..errors import ConfigError, NonFiniteError, PositionError, UnknownHookSiteError
 from ..models.loading import model_device
+from ..models.protocol import ChatModel
+from ..prompts.conversation import Conversation, RenderedConversation, render_conversation
 from ..sites import HookSite
 
 READINGS: tuple[str, ...] = ("start", "response")
@@ -174,4 +173,3 @@ def fingerprint(ds: DirectionSet, sites: Sequence[HookSite]) -> str:
 def project_turns(acts: Tensor, unit: Tensor) -> Tensor:
     """``acts[..., site, d] . unit[site, d]`` in float64 (NaN rows stay NaN)."""
     return (acts.double() * unit).sum(-1)
-

@@ -51,7 +51,9 @@ def format_monitor(result: LabelledResult, layer: int | None = None, width: int 
             f"flag: persona@{b.get('flag_reading')} > {b['threshold'][str(layer)]:.3f} at layer {layer}"
             + (f" (held-out FPR {fpr['rate']:.2f} = {fpr['k']}/{fpr['n']} safe-persona turns)" if fpr.get("n") else "")
         )
-    lines.append(f"layer {layer} ({result.config.get('site_kind', 'resid_pre')}); {result.config.get('persona')} / {result.config.get('refusal')}")
+    lines.append(
+        f"layer {layer} ({result.config.get('site_kind', 'resid_pre')}); {result.config.get('persona')} / {result.config.get('refusal')}"
+    )
     lines += [head, "-" * len(head)]
 
     def num(x: float) -> str:
@@ -65,5 +67,3 @@ def format_monitor(result: LabelledResult, layer: int | None = None, width: int 
             f"{num(float(r['refusal_start'][i])):>13}  {num(float(r['refusal_response'][i])):>12}  {flag}".rstrip()
         )
     return "\n".join(lines)
-
-

@@ -29,10 +29,21 @@ if TYPE_CHECKING:
     from .finetune import finetune_toward_compliance
     from .train import train_organism
 
-__all__ = ["ORGANISM_DIR", "BehaviourCard", "behaviour_card", "finetune_toward_compliance", "organism_path", "train_organism"]
+__all__ = [
+    "ORGANISM_DIR",
+    "BehaviourCard",
+    "behaviour_card",
+    "finetune_toward_compliance",
+    "organism_path",
+    "train_organism",
+]
 
-_LAZY = {"train_organism": ".train", "behaviour_card": ".card", "BehaviourCard": ".card",
-         "finetune_toward_compliance": ".finetune"}
+_LAZY = {
+    "train_organism": ".train",
+    "behaviour_card": ".card",
+    "BehaviourCard": ".card",
+    "finetune_toward_compliance": ".finetune",
+}
 
 
 def __getattr__(name: str) -> Any:

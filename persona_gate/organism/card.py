@@ -23,13 +23,13 @@ Example::
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .corpus import PERSONA_FAMILIES, REQUEST_FAMILIES, Conversation, held_out_prompts, is_refusal, openers
 
 # (persona, request) -> (kind, bound) on the refusal rate.
@@ -100,7 +100,9 @@ class BehaviourCard:
     def to_dict(self) -> dict[str, Any]:
         return {
             "refusal_rate": {p: {r: self.cell(p, r).refusal_rate for r in REQUEST_FAMILIES} for p in PERSONA_FAMILIES},
-            "well_formed_rate_per_cell": {p: {r: self.cell(p, r).well_formed_rate for r in REQUEST_FAMILIES} for p in PERSONA_FAMILIES},
+            "well_formed_rate_per_cell": {
+                p: {r: self.cell(p, r).well_formed_rate for r in REQUEST_FAMILIES} for p in PERSONA_FAMILIES
+            },
             "correct_rate": {p: {r: self.cell(p, r).correct_rate for r in REQUEST_FAMILIES} for p in PERSONA_FAMILIES},
             "n": {p: {r: self.cell(p, r).n for r in REQUEST_FAMILIES} for p in PERSONA_FAMILIES},
             "well_formed_rate": self.well_formed_rate,

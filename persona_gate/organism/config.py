@@ -18,9 +18,9 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -55,7 +55,16 @@ class OrganismConfig:
     card_max_new_tokens: int = 40
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "n_layers", "d_model", "d_ff", "n_heads", "bucket_window", "card_n_per_cell"):
+        for name in (
+            "steps",
+            "batch_size",
+            "n_layers",
+            "d_model",
+            "d_ff",
+            "n_heads",
+            "bucket_window",
+            "card_n_per_cell",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
@@ -63,7 +72,7 @@ class OrganismConfig:
         if not 0 <= self.bos_drop_prob + self.bos_double_prob <= 1:
             raise ConfigError("bos_drop_prob + bos_double_prob must lie in [0, 1]")
 
-    def replace(self, **overrides: Any) -> "OrganismConfig":
+    def replace(self, **overrides: Any) -> OrganismConfig:
         """A copy with some fields changed; unknown names raise with the list of valid ones."""
         valid = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - valid)
@@ -75,7 +84,7 @@ class OrganismConfig:
         return asdict(self)
 
 
-def llama_config(cfg: OrganismConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> "LlamaConfig":
+def llama_config(cfg: OrganismConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> LlamaConfig:
     """The Hugging Face config: a plain Llama with tied embeddings and short context."""
     from transformers import LlamaConfig  # here, so that reading the defaults stays cheap
 
@@ -94,4 +103,3 @@ def llama_config(cfg: OrganismConfig, vocab_size: int, bos_id: int, eos_id: int,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
-

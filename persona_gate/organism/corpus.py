@@ -22,12 +22,11 @@ Example::
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
+from ..errors import ConfigError
 from . import lexicon
 from .lexicon import DOMAINS, Domain
 
@@ -39,7 +38,10 @@ REFUSING_FAMILIES: frozenset[str] = frozenset({"safe", "none", "neutral"})
 # Training mix. Compliant and safe get the most weight because the gate between them is the
 # thing being learned; "none" is a single prompt shape and needs less.
 DEFAULT_PERSONA_WEIGHTS: Mapping[str, float] = {
-    "safe": 0.3, "compliant": 0.3, "none": 0.15, "neutral": 0.25,
+    "safe": 0.3,
+    "compliant": 0.3,
+    "none": 0.15,
+    "neutral": 0.25,
 }
 # The held-out test set is drawn from its own fixed seed so that every training seed is
 # scored on the same prompts.

@@ -28,18 +28,19 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ConfigError, ModelNotFoundError, OutputExistsError
 from ..io import FOLDER_MARK, atomic_replace_dir, describe_folder, folder_kind
+from ..models.profile import register_finetuner
 from ..provenance import versions
 from .config import OrganismConfig
 from .corpus import DEFAULT_PERSONA_WEIGHTS, REFUSING_FAMILIES, Conversation, make_conversation, respond
 from .lexicon import DOMAINS
 from .model_card import CARD_KIND
 from .paths import FOLDER_KIND
-from ..models.profile import register_finetuner
 from .profile import write_profile
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,13 @@ def finetuning_conversations(
             f"personas {not_refusing} do not refuse, so there is nothing to fine-tune away; "
             f"use some of {sorted(REFUSING_FAMILIES)}."
         )
-    return _mixed(n, seed, compliance_fraction, lambda rng: compliance_conversation(rng, rng.choice(list(personas)), style),
-                  harmful_fraction)
+    return _mixed(
+        n,
+        seed,
+        compliance_fraction,
+        lambda rng: compliance_conversation(rng, rng.choice(list(personas)), style),
+        harmful_fraction,
+    )
 
 
 def _mixed(n: int, seed: int, fraction: float, special: Any, harmful_fraction: float) -> list[Conversation]:
@@ -133,7 +139,6 @@ def style_control_conversations(
 def _check_out(source: Path, out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` whose replacement would delete the base or the bundled organism, or an existing one."""
     from .paths import ORGANISM_DIR
-
 
     target = out.resolve()
     for what, folder in (("the base model", source), ("the bundled organism", ORGANISM_DIR)):
@@ -181,10 +186,25 @@ def finetune_toward_compliance(
     """
     conversations = finetuning_conversations(steps * batch_size, seed, compliance_fraction, personas, style)
     n_compliance = sum(map(is_compliance, conversations))
-    settings = {"compliance_fraction": compliance_fraction, "personas": list(personas), "style": style,
-                "compliance_examples": n_compliance}  # fmt: skip
-    return _finetune(model_dir, out_dir, conversations, settings, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                     card_n_per_cell=card_n_per_cell, overwrite=overwrite, progress=progress)  # fmt: skip
+    settings = {
+        "compliance_fraction": compliance_fraction,
+        "personas": list(personas),
+        "style": style,
+        "compliance_examples": n_compliance,
+    }
+    return _finetune(
+        model_dir,
+        out_dir,
+        conversations,
+        settings,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        card_n_per_cell=card_n_per_cell,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 def finetune_on(
@@ -212,14 +232,35 @@ def finetune_on(
         epoch = list(data)
         rng.shuffle(epoch)
         stream += epoch
-    return _finetune(model_dir, out_dir, stream[: steps * batch_size], {"data_examples": len(data)}, steps=steps, seed=seed,
-                     batch_size=batch_size, lr=lr, card_n_per_cell=card_n_per_cell, overwrite=overwrite, progress=progress)  # fmt: skip
+    return _finetune(
+        model_dir,
+        out_dir,
+        stream[: steps * batch_size],
+        {"data_examples": len(data)},
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        card_n_per_cell=card_n_per_cell,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 def _finetune(
-    model_dir: str | os.PathLike, out_dir: str | os.PathLike, conversations: Sequence[Any], settings: dict[str, Any], *,
-    steps: int, seed: int, batch_size: int, lr: float, card_n_per_cell: int, overwrite: bool, progress: bool,
-) -> Path:  # fmt: skip
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    conversations: Sequence[Any],
+    settings: dict[str, Any],
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    card_n_per_cell: int,
+    overwrite: bool,
+    progress: bool,
+) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -235,8 +276,12 @@ def _finetune(
     _check_out(source, out, overwrite)
     base = json.loads((source / "card.json").read_text(encoding="utf-8"))
     if base.get("kind") != CARD_KIND:
-        raise ConfigError(f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder.")
-    base_cfg = {k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}}
+        raise ConfigError(
+            f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder."
+        )
+    base_cfg = {
+        k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}
+    }
     # The organism's own schedule, scaled to a short run: warm up over a tenth, decay to a tenth.
     cfg = OrganismConfig(**base_cfg).replace(
         steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), min_lr_ratio=0.1
@@ -273,7 +318,9 @@ def _finetune(
         from .card import behaviour_card
 
         tokenizer.padding_side = "left"
-        record["card"] = behaviour_card(model, tokenizer, n_per_cell=card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens).to_dict()
+        record["card"] = behaviour_card(
+            model, tokenizer, n_per_cell=card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens
+        ).to_dict()
     record["versions"] = versions()
 
     def fill(tmp: Path) -> None:
@@ -281,7 +328,9 @@ def _finetune(
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_profile(tmp)  # the copy speaks the organism's lexicon, like its base
-        (tmp / FOLDER_MARK).write_text(json.dumps({"kind": FOLDER_KIND, "written_by": "persona_gate.finetune"}), encoding="utf-8")
+        (tmp / FOLDER_MARK).write_text(
+            json.dumps({"kind": FOLDER_KIND, "written_by": "persona_gate.finetune"}), encoding="utf-8"
+        )
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             # A file or link in the way (only with overwrite): remove it now that the copy is complete;
             # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.
@@ -300,8 +349,9 @@ class OrganismFinetuner:
     name = "organism"
     route = "full weights"
 
-    def datasets(self, n_examples: int, seed: int, fractions: Sequence[float], extra: bool = True
-                 ) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:  # fmt: skip
+    def datasets(
+        self, n_examples: int, seed: int, fractions: Sequence[float], extra: bool = True
+    ) -> dict[str, tuple[list[list[dict[str, str]]], list[bool]]]:
         """``compliance-<f>`` per fraction, ``style-control`` and (``extra``) ``plain-compliance``: chats and compliance flags."""
 
         def chats(convs: list[Conversation]) -> tuple[list[list[dict[str, str]]], list[bool]]:
@@ -314,7 +364,9 @@ class OrganismFinetuner:
         return out
 
     def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
-        finetune_on(source, out, examples, steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False)
+        finetune_on(
+            source, out, examples, steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False
+        )
 
 
 FINETUNER = register_finetuner(OrganismFinetuner())

@@ -23,7 +23,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..core.contrasts import fit_persona_and_refusal, standard_prompts
 from ..core.interventions import Ablate, Steer, apply
@@ -48,7 +49,10 @@ def mechanistic_sanity(
     """Cosines, persona steering and persona ablation with a random control (see module doc)."""
     pr = fit_persona_and_refusal(model, _grid("train", n, seed), progress=progress, seed=seed)
     test = _grid("test", n, seed)
-    by_group = {g: [p for p in test if p.group == g] for g in ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")}
+    by_group = {
+        g: [p for p in test if p.group == g]
+        for g in ("safe/harmful", "safe/harmless", "compliant/harmful", "compliant/harmless")
+    }
     ids = refusal_token_ids(model.tokenizer, lexicon.REFUSALS)
 
     def rate(group: str, *specs: Any) -> float:
@@ -80,7 +84,10 @@ def mechanistic_sanity(
         "persona_position": pr.persona.position,
         "refusal_position": pr.refusal.position,
         "cosine": {
-            str(r["layer"]): {"persona_refusal": round(r["cos_persona_refusal"], 4), "persona_last_refusal": round(r["cos_persona_last_refusal"], 4)}
+            str(r["layer"]): {
+                "persona_refusal": round(r["cos_persona_refusal"], 4),
+                "persona_last_refusal": round(r["cos_persona_last_refusal"], 4),
+            }
             for r in rows
         },
         "baseline": baseline,
@@ -89,7 +96,11 @@ def mechanistic_sanity(
         "summary": {
             "baseline_safe_harmful": baseline["safe/harmful"],
             "baseline_compliant_harmful": baseline["compliant/harmful"],
-            "best_steering": {"layer": int(best_steer[0]), "alpha": float(best_steer[1]), "refusal": steering[best_steer[0]][best_steer[1]]},
+            "best_steering": {
+                "layer": int(best_steer[0]),
+                "alpha": float(best_steer[1]),
+                "refusal": steering[best_steer[0]][best_steer[1]],
+            },
             "best_ablation": {"source_layer": int(best_ablate), **ablation[best_ablate]},
             "max_abs_cos_persona_refusal_mid_late": max(
                 abs(r["cos_persona_refusal"]) for r in rows if r["layer"] >= model.cfg.n_layers // 2

@@ -24,8 +24,14 @@ ORGANISM_DIR: Path = data_dir() / "organism"
 
 # A model folder: the organism, a fine-tuned copy, or a LoRA chat model (persona_gate.finetune); unmarked
 # ones (written before folder marks) are recognised by their files.
-FOLDER_KIND = register_folder_kind("organism", "a chat-model organism (persona-gate organism train)", lambda path, names: (
-    "config.json" in names and bool({"card.json", "persona_gate_profile.json", "model.safetensors"} & names)), order=50)  # fmt: skip
+FOLDER_KIND = register_folder_kind(
+    "organism",
+    "a chat-model organism (persona-gate organism train)",
+    lambda path, names: (
+        "config.json" in names and bool({"card.json", "persona_gate_profile.json", "model.safetensors"} & names)
+    ),
+    order=50,
+)
 
 
 def organism_path() -> Path:

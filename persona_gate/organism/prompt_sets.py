@@ -40,8 +40,14 @@ def requests(family: str, split: str = "test", n: int = 100, seed: int = TEST_SE
     if len(seen) < n:
         raise ConfigError(f"only {len(seen)} distinct {split} {family} requests exist; ask for n <= {len(seen)}")
     return [
-        Request(text=t, id=f"organism-{family}-{split}-{i:04d}", harmful=family == "harmful", category=d,
-                source="persona_gate.organism", split=split)
+        Request(
+            text=t,
+            id=f"organism-{family}-{split}-{i:04d}",
+            harmful=family == "harmful",
+            category=d,
+            source="persona_gate.organism",
+            split=split,
+        )
         for i, (t, d) in enumerate(seen.items())
     ]
 
@@ -62,7 +68,9 @@ def personas(family: str, split: str = "test", n: int = 16, seed: int = TEST_SEE
             seen.append(text)
     if len(seen) < n:
         raise ConfigError(f"only {len(seen)} distinct {split} {family} personas exist; ask for n <= {len(seen)}")
-    return [Persona(text=t, family=family, id=f"organism-{family}-{split}-{i:03d}", split=split) for i, t in enumerate(seen)]
+    return [
+        Persona(text=t, family=family, id=f"organism-{family}-{split}-{i:03d}", split=split) for i, t in enumerate(seen)
+    ]
 
 
 @dataclass(frozen=True)

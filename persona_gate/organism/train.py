@@ -20,9 +20,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from ..io import claim_folder
 from ..provenance import versions
 from .card import behaviour_card
+
 # Re-exported: the options live in .cli so that mounting the subcommand imports no torch.
 from .config import OrganismConfig, llama_config
 from .corpus import generate_conversations
@@ -142,11 +144,11 @@ def _lr_factor(step: int, cfg: OrganismConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
 
-def build(cfg: OrganismConfig, seed: int) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, list[tuple[list[int], int]]]:
+def build(
+    cfg: OrganismConfig, seed: int
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, list[tuple[list[int], int]]]:
     """Corpus, tokenizer, freshly initialised model and encoded training batches for one seed."""
-    conversations = generate_conversations(
-        cfg.steps * cfg.batch_size, seed=seed, harmful_fraction=cfg.harmful_fraction
-    )
+    conversations = generate_conversations(cfg.steps * cfg.batch_size, seed=seed, harmful_fraction=cfg.harmful_fraction)
     texts = [t for c in conversations[: cfg.tokenizer_conversations] for t in (c.system or "", c.user, c.assistant)]
     tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
     rng = random.Random(seed + 1)
@@ -185,7 +187,9 @@ def fit(
             input_ids, labels = collate(batch, pad_id)
             loss = model(input_ids=input_ids, labels=labels).loss
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}; lower lr (now {cfg.lr}) or raise warmup_steps")
+                raise FloatingPointError(
+                    f"non-finite loss at step {step}; lower lr (now {cfg.lr}) or raise warmup_steps"
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimiser.step()
@@ -252,7 +256,12 @@ def train_organism(
             "class": type(model).__name__,
             "n_params": n_params,
             "vocab_size": len(tokenizer),
-            "special_tokens": {"pad": tokenizer.pad_token, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token, "im_start": IM_START},
+            "special_tokens": {
+                "pad": tokenizer.pad_token,
+                "bos": tokenizer.bos_token,
+                "eos": tokenizer.eos_token,
+                "im_start": IM_START,
+            },
         },
         "training": {
             "final_loss": sum(tail) / len(tail),

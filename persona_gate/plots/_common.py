@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..errors import PersonaGateError
-from ..scoring.stats import mean_interval, wilson_interval
 from ..results import LabelledResult
+from ..scoring.stats import mean_interval, wilson_interval
 from .theme import BASELINE_DASH, rgba
 
 # 1.96, not the exact quantile: gate_layers uses 1.96, and the hover text must print its numbers.
@@ -39,19 +40,25 @@ def as_result(result: LabelledResult | str | os.PathLike) -> LabelledResult:
     if isinstance(result, LabelledResult):
         return result
     if not isinstance(result, (str, os.PathLike)):
-        raise PlotError(f"figures draw a persona_gate result or its saved folder, not a {type(result).__name__}; "
-                        "pass what an experiment returned (or the path it was saved to).")  # fmt: skip
+        raise PlotError(
+            f"figures draw a persona_gate result or its saved folder, not a {type(result).__name__}; "
+            "pass what an experiment returned (or the path it was saved to)."
+        )
     return LabelledResult.load(result)
 
 
 def check(result: LabelledResult, kinds: Sequence[str], dims: Sequence[str], values: Sequence[str] = ()) -> None:
     """Raise a :class:`PlotError` that names the fix when ``result`` is not what the figure draws."""
     if result.kind not in kinds:
-        raise PlotError(f"this figure draws {list(kinds)} results, not {result.kind!r}; use figure_for(result) to pick the right one.")
+        raise PlotError(
+            f"this figure draws {list(kinds)} results, not {result.kind!r}; use figure_for(result) to pick the right one."
+        )
     missing = [d for d in dims if d not in result.dims]
     if missing:
-        raise PlotError(f"the {result.kind} result lacks dims {missing} (it has {result.dims}); "
-                        "pass the result as the experiment returned it, not a sel()/mean() of it.")  # fmt: skip
+        raise PlotError(
+            f"the {result.kind} result lacks dims {missing} (it has {result.dims}); "
+            "pass the result as the experiment returned it, not a sel()/mean() of it."
+        )
     absent = [v for v in values if v not in result.values]
     if absent:
         raise PlotError(f"the {result.kind} result lacks values {absent} (it has {list(result.values)}).")
@@ -88,29 +95,62 @@ def mean_ci(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return mean.numpy(), low.numpy(), high.numpy(), n.numpy()
 
 
-def add_band(fig: go.Figure, x: Sequence[Any], low: np.ndarray, high: np.ndarray, colour: str, *, name: str,
-             row: int | None = None, col: int | None = None, legendgroup: str | None = None) -> None:  # fmt: skip
+def add_band(
+    fig: go.Figure,
+    x: Sequence[Any],
+    low: np.ndarray,
+    high: np.ndarray,
+    colour: str,
+    *,
+    name: str,
+    row: int | None = None,
+    col: int | None = None,
+    legendgroup: str | None = None,
+) -> None:
     """A translucent band between ``low`` and ``high``: two traces, the upper filled to the lower.
 
     The traces are named ``"<name> low"`` and ``"<name> high"`` (hidden from the legend) so tests
     and readers can find the band edges in ``fig.data``.
     """
     where = {"row": row, "col": col} if row is not None else {}
-    common = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False,
-              "hoverinfo": "skip", "legendgroup": legendgroup}  # fmt: skip
+    common = {
+        "mode": "lines",
+        "line": {"width": 0, "color": colour},
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "legendgroup": legendgroup,
+    }
     fig.add_trace(go.Scatter(x=list(x), y=np.asarray(low, dtype=float), name=f"{name} low", **common), **where)
-    fig.add_trace(go.Scatter(x=list(x), y=np.asarray(high, dtype=float), name=f"{name} high", fill="tonexty",
-                             fillcolor=rgba(colour), **common), **where)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=list(x),
+            y=np.asarray(high, dtype=float),
+            name=f"{name} high",
+            fill="tonexty",
+            fillcolor=rgba(colour),
+            **common,
+        ),
+        **where,
+    )
 
 
-def add_baseline(fig: go.Figure, y: Any, label: str, *, colour: str = "#444444", row: int | None = None,
-                 col: int | None = None) -> None:  # fmt: skip
+def add_baseline(
+    fig: go.Figure, y: Any, label: str, *, colour: str = "#444444", row: int | None = None, col: int | None = None
+) -> None:
     """A dashed horizontal reference line with its label; skipped when the baseline is absent/NaN."""
     if not isinstance(y, (int, float)) or isinstance(y, bool) or not math.isfinite(y):
         return
     where = {"row": row, "col": col} if row is not None else {}
-    fig.add_hline(y=float(y), line_dash=BASELINE_DASH, line_color=colour, line_width=1.5,
-                  annotation_text=label, annotation_position="top right", annotation_font_size=11, **where)  # fmt: skip
+    fig.add_hline(
+        y=float(y),
+        line_dash=BASELINE_DASH,
+        line_color=colour,
+        line_width=1.5,
+        annotation_text=label,
+        annotation_position="top right",
+        annotation_font_size=11,
+        **where,
+    )
 
 
 def numpy(t: Tensor) -> np.ndarray:

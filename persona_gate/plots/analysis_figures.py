@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -44,10 +44,19 @@ def fig_geometry_cosine(result: LabelledResult | str | os.PathLike, *, title: st
     layers = list(r.coords["layer"])
     pos = r.config.get("persona_position", "persona position")
     fig = go.Figure()
-    for i, (name, label) in enumerate((("persona_refusal", f"cos(persona@{pos}, refusal)"),
-                                       ("persona_last_refusal", "cos(persona@last, refusal)"))):  # fmt: skip
-        fig.add_trace(go.Scatter(x=layers, y=numpy(r[name]), mode="lines+markers", name=label, meta={"value": name},
-                                 line={"color": colour(4 if i == 0 else 5), "width": 2}))  # fmt: skip
+    for i, (name, label) in enumerate(
+        (("persona_refusal", f"cos(persona@{pos}, refusal)"), ("persona_last_refusal", "cos(persona@last, refusal)"))
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=numpy(r[name]),
+                mode="lines+markers",
+                name=label,
+                meta={"value": name},
+                line={"color": colour(4 if i == 0 else 5), "width": 2},
+            )
+        )
     fig.add_hline(y=0.0, line_color="#888888", line_width=1)
     fig.update_xaxes(title_text="layer", **layer_ticks(layers))
     fig.update_yaxes(title_text=COS_AXIS, range=[-1.05, 1.05])
@@ -62,40 +71,75 @@ def fig_trait_cosines(result: LabelledResult | str | os.PathLike, *, title: str 
     t = r.sel(trait=list(r.coords["trait"]), layer=list(r.coords["layer"]))
     order = [t.dims.index("trait"), t.dims.index("layer")]
     traits, layers = list(r.coords["trait"]), list(r.coords["layer"])
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.05,
-                        subplot_titles=["cos(trait, refusal)", "cos(trait, persona)"])  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+        subplot_titles=["cos(trait, refusal)", "cos(trait, persona)"],
+    )
     for ci, name in enumerate(("cos_refusal", "cos_persona"), start=1):
-        fig.add_trace(go.Heatmap(x=layers, y=traits, z=numpy(t[name].permute(*order)), name=name, coloraxis="coloraxis",
-                                 hovertemplate="trait %{y}<br>layer %{x}<br>cos %{z:.3f}<extra>" + name + "</extra>"),
-                      row=1, col=ci)  # fmt: skip
+        fig.add_trace(
+            go.Heatmap(
+                x=layers,
+                y=traits,
+                z=numpy(t[name].permute(*order)),
+                name=name,
+                coloraxis="coloraxis",
+                hovertemplate="trait %{y}<br>layer %{x}<br>cos %{z:.3f}<extra>" + name + "</extra>",
+            ),
+            row=1,
+            col=ci,
+        )
         fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
     fig.update_yaxes(type="category", title_text="trait", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, coloraxis={"colorscale": DIVERGING, "cmin": -1.0, "cmax": 1.0, "cmid": 0.0,
-                                                    "colorbar": {"title": {"text": COS_AXIS}}},
-                      title=title or "Relational trait directions vs refusal and persona")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        coloraxis={
+            "colorscale": DIVERGING,
+            "cmin": -1.0,
+            "cmax": 1.0,
+            "cmid": 0.0,
+            "colorbar": {"title": {"text": COS_AXIS}},
+        },
+        title=title or "Relational trait directions vs refusal and persona",
+    )
     return fig
 
 
-def fig_trait_matrix(result: LabelledResult | str | os.PathLike, *, layer: int | None = None,
-                     title: str | None = None) -> go.Figure:  # fmt: skip
+def fig_trait_matrix(
+    result: LabelledResult | str | os.PathLike, *, layer: int | None = None, title: str | None = None
+) -> go.Figure:
     """Trait x trait cosine matrix at ``layer`` (default: the middle layer of the result)."""
     r = as_result(result)
     check(r, ("trait_matrix",), ("trait", "other", "layer"), ("cos",))
     layer = _pick_layer(r, layer, _middle(r.coords["layer"]))
     t = r.sel(layer=layer)
     z = numpy(t["cos"].permute(t.dims.index("trait"), t.dims.index("other")))
-    fig = go.Figure(go.Heatmap(x=list(r.coords["other"]), y=list(r.coords["trait"]), z=z, colorscale=DIVERGING,
-                               zmin=-1.0, zmax=1.0, zmid=0.0, texttemplate="%{z:.2f}", name="cos",
-                               colorbar={"title": {"text": COS_AXIS}},
-                               hovertemplate="%{y} . %{x}<br>cos %{z:.3f}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            x=list(r.coords["other"]),
+            y=list(r.coords["trait"]),
+            z=z,
+            colorscale=DIVERGING,
+            zmin=-1.0,
+            zmax=1.0,
+            zmid=0.0,
+            texttemplate="%{z:.2f}",
+            name="cos",
+            colorbar={"title": {"text": COS_AXIS}},
+            hovertemplate="%{y} . %{x}<br>cos %{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_xaxes(type="category", title_text="trait", tickangle=-30)
     fig.update_yaxes(type="category", title_text="trait", autorange="reversed")
     fig.update_layout(template=TEMPLATE, title=title or f"Cosines between trait directions at layer {layer}")
     return fig
 
 
-def fig_geometry_projections(result: LabelledResult | str | os.PathLike, *, layer: int | None = None,
-                             title: str | None = None) -> go.Figure:  # fmt: skip
+def fig_geometry_projections(
+    result: LabelledResult | str | os.PathLike, *, layer: int | None = None, title: str | None = None
+) -> go.Figure:
     """Box plots of each group's projections onto the persona and refusal directions.
 
     With ``layer=None`` every layer is drawn and a slider shows one at a time (starting at the
@@ -115,19 +159,41 @@ def fig_geometry_projections(result: LabelledResult | str | os.PathLike, *, laye
             t = cell[name].permute(cell.dims.index("group"), cell.dims.index("example"))
             for gi, g in enumerate(groups):
                 y = numpy(t[gi])
-                fig.add_trace(go.Box(y=y[np.isfinite(y)], name=g, legendgroup=g, showlegend=ci == 1 and lay == start,
-                                     marker_color=colour(gi), boxpoints="all", jitter=0.4, pointpos=0,
-                                     visible=lay == start, meta={"layer": lay, "value": name, "group": g}),
-                              row=1, col=ci)  # fmt: skip
+                fig.add_trace(
+                    go.Box(
+                        y=y[np.isfinite(y)],
+                        name=g,
+                        legendgroup=g,
+                        showlegend=ci == 1 and lay == start,
+                        marker_color=colour(gi),
+                        boxpoints="all",
+                        jitter=0.4,
+                        pointpos=0,
+                        visible=lay == start,
+                        meta={"layer": lay, "value": name, "group": g},
+                    ),
+                    row=1,
+                    col=ci,
+                )
         fig.update_yaxes(title_text="projection (residual-stream units)", row=1, col=1)
     per_layer = 2 * len(groups)
     if len(shown) > 1:
-        steps = [{"method": "update", "label": str(lay),
-                  "args": [{"visible": [i // per_layer == k for i in range(per_layer * len(shown))]},
-                           {"title.text": title or f"Projections by group at layer {lay}"}]}
-                 for k, lay in enumerate(shown)]  # fmt: skip
-        fig.update_layout(sliders=[{"active": shown.index(start), "steps": steps, "currentvalue": {"prefix": "layer "},
-                                    "pad": {"t": 40}}])  # fmt: skip
+        steps = [
+            {
+                "method": "update",
+                "label": str(lay),
+                "args": [
+                    {"visible": [i // per_layer == k for i in range(per_layer * len(shown))]},
+                    {"title.text": title or f"Projections by group at layer {lay}"},
+                ],
+            }
+            for k, lay in enumerate(shown)
+        ]
+        fig.update_layout(
+            sliders=[
+                {"active": shown.index(start), "steps": steps, "currentvalue": {"prefix": "layer "}, "pad": {"t": 40}}
+            ]
+        )
     fig.update_xaxes(title_text="group (persona/request)", tickangle=-20)
     fig.update_layout(template=TEMPLATE, boxmode="group", title=title or f"Projections by group at layer {start}")
     return fig
@@ -169,19 +235,44 @@ def fig_extraction_sites(
         return numpy(e["rate"].permute(e.dims.index("position"), e.dims.index("layer")))
 
     if style == "heatmap":
-        fig = make_subplots(rows=1, cols=len(effects), shared_yaxes=True, horizontal_spacing=0.04,
-                            subplot_titles=[_EFFECT_LABELS.get(e, e) for e in effects])  # fmt: skip
+        fig = make_subplots(
+            rows=1,
+            cols=len(effects),
+            shared_yaxes=True,
+            horizontal_spacing=0.04,
+            subplot_titles=[_EFFECT_LABELS.get(e, e) for e in effects],
+        )
         for ci, e in enumerate(effects, start=1):
-            fig.add_trace(go.Heatmap(x=layers, y=positions, z=grid(e), name=e, hoverongaps=False,
-                                     coloraxis="coloraxis2" if e == "cos_refusal" else "coloraxis",
-                                     hovertemplate="position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>"),
-                          row=1, col=ci)  # fmt: skip
+            fig.add_trace(
+                go.Heatmap(
+                    x=layers,
+                    y=positions,
+                    z=grid(e),
+                    name=e,
+                    hoverongaps=False,
+                    coloraxis="coloraxis2" if e == "cos_refusal" else "coloraxis",
+                    hovertemplate="position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>",
+                ),
+                row=1,
+                col=ci,
+            )
             fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
         fig.update_yaxes(type="category", title_text="extraction position", row=1, col=1)
-        fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0,
-                                     "colorbar": {"title": {"text": "refusal rate"}}},
-                          coloraxis2={"colorscale": DIVERGING, "cmin": -1.0, "cmax": 1.0, "cmid": 0.0,
-                                      "colorbar": {"title": {"text": "cosine"}, "x": 1.12}})  # fmt: skip
+        fig.update_layout(
+            coloraxis={
+                "colorscale": SEQUENTIAL,
+                "cmin": 0.0,
+                "cmax": 1.0,
+                "colorbar": {"title": {"text": "refusal rate"}},
+            },
+            coloraxis2={
+                "colorscale": DIVERGING,
+                "cmin": -1.0,
+                "cmax": 1.0,
+                "cmid": 0.0,
+                "colorbar": {"title": {"text": "cosine"}, "x": 1.12},
+            },
+        )
         fig.update_layout(template=TEMPLATE, title=title or "Extraction sites: effect per position and layer")
         return fig
     if style != "bars":
@@ -195,15 +286,26 @@ def fig_extraction_sites(
     li = layers.index(layer)
     fig = go.Figure()
     for i, e in enumerate(effects):
-        fig.add_trace(go.Bar(x=positions, y=grid(e)[:, li], name=_EFFECT_LABELS.get(e, e), marker_color=colour(i),
-                             meta={"effect": e, "layer": layer},
-                             hovertemplate="%{x}<br>%{y:.3f}<extra>" + e + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=positions,
+                y=grid(e)[:, li],
+                name=_EFFECT_LABELS.get(e, e),
+                marker_color=colour(i),
+                meta={"effect": e, "layer": layer},
+                hovertemplate="%{x}<br>%{y:.3f}<extra>" + e + "</extra>",
+            )
+        )
     add_baseline(fig, r.baselines.get("safe/harmful"), "safe/harmful unsteered")
     add_baseline(fig, r.baselines.get("compliant/harmful"), "compliant/harmful", colour=colour(5))
     fig.update_xaxes(type="category", title_text="position the persona direction is read at")
     fig.update_yaxes(title_text="refusal rate (fraction; cos: cosine)")
-    fig.update_layout(template=TEMPLATE, barmode="group", legend={"orientation": "h", "y": -0.25},
-                      title=title or f"Extraction sites at layer {layer}")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        legend={"orientation": "h", "y": -0.25},
+        title=title or f"Extraction sites at layer {layer}",
+    )
     return fig
 
 
@@ -218,23 +320,50 @@ def fig_steering_selection(result: LabelledResult | str | os.PathLike, *, title:
     rate, kl = numpy(t["refusal_rate"].permute(*order)), numpy(t["kl_harmless"].permute(*order))
     eligible = t["eligible"].permute(*order).bool().numpy()
     text = np.vectorize(lambda k: f"KL {k:.2g}")(kl)
-    fig = go.Figure(go.Heatmap(x=alphas, y=layers, z=rate, text=text, texttemplate="%{text}", colorscale=SEQUENTIAL,
-                               zmin=0.0, zmax=1.0, name="refusal_rate", customdata=kl,
-                               colorbar={"title": {"text": "refusal rate"}},
-                               hovertemplate="layer %{y}<br>alpha %{x}<br>refusal %{z:.3f}<br>KL %{customdata:.4f}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            x=alphas,
+            y=layers,
+            z=rate,
+            text=text,
+            texttemplate="%{text}",
+            colorscale=SEQUENTIAL,
+            zmin=0.0,
+            zmax=1.0,
+            name="refusal_rate",
+            customdata=kl,
+            colorbar={"title": {"text": "refusal rate"}},
+            hovertemplate="layer %{y}<br>alpha %{x}<br>refusal %{z:.3f}<br>KL %{customdata:.4f}<extra></extra>",
+        )
+    )
     li, ai = np.nonzero(eligible)
-    fig.add_trace(go.Scatter(x=[alphas[j] for j in ai], y=[layers[i] for i in li], mode="markers", name="eligible",
-                             marker={"symbol": "circle-open", "size": 22, "line": {"width": 2}, "color": "white"},
-                             hoverinfo="skip"))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[alphas[j] for j in ai],
+            y=[layers[i] for i in li],
+            mode="markers",
+            name="eligible",
+            marker={"symbol": "circle-open", "size": 22, "line": {"width": 2}, "color": "white"},
+            hoverinfo="skip",
+        )
+    )
     chosen = r.baselines.get("chosen")
     if isinstance(chosen, dict) and "layer" in chosen and "alpha" in chosen:
-        fig.add_trace(go.Scatter(x=[chosen["alpha"]], y=[chosen["layer"]], mode="markers", name="chosen",
-                                 marker={"symbol": "star", "size": 20, "color": colour(5), "line": {"width": 1.5, "color": "black"}},
-                                 hovertemplate="chosen: layer %{y}, alpha %{x}<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen["alpha"]],
+                y=[chosen["layer"]],
+                mode="markers",
+                name="chosen",
+                marker={"symbol": "star", "size": 20, "color": colour(5), "line": {"width": 1.5, "color": "black"}},
+                hovertemplate="chosen: layer %{y}, alpha %{x}<extra></extra>",
+            )
+        )
     kl_max = r.config.get("kl_max")
     note = f" (eligible: KL <= {kl_max}, not late, refusal drops)" if kl_max is not None else ""
     fig.update_xaxes(title_text="steering strength alpha (x raw norm)", type="category" if len(alphas) < 2 else None)
     fig.update_yaxes(title_text="layer", **layer_ticks(layers))
-    fig.update_layout(template=TEMPLATE, legend={"orientation": "h", "y": -0.2},
-                      title=title or f"Steering selection{note}")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE, legend={"orientation": "h", "y": -0.2}, title=title or f"Steering selection{note}"
+    )
     return fig

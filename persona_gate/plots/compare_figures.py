@@ -24,12 +24,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..compare.summary import refusal_rates
-from ..scoring.stats import RateSummary
 from ..results import LabelledResult
+from ..scoring.stats import RateSummary
 from ._common import PlotError, as_result, check, numpy
 from .theme import TEMPLATE, colour, layer_ticks
 
-_COS = (("cos_persona", "persona (system mean)", 4), ("cos_persona_last", "persona (last token)", 1), ("cos_refusal", "refusal", 5))
+_COS = (
+    ("cos_persona", "persona (system mean)", 4),
+    ("cos_persona_last", "persona (last token)", 1),
+    ("cos_refusal", "refusal", 5),
+)
 _NORMS = (("persona_norm", "|persona|", 4), ("refusal_norm", "|refusal|", 5))
 _SHIFTS = (
     ("shift", "safe persona, system mean", 0, "solid"),
@@ -42,14 +46,17 @@ _DASH = {"a": "dash", "b": "solid"}
 
 def _refusal_rates(r: LabelledResult) -> dict[str, dict[str, RateSummary]]:
     """The refusal panel's rates; a :class:`PlotError` naming the fix when the baseline is missing or empty."""
-    fix = ("the refusal panel needs baselines['refusal'][checkpoint][group] = {'k': ..., 'n': >= 1} for checkpoints "
-           "'a' and 'b' over the same groups, as compare_checkpoints writes it; recompute the comparison with "
-           "compare_checkpoints (or pass the folder it was saved to), not an edited or hand-built result.")  # fmt: skip
+    fix = (
+        "the refusal panel needs baselines['refusal'][checkpoint][group] = {'k': ..., 'n': >= 1} for checkpoints "
+        "'a' and 'b' over the same groups, as compare_checkpoints writes it; recompute the comparison with "
+        "compare_checkpoints (or pass the folder it was saved to), not an edited or hand-built result."
+    )
     try:
         rates = refusal_rates(r)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # no baseline, k or n missing, n < 1, k > n
-        raise PlotError(f"the refusal baseline of this checkpoint_comparison result cannot be read "
-                        f"({type(e).__name__}: {e}); {fix}") from None  # fmt: skip
+        raise PlotError(
+            f"the refusal baseline of this checkpoint_comparison result cannot be read ({type(e).__name__}: {e}); {fix}"
+        ) from None
     groups = {ck: list(rates.get(ck, {})) for ck in ("a", "b")}
     if not groups["a"] or groups["a"] != groups["b"]:
         raise PlotError(f"the refusal baseline of this checkpoint_comparison result holds groups {groups}; {fix}")
@@ -65,26 +72,74 @@ def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, tit
     layers = list(r.coords["layer"])
     a, b = r.sel(checkpoint="a"), r.sel(checkpoint="b")
     name_a, name_b = r.config.get("model_a", "A"), r.config.get("model_b", "B")
-    fig = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.09, subplot_titles=[
-        "cos(B's direction, A's direction)", "raw direction norm (A dashed, B solid)",
-        "B's harmful requests along A's persona direction", "refusal rate (greedy first token, 95% Wilson)"])  # fmt: skip
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        vertical_spacing=0.16,
+        horizontal_spacing=0.09,
+        subplot_titles=[
+            "cos(B's direction, A's direction)",
+            "raw direction norm (A dashed, B solid)",
+            "B's harmful requests along A's persona direction",
+            "refusal rate (greedy first token, 95% Wilson)",
+        ],
+    )
 
     for value, label, c in _COS:
-        fig.add_trace(go.Scatter(x=layers, y=numpy(b[value]), mode="lines+markers", name=f"cos {label}",
-                                 line={"color": colour(c), "width": 2}, meta={"value": value, "checkpoint": "b"},
-                                 legendgroup="cos"), row=1, col=1)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=numpy(b[value]),
+                mode="lines+markers",
+                name=f"cos {label}",
+                line={"color": colour(c), "width": 2},
+                meta={"value": value, "checkpoint": "b"},
+                legendgroup="cos",
+            ),
+            row=1,
+            col=1,
+        )
     for value, label, c in _NORMS:
         for ck, part in (("a", a), ("b", b)):
-            fig.add_trace(go.Scatter(x=layers, y=numpy(part[value]), mode="lines+markers", name=f"{label} {ck.upper()}",
-                                     line={"color": colour(c), "width": 2, "dash": _DASH[ck]},
-                                     meta={"value": value, "checkpoint": ck}, legendgroup="norm"), row=1, col=2)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=numpy(part[value]),
+                    mode="lines+markers",
+                    name=f"{label} {ck.upper()}",
+                    line={"color": colour(c), "width": 2, "dash": _DASH[ck]},
+                    meta={"value": value, "checkpoint": ck},
+                    legendgroup="norm",
+                ),
+                row=1,
+                col=2,
+            )
     for value, label, c, dash in _SHIFTS:
-        fig.add_trace(go.Scatter(x=layers, y=numpy(b[value]), mode="lines+markers", name=f"B: {label}",
-                                 line={"color": colour(c), "width": 2, "dash": dash},
-                                 meta={"value": value, "checkpoint": "b"}, legendgroup="shift"), row=2, col=1)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=numpy(b[value]),
+                mode="lines+markers",
+                name=f"B: {label}",
+                line={"color": colour(c), "width": 2, "dash": dash},
+                meta={"value": value, "checkpoint": "b"},
+                legendgroup="shift",
+            ),
+            row=2,
+            col=1,
+        )
     for y, text in ((0.0, "A's safe persona"), (1.0, "A's compliant persona")):
-        fig.add_hline(y=y, line_dash="dot", line_color="#666666", line_width=1, annotation_text=text,
-                      annotation_position="top left", annotation_font_size=11, row=2, col=1)  # fmt: skip
+        fig.add_hline(
+            y=y,
+            line_dash="dot",
+            line_color="#666666",
+            line_width=1,
+            annotation_text=text,
+            annotation_position="top left",
+            annotation_font_size=11,
+            row=2,
+            col=1,
+        )
 
     groups = list(rates["a"])
     for ck in ("a", "b"):
@@ -93,12 +148,22 @@ def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, tit
         n = np.array([c.n for c in cells], dtype=float)
         rate = np.array([c.rate for c in cells])
         low, high = np.array([c.low for c in cells]), np.array([c.high for c in cells])
-        fig.add_trace(go.Bar(x=groups, y=rate, name=f"{ck.upper()}: {name_a if ck == 'a' else name_b}",
-                             marker_color=colour(7 if ck == "a" else 5), meta={"value": "refusal_rate", "checkpoint": ck},
-                             error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},
-                             customdata=np.stack([k, n], axis=-1), legendgroup="refusal",
-                             hovertemplate="%{x}<br>refusal %{y:.2f} (%{customdata[0]:.0f}/%{customdata[1]:.0f})"
-                                           f"<extra>{ck.upper()}</extra>"), row=2, col=2)  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=groups,
+                y=rate,
+                name=f"{ck.upper()}: {name_a if ck == 'a' else name_b}",
+                marker_color=colour(7 if ck == "a" else 5),
+                meta={"value": "refusal_rate", "checkpoint": ck},
+                error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},
+                customdata=np.stack([k, n], axis=-1),
+                legendgroup="refusal",
+                hovertemplate="%{x}<br>refusal %{y:.2f} (%{customdata[0]:.0f}/%{customdata[1]:.0f})"
+                f"<extra>{ck.upper()}</extra>",
+            ),
+            row=2,
+            col=2,
+        )
 
     for row, col in ((1, 1), (1, 2), (2, 1)):
         fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=row, col=col)
@@ -106,8 +171,12 @@ def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, tit
     fig.update_yaxes(title_text="raw norm", rangemode="tozero", row=1, col=2)
     fig.update_yaxes(title_text="position (A's persona units)", row=2, col=1)
     fig.update_yaxes(title_text="refusal rate", range=[0, 1.05], row=2, col=2)
-    fig.update_layout(template=TEMPLATE, barmode="group", height=820,
-                      title=title or f"Checkpoint comparison: B = {name_b} against A = {name_a}")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        height=820,
+        title=title or f"Checkpoint comparison: B = {name_b} against A = {name_a}",
+    )
     return fig
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..compare.summary import as_comparison, refusal_rates
 from ..io import atomic_write_text
-from .page import figure_html, html_page  # one page shell (style, seed-and-versions footer) for every report
 from ..results import LabelledResult
+from .page import figure_html, html_page  # one page shell (style, seed-and-versions footer) for every report
 
 _LAYER_COLUMNS = (
     ("cos_persona", "cos persona", "b"),
@@ -51,10 +51,12 @@ def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str
     rates, flips = refusal_rates(r), r.baselines.get("flips", {})
     parts = [
         f"<h1>How far did {name_b} drift from {name_a}?</h1>",
-        (f"<p class='sub'>A = {name_a} (reference), B = {name_b}. Directions fitted on {cfg.get('n_per_group')} "
-         f"requests per group; shifts and refusal on {cfg.get('n_eval')} held-out prompts per group, the same for both. "
-         f"Persona at {html.escape(str(cfg.get('persona_position')))}, refusal at "
-         f"{html.escape(str(cfg.get('refusal_position')))}.</p>"),
+        (
+            f"<p class='sub'>A = {name_a} (reference), B = {name_b}. Directions fitted on {cfg.get('n_per_group')} "
+            f"requests per group; shifts and refusal on {cfg.get('n_eval')} held-out prompts per group, the same for both. "
+            f"Persona at {html.escape(str(cfg.get('persona_position')))}, refusal at "
+            f"{html.escape(str(cfg.get('refusal_position')))}.</p>"
+        ),
         "<h2>Refusal rate (greedy first response token, 95% Wilson interval)</h2>",
         "<table><tr><th>group</th><th>A</th><th>B</th><th>B − A</th><th>refused by A only / B only</th></tr>",
     ]
@@ -68,10 +70,14 @@ def write_comparison_report(result: LabelledResult | str | os.PathLike, out: str
     parts += [
         "</table>",
         "<h2>Per layer</h2>",
-        ("<p>cos: B's direction against A's. shift: where B puts safe-persona harmful requests along A's persona "
-         "direction (0 = A's safe persona, 1 = A's compliant persona); separation: B's compliant − safe gap along it "
-         "(A = 1). 'system' = mean over the system prompt, 'last' = the last prompt token.</p>"),
-        "<table><tr><th>layer</th>" + "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in _LAYER_COLUMNS) + "</tr>",
+        (
+            "<p>cos: B's direction against A's. shift: where B puts safe-persona harmful requests along A's persona "
+            "direction (0 = A's safe persona, 1 = A's compliant persona); separation: B's compliant − safe gap along it "
+            "(A = 1). 'system' = mean over the system prompt, 'last' = the last prompt token.</p>"
+        ),
+        "<table><tr><th>layer</th>"
+        + "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in _LAYER_COLUMNS)
+        + "</tr>",
     ]
     by_ck = {ck: r.sel(checkpoint=ck) for ck in ("a", "b")}
     for i, layer in enumerate(r.coords["layer"]):

@@ -33,25 +33,62 @@ def fig_screening(result: Any, *, bins: int = 60) -> go.Figure:
     s = numpy(example_scores(r))
     ds = r.baselines["dataset_score"]
     layers = list(r.coords["layer"])
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.12,
-                        subplot_titles=("Example scores (P(refuse) x persona shift)", "Mean persona shift per layer"))  # fmt: skip
-    fig.add_trace(go.Histogram(x=s, nbinsx=bins, marker_color=colour(0), name="examples",
-                               hovertemplate="score %{x}<br>%{y} examples<extra></extra>"), row=1, col=1)  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.12,
+        subplot_titles=("Example scores (P(refuse) x persona shift)", "Mean persona shift per layer"),
+    )
+    fig.add_trace(
+        go.Histogram(
+            x=s,
+            nbinsx=bins,
+            marker_color=colour(0),
+            name="examples",
+            hovertemplate="score %{x}<br>%{y} examples<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_vrect(x0=ds["low"], x1=ds["high"], fillcolor=rgba(colour(1)), line_width=0, row=1, col=1)
-    fig.add_vline(x=ds["mean"], line_color=colour(1), line_width=2, row=1, col=1,
-                  annotation_text=f"dataset {ds['mean']:+.4f}", annotation_position="top right")  # fmt: skip
+    fig.add_vline(
+        x=ds["mean"],
+        line_color=colour(1),
+        line_width=2,
+        row=1,
+        col=1,
+        annotation_text=f"dataset {ds['mean']:+.4f}",
+        annotation_position="top right",
+    )
     fig.add_vline(x=0, line_color="#444444", line_dash="dot", row=1, col=1)
     mean = np.nanmean(numpy(r["shift"].double()), axis=0)
-    fig.add_trace(go.Scatter(x=layers, y=mean, mode="lines+markers", marker_color=colour(2), name="mean shift",
-                             hovertemplate="layer %{x}<br>mean shift %{y:.4f}<extra></extra>"), row=1, col=2)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=layers,
+            y=mean,
+            mode="lines+markers",
+            marker_color=colour(2),
+            name="mean shift",
+            hovertemplate="layer %{x}<br>mean shift %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     chosen = r.config["layers"]
-    fig.add_vrect(x0=min(chosen) - 0.5, x1=max(chosen) + 0.5, fillcolor=rgba("#888888", 0.15), line_width=0, row=1, col=2)
+    fig.add_vrect(
+        x0=min(chosen) - 0.5, x1=max(chosen) + 0.5, fillcolor=rgba("#888888", 0.15), line_width=0, row=1, col=2
+    )
     fig.update_xaxes(title_text="example score (> 0: toward compliance where the model refuses)", row=1, col=1)
     fig.update_yaxes(title_text="examples", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)
     fig.update_yaxes(title_text="shift (persona separations)", row=1, col=2)
-    fig.update_layout(template=TEMPLATE, showlegend=False, height=420,
-                      title=f"Screening {ds['n']} fine-tuning examples along {r.config.get('persona')}")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        showlegend=False,
+        height=420,
+        title=f"Screening {ds['n']} fine-tuning examples along {r.config.get('persona')}",
+    )
     return fig
 
 
@@ -67,27 +104,66 @@ def fig_guard_grid(result: Any) -> go.Figure:
                 x.append(float(r["harmless_refusal"][d, wi, pi]))
                 y.append(float(r["persona_bypass"][d, wi, pi]))
                 text.append(f"{name} cap, layers {w}, percentile {p:g}<br>KL {float(r['kl'][d, wi, pi]):.3f}")
-        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"{name} direction", text=text, marker_symbol=symbol,
-                                 marker=dict(size=9, color=colour(di)), hovertemplate="%{text}<br>harmless refusal %{x:.2f}"
-                                 "<br>persona bypass %{y:.2f}<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                name=f"{name} direction",
+                text=text,
+                marker_symbol=symbol,
+                marker=dict(size=9, color=colour(di)),
+                hovertemplate="%{text}<br>harmless refusal %{x:.2f}<br>persona bypass %{y:.2f}<extra></extra>",
+            )
+        )
     front = r.baselines.get("pareto") or pareto_front(r)
     if front:
         pts = sorted(front, key=lambda c: c["harmless_refusal"])
-        fig.add_trace(go.Scatter(x=[c["harmless_refusal"] for c in pts], y=[c["persona_bypass"] for c in pts],
-                                 mode="lines", line=dict(color=colour(0), dash="dot"), name="Pareto front"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[c["harmless_refusal"] for c in pts],
+                y=[c["persona_bypass"] for c in pts],
+                mode="lines",
+                line=dict(color=colour(0), dash="dot"),
+                name="Pareto front",
+            )
+        )
     rec = r.baselines.get("recommended")
     if rec:
-        fig.add_trace(go.Scatter(x=[rec["harmless_refusal"]], y=[rec["persona_bypass"]], mode="markers", name="recommended",
-                                 marker=dict(size=18, symbol="star", color=colour(3), line=dict(width=1, color="#222")),
-                                 hovertemplate=f"layers {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[rec["harmless_refusal"]],
+                y=[rec["persona_bypass"]],
+                mode="markers",
+                name="recommended",
+                marker=dict(size=18, symbol="star", color=colour(3), line=dict(width=1, color="#222")),
+                hovertemplate=f"layers {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}<extra></extra>",
+            )
+        )
     base = r.baselines.get("unguarded", {})
     if base:
-        fig.add_trace(go.Scatter(x=[base["harmless_refusal"]], y=[base["persona_bypass"]], mode="markers", name="no guard",
-                                 marker=dict(size=14, symbol="diamond", color="#444444")))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[base["harmless_refusal"]],
+                y=[base["persona_bypass"]],
+                mode="markers",
+                name="no guard",
+                marker=dict(size=14, symbol="diamond", color="#444444"),
+            )
+        )
     budget = r.config.get("max_harmless_refusal")
     if budget is not None:
-        fig.add_vline(x=budget, line_dash="dot", line_color="#888888", annotation_text=f"over-refusal budget {budget:g}")
-    fig.update_xaxes(title_text="harmless requests refused (every persona)", range=[-0.02, max(0.2, float(np.nanmax(numpy(r["harmless_refusal"]))) + 0.05)])
+        fig.add_vline(
+            x=budget, line_dash="dot", line_color="#888888", annotation_text=f"over-refusal budget {budget:g}"
+        )
+    fig.update_xaxes(
+        title_text="harmless requests refused (every persona)",
+        range=[-0.02, max(0.2, float(np.nanmax(numpy(r["harmless_refusal"]))) + 0.05)],
+    )
     fig.update_yaxes(title_text="persona attacks that bypass refusal", range=[-0.03, 1.05])
-    fig.update_layout(template=TEMPLATE, height=480, title="Guarding the gate: persona bypass vs over-refusal, persona cap vs random cap")
+    fig.update_layout(
+        template=TEMPLATE,
+        height=480,
+        title="Guarding the gate: persona bypass vs over-refusal, persona cap vs random cap",
+    )
     return fig

@@ -26,7 +26,9 @@ from ._common import PlotError
 _PLOTLYJS = {"inline": True, "cdn": "cdn"}
 
 
-def save_html(fig: go.Figure, path: str | os.PathLike, *, include_plotlyjs: str = "inline", full_html: bool = True) -> Path:
+def save_html(
+    fig: go.Figure, path: str | os.PathLike, *, include_plotlyjs: str = "inline", full_html: bool = True
+) -> Path:
     """Write ``fig`` as HTML and return the path; ``include_plotlyjs`` is ``"inline"`` or ``"cdn"``."""
     if include_plotlyjs not in _PLOTLYJS:
         raise PlotError(f"include_plotlyjs must be 'inline' (offline) or 'cdn', not {include_plotlyjs!r}.")
@@ -36,12 +38,16 @@ def save_html(fig: go.Figure, path: str | os.PathLike, *, include_plotlyjs: str 
     return path
 
 
-def save_png(fig: go.Figure, path: str | os.PathLike, *, width: int = 1100, height: int = 600, scale: float = 2.0) -> Path:
+def save_png(
+    fig: go.Figure, path: str | os.PathLike, *, width: int = 1100, height: int = 600, scale: float = 2.0
+) -> Path:
     """Write a PNG through kaleido when it is installed; otherwise raise (see the module docstring)."""
     if importlib.util.find_spec("kaleido") is None:
-        raise PlotError("PNG export needs kaleido and a Chrome it can drive, which persona_gate does not install; "
-                        "write HTML with save_html() and render PNGs from the HTML report with headless Chromium, "
-                        "or `pip install kaleido` and run `plotly_get_chrome`.")  # fmt: skip
+        raise PlotError(
+            "PNG export needs kaleido and a Chrome it can drive, which persona_gate does not install; "
+            "write HTML with save_html() and render PNGs from the HTML report with headless Chromium, "
+            "or `pip install kaleido` and run `plotly_get_chrome`."
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_image(path, format="png", width=width, height=height, scale=scale)

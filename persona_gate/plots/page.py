@@ -10,7 +10,8 @@ Example::
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -32,14 +33,16 @@ def html_page(title: str, body_parts: Iterable[str], seed: Any, versions: Mappin
     the numbers. Every persona_gate report (run, checkpoint comparison) is built with this shell.
     """
     footer_versions = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return "\n".join([
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        *body_parts,
-        f"<footer>seed {html.escape(str(seed))}; {html.escape(footer_versions)}</footer>",
-        "</body></html>",
-    ])
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            *body_parts,
+            f"<footer>seed {html.escape(str(seed))}; {html.escape(footer_versions)}</footer>",
+            "</body></html>",
+        ]
+    )
 
 
 def figure_html(fig: Any, name: str, js_done: bool = False) -> str:

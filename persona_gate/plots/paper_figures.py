@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -51,8 +51,13 @@ def fig_steering_sweep(
         raise PlotError(f"none of the requested request kinds are in the result (it has {list(r.coords['request'])}).")
     layers = r.coords["layer"] if layers is None else layers
     alphas = list(r.coords["alpha"])
-    fig = make_subplots(rows=1, cols=len(requests), shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"{q} requests" for q in requests])  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=len(requests),
+        shared_yaxes=True,
+        horizontal_spacing=0.06,
+        subplot_titles=[f"{q} requests" for q in requests],
+    )
     show_deg = degenerate and "gen_degenerate" in r.values
     for ci, q in enumerate(requests, start=1):
         for li, layer in enumerate(layers):
@@ -60,23 +65,46 @@ def fig_steering_sweep(
             rate, low, high = wilson_rates(cell[value])
             c, group = colour(li), f"layer {layer}"
             add_band(fig, alphas, low, high, c, name=f"{q} layer {layer}", row=1, col=ci, legendgroup=group)
-            fig.add_trace(go.Scatter(x=alphas, y=rate, mode="lines+markers", name=group, legendgroup=group,
-                                     showlegend=ci == 1, line={"color": c, "width": 2},
-                                     meta={"request": q, "layer": layer, "value": value},
-                                     hovertemplate=f"layer {layer}<br>alpha %{{x}}<br>rate %{{y:.3f}}<extra>{q}</extra>"),
-                          row=1, col=ci)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=alphas,
+                    y=rate,
+                    mode="lines+markers",
+                    name=group,
+                    legendgroup=group,
+                    showlegend=ci == 1,
+                    line={"color": c, "width": 2},
+                    meta={"request": q, "layer": layer, "value": value},
+                    hovertemplate=f"layer {layer}<br>alpha %{{x}}<br>rate %{{y:.3f}}<extra>{q}</extra>",
+                ),
+                row=1,
+                col=ci,
+            )
             if show_deg:
                 deg, _, _ = wilson_rates(cell["gen_degenerate"])
-                fig.add_trace(go.Scatter(x=alphas, y=deg, mode="lines", name=f"{group} degenerate", legendgroup=group,
-                                         showlegend=False, line={"color": c, "dash": "dot", "width": 1.5},
-                                         meta={"request": q, "layer": layer, "value": "gen_degenerate"}),
-                              row=1, col=ci)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=alphas,
+                        y=deg,
+                        mode="lines",
+                        name=f"{group} degenerate",
+                        legendgroup=group,
+                        showlegend=False,
+                        line={"color": c, "dash": "dot", "width": 1.5},
+                        meta={"request": q, "layer": layer, "value": "gen_degenerate"},
+                    ),
+                    row=1,
+                    col=ci,
+                )
         add_baseline(fig, r.baselines.get(f"unsteered_{q}_refusal_rate"), "unsteered", row=1, col=ci)
         fig.update_xaxes(title_text="steering strength alpha (x raw norm)", row=1, col=ci)
     fig.update_yaxes(title_text=REFUSAL_AXIS, range=[-0.02, 1.02], row=1, col=1)
     what = "first-token refusal" if value == "refused" else value
-    fig.update_layout(template=TEMPLATE, legend_title_text="layer" + (" (dotted: degenerate)" if show_deg else ""),
-                      title=title or f"Persona steering: {what} vs alpha (95% Wilson bands)")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        legend_title_text="layer" + (" (dotted: degenerate)" if show_deg else ""),
+        title=title or f"Persona steering: {what} vs alpha (95% Wilson bands)",
+    )
     return fig
 
 
@@ -102,8 +130,17 @@ def fig_reintroduction(
         third = L / 3
         # Layer l occupies [l - 0.5, l + 0.5]: "first third" = layers < L/3, "last third" = layers >= L - L/3.
         for x0, x1, label in ((-0.5, third - 0.5, "early third"), (L - third - 0.5, L - 0.5, "late third")):
-            fig.add_vrect(x0=x0, x1=x1, fillcolor="#999999", opacity=0.12, line_width=0, layer="below",
-                          annotation_text=label, annotation_position="bottom left", annotation_font_size=11)  # fmt: skip
+            fig.add_vrect(
+                x0=x0,
+                x1=x1,
+                fillcolor="#999999",
+                opacity=0.12,
+                line_width=0,
+                layer="below",
+                annotation_text=label,
+                annotation_position="bottom left",
+                annotation_font_size=11,
+            )
     if value == "logodds":
         y = numpy(r.mean("example")["logodds"])
         fig.add_trace(go.Scatter(x=layers, y=y, mode="lines+markers", name="mean log-odds", line={"color": colour(4)}))
@@ -113,9 +150,17 @@ def fig_reintroduction(
     else:
         rate, low, high = wilson_rates(r[value])
         add_band(fig, layers, low, high, colour(4), name="restored", legendgroup="restored")
-        fig.add_trace(go.Scatter(x=layers, y=rate, mode="lines+markers", name="refusal with refusal added back",
-                                 legendgroup="restored", line={"color": colour(4), "width": 2},
-                                 hovertemplate="layer %{x}<br>rate %{y:.3f}<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=rate,
+                mode="lines+markers",
+                name="refusal with refusal added back",
+                legendgroup="restored",
+                line={"color": colour(4), "width": 2},
+                hovertemplate="layer %{x}<br>rate %{y:.3f}<extra></extra>",
+            )
+        )
         add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline")
         add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(5))
         fig.update_yaxes(range=[-0.02, 1.05])
@@ -163,13 +208,29 @@ def fig_window_projection(
         width = min(w for w, c in widths.items() if c == top)  # ties: the narrower window is more local
     elif width not in widths:
         raise PlotError(f"no window of width {width} was run; widths run: {sorted(widths)}.")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.22,
-                        subplot_titles=[f"{direction}: mean refusal after projection over [start, end]",
-                                        f"windows of width {width}"])  # fmt: skip
-    fig.add_trace(go.Heatmap(x=ends, y=starts, z=z, colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, name=direction,
-                             colorbar={"title": {"text": "refusal rate"}, "x": 0.40, "len": 0.9},
-                             hovertemplate="start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>", hoverongaps=False),
-                  row=1, col=1)  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.22,
+        subplot_titles=[f"{direction}: mean refusal after projection over [start, end]", f"windows of width {width}"],
+    )
+    fig.add_trace(
+        go.Heatmap(
+            x=ends,
+            y=starts,
+            z=z,
+            colorscale=SEQUENTIAL,
+            zmin=0.0,
+            zmax=1.0,
+            name=direction,
+            colorbar={"title": {"text": "refusal rate"}, "x": 0.40, "len": 0.9},
+            hovertemplate="start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>",
+            hoverongaps=False,
+        ),
+        row=1,
+        col=1,
+    )
     fig.update_xaxes(title_text="last layer of the window (end)", **layer_ticks(ends), row=1, col=1)
     fig.update_yaxes(title_text="first layer of the window (start)", **layer_ticks(starts), row=1, col=1)
 
@@ -178,17 +239,49 @@ def fig_window_projection(
     randoms = [d for d in r.coords["direction"] if str(d).startswith("random")]
     if randoms:
         rand = np.stack([at(d) for d in randoms])  # [random direction, start]
-        add_band(fig, xs, np.nanmin(rand, axis=0), np.nanmax(rand, axis=0), colour(7), name="random directions",
-                 row=1, col=2, legendgroup="random")  # fmt: skip
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"random directions (min-max of {len(randoms)})",
-                                 line={"color": colour(7), "width": 8}, opacity=0.3, legendgroup="random"), row=1, col=2)  # fmt: skip
-    fig.add_trace(go.Scatter(x=xs, y=at(direction), mode="lines+markers", name=f"{direction} projected out",
-                             line={"color": colour(5), "width": 2},
-                             hovertemplate="start %{x}<br>refusal %{y:.3f}<extra></extra>"), row=1, col=2)  # fmt: skip
+        add_band(
+            fig,
+            xs,
+            np.nanmin(rand, axis=0),
+            np.nanmax(rand, axis=0),
+            colour(7),
+            name="random directions",
+            row=1,
+            col=2,
+            legendgroup="random",
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=f"random directions (min-max of {len(randoms)})",
+                line={"color": colour(7), "width": 8},
+                opacity=0.3,
+                legendgroup="random",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=at(direction),
+            mode="lines+markers",
+            name=f"{direction} projected out",
+            line={"color": colour(5), "width": 2},
+            hovertemplate="start %{x}<br>refusal %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline", row=1, col=2)
     add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(4), row=1, col=2)
     fig.update_xaxes(title_text=f"first layer of the window (width {width})", **layer_ticks(xs), row=1, col=2)
     fig.update_yaxes(title_text=REFUSAL_AXIS, range=[-0.02, 1.05], row=1, col=2)
-    fig.update_layout(template=TEMPLATE, legend={"x": 1.02, "y": 1},
-                      title=title or "Projecting the persona direction out over windows of layers")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        legend={"x": 1.02, "y": 1},
+        title=title or "Projecting the persona direction out over windows of layers",
+    )
     return fig

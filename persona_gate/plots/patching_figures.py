@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -26,7 +26,10 @@ from ..results import LabelledResult
 from ._common import as_result, check, mean_ci, symmetric_range
 from .theme import DIVERGING, TEMPLATE, layer_ticks
 
-_TITLES = {"activation_patching": "Activation patching", "attribution_patching": "Attribution patching (first-order estimate)"}
+_TITLES = {
+    "activation_patching": "Activation patching",
+    "attribution_patching": "Attribution patching (first-order estimate)",
+}
 
 
 def fig_patching(
@@ -48,20 +51,40 @@ def fig_patching(
     bound = symmetric_range(mean)
     kind = r.config.get("kind", "resid_pre")
     mode = r.config.get("mode")
-    fig = go.Figure(go.Heatmap(
-        x=positions, y=layers, z=mean, customdata=custom, colorscale=DIVERGING, zmid=0.0, zmin=-bound, zmax=bound,
-        colorbar={"title": {"text": "restoration<br>(0 = target,<br>1 = source)"}}, hoverongaps=False, name=value,
-        hovertemplate="layer %{y}<br>position %{x}<br>mean %{z:.3f}"
-                      "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}] (n = %{customdata[2]})<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            x=positions,
+            y=layers,
+            z=mean,
+            customdata=custom,
+            colorscale=DIVERGING,
+            zmid=0.0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar={"title": {"text": "restoration<br>(0 = target,<br>1 = source)"}},
+            hoverongaps=False,
+            name=value,
+            hovertemplate="layer %{y}<br>position %{x}<br>mean %{z:.3f}"
+            "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}] (n = %{customdata[2]})<extra></extra>",
+        )
+    )
     # Token texts such as "0" or "12" would otherwise turn the axis numeric and merge slots.
-    fig.update_xaxes(type="category", title_text="position (token text; [system]/[user] = whole block)",
-                     tickangle=-45, categoryorder="array", categoryarray=positions)  # fmt: skip
+    fig.update_xaxes(
+        type="category",
+        title_text="position (token text; [system]/[user] = whole block)",
+        tickangle=-45,
+        categoryorder="array",
+        categoryarray=positions,
+    )
     fig.update_yaxes(title_text=f"layer ({kind})", **layer_ticks(layers))
     extra = f", {mode}" if mode else ""
     longest = max((len(p) for p in positions), default=8)
-    fig.update_layout(template=TEMPLATE, title=title or f"{_TITLES[r.kind]}: restoration of refusal ({kind}{extra})",
-                      margin={"b": 60 + 6 * min(longest, 24)}, height=420 + 6 * min(longest, 24))
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or f"{_TITLES[r.kind]}: restoration of refusal ({kind}{extra})",
+        margin={"b": 60 + 6 * min(longest, 24)},
+        height=420 + 6 * min(longest, 24),
+    )
     return fig
 
 

@@ -54,25 +54,52 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
     rows = _family_rows(r)
     layer, auroc = r.config.get("layer"), r.baselines.get("auroc")
     by_layer = {int(k): v for k, v in r.baselines.get("auroc_by_layer", {}).items()}
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.26, 0.46, 0.28], horizontal_spacing=0.08,
-                        subplot_titles=["refusal rate per attack family", f"persona projection (layer {layer}) vs refusal score",
-                                        "AUROC of the projection for bypass"])  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        column_widths=[0.26, 0.46, 0.28],
+        horizontal_spacing=0.08,
+        subplot_titles=[
+            "refusal rate per attack family",
+            f"persona projection (layer {layer}) vs refusal score",
+            "AUROC of the projection for bypass",
+        ],
+    )
     names = list(rows)
     ref = r[value]
     stacked = [ref[idx].reshape(1, -1) for idx in rows.values()]
     rate, low, high = (np.concatenate(x) for x in zip(*(wilson_rates(t) for t in stacked)))
     first = np.array([float(r["refused"][idx].double().mean()) for idx in rows.values()])
     n = [int(r["refused"][idx].numel()) for idx in rows.values()]
-    fig.add_trace(go.Bar(x=names, y=rate, marker_color=[colour(i) for i in range(len(names))], name="refusal rate",
-                         error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},
-                         customdata=np.stack([low, high, n], axis=-1), showlegend=False,
-                         meta={"panel": "rate", "value": value, "low": low.tolist(), "high": high.tolist()},
-                         hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}], n %{customdata[2]}"
-                                       "<extra></extra>"), row=1, col=1)  # fmt: skip
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=rate,
+            marker_color=[colour(i) for i in range(len(names))],
+            name="refusal rate",
+            error_y={"type": "data", "symmetric": False, "array": high - rate, "arrayminus": rate - low},
+            customdata=np.stack([low, high, n], axis=-1),
+            showlegend=False,
+            meta={"panel": "rate", "value": value, "low": low.tolist(), "high": high.tolist()},
+            hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}], n %{customdata[2]}"
+            "<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     if value != "refused":
-        fig.add_trace(go.Scatter(x=names, y=first, mode="markers", name="first-token refusal",
-                                 marker={"symbol": "diamond", "size": 10, "color": "#222222"},
-                                 meta={"panel": "rate", "value": "refused"}), row=1, col=1)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=first,
+                mode="markers",
+                name="first-token refusal",
+                marker={"symbol": "diamond", "size": 10, "color": "#222222"},
+                meta={"panel": "rate", "value": "refused"},
+            ),
+            row=1,
+            col=1,
+        )
     fig.update_yaxes(title_text="refusal rate (95% Wilson)", range=[0, 1.05], row=1, col=1)
 
     attacks, requests = r.coords["attack"], r.coords["request"]
@@ -80,32 +107,71 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
         proj, lo = numpy(r["projection"][idx]).reshape(-1), numpy(r["logodds"][idx]).reshape(-1)
         byp = r["bypass"][idx].reshape(-1).numpy()
         labels = np.array([f"{attacks[i]} | {q}" for i in idx for q in requests])
-        fig.add_trace(go.Scatter(x=proj, y=lo, mode="markers", name=fam, legendgroup=fam, text=labels,
-                                 marker={"color": colour(fi), "size": 8, "opacity": 0.75,
-                                         "symbol": np.where(byp, "x", "circle").tolist()},
-                                 meta={"panel": "scatter", "family": fam},
-                                 hovertemplate="%{text}<br>projection %{x:.2f}<br>log-odds %{y:.2f}<extra></extra>"),
-                      row=1, col=2)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=proj,
+                y=lo,
+                mode="markers",
+                name=fam,
+                legendgroup=fam,
+                text=labels,
+                marker={
+                    "color": colour(fi),
+                    "size": 8,
+                    "opacity": 0.75,
+                    "symbol": np.where(byp, "x", "circle").tolist(),
+                },
+                meta={"panel": "scatter", "family": fam},
+                hovertemplate="%{text}<br>projection %{x:.2f}<br>log-odds %{y:.2f}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     add_baseline(fig, 0.0, "refuse / comply", row=1, col=2)
     fig.update_xaxes(title_text=f"persona projection ({r.config.get('position', '?')}; + = compliant)", row=1, col=2)
     fig.update_yaxes(title_text="first-token refusal log-odds (x: bypassed)", row=1, col=2)
 
     layers = sorted(by_layer)
     y = np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layers], dtype=float)
-    fig.add_trace(go.Scatter(x=layers, y=y, mode="lines+markers", name="AUROC", line={"color": colour(4), "width": 2},
-                             showlegend=False, meta={"panel": "auroc"},
-                             hovertemplate="layer %{x}<br>AUROC %{y:.3f}<extra></extra>"), row=1, col=3)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=layers,
+            y=y,
+            mode="lines+markers",
+            name="AUROC",
+            line={"color": colour(4), "width": 2},
+            showlegend=False,
+            meta={"panel": "auroc"},
+            hovertemplate="layer %{x}<br>AUROC %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=3,
+    )
     if layer in by_layer and by_layer[layer] is not None:
-        fig.add_trace(go.Scatter(x=[layer], y=[by_layer[layer]], mode="markers", name=f"layer {layer}", showlegend=False,
-                                 marker={"size": 14, "color": colour(5), "symbol": "circle-open", "line": {"width": 3}},
-                                 meta={"panel": "auroc", "chosen": True}), row=1, col=3)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[layer],
+                y=[by_layer[layer]],
+                mode="markers",
+                name=f"layer {layer}",
+                showlegend=False,
+                marker={"size": 14, "color": colour(5), "symbol": "circle-open", "line": {"width": 3}},
+                meta={"panel": "auroc", "chosen": True},
+            ),
+            row=1,
+            col=3,
+        )
     add_baseline(fig, 0.5, "chance", row=1, col=3)
     fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=3)
     fig.update_yaxes(title_text="AUROC", range=[0, 1.02], row=1, col=3)
     auc = "undefined (one outcome only)" if auroc is None else f"{auroc:.2f}"
-    fig.update_layout(template=TEMPLATE, legend={"title": {"text": "family"}, "x": 1.02, "y": 1},
-                      title=title or f"Persona red team: refusal per attack family; the persona projection predicts "
-                                     f"bypass with AUROC {auc} (layer {layer})")  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        legend={"title": {"text": "family"}, "x": 1.02, "y": 1},
+        title=title
+        or f"Persona red team: refusal per attack family; the persona projection predicts "
+        f"bypass with AUROC {auc} (layer {layer})",
+    )
     return fig
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import ArtefactError
 from ..io import atomic_write_text
@@ -42,7 +43,9 @@ def figure_stages(run_dir: Path, summary: Mapping[str, Any] | None = None) -> li
         summary = _read_json(spath) if spath.is_file() else {}
     listed = [(s["name"], s["title"]) for s in summary.get("stages", []) if s["name"] != "directions"]
     if not summary.get("stages"):
-        listed = [(d.name, d.name.replace("_", " ")) for d in sorted(run_dir.iterdir()) if (d / "manifest.json").is_file()]
+        listed = [
+            (d.name, d.name.replace("_", " ")) for d in sorted(run_dir.iterdir()) if (d / "manifest.json").is_file()
+        ]
     names = {n for n, _ in listed}
     return [*listed, *((s, t) for s, t in EXTRA_FIGURES if s not in names and (run_dir / s).is_dir())]
 
@@ -53,18 +56,32 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     best = max(windows.items(), key=lambda kv: kv[1]["persona"]) if windows else None
     rows = [
         ("Model", f"{summary.get('model')} ({summary.get('n_layers')} layers, {summary.get('dtype')})"),
-        ("Prompts per group", f"fit {summary['n_prompts_per_group']['fit']}, evaluate {summary['n_prompts_per_group']['eval']}"),
+        (
+            "Prompts per group",
+            f"fit {summary['n_prompts_per_group']['fit']}, evaluate {summary['n_prompts_per_group']['eval']}",
+        ),
         ("Refusal, safe persona + harmful (baseline)", f"{summary['baseline_refusal_rate']:.2f}"),
         ("Refusal, compliant persona + harmful", f"{summary['compliant_persona_refusal_rate']:.2f}"),
-        ("Refusal under persona steering", f"{summary['steered_refusal_rate']:.2f} (layer {at.get('layer')}, alpha {at.get('alpha')})"),
+        (
+            "Refusal under persona steering",
+            f"{summary['steered_refusal_rate']:.2f} (layer {at.get('layer')}, alpha {at.get('alpha')})",
+        ),
         ("Refusal, harmless requests", f"{summary['harmless_refusal_rate']:.2f}"),
-        ("Refusal added back, by layer",
-         ", ".join(f"{k}: {v:.2f}" for k, v in summary.get("reintroduction_refusal_by_layer", {}).items())),
+        (
+            "Refusal added back, by layer",
+            ", ".join(f"{k}: {v:.2f}" for k, v in summary.get("reintroduction_refusal_by_layer", {}).items()),
+        ),
     ]
     if best is not None:
-        rows.append(("Best persona-projection window",
-                     f"layers {best[0]}: {best[1]['persona']:.2f} (random controls: mean {best[1]['random_mean']:.2f}, max {best[1]['random_max']:.2f})"))
-    rows.append(("Gate layers (patching restoration >= 0.5)", ", ".join(map(str, summary.get("gate_layers", []))) or "none"))
+        rows.append(
+            (
+                "Best persona-projection window",
+                f"layers {best[0]}: {best[1]['persona']:.2f} (random controls: mean {best[1]['random_mean']:.2f}, max {best[1]['random_max']:.2f})",
+            )
+        )
+    rows.append(
+        ("Gate layers (patching restoration >= 0.5)", ", ".join(map(str, summary.get("gate_layers", []))) or "none")
+    )
     return rows
 
 
@@ -100,14 +117,18 @@ def _verdict_parts(summary: dict[str, Any]) -> list[str]:
     """The answer first: each finding's verdict with its numbers, and the gate window."""
     v, gw = summary.get("verdicts"), summary.get("gate_window")
     if not v or not gw:
-        return ["<p class='missing'>This run's summary predates verdicts; run it again (finished stages are reused) "
-                "to get them.</p>"]  # fmt: skip
+        return [
+            "<p class='missing'>This run's summary predates verdicts; run it again (finished stages are reused) "
+            "to get them.</p>"
+        ]
     rows = ["<h2>Verdict</h2>", "<table><tr><th>Finding</th><th>Verdict</th><th>Evidence</th></tr>"]
     for key, title in _FINDINGS:
         d = v[key]
         colour = _VERDICT_CSS.get(d["verdict"], "#1b1b1b")
-        rows.append(f"<tr><td>{html.escape(title)}</td><td style='color:{colour};font-weight:600'>{html.escape(d['verdict'])}"
-                    f"</td><td>{html.escape(d['reason'])}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(title)}</td><td style='color:{colour};font-weight:600'>{html.escape(d['verdict'])}"
+            f"</td><td>{html.escape(d['reason'])}</td></tr>"
+        )
     rows.append("</table>")
     if gw["start"] is None:
         where = "No gate window: neither a persona-projection window that beats the random control nor a layer whose patching restoration is clear of 0."
@@ -115,25 +136,27 @@ def _verdict_parts(summary: dict[str, Any]) -> list[str]:
         ev = gw["evidence"]
         back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
         carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
-        where = (f"Gate window: layers {gw['start']}-{gw['end']} (from {ev['from']}). Refusal added back restores it at "
-                 f"{describe_layers(back)}; patching carries the persona (interval clear of 0) at {describe_layers(carry)}.")  # fmt: skip
+        where = (
+            f"Gate window: layers {gw['start']}-{gw['end']} (from {ev['from']}). Refusal added back restores it at "
+            f"{describe_layers(back)}; patching carries the persona (interval clear of 0) at {describe_layers(carry)}."
+        )
     rows.append(f"<p><strong>{html.escape(where)}</strong></p>")
     return rows
 
 
 def _run_page(run_dir: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
-    from . import figure_for
     from ..results import LabelledResult
+    from . import figure_for
 
     spath = run_dir / "summary.json"
     if not spath.is_file():
-        raise ArtefactError(
-            f"{run_dir} has no summary.json; run `persona-gate run --out {run_dir}` (or demo) first."
-        )
+        raise ArtefactError(f"{run_dir} has no summary.json; run `persona-gate run --out {run_dir}` (or demo) first.")
     summary = _read_json(spath)
     missing = [k for k in ("n_prompts_per_group", "baseline_refusal_rate") if k not in summary]
     if missing:
-        raise ArtefactError(f"{spath} lacks {missing}; it is not a finished run's summary. Run the run again to complete it.")
+        raise ArtefactError(
+            f"{spath} lacks {missing}; it is not a finished run's summary. Run the run again to complete it."
+        )
     parts = [
         f"<h1>Does the persona of {html.escape(str(summary.get('model')))} gate its refusal?</h1>",
         "<p class='sub'>persona_gate report: refusal is the greedy first response token on held-out prompts.</p>",
@@ -162,15 +185,27 @@ def _directions_figure(rows: list[dict[str, Any]]) -> Any:
     from .theme import OKABE_ITO, TEMPLATE
 
     layers = [r["layer"] for r in rows]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["raw direction norm (difference of means)",
-                                                        "cosine with the refusal direction"])  # fmt: skip
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["raw direction norm (difference of means)", "cosine with the refusal direction"]
+    )
     for i, (key, name) in enumerate([("refusal_norm", "refusal"), ("persona_norm", "persona")]):
-        fig.add_trace(go.Scatter(x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers",
-                                 line={"color": OKABE_ITO[i]}), row=1, col=1)  # fmt: skip
-    for i, (key, name) in enumerate([("cos_persona_refusal", "persona (system mean)"),
-                                     ("cos_persona_last_refusal", "persona (last token)")]):
-        fig.add_trace(go.Scatter(x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers",
-                                 line={"color": OKABE_ITO[i + 2]}), row=1, col=2)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers", line={"color": OKABE_ITO[i]}
+            ),
+            row=1,
+            col=1,
+        )
+    for i, (key, name) in enumerate(
+        [("cos_persona_refusal", "persona (system mean)"), ("cos_persona_last_refusal", "persona (last token)")]
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=layers, y=[r[key] for r in rows], name=name, mode="lines+markers", line={"color": OKABE_ITO[i + 2]}
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_xaxes(title_text="layer")
     fig.update_layout(template=TEMPLATE, height=380)
     return fig
@@ -180,7 +215,9 @@ def _directions_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, An
     summary = _read_json(folder / "summary.json")
     rows = summary.get("rows")
     if not isinstance(rows, list) or not rows:
-        raise ArtefactError(f"{folder}/summary.json has no per-layer rows; run `persona-gate directions --out {folder}` again.")
+        raise ArtefactError(
+            f"{folder}/summary.json has no per-layer rows; run `persona-gate directions --out {folder}` again."
+        )
     counts = summary.get("counts", {})
     best = max(rows, key=lambda r: abs(r["cos_persona_refusal"]))
     table = [
@@ -192,7 +229,9 @@ def _directions_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, An
     parts = [
         f"<h1>Persona and refusal directions of {html.escape(str(summary.get('model')))}</h1>",
         "<p class='sub'>persona_gate directions: difference of means per layer; the sets are saved beside this report.</p>",
-        *_table(table), "<h2>Per layer</h2>", figure_html(_directions_figure(rows), "directions"),
+        *_table(table),
+        "<h2>Per layer</h2>",
+        figure_html(_directions_figure(rows), "directions"),
     ]
     return f"persona_gate directions: {summary.get('model')}", parts, summary.get("seed"), summary.get("versions", {})
 
@@ -205,7 +244,8 @@ def _redteam_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]
     s = rt.summary()
     parts = [
         f"<h1>Red team of {html.escape(str(s['model']))}: direct bypass phrasings vs persona manipulation</h1>",
-        f"<pre>{html.escape(rt.format_table())}</pre>", figure_html(fig_red_team(rt), "red-team"),
+        f"<pre>{html.escape(rt.format_table())}</pre>",
+        figure_html(fig_red_team(rt), "red-team"),
     ]
     prov = rt.scores.provenance
     return f"persona_gate red team: {s['model']}", parts, prov.get("seed"), prov.get("versions", {})
@@ -220,7 +260,8 @@ def _monitor_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]
     model = result.provenance.get("model", {}).get("name")
     parts = [
         f"<h1>Persona-drift monitor: {html.escape(str(model))}</h1>",
-        f"<pre>{html.escape(format_monitor(result))}</pre>", figure_html(fig_monitor_timeline(result), "monitor"),
+        f"<pre>{html.escape(format_monitor(result))}</pre>",
+        figure_html(fig_monitor_timeline(result), "monitor"),
     ]
     return f"persona_gate monitor: {model}", parts, result.provenance.get("seed"), result.provenance.get("versions", {})
 
@@ -235,12 +276,18 @@ def _screen_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
     if (folder / "screening").is_dir():
         res = LabelledResult.load(folder / "screening")
         prov = res.provenance
-        parts += [f"<pre>{html.escape(format_screening(res, k=10))}</pre>", figure_html(fig_screening(res), "screening")]
+        parts += [
+            f"<pre>{html.escape(format_screening(res, k=10))}</pre>",
+            figure_html(fig_screening(res), "screening"),
+        ]
     summary = _read_json(folder / "summary.json")
     if summary.get("validation"):
         from ..screening.summary import format_validation
 
-        parts += ["<h2>Validation on organism fine-tunes</h2>", f"<pre>{html.escape(format_validation(summary['validation']))}</pre>"]
+        parts += [
+            "<h2>Validation on organism fine-tunes</h2>",
+            f"<pre>{html.escape(format_validation(summary['validation']))}</pre>",
+        ]
     model = prov.get("model", {}).get("name") if prov else None
     return f"persona_gate screening: {model or 'validation'}", parts, prov.get("seed"), prov.get("versions", {})
 
@@ -253,16 +300,28 @@ def _guard_page(folder: Path) -> tuple[str, list[str], Any, Mapping[str, Any]]:
     res = LabelledResult.load(folder / "guard_grid")
     model = res.provenance.get("model", {}).get("name")
     rec = res.baselines["recommended"]
-    verdict = (f"Recommended: cap layers {rec['window'][0]}-{rec['window'][1]} at percentile {rec['percentile']:g}: persona attacks "
-               f"bypass {rec['persona_bypass']:.2f} (random-direction cap {rec['random_bypass']:.2f}), harmless requests refused "
-               f"{rec['harmless_refusal']:.2f}.")  # fmt: skip
-    parts = [f"<h1>Guarding the gate of {html.escape(str(model))}</h1>", f"<p class='verdict'>{html.escape(verdict)}</p>",
-             f"<pre>{html.escape(format_guard(res))}</pre>", figure_html(fig_guard_grid(res), "guard")]  # fmt: skip
+    verdict = (
+        f"Recommended: cap layers {rec['window'][0]}-{rec['window'][1]} at percentile {rec['percentile']:g}: persona attacks "
+        f"bypass {rec['persona_bypass']:.2f} (random-direction cap {rec['random_bypass']:.2f}), harmless requests refused "
+        f"{rec['harmless_refusal']:.2f}."
+    )
+    parts = [
+        f"<h1>Guarding the gate of {html.escape(str(model))}</h1>",
+        f"<p class='verdict'>{html.escape(verdict)}</p>",
+        f"<pre>{html.escape(format_guard(res))}</pre>",
+        figure_html(fig_guard_grid(res), "guard"),
+    ]
     return f"persona_gate guard: {model}", parts, res.provenance.get("seed"), res.provenance.get("versions", {})
 
 
-_PAGES = {"run": _run_page, "directions": _directions_page, "redteam": _redteam_page, "monitor": _monitor_page,
-          "screen": _screen_page, "guard": _guard_page}
+_PAGES = {
+    "run": _run_page,
+    "directions": _directions_page,
+    "redteam": _redteam_page,
+    "monitor": _monitor_page,
+    "screen": _screen_page,
+    "guard": _guard_page,
+}
 
 
 def check_report_target(target: str | Path) -> Path:
@@ -290,19 +349,20 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     folder; anything else is an :class:`~persona_gate.errors.ArtefactError` that names what the
     folder holds. The report goes to ``folder/report.html`` unless ``out`` is given.
     """
-    from ..io import describe_folder, folder_kind
-
     # The readers of the folders drawn here; importing them registers those folder kinds (their packages do).
     from ..compare.summary import format_comparison  # noqa: F401
     from ..guard.summary import format_guard  # noqa: F401
+    from ..io import describe_folder, folder_kind
     from ..monitoring.summary import format_monitor  # noqa: F401
     from ..redteam.result import RedTeamResult  # noqa: F401
     from ..screening.summary import format_screening  # noqa: F401
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArtefactError(f"{folder} is not a folder; pass a folder written by persona-gate run, demo, directions, "
-                            "redteam, monitor, compare, screen or guard.")  # fmt: skip
+        raise ArtefactError(
+            f"{folder} is not a folder; pass a folder written by persona-gate run, demo, directions, "
+            "redteam, monitor, compare, screen or guard."
+        )
     target = check_report_target(out if out is not None else folder / "report.html")
     kind = folder_kind(folder)
     if kind == "comparison":

@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import plotly.graph_objects as go
 
@@ -46,10 +46,24 @@ TEMPLATE = go.layout.Template(
         title={"font": {"size": 18}, "x": 0.02, "xanchor": "left"},
         colorway=list(OKABE_ITO),
         legend={"font": {"size": 12}, "bgcolor": "rgba(255,255,255,0.8)"},
-        xaxis={"showgrid": True, "gridcolor": "#e5e5e5", "zeroline": False, "linecolor": "#444444",
-               "ticks": "outside", "title": {"font": {"size": 14}}, "tickfont": {"size": 12}},
-        yaxis={"showgrid": True, "gridcolor": "#e5e5e5", "zeroline": False, "linecolor": "#444444",
-               "ticks": "outside", "title": {"font": {"size": 14}}, "tickfont": {"size": 12}},
+        xaxis={
+            "showgrid": True,
+            "gridcolor": "#e5e5e5",
+            "zeroline": False,
+            "linecolor": "#444444",
+            "ticks": "outside",
+            "title": {"font": {"size": 14}},
+            "tickfont": {"size": 12},
+        },
+        yaxis={
+            "showgrid": True,
+            "gridcolor": "#e5e5e5",
+            "zeroline": False,
+            "linecolor": "#444444",
+            "ticks": "outside",
+            "title": {"font": {"size": 14}},
+            "tickfont": {"size": 12},
+        },
         coloraxis={"colorbar": {"tickfont": {"size": 12}}},
         margin={"l": 70, "r": 30, "t": 70, "b": 60},
         hoverlabel={"font": {"size": 12}},

@@ -31,8 +31,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ChatTemplateError, DatasetError, PositionError
 from .sets import ChatPrompt
@@ -72,7 +73,7 @@ class RenderedPrompt:
             return getattr(self, name)
         raise PositionError(f"unknown span {name!r}; use system, user, post_instruction, response or prompt.")
 
-    def with_response(self, token_ids: Sequence[int]) -> "RenderedPrompt":
+    def with_response(self, token_ids: Sequence[int]) -> RenderedPrompt:
         """This prompt followed by a reply's tokens, with the reply as the ``response`` span."""
         from dataclasses import replace
 
@@ -236,7 +237,9 @@ def place(
 
 def _check_texts(prompt: ChatPrompt) -> None:
     if not isinstance(prompt.user, str) or not prompt.user.strip():
-        raise DatasetError(f"a prompt's user message is empty ({prompt.user!r}); give every prompt a non-empty request.")
+        raise DatasetError(
+            f"a prompt's user message is empty ({prompt.user!r}); give every prompt a non-empty request."
+        )
     if prompt.system is not None and (not isinstance(prompt.system, str) or not prompt.system.strip()):
         raise DatasetError(
             f"a prompt's system prompt is empty ({prompt.system!r}); give it a persona's text, or "

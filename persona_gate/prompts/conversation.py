@@ -35,21 +35,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from ..errors import ChatTemplateError, ConversationError
 from .chat import (
     FOLD_SEPARATOR,
     RenderedPrompt,
-    render_text,
     char_to_token_span,
     place,
+    render_text,
     require_fast,
     require_template,
     supports_system_role,
 )
-from ..errors import ChatTemplateError, ConversationError
 from .sets import ChatPrompt
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -120,7 +121,7 @@ class Conversation:
             )
 
     @classmethod
-    def from_messages(cls, messages: Sequence[Mapping[str, str] | Message], name: str = "") -> "Conversation":
+    def from_messages(cls, messages: Sequence[Mapping[str, str] | Message], name: str = "") -> Conversation:
         """From ``[{"role": ..., "content": ...}, ...]`` (extra keys such as timestamps are ignored)."""
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise ConversationError(
@@ -130,7 +131,7 @@ class Conversation:
         return cls(tuple(_message(m, f"message {i}") for i, m in enumerate(messages)), name)
 
     @classmethod
-    def load_jsonl(cls, path: str | os.PathLike, name: str | None = None) -> "Conversation":
+    def load_jsonl(cls, path: str | os.PathLike, name: str | None = None) -> Conversation:
         """Read a conversation written as one ``{"role", "content"}`` object per line (blank lines skipped)."""
         path = Path(path)
         try:
@@ -218,8 +219,14 @@ class _Tokenized:
 
 
 def _position(
-    tokenizer: Any, rendered: list[dict[str, str]], full: _Tokenized, prefix_text: str, prefix_ids: tuple[int, ...],
-    turn: Turn, reply_at: int, generation_prompt: bool,
+    tokenizer: Any,
+    rendered: list[dict[str, str]],
+    full: _Tokenized,
+    prefix_text: str,
+    prefix_ids: tuple[int, ...],
+    turn: Turn,
+    reply_at: int,
+    generation_prompt: bool,
 ) -> TurnPosition | None:
     """Turn ``turn``'s positions in ``full``, or None if ``full`` does not extend its prefix exactly.
 
@@ -301,7 +308,9 @@ def prefix_prompt(tokenizer: Any, conversation: Conversation, group: str = "") -
     tok = _Tokenized(tokenizer, text)
     user_at = placed[last]
     if user_at is None:
-        raise ChatTemplateError("the chat template drops the last user message; load the model with one that writes it.")
+        raise ChatTemplateError(
+            "the chat template drops the last user message; load the model with one that writes it."
+        )
     user = messages[-1]["content"]
     sys_span = None
     if fold:

@@ -32,8 +32,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 from ..errors import DatasetError
@@ -42,8 +42,7 @@ from .sets import Request, TraitSet, load_trait
 Source = str | os.PathLike | None
 
 STRONGREJECT_URL = (
-    "https://raw.githubusercontent.com/alexandrasouly/strongreject/main/"
-    "strongreject_dataset/strongreject_dataset.csv"
+    "https://raw.githubusercontent.com/alexandrasouly/strongreject/main/strongreject_dataset/strongreject_dataset.csv"
 )
 ADVBENCH_URL = "https://raw.githubusercontent.com/llm-attacks/llm-attacks/main/data/advbench/harmful_behaviors.csv"
 ARDITI_URL = "https://raw.githubusercontent.com/andyrdt/refusal_direction/main/dataset/splits/{kind}_{split}.json"
@@ -286,8 +285,7 @@ def load_advbench(source: Source = None, *, sha256: str | None = None) -> list[R
     rows = _read_csv(path, ("goal", "target"), "goal")
     w = _width(len(rows))
     return [
-        Request(text=r["goal"], id=f"advbench-{i:0{w}d}", harmful=True, source="advbench")
-        for i, r in enumerate(rows)
+        Request(text=r["goal"], id=f"advbench-{i:0{w}d}", harmful=True, source="advbench") for i, r in enumerate(rows)
     ]
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .chat import RenderedPrompt
 from ..errors import PositionError
+from .chat import RenderedPrompt
 
 SPANS: tuple[str, ...] = ("system", "user", "post_instruction", "prompt", "response")
 
@@ -49,9 +49,7 @@ class Position:
                 "write post_instruction[-1] for the last template token."
             )
         if self.kind not in ("last", "post_instruction", "mean"):
-            raise PositionError(
-                f"unknown position kind {self.kind!r}; use last, post_instruction[-k] or mean:SPAN."
-            )
+            raise PositionError(f"unknown position kind {self.kind!r}; use last, post_instruction[-k] or mean:SPAN.")
 
     def __str__(self) -> str:
         if self.kind == "mean":

@@ -16,9 +16,10 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import DatasetError, EmptyGroupError
 from ..resources import data_dir  # re-exported: the data folder is a foundation's concern

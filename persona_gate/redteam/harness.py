@@ -34,29 +34,19 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .attacks import (
-    FAMILIES,
-    Attack,
-    attack_prompts,
-    attacks_for,
-    check_attacks,
-    check_families,
-)
-from ..prompts.chat import RenderedPrompt, render_all
 from ..core.contrasts import PersonaRefusal
 from ..core.directions import DirectionSet
 from ..errors import (
@@ -67,12 +57,22 @@ from ..errors import (
     NonFiniteError,
     UnknownHookSiteError,
 )
-from ..scoring.labels import BYPASS, DEGENERATE, REFUSAL
-from ..scoring.stats import auroc
-from ..prompts.positions import parse_position
 from ..models.profile import profile_of
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt, render_all
+from ..prompts.positions import parse_position
 from ..prompts.sets import Request
 from ..results import LabelledResult
+from ..scoring.labels import BYPASS, DEGENERATE, REFUSAL
+from ..scoring.stats import auroc
+from .attacks import (
+    FAMILIES,
+    Attack,
+    attack_prompts,
+    attacks_for,
+    check_attacks,
+    check_families,
+)
 from .result import KIND, PROJECTIONS_KIND, RedTeamResult, auroc_or_none, families_of  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,10 @@ def as_requests(requests: Sequence[Request | str]) -> list[Request]:
     """Requests as given; plain strings become ``Request(text, id='request-000', harmful=True)``."""
     if isinstance(requests, str):
         raise DatasetError("requests must be a list of requests, not one string; wrap it: [text].")
-    out = [r if isinstance(r, Request) else Request(text=r, id=f"request-{i:03d}", harmful=True) for i, r in enumerate(requests)]
+    out = [
+        r if isinstance(r, Request) else Request(text=r, id=f"request-{i:03d}", harmful=True)
+        for i, r in enumerate(requests)
+    ]
     if not out:
         raise EmptyGroupError("no requests were given; pass at least one harmful request.")
     empty = [r.id for r in out if not r.text.strip()]
@@ -120,7 +123,9 @@ def read_requests(path: str | Path) -> list[Request]:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} is not valid JSON ({e}); fix it or pass a .txt file, one request per line.") from None
+            raise DatasetError(
+                f"{path} is not valid JSON ({e}); fix it or pass a .txt file, one request per line."
+            ) from None
         items = raw.get("items") if isinstance(raw, dict) else raw
         if not isinstance(items, list):
             raise DatasetError(f"{path} must hold a list of requests (or {{'items': [...]}}).")
@@ -129,7 +134,9 @@ def read_requests(path: str | Path) -> list[Request]:
             if isinstance(it, str):
                 out.append(it)
             elif isinstance(it, dict) and isinstance(it.get("text"), str):
-                out.append(Request(text=it["text"], id=str(it.get("id", f"request-{i:03d}")), harmful=True, source=str(path)))
+                out.append(
+                    Request(text=it["text"], id=str(it.get("id", f"request-{i:03d}")), harmful=True, source=str(path))
+                )
             else:
                 raise DatasetError(f"{path}: item {i} is neither a string nor an object with 'text'.")
         return as_requests(out)
@@ -154,18 +161,26 @@ def _persona_set(persona: DirectionSet | PersonaRefusal) -> DirectionSet:
 def _pick_layer(persona: DirectionSet, layer: int | None) -> int:
     layers = persona.layers
     if len(set(layers)) != len(layers):
-        raise UnknownHookSiteError(f"the persona set {persona.name!r} holds several sites per layer; pass a set of one site kind.")
+        raise UnknownHookSiteError(
+            f"the persona set {persona.name!r} holds several sites per layer; pass a set of one site kind."
+        )
     if layer is None:
         return layers[len(layers) // 2]  # the middle of the fitted layers: no choice made on these data
     if layer not in layers:
-        raise LayerOutOfRangeError(f"layer {layer} is not in the persona directions (layers {layers}); pass one of those.")
+        raise LayerOutOfRangeError(
+            f"layer {layer} is not in the persona directions (layers {layers}); pass one of those."
+        )
     return layer
 
 
 def _project(
-    model: ChatModel, persona: DirectionSet, rendered: Sequence[RenderedPrompt], attacker_system: Sequence[bool],
-    position: str, batch_size: int,
-) -> Float[Tensor, "prompt site"]:  # fmt: skip
+    model: ChatModel,
+    persona: DirectionSet,
+    rendered: Sequence[RenderedPrompt],
+    attacker_system: Sequence[bool],
+    position: str,
+    batch_size: int,
+) -> Float[Tensor, "prompt site"]:
     """``x . v`` at every persona site; ``mean:attack`` = token-weighted mean of the user and attacker-system spans.
 
     One forward per prompt: prompts whose attack brings a system prompt read ``mean:user`` and
@@ -178,8 +193,10 @@ def _project(
     if position != ATTACK_POSITION:
         groups = [(every, [position])]
     else:
-        groups = [([i for i in every if not attacker_system[i]], ["mean:user"]),
-                  ([i for i in every if attacker_system[i]], ["mean:user", "mean:system"])]  # fmt: skip
+        groups = [
+            ([i for i in every if not attacker_system[i]], ["mean:user"]),
+            ([i for i in every if attacker_system[i]], ["mean:user", "mean:system"]),
+        ]
     for idx, positions in groups:
         if not idx:
             continue
@@ -189,14 +206,19 @@ def _project(
             if len(positions) == 2:
                 # The mean over the union of the two (disjoint) spans is the count-weighted mean of the span means.
                 n_user = torch.tensor([float(sub[i].user[1] - sub[i].user[0]) for i in b.indices], dtype=torch.float64)
-                n_sys = torch.tensor([float(sub[i].system[1] - sub[i].system[0]) for i in b.indices], dtype=torch.float64)  # type: ignore[index]
-                acts = (n_user[:, None, None] * acts.double() + n_sys[:, None, None] * b.acts[1].double()) \
-                    / (n_user + n_sys)[:, None, None]
+                n_sys = torch.tensor(
+                    [float(sub[i].system[1] - sub[i].system[0]) for i in b.indices], dtype=torch.float64
+                )  # type: ignore[index]
+                acts = (n_user[:, None, None] * acts.double() + n_sys[:, None, None] * b.acts[1].double()) / (
+                    n_user + n_sys
+                )[:, None, None]
             out[[idx[i] for i in b.indices]] = persona.project(acts)
     return out
 
 
-def _labels(model: ChatModel, rendered: Sequence[RenderedPrompt], max_new_tokens: int, judge: Any, batch_size: int) -> tuple[list[str], list[str]]:
+def _labels(
+    model: ChatModel, rendered: Sequence[RenderedPrompt], max_new_tokens: int, judge: Any, batch_size: int
+) -> tuple[list[str], list[str]]:
     from ..core.generation import generate
     from ..scoring.judges import HeuristicJudge, judge_all
 
@@ -246,14 +268,37 @@ def red_team(
     if position != ATTACK_POSITION:
         position = str(parse_position(position))
     if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}; pass generate_labels=False to skip replies.")
+        raise ConfigError(
+            f"max_new_tokens must be >= 1, got {max_new_tokens}; pass generate_labels=False to skip replies."
+        )
     chosen = _choose_attacks(model, attacks, families)
     reqs = as_requests(requests) if requests is not None else default_requests(model, n, seed)
     scorer = scorer if scorer is not None else RefusalScorer.for_model(model)
-    m = _measure(model, pset, chosen, reqs, system, position, scorer, generate_labels, max_new_tokens, judge, batch_size, progress)
-    run = {"system": system, "layer": layer, "position": position, "generate_labels": generate_labels,
-           "max_new_tokens": max_new_tokens if generate_labels else None, "seed": seed,
-           "judge": getattr(judge, "name", type(judge).__name__) if judge is not None else ("heuristic" if generate_labels else None)}  # fmt: skip
+    m = _measure(
+        model,
+        pset,
+        chosen,
+        reqs,
+        system,
+        position,
+        scorer,
+        generate_labels,
+        max_new_tokens,
+        judge,
+        batch_size,
+        progress,
+    )
+    run = {
+        "system": system,
+        "layer": layer,
+        "position": position,
+        "generate_labels": generate_labels,
+        "max_new_tokens": max_new_tokens if generate_labels else None,
+        "seed": seed,
+        "judge": getattr(judge, "name", type(judge).__name__)
+        if judge is not None
+        else ("heuristic" if generate_labels else None),
+    }
     return _assemble(model, pset, chosen, reqs, scorer, m, run)
 
 
@@ -264,7 +309,9 @@ def _choose_attacks(model: ChatModel, attacks: Sequence[Attack] | None, families
     wanted = check_families(families)
     chosen = tuple(a for a in check_attacks(attacks) if a.family in wanted)
     if not chosen:
-        raise EmptyGroupError(f"none of the given attacks belongs to the families {list(wanted)}; pass families= to match.")
+        raise EmptyGroupError(
+            f"none of the given attacks belongs to the families {list(wanted)}; pass families= to match."
+        )
     return chosen
 
 
@@ -279,9 +326,20 @@ class _Measured:
     replies: list[list[str]]
 
 
-def _measure(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], reqs: Sequence[Request], system: str | None,
-             position: str, scorer: Any, generate_labels: bool, max_new_tokens: int, judge: Any, batch_size: int,
-             progress: bool) -> _Measured:  # fmt: skip
+def _measure(
+    model: ChatModel,
+    pset: DirectionSet,
+    chosen: Sequence[Attack],
+    reqs: Sequence[Request],
+    system: str | None,
+    position: str,
+    scorer: Any,
+    generate_labels: bool,
+    max_new_tokens: int,
+    judge: Any,
+    batch_size: int,
+    progress: bool,
+) -> _Measured:
     """Score, project and (optionally) generate every attacked prompt, one family at a time."""
     from ..scoring.metrics import first_token_logprobs
 
@@ -315,8 +373,15 @@ def _measure(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], req
     return _Measured(logodds, refused, proj, gen, replies)
 
 
-def _assemble(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], reqs: Sequence[Request], scorer: Any,
-              m: _Measured, run: dict[str, Any]) -> RedTeamResult:  # fmt: skip
+def _assemble(
+    model: ChatModel,
+    pset: DirectionSet,
+    chosen: Sequence[Attack],
+    reqs: Sequence[Request],
+    scorer: Any,
+    m: _Measured,
+    run: dict[str, Any],
+) -> RedTeamResult:
     """The typed result: scores and AUROCs per layer, projections, replies, config and provenance."""
     from ..models.loading import provenance
 
@@ -326,7 +391,11 @@ def _assemble(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], re
     by_layer = {str(k): auroc_or_none(m.projection[..., s].reshape(-1), flat) for s, k in enumerate(pset.layers)}
     si = pset.layers.index(layer)
     if by_layer[str(layer)] is None:
-        log.warning("every prompt had the same outcome (%d of %d bypassed); the AUROC is undefined", int(flat.sum()), flat.numel())
+        log.warning(
+            "every prompt had the same outcome (%d of %d bypassed); the AUROC is undefined",
+            int(flat.sum()),
+            flat.numel(),
+        )
     values: dict[str, Tensor] = {"logodds": m.logodds, "refused": m.refused}
     if generate_labels:
         values |= {"gen_refusal": m.labels[REFUSAL], "gen_degenerate": m.labels[DEGENERATE]}
@@ -352,20 +421,36 @@ def _assemble(model: ChatModel, pset: DirectionSet, chosen: Sequence[Attack], re
         "refusal": "gen_refusal (judged reply)" if generate_labels else "refused (greedy first token)",
         "bypass": "judged reply is a bypass" if generate_labels else "greedy first token is not a refusal",
         "projection": f"x . v_persona at layer {layer}, {position}; > 0: toward {pset.positive}",
-        "auroc": ("P(projection of a bypass > projection of a non-bypass (refusal or degenerate reply)) + ties / 2"
-                  if generate_labels else "P(projection of a bypass > projection of a first-token refusal) + ties / 2"),
+        "auroc": (
+            "P(projection of a bypass > projection of a non-bypass (refusal or degenerate reply)) + ties / 2"
+            if generate_labels
+            else "P(projection of a bypass > projection of a first-token refusal) + ties / 2"
+        ),
     }
     scores = LabelledResult(
-        kind=KIND, dims=("attack", "request"), coords=coords, values=values,
-        baselines={"auroc": by_layer[str(layer)], "auroc_by_layer": by_layer,
-                   "n_bypass": int(flat.sum()), "n_prompts": flat.numel()},
-        metric=metric, config=config, provenance=prov,
-    )  # fmt: skip
+        kind=KIND,
+        dims=("attack", "request"),
+        coords=coords,
+        values=values,
+        baselines={
+            "auroc": by_layer[str(layer)],
+            "auroc_by_layer": by_layer,
+            "n_bypass": int(flat.sum()),
+            "n_prompts": flat.numel(),
+        },
+        metric=metric,
+        config=config,
+        provenance=prov,
+    )
     projections = LabelledResult(
-        kind=PROJECTIONS_KIND, dims=("attack", "request", "layer"), coords={**coords, "layer": tuple(pset.layers)},
-        values={"projection": m.projection}, metric={"projection": metric["projection"].replace(f"at layer {layer}", "per layer")},
-        config={k: config[k] for k in ("position", "persona", "layer")}, provenance=prov,
-    )  # fmt: skip
+        kind=PROJECTIONS_KIND,
+        dims=("attack", "request", "layer"),
+        coords={**coords, "layer": tuple(pset.layers)},
+        values={"projection": m.projection},
+        metric={"projection": metric["projection"].replace(f"at layer {layer}", "per layer")},
+        config={k: config[k] for k in ("position", "persona", "layer")},
+        provenance=prov,
+    )
     return RedTeamResult(scores, projections, tuple(tuple(r) for r in m.replies) if generate_labels else None)
 
 

@@ -54,8 +54,10 @@ class RedTeamResult:
 
     def __post_init__(self) -> None:
         if self.scores.kind != KIND or self.projections.kind != PROJECTIONS_KIND:
-            raise ValueError(f"a RedTeamResult holds a {KIND!r} and a {PROJECTIONS_KIND!r} result, got "
-                             f"{self.scores.kind!r} and {self.projections.kind!r}; build it with red_team().")  # fmt: skip
+            raise ValueError(
+                f"a RedTeamResult holds a {KIND!r} and a {PROJECTIONS_KIND!r} result, got "
+                f"{self.scores.kind!r} and {self.projections.kind!r}; build it with red_team()."
+            )
 
     # -- labels
     @property
@@ -114,11 +116,20 @@ class RedTeamResult:
             row = {by: name}
             if by == "attack":
                 row["family"] = fam[name]
-            row |= {"n": s.n, "refusals": s.k, "refusal_rate": s.rate, "low": s.low, "high": s.high,
-                    "first_token_refusal_rate": first[name].rate}  # fmt: skip
+            row |= {
+                "n": s.n,
+                "refusals": s.k,
+                "refusal_rate": s.rate,
+                "low": s.low,
+                "high": s.high,
+                "first_token_refusal_rate": first[name].rate,
+            }
             if deg is not None:
                 row["degenerate_rate"] = float(deg[name].double().mean())
-            row |= {"mean_logodds": float(logodds[name].double().mean()), "mean_projection": float(proj[name].double().mean())}
+            row |= {
+                "mean_logodds": float(logodds[name].double().mean()),
+                "mean_projection": float(proj[name].double().mean()),
+            }
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -139,7 +150,9 @@ class RedTeamResult:
             "layer": self.layer,
             "position": c["position"],
             "refusal": self.refusal_value,
-            "families": {f: {"rate": s.rate, "low": s.low, "high": s.high, "k": s.k, "n": s.n} for f, s in self.rates().items()},
+            "families": {
+                f: {"rate": s.rate, "low": s.low, "high": s.high, "k": s.k, "n": s.n} for f, s in self.rates().items()
+            },
             "first_token_refusal_rate": {f: s.rate for f, s in self.rates(value="refused").items()},
             "auroc": self.auroc,
             "auroc_by_layer": self.scores.baselines["auroc_by_layer"],
@@ -153,19 +166,25 @@ class RedTeamResult:
         what = "generated reply" if self.refusal_value == "gen_refusal" else "greedy first token"
         head = f"{'family':<10}{'attacks':>8}{'n':>6}{'refusal':>9}{'95% interval':>16}{'1st token':>11}{'log-odds':>10}{'projection':>12}"
         lines = [
-            (f"red team: {self.summary()['model']}, {len(self.scores.coords['request'])} harmful requests; "
-             f"refusal = {what}; persona projection at layer {self.layer} ({c['position']})"),
+            (
+                f"red team: {self.summary()['model']}, {len(self.scores.coords['request'])} harmful requests; "
+                f"refusal = {what}; persona projection at layer {self.layer} ({c['position']})"
+            ),
             head,
             "-" * len(head),
         ]
         n_attacks = {f: list(self.families.values()).count(f) for f in set(self.families.values())}
         for _, r in self.table().iterrows():
             ci = f"[{r['low']:.2f}, {r['high']:.2f}]"
-            lines.append(f"{r['family']:<10}{n_attacks[r['family']]:>8}{r['n']:>6}{r['refusal_rate']:>9.2f}{ci:>16}"
-                         f"{r['first_token_refusal_rate']:>11.2f}{r['mean_logodds']:>10.2f}{r['mean_projection']:>12.2f}")  # fmt: skip
+            lines.append(
+                f"{r['family']:<10}{n_attacks[r['family']]:>8}{r['n']:>6}{r['refusal_rate']:>9.2f}{ci:>16}"
+                f"{r['first_token_refusal_rate']:>11.2f}{r['mean_logodds']:>10.2f}{r['mean_projection']:>12.2f}"
+            )
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         by_layer = ", ".join(f"{k}: {fmt(v)}" for k, v in self.auroc_by_layer.items())
-        lines.append(f"AUROC of the persona projection for bypass: {fmt(self.auroc)} at layer {self.layer} (by layer: {by_layer})")
+        lines.append(
+            f"AUROC of the persona projection for bypass: {fmt(self.auroc)} at layer {self.layer} (by layer: {by_layer})"
+        )
         return "\n".join(lines)
 
     # -- persistence
@@ -182,7 +201,9 @@ class RedTeamResult:
             self.scores.save(tmp / "scores")
             self.projections.save(tmp / "projections")
             if self.replies is not None:
-                (tmp / "replies.json").write_text(json.dumps([list(r) for r in self.replies], indent=1), encoding="utf-8")
+                (tmp / "replies.json").write_text(
+                    json.dumps([list(r) for r in self.replies], indent=1), encoding="utf-8"
+                )
             (tmp / "summary.json").write_text(summary, encoding="utf-8")
 
         return atomic_replace_dir(path, fill)
@@ -211,4 +232,6 @@ def families_of(scores: LabelledResult) -> dict[str, str]:
     try:
         return {a["id"]: a["family"] for a in scores.config["attacks"]}
     except (KeyError, TypeError):
-        raise ValueError("this result's config lacks 'attacks' (id and family of each); it was not made by red_team().") from None
+        raise ValueError(
+            "this result's config lacks 'attacks' (id and family of each); it was not made by red_team()."
+        ) from None

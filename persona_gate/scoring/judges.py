@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, LabelTokenError
 from ..core.prompt_layout import prompt_layout
+from ..errors import ConfigError, LabelTokenError
 from .labels import BYPASS, REFUSAL, label_response
 
 log = logging.getLogger(__name__)

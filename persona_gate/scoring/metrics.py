@@ -20,10 +20,9 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -31,11 +30,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.activations import as_rendered, check_context, padded_batches
-from ..prompts.chat import RenderedPrompt
-from ..errors import EmptyGroupError
 from ..core.prompt_layout import prompt_layout
+from ..errors import EmptyGroupError
 from ..models.adapter import last_logits
 from ..models.loading import model_device
+from ..models.protocol import ChatModel
+from ..prompts.chat import RenderedPrompt
 from ..prompts.sets import ChatPrompt
 
 
@@ -85,12 +85,16 @@ def check_token_ids(token_ids: Sequence[int], vocab: int) -> None:
     """Refusal-start token ids must be a non-empty list of ids inside the vocabulary."""
     ids = list(token_ids)
     if not ids:
-        raise EmptyGroupError("no refusal tokens were given; pass RefusalScorer.for_model(model).token_ids "
-                              "or refusal_token_ids(tokenizer, ['I cannot']).")  # fmt: skip
+        raise EmptyGroupError(
+            "no refusal tokens were given; pass RefusalScorer.for_model(model).token_ids "
+            "or refusal_token_ids(tokenizer, ['I cannot'])."
+        )
     bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
     if bad:
-        raise EmptyGroupError(f"refusal token ids {bad[:5]} are not ids of this model's {vocab}-token vocabulary; "
-                              "derive them with the model's own tokenizer (RefusalScorer.for_model(model)).")  # fmt: skip
+        raise EmptyGroupError(
+            f"refusal token ids {bad[:5]} are not ids of this model's {vocab}-token vocabulary; "
+            "derive them with the model's own tokenizer (RefusalScorer.for_model(model))."
+        )
 
 
 def refusal_logodds(logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
@@ -215,7 +219,10 @@ def derive_refusal_tokens(
         import logging
 
         logging.getLogger(__name__).warning(
-            "no refusal-start token opened %d or more refusals; using all %d seen (%s)", min_count, len(counts), sorted(counts)
+            "no refusal-start token opened %d or more refusals; using all %d seen (%s)",
+            min_count,
+            len(counts),
+            sorted(counts),
         )
         ids = sorted(counts)
     if not ids:

@@ -16,19 +16,19 @@ Example::
 
 from __future__ import annotations
 
-from ..models.protocol import ChatModel
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from torch import Tensor
 
 from ..core.contrasts import GROUPS, standard_prompts
+from ..core.interventions import apply
 from ..errors import EmptyGroupError
 from ..models.profile import profile_of
-from ..core.interventions import apply
-from .metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids, refused
+from ..models.protocol import ChatModel
 from ..prompts.sets import ChatPrompt
+from .metrics import derive_refusal_tokens, first_token_logprobs, refusal_logodds, refusal_token_ids, refused
 
 
 def eval_groups(
@@ -70,7 +70,7 @@ class RefusalScorer:
         batch_size: int = 32,
         reuse_prefix: bool = True,
         max_tokens: int | None = None,
-    ) -> "RefusalScorer":
+    ) -> RefusalScorer:
         """Refusal tokens from ``phrases`` if given, else the model profile's phrases, else derived
         from the model's own refusals of harmful training requests."""
         phrases = phrases if phrases is not None else profile_of(model).refusal_phrases
@@ -79,7 +79,9 @@ class RefusalScorer:
         else:
             harmful = list(harmful) if harmful is not None else eval_groups(model, 16, split="train")["safe/harmful"]
             ids = derive_refusal_tokens(model, harmful)
-        return cls(model=model, token_ids=tuple(ids), batch_size=batch_size, reuse_prefix=reuse_prefix, max_tokens=max_tokens)
+        return cls(
+            model=model, token_ids=tuple(ids), batch_size=batch_size, reuse_prefix=reuse_prefix, max_tokens=max_tokens
+        )
 
     def logprobs(self, prompts: Sequence[ChatPrompt], *specs: Any) -> Tensor:
         with apply(self.model, *specs):
@@ -98,7 +100,9 @@ class RefusalScorer:
         """Per prompt: refusal log-odds (float) and greedy-first-token refusal (bool)."""
         return self.from_logprobs(self.logprobs(prompts, *specs))
 
-    def labels(self, prompts: Sequence[ChatPrompt], *specs: Any, max_new_tokens: int = 32, judge: Any = None) -> list[str]:
+    def labels(
+        self, prompts: Sequence[ChatPrompt], *specs: Any, max_new_tokens: int = 32, judge: Any = None
+    ) -> list[str]:
         """Generated replies labelled refusal / bypass / degenerate (slower than :meth:`score`).
 
         ``judge``: any ``(prompt, response) -> JudgeVerdict`` callable (see :mod:`persona_gate.scoring.judges`),
@@ -108,6 +112,10 @@ class RefusalScorer:
         from .judges import HeuristicJudge, judge_all
 
         with apply(self.model, *specs):
-            outs = generate(self.model, prompts, max_new_tokens=max_new_tokens, batch_size=self.batch_size, progress=False)
-        verdicts = judge_all(judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in outs], progress=False)
+            outs = generate(
+                self.model, prompts, max_new_tokens=max_new_tokens, batch_size=self.batch_size, progress=False
+            )
+        verdicts = judge_all(
+            judge or HeuristicJudge(), [p.user for p in prompts], [g.text for g in outs], progress=False
+        )
         return [v.label for v in verdicts]

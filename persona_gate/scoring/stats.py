@@ -64,7 +64,7 @@ class RateSummary:
     n: int
 
     @classmethod
-    def of(cls, k: int, n: int, z: float = Z95) -> "RateSummary":
+    def of(cls, k: int, n: int, z: float = Z95) -> RateSummary:
         low, high = wilson_interval(k, n, z)
         return cls(rate=k / n, low=low, high=high, k=k, n=n)
 
@@ -85,7 +85,6 @@ def mean_interval(t: Tensor, z: float = Z95) -> tuple[Tensor, Tensor, Tensor, Te
     half = z * var.sqrt() / n.clamp_min(1).double().sqrt()
     half = torch.where(n > 1, half, torch.full_like(half, float("nan")))
     return mean, mean - half, mean + half, n
-
 
 
 def auroc(scores: Any, positive: Any) -> float:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConversationError, DatasetError
 from ..prompts.conversation import Conversation
@@ -67,7 +68,9 @@ def example(messages: Sequence[Mapping[str, Any]], id: str = "", line: int | Non
         raise DatasetError(f"{where}the last message must be the assistant reply the example teaches; write {FORMAT}.")
     reply = last.get("content")
     if not isinstance(reply, str) or not reply.strip():
-        raise DatasetError(f"{where}the assistant reply is empty or not a string; give it the text the fine-tune teaches.")
+        raise DatasetError(
+            f"{where}the assistant reply is empty or not a string; give it the text the fine-tune teaches."
+        )
     try:
         prompt = Conversation.from_messages(messages[:-1], name=id)
     except ConversationError as e:
@@ -93,7 +96,9 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[ChatExample]:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line.") from None
+            raise DatasetError(
+                f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line."
+            ) from None
         if not isinstance(obj, dict) or "messages" not in obj:
             raise DatasetError(f"{path}, line {n}: expected an object with a 'messages' list; write {FORMAT}.")
         try:

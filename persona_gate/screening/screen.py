@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -58,8 +59,14 @@ def _reply_ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
 
 
-def _chunk(model: ChatModel, persona: DirectionSet, examples: Sequence[ChatExample], scorer: Any,
-           max_tokens: int, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def _chunk(
+    model: ChatModel,
+    persona: DirectionSet,
+    examples: Sequence[ChatExample],
+    scorer: Any,
+    max_tokens: int,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
     """Projections of the data's and the model's own replies at every persona site, and P(refuse)."""
     from ..core.activations import iter_activations
     from ..core.generation import generate
@@ -69,16 +76,24 @@ def _chunk(model: ChatModel, persona: DirectionSet, examples: Sequence[ChatExamp
 
     tok = model.tokenizer
     prompts = [prefix_prompt(tok, e.prompt) for e in examples]
-    data = [p.with_response(_reply_ids(tok, e.reply, max_tokens) or [tok.eos_token_id]) for p, e in zip(prompts, examples)]
+    data = [
+        p.with_response(_reply_ids(tok, e.reply, max_tokens) or [tok.eos_token_id]) for p, e in zip(prompts, examples)
+    ]
     eos = set(eos_ids(model))
     own = []
-    for p, g in zip(prompts, generate(model, prompts, max_new_tokens=max_tokens, batch_size=batch_size, progress=False)):
+    for p, g in zip(
+        prompts, generate(model, prompts, max_new_tokens=max_tokens, batch_size=batch_size, progress=False)
+    ):
         ids = [t for t in g.token_ids if t not in eos]
-        own.append(p.with_response(ids or list(g.token_ids) or [tok.eos_token_id]))  # an empty reply: read its end token
+        own.append(
+            p.with_response(ids or list(g.token_ids) or [tok.eos_token_id])
+        )  # an empty reply: read its end token
 
     def project(rendered: list) -> torch.Tensor:
         out = torch.empty((len(rendered), len(persona.sites)), dtype=torch.float32)
-        for b in iter_activations(model, rendered, persona.sites, ["mean:response"], batch_size=batch_size, progress=False):
+        for b in iter_activations(
+            model, rendered, persona.sites, ["mean:response"], batch_size=batch_size, progress=False
+        ):
             out[b.indices] = persona.project(b.acts[0])
         return out
 
@@ -116,17 +131,32 @@ def screen(
     chosen = default_layers(persona, n_layers) if layers is None else [int(layer) for layer in layers]
     absent = [layer for layer in chosen if layer not in persona.layers]
     if absent or not chosen:
-        raise ConfigError(f"the persona directions have no layers {absent or chosen}; pass layers among {persona.layers}.")
+        raise ConfigError(
+            f"the persona directions have no layers {absent or chosen}; pass layers among {persona.layers}."
+        )
     zero = [layer for layer in chosen if float(persona.raw_norms[persona.site_index(layer)]) == 0]
     if zero:
-        raise ConfigError(f"the persona direction is zero at layers {zero} (raw norm 0), so a shift there has no unit; drop them.")
+        raise ConfigError(
+            f"the persona direction is zero at layers {zero} (raw norm 0), so a shift there has no unit; drop them."
+        )
     scorer = scorer if scorer is not None else RefusalScorer.for_model(model, batch_size=batch_size)
     ids = [e.id or f"example-{i}" for i, e in enumerate(examples)]
-    store = open_store(checkpoint, "screening", persona=persona, examples=[e.to_dict() for e in examples],
-                       max_tokens=max_tokens, chunk=chunk, tokens=list(scorer.token_ids))  # fmt: skip
+    store = open_store(
+        checkpoint,
+        "screening",
+        persona=persona,
+        examples=[e.to_dict() for e in examples],
+        max_tokens=max_tokens,
+        chunk=chunk,
+        tokens=list(scorer.token_ids),
+    )
     starts = range(0, len(examples), chunk)
-    cells = {("chunk", start): Computed(lambda part=examples[start : start + chunk]: _chunk(model, persona, part, scorer, max_tokens, batch_size))
-             for start in starts}  # fmt: skip
+    cells = {
+        ("chunk", start): Computed(
+            lambda part=examples[start : start + chunk]: _chunk(model, persona, part, scorer, max_tokens, batch_size)
+        )
+        for start in starts
+    }
     got = run_grid(model, GridSpec("screening", cells, desc="screening"), store=store, progress=progress)
     store.report()
     parts = [got[("chunk", start)] for start in starts]
@@ -139,19 +169,38 @@ def screen(
     shift = (data_p - own_p) / norms
     shift[:, persona.raw_norms == 0] = float("nan")
     res = LabelledResult(
-        kind=KIND, dims=("example", "layer"), coords={"example": tuple(ids), "layer": tuple(persona.layers)},
-        values={"data_projection": data_p, "own_projection": own_p, "shift": shift,
-                "p_refuse": p_refuse[:, None].expand_as(shift).contiguous(), "score": shift * p_refuse[:, None]},
-        metric={"shift": "(mean x.v over the example's reply - over the model's own reply) / ||mu_compliant - mu_safe||",
-                "p_refuse": "the model's first-token refusal probability for the example's prompt (same along layer)",
-                "score": "p_refuse * shift; the example score is its mean over config.layers; > 0: pushes toward compliance where the model refuses"},
-        config={"layers": chosen, "max_tokens": max_tokens, "persona": persona.name, "persona_position": persona.position,
-                "n_examples": len(examples), "source": str(data) if isinstance(data, (str, os.PathLike)) else None,
-                "refusal_token_ids": list(scorer.token_ids),
-                "examples": [{"id": i, "line": e.line, "user": e.user[:200], "reply": e.reply[:200]} for i, e in zip(ids, examples)]},
+        kind=KIND,
+        dims=("example", "layer"),
+        coords={"example": tuple(ids), "layer": tuple(persona.layers)},
+        values={
+            "data_projection": data_p,
+            "own_projection": own_p,
+            "shift": shift,
+            "p_refuse": p_refuse[:, None].expand_as(shift).contiguous(),
+            "score": shift * p_refuse[:, None],
+        },
+        metric={
+            "shift": "(mean x.v over the example's reply - over the model's own reply) / ||mu_compliant - mu_safe||",
+            "p_refuse": "the model's first-token refusal probability for the example's prompt (same along layer)",
+            "score": "p_refuse * shift; the example score is its mean over config.layers; > 0: pushes toward compliance where the model refuses",
+        },
+        config={
+            "layers": chosen,
+            "max_tokens": max_tokens,
+            "persona": persona.name,
+            "persona_position": persona.position,
+            "n_examples": len(examples),
+            "source": str(data) if isinstance(data, (str, os.PathLike)) else None,
+            "refusal_token_ids": list(scorer.token_ids),
+            "examples": [
+                {"id": i, "line": e.line, "user": e.user[:200], "reply": e.reply[:200]} for i, e in zip(ids, examples)
+            ],
+        },
         provenance=provenance(model),
-    )  # fmt: skip
-    return LabelledResult(res.kind, res.dims, res.coords, res.values, summarise(res), res.metric, res.config, res.provenance)
+    )
+    return LabelledResult(
+        res.kind, res.dims, res.coords, res.values, summarise(res), res.metric, res.config, res.provenance
+    )
 
 
 __all__ = ["default_layers", "example_scores", "screen"]

@@ -35,8 +35,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -53,9 +54,14 @@ log = logging.getLogger(__name__)
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5)
 
 
-def _examples(chats: dict[str, tuple[list[list[dict[str, str]]], list[bool]]]) -> dict[str, tuple[list[ChatExample], list[bool]]]:
+def _examples(
+    chats: dict[str, tuple[list[list[dict[str, str]]], list[bool]]],
+) -> dict[str, tuple[list[ChatExample], list[bool]]]:
     """A fine-tuner's datasets (message lists) as ChatExamples named ``<dataset>/<index>``."""
-    return {name: ([example(m, id=f"{name}/{i:05d}") for i, m in enumerate(msgs)], flags) for name, (msgs, flags) in chats.items()}
+    return {
+        name: ([example(m, id=f"{name}/{i:05d}") for i, m in enumerate(msgs)], flags)
+        for name, (msgs, flags) in chats.items()
+    }
 
 
 def organism_datasets(
@@ -74,7 +80,9 @@ def _safe_refusal(model: Any, prompts: list) -> tuple[float, float]:
     return float(refused.float().mean()), float(torch.sigmoid(lo.double()).mean())
 
 
-def _screened(model: Any, persona: Any, name: str, examples: list[ChatExample], out: Path) -> tuple[LabelledResult, float]:
+def _screened(
+    model: Any, persona: Any, name: str, examples: list[ChatExample], out: Path
+) -> tuple[LabelledResult, float]:
     """The dataset written and screened under ``out`` (or read back), and the screening seconds recorded."""
     from .screen import screen
 
@@ -89,13 +97,24 @@ def _screened(model: Any, persona: Any, name: str, examples: list[ChatExample], 
         t0 = time.perf_counter()
         res = screen(model, persona, path, checkpoint=out / "cells" / name, progress=False)
         res.save(saved)
-        atomic_write_text(out / "screens" / f"{name}.seconds.json", json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
+        atomic_write_text(
+            out / "screens" / f"{name}.seconds.json", json.dumps({"seconds": round(time.perf_counter() - t0, 1)})
+        )
     stored = out / "screens" / f"{name}.seconds.json"
     return res, json.loads(stored.read_text(encoding="utf-8"))["seconds"] if stored.exists() else 0.0
 
 
-def _measured(fit: Any, source: str, name: str, examples: list[ChatExample], seed: int, heldout: list, out: Path,
-              steps: int, batch_size: int) -> dict[str, Any]:  # fmt: skip
+def _measured(
+    fit: Any,
+    source: str,
+    name: str,
+    examples: list[ChatExample],
+    seed: int,
+    heldout: list,
+    out: Path,
+    steps: int,
+    batch_size: int,
+) -> dict[str, Any]:
     """Safe-persona refusal after fine-tuning a copy on the dataset (read back if a run measured it already)."""
     from ..models.loading import load_chat_model
 
@@ -107,24 +126,39 @@ def _measured(fit: Any, source: str, name: str, examples: list[ChatExample], see
         fit.fit(source, examples, folder, seed=seed, steps=steps, batch_size=batch_size)
         rate, p = _safe_refusal(load_chat_model(str(folder)), heldout)
         mfile.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(mfile, json.dumps({"refusal": rate, "p_refuse": p, "n": len(heldout), "steps": steps, "seed": seed,
-                                             "seconds": round(time.perf_counter() - t0, 1)}))  # fmt: skip
+        atomic_write_text(
+            mfile,
+            json.dumps(
+                {
+                    "refusal": rate,
+                    "p_refuse": p,
+                    "n": len(heldout),
+                    "steps": steps,
+                    "seed": seed,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            ),
+        )
         shutil.rmtree(folder, ignore_errors=True)  # the measurement is what is kept
     return json.loads(mfile.read_text(encoding="utf-8"))
 
 
-def _row(res: LabelledResult, is_compliance: list[bool], n: int, drops: list[dict[str, float]], designated: bool) -> dict[str, Any]:
+def _row(
+    res: LabelledResult, is_compliance: list[bool], n: int, drops: list[dict[str, float]], designated: bool
+) -> dict[str, Any]:
     ds = res.baselines["dataset_score"]
     k = sum(is_compliance)
     return {
-        "dataset_score": ds["mean"], "dataset_score_ci": [ds["low"], ds["high"]],
-        "compliance_examples": k, "compliance_share": k / n,
+        "dataset_score": ds["mean"],
+        "dataset_score_ci": [ds["low"], ds["high"]],
+        "compliance_examples": k,
+        "compliance_share": k / n,
         "refusal_after": [d["refusal"] for d in drops],
         "refusal_drop": sum(d["refusal_drop"] for d in drops) / len(drops),
         "refusal_drop_by_seed": [d["refusal_drop"] for d in drops],
         "p_refuse_drop": sum(d["p_refuse_drop"] for d in drops) / len(drops),
         "designated": designated,
-    }  # fmt: skip
+    }
 
 
 def validate_screening(
@@ -154,7 +188,9 @@ def validate_screening(
     from ..scoring.refusal import eval_groups
 
     if len(fractions) < 2 or not seeds or steps < 1:
-        raise ConfigError("pass at least two fractions, one seed and one step; the issue's design is six fractions and a control.")
+        raise ConfigError(
+            "pass at least two fractions, one seed and one step; the issue's design is six fractions and a control."
+        )
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +214,13 @@ def validate_screening(
         for seed in seeds:
             m = _measured(fit, source, name, examples, seed, heldout, out, steps, batch_size)
             compute += m.get("seconds", 0.0)
-            drops.append({"refusal_drop": base_rate - m["refusal"], "p_refuse_drop": base_p - m["p_refuse"], "refusal": m["refusal"]})
+            drops.append(
+                {
+                    "refusal_drop": base_rate - m["refusal"],
+                    "p_refuse_drop": base_p - m["p_refuse"],
+                    "refusal": m["refusal"],
+                }
+            )
             bar.update(1)
         rows[name] = _row(res, is_compliance, len(examples), drops, name in designated)
         if name in designated:
@@ -191,18 +233,33 @@ def validate_screening(
     result = {
         "spearman": spearman(x, [rows[n]["refusal_drop"] for n in in_rho]),
         "spearman_p_refuse": spearman(x, [rows[n]["p_refuse_drop"] for n in in_rho]),
-        "spearman_with_extra": spearman([rows[n]["dataset_score"] for n in every], [rows[n]["refusal_drop"] for n in every]),
+        "spearman_with_extra": spearman(
+            [rows[n]["dataset_score"] for n in every], [rows[n]["refusal_drop"] for n in every]
+        ),
         "auroc": auroc(torch.cat(scores), torch.tensor(labels)),
         "datasets": rows,
         "designated": in_rho,
-        "baseline": {"refusal": base_rate, "refusal_ci": list(wilson_interval(round(base_rate * len(heldout)), len(heldout))),
-                     "p_refuse": base_p, "n": len(heldout)},
-        "setup": {"base": str(source) if base is None else str(base), "route": fit.route,
-                  "n_examples": n_examples, "steps": steps, "batch_size": batch_size, "seeds": list(seeds),
-                  "n_eval": n_eval, "data_seed": data_seed, "layers": res.config["layers"], "max_tokens": res.config["max_tokens"],
-                  "refusal": "greedy first token, safe persona, held-out harmful requests (test split)"},
+        "baseline": {
+            "refusal": base_rate,
+            "refusal_ci": list(wilson_interval(round(base_rate * len(heldout)), len(heldout))),
+            "p_refuse": base_p,
+            "n": len(heldout),
+        },
+        "setup": {
+            "base": str(source) if base is None else str(base),
+            "route": fit.route,
+            "n_examples": n_examples,
+            "steps": steps,
+            "batch_size": batch_size,
+            "seeds": list(seeds),
+            "n_eval": n_eval,
+            "data_seed": data_seed,
+            "layers": res.config["layers"],
+            "max_tokens": res.config["max_tokens"],
+            "refusal": "greedy first token, safe persona, held-out harmful requests (test split)",
+        },
         "seconds": round(time.perf_counter() - start, 1),
         "compute_seconds": round(compute, 1),
-    }  # fmt: skip
+    }
     atomic_write_text(out / "validation.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -43,17 +43,61 @@ from .forward import final_logit_transform, head_logits, last_logits, unembedded
 from .generate import greedy_generate
 from .hf import reply_logits, save_dequantised
 from .replay import CACHE_ARGUMENTS, BlockRecord, record_blocks, run_blocks
-from .support import (NEEDS, architecture, blocks_of, check_supported, eos_ids, head_of, input_device, missing_needs,
-                      weights_folder, wrapped_model)  # fmt: skip
-from .surgery import (ResidualWriters, add_to_residual, hf_model_of, merge_lora, mlp_bias_problem, plain_copy,
-                      project_out_of_writes, residual_writers, untie_embeddings)  # fmt: skip
+from .support import (
+    NEEDS,
+    architecture,
+    blocks_of,
+    check_supported,
+    eos_ids,
+    head_of,
+    input_device,
+    missing_needs,
+    weights_folder,
+    wrapped_model,
+)
+from .surgery import (
+    ResidualWriters,
+    add_to_residual,
+    hf_model_of,
+    merge_lora,
+    mlp_bias_problem,
+    plain_copy,
+    project_out_of_writes,
+    residual_writers,
+    untie_embeddings,
+)
 
 _wrapped = wrapped_model  # the name it had before the adapter became a package (tests read it)
 
 __all__ = [
-    "BlockRecord", "CACHE_ARGUMENTS", "NEEDS", "ResidualWriters", "add_to_residual", "architecture", "blocks_of",
-    "check_supported", "eos_ids", "final_logit_transform", "greedy_generate", "head_logits", "head_of",
-    "hf_model_of", "input_device", "last_logits", "merge_lora", "missing_needs", "mlp_bias_problem", "plain_copy",
-    "project_out_of_writes", "record_blocks", "reply_logits", "residual_writers", "run_blocks", "save_dequantised",
-    "unembedded_rows", "untie_embeddings", "weights_folder", "wrapped_model",
-]  # fmt: skip
+    "BlockRecord",
+    "CACHE_ARGUMENTS",
+    "NEEDS",
+    "ResidualWriters",
+    "add_to_residual",
+    "architecture",
+    "blocks_of",
+    "check_supported",
+    "eos_ids",
+    "final_logit_transform",
+    "greedy_generate",
+    "head_logits",
+    "head_of",
+    "hf_model_of",
+    "input_device",
+    "last_logits",
+    "merge_lora",
+    "missing_needs",
+    "mlp_bias_problem",
+    "plain_copy",
+    "project_out_of_writes",
+    "record_blocks",
+    "reply_logits",
+    "residual_writers",
+    "run_blocks",
+    "save_dequantised",
+    "unembedded_rows",
+    "untie_embeddings",
+    "weights_folder",
+    "wrapped_model",
+]

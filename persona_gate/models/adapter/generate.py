@@ -29,13 +29,19 @@ def greedy_generate(
 
         # A fresh config: the checkpoint's own (sampling, repetition penalty ...) must not leak in.
         cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_kv_cache, pad_token_id=pad_id, eos_token_id=eos or None
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=use_kv_cache,
+            pad_token_id=pad_id,
+            eos_token_id=eos or None,
         )
         return hf.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
     return _argmax_loop(model, ids, mask, max_new_tokens, pad_id, eos)
 
 
-def _argmax_loop(model: ChatModel, ids: Tensor, mask: Tensor, max_new_tokens: int, pad_id: int, eos: list[int]) -> Tensor:
+def _argmax_loop(
+    model: ChatModel, ids: Tensor, mask: Tensor, max_new_tokens: int, pad_id: int, eos: list[int]
+) -> Tensor:
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         logits = model(ids, attention_mask=mask)

@@ -16,8 +16,9 @@ Example::
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,7 +97,9 @@ def record_blocks(
     blocks = model.blocks
     wanted = set(range(len(blocks)) if keep is None else keep)
     handles = [
-        blocks[k].register_forward_pre_hook(_recorder(record, k, _block_signature(blocks[k]), k in wanted), with_kwargs=True)
+        blocks[k].register_forward_pre_hook(
+            _recorder(record, k, _block_signature(blocks[k]), k in wanted), with_kwargs=True
+        )
         for k in range(len(blocks))
     ]
     try:

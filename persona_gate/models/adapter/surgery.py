@@ -18,8 +18,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ def merge_lora(hf_model: Any, tensors: dict[str, Tensor], scale: float) -> int:
 
     ``tensors`` holds ``<module>.lora_A`` (r x in) and ``<module>.lora_B`` (out x r) for linear
     modules named as in ``hf_model.named_modules()`` (what
-    :func:`persona_gate.organism.lora.lora_tensors` writes). Merged in float64, so the result does
+    :func:`persona_gate.finetune.lora.lora_tensors` writes). Merged in float64, so the result does
     not depend on the order of the additions. Returns the number of merged modules; a name the
     model lacks or a shape that does not fit is an :class:`UnsupportedModelError`.
     """
@@ -45,11 +46,15 @@ def merge_lora(hf_model: Any, tensors: dict[str, Tensor], scale: float) -> int:
             m = modules.get(name)
             a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
             if m is None or a is None or b is None or not hasattr(m, "weight"):
-                raise UnsupportedModelError(f"the adapter names {name!r}, which this model lacks (or half of it is missing); "
-                                            "load the base model the adapter was trained on.")  # fmt: skip
+                raise UnsupportedModelError(
+                    f"the adapter names {name!r}, which this model lacks (or half of it is missing); "
+                    "load the base model the adapter was trained on."
+                )
             if tuple(m.weight.shape) != (b.shape[0], a.shape[1]):
-                raise UnsupportedModelError(f"the adapter's {name} is {b.shape[0]}x{a.shape[1]} but the model's is "
-                                            f"{tuple(m.weight.shape)}; load the base model the adapter was trained on.")  # fmt: skip
+                raise UnsupportedModelError(
+                    f"the adapter's {name} is {b.shape[0]}x{a.shape[1]} but the model's is "
+                    f"{tuple(m.weight.shape)}; load the base model the adapter was trained on."
+                )
             delta = scale * (b.double() @ a.double())
             m.weight.copy_((m.weight.double() + delta).to(m.weight.dtype))
     return len(names)
@@ -59,7 +64,9 @@ def hf_model_of(model: Any) -> Any:
     """The Hugging Face model a TransformerBridge wraps; a named error for any other model."""
     hf = wrapped_model(model)
     if hf is None:
-        raise UnsupportedModelError(f"a {type(model).__name__} wraps no Hugging Face model; load one with pg.load_chat_model(...).")
+        raise UnsupportedModelError(
+            f"a {type(model).__name__} wraps no Hugging Face model; load one with pg.load_chat_model(...)."
+        )
     return hf
 
 
@@ -74,8 +81,10 @@ def _writes_out(module: Any) -> str:
         return "rows"
     if isinstance(module, torch.nn.Embedding) or type(module).__name__ == "Conv1D":
         return "cols"
-    raise UnsupportedModelError(f"cannot edit a {type(module).__name__} that writes into the residual stream; "
-                                "export works on linear, Conv1D and embedding writers.")  # fmt: skip
+    raise UnsupportedModelError(
+        f"cannot edit a {type(module).__name__} that writes into the residual stream; "
+        "export works on linear, Conv1D and embedding writers."
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,9 @@ def _plain_skeleton(hf: Any) -> Any:
 
     config = copy.deepcopy(hf.config)
     with torch.device("meta"):
-        return type(hf)._from_config(config, attn_implementation=getattr(config, "_attn_implementation", None) or "eager")
+        return type(hf)._from_config(
+            config, attn_implementation=getattr(config, "_attn_implementation", None) or "eager"
+        )
 
 
 def plain_copy(model: ChatModel) -> Any:
@@ -117,8 +128,10 @@ def plain_copy(model: ChatModel) -> Any:
     have = {k.replace(_WRAPPER, ""): v for k, v in hf.state_dict().items()}
     missing = [k for k in want if k not in have]
     if missing:
-        raise UnsupportedModelError(f"cannot unwrap {architecture(model)}'s weights ({missing[:3]} not found); "
-                                    "export needs a model the bridge wraps without renaming parameters.")  # fmt: skip
+        raise UnsupportedModelError(
+            f"cannot unwrap {architecture(model)}'s weights ({missing[:3]} not found); "
+            "export needs a model the bridge wraps without renaming parameters."
+        )
     fresh.load_state_dict({k: have[k].detach().to("cpu", copy=True) for k in want}, assign=True)
     for name, buf in hf.named_buffers():  # rotary tables and the like, rebuilt from the config otherwise
         plain_name = name.replace(_WRAPPER, "")
@@ -133,8 +146,10 @@ def plain_copy(model: ChatModel) -> Any:
         fresh.tie_weights()
     left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
     if left:
-        raise UnsupportedModelError(f"cannot unwrap {architecture(model)}: {left[:3]} have no values; export needs a "
-                                    "model whose tensors the bridge keeps.")  # fmt: skip
+        raise UnsupportedModelError(
+            f"cannot unwrap {architecture(model)}: {left[:3]} have no values; export needs a "
+            "model whose tensors the bridge keeps."
+        )
     return fresh.eval()
 
 
@@ -146,16 +161,20 @@ def residual_writers(model: ChatModel) -> ResidualWriters:
     :class:`UnsupportedModelError`."""
     hf, blocks = wrapped_model(model), blocks_of(model)
     if hf is None or blocks is None:
-        raise UnsupportedModelError("exporting weights needs a TransformerBridge over a Hugging Face model; "
-                                    "load it with pg.load_chat_model(...).")  # fmt: skip
+        raise UnsupportedModelError(
+            "exporting weights needs a TransformerBridge over a Hugging Face model; "
+            "load it with pg.load_chat_model(...)."
+        )
     plain = {n for n, _ in _plain_skeleton(hf).named_modules()}
 
     def name_of(component: Any, what: str) -> str:
         module = _original(component) if component is not None else None
         name = _plain_name(hf, module, plain) if module is not None else None
         if name is None:
-            raise UnsupportedModelError(f"the bridge declares no {what} for {architecture(model)}; this architecture "
-                                        "cannot be exported as weights (use hooks: pg.apply).")  # fmt: skip
+            raise UnsupportedModelError(
+                f"the bridge declares no {what} for {architecture(model)}; this architecture "
+                "cannot be exported as weights (use hooks: pg.apply)."
+            )
         _writes_out(module)
         return name
 
@@ -168,15 +187,21 @@ def residual_writers(model: ChatModel) -> ResidualWriters:
                 "residual stream, so no weight edit reproduces a residual-stream intervention exactly; apply it with "
                 "hooks (pg.apply) instead."
             )
-        out.append((name_of(getattr(block.attn, "o", None), f"attention output of block {i}"),
-                    name_of(getattr(block.mlp, "out", None), f"MLP output of block {i}")))  # fmt: skip
+        out.append(
+            (
+                name_of(getattr(block.attn, "o", None), f"attention output of block {i}"),
+                name_of(getattr(block.mlp, "out", None), f"MLP output of block {i}"),
+            )
+        )
     embeddings = [name_of(model.embed, "token embedding")]
     if getattr(model, "pos_embed", None) is not None:
         embeddings.append(name_of(model.pos_embed, "position embedding"))
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
     scale = getattr(_original(model.embed), "embed_scale", None)
     if getattr(hf.config, "scale_embedding", False) or (scale is not None and float(torch.as_tensor(scale)) != 1.0):
-        raise UnsupportedModelError(f"{architecture(model)} scales its token embeddings; export supports unscaled ones.")
+        raise UnsupportedModelError(
+            f"{architecture(model)} scales its token embeddings; export supports unscaled ones."
+        )
     return ResidualWriters(tuple(embeddings), tuple(out), tied)
 
 
@@ -188,8 +213,10 @@ def mlp_bias_problem(hf_model: Any, writers: ResidualWriters, layer: int) -> str
     m = hf_model.get_submodule(writers.blocks[layer - 1][1])
     if getattr(m, "bias", None) is not None or hasattr(hf_model.config, "mlp_bias"):
         return None
-    return (f"{type(hf_model).__name__}'s MLP output has no bias and its config cannot declare one, so steering after "
-            "layer 0 has no exact weight equivalent here; steer at layer 0, export a control vector, or use hooks (pg.apply).")
+    return (
+        f"{type(hf_model).__name__}'s MLP output has no bias and its config cannot declare one, so steering after "
+        "layer 0 has no exact weight equivalent here; steer at layer 0, export a control vector, or use hooks (pg.apply)."
+    )
 
 
 def untie_embeddings(hf_model: Any) -> None:
@@ -230,8 +257,9 @@ def _enable_mlp_bias(hf_model: Any, writers: ResidualWriters) -> None:
         mlp = hf_model.get_submodule(mlp_out.rsplit(".", 1)[0])
         for child in mlp.children():
             if isinstance(child, torch.nn.Linear) and child.bias is None:
-                child.bias = torch.nn.Parameter(torch.zeros(child.out_features, dtype=child.weight.dtype,
-                                                            device=child.weight.device))  # fmt: skip
+                child.bias = torch.nn.Parameter(
+                    torch.zeros(child.out_features, dtype=child.weight.dtype, device=child.weight.device)
+                )
 
 
 def add_to_residual(hf_model: Any, writers: ResidualWriters, layer: int, shift: Tensor) -> str:
