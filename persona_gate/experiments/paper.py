@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,59 @@ def _compliant_baselines(
     }
 
 
+@dataclass(frozen=True)
+class CompliantState:
+    """How an experiment makes the model compliant: by the compliant persona's prompts
+    (``mode="prompt"``) or by steering the safe persona's prompts with the persona direction
+    (``mode="steer"`` at ``layer`` with ``alpha``, e.g. the cell :func:`select_steering` chooses)."""
+
+    mode: str = "prompt"
+    layer: int | None = None
+    alpha: float | None = None
+
+    def resolve(self, persona: DirectionSet, groups: dict[str, list]) -> tuple[list, list]:
+        """Harmful prompts and the interventions that make the model compliant on them."""
+        if self.mode == "prompt":
+            return groups["compliant/harmful"], []
+        if self.mode == "steer":
+            if self.layer is None or self.alpha is None:
+                raise InterventionError("mode='steer' needs steer_layer and steer_alpha (see select_steering).")
+            return groups["safe/harmful"], [Steer(persona, alpha=self.alpha, layers=[self.layer])]
+        raise InterventionError(f"unknown mode {self.mode!r}; use 'prompt' (compliant system prompt) or 'steer'.")
+
+    def config(self) -> dict[str, Any]:
+        """How a result's config records it."""
+        return {"mode": self.mode, "steer_layer": self.layer, "steer_alpha": self.alpha}
+
+
 def compliant_state(
-    persona: DirectionSet,
-    groups: dict[str, list],
-    mode: str,
-    steer_layer: int | None,
-    steer_alpha: float | None,
+    persona: DirectionSet, groups: dict[str, list], mode: str, steer_layer: int | None, steer_alpha: float | None
 ) -> tuple[list, list]:
     """Harmful prompts and specs that make the model compliant: by persona prompt or by steering."""
-    if mode == "prompt":
-        return groups["compliant/harmful"], []
-    if mode == "steer":
-        if steer_layer is None or steer_alpha is None:
-            raise InterventionError("mode='steer' needs steer_layer and steer_alpha (see select_steering).")
-        return groups["safe/harmful"], [Steer(persona, alpha=steer_alpha, layers=[steer_layer])]
-    raise InterventionError(f"unknown mode {mode!r}; use 'prompt' (compliant system prompt) or 'steer'.")
+    return CompliantState(mode, steer_layer, steer_alpha).resolve(persona, groups)
+
+
+def _under_compliance(
+    model: ChatModel,
+    scorer: RefusalScorer,
+    groups: dict,
+    state: CompliantState,
+    direction: DirectionSet,
+    build: Callable[[list, list], GridSpec],
+    checkpoint: str | Path | None,
+    progress: bool,
+    **fingerprint: Any,
+) -> tuple[Any, dict[str, float], int]:
+    """A grid run under the compliant state (``build(prompts, base)`` declares it) and the two ends
+    restoration is measured between; returns the grid's cells, the baselines and the prompt count."""
+    prompts, base = state.resolve(direction, groups)
+    spec = build(prompts, base)
+    store = open_store(
+        checkpoint, spec.kind, prompts=prompts, mode=state.mode, steer=[state.layer, state.alpha], **fingerprint
+    )
+    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
+    store.report()
+    return res, _compliant_baselines(scorer, groups, prompts, base, res.clean.get("compliant")), len(prompts)
 
 
 def sweep_cells(
@@ -291,24 +330,22 @@ def reintroduction(
     """
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
-    prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
-    m = len(prompts)
-    store = open_store(
+    state = CompliantState(mode, steer_layer, steer_alpha)
+    res, baselines, m = _under_compliance(
+        model,
+        scorer,
+        groups,
+        state,
+        persona,
+        lambda prompts, base: reintroduction_grid(refusal, prompts, base, scorer, layers, alpha_back),
         checkpoint,
-        "reintroduction",
+        progress,
         persona=persona,
         refusal=refusal,
-        prompts=prompts,
         layers=layers,
         alpha_back=alpha_back,
-        mode=mode,
-        steer=[steer_layer, steer_alpha],
         tokens=list(scorer.token_ids),
     )
-    spec = reintroduction_grid(refusal, prompts, specs, scorer, layers, alpha_back)
-    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
-    store.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs, res.clean.get("compliant"))
     return LabelledResult(
         kind="reintroduction",
         dims=("layer", "example"),
@@ -320,9 +357,7 @@ def reintroduction(
             "persona": persona.name,
             "refusal": refusal.name,
             "alpha_back": alpha_back,
-            "mode": mode,
-            "steer_layer": steer_layer,
-            "steer_alpha": steer_alpha,
+            **state.config(),
             "n": m,
             "seed": seed,
         },
@@ -407,24 +442,22 @@ def window_projection(
     windows = _check_windows(persona, window_spans(L, width) if windows is None else windows, L, source_layer)
     if random_seeds < 1:
         raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
-    prompts, specs = compliant_state(persona, groups, mode, steer_layer, steer_alpha)
     directions = window_directions(persona, random_seeds, seed)
-    m = len(prompts)
-    store = open_store(
+    state = CompliantState(mode, steer_layer, steer_alpha)
+    res, baselines, m = _under_compliance(
+        model,
+        scorer,
+        groups,
+        state,
+        persona,
+        lambda prompts, base: window_grid(directions, windows, source_layer, prompts, base, scorer),
         checkpoint,
-        "window_projection",
+        progress,
         directions=list(directions.values()),
-        prompts=prompts,
         windows=[list(w) for w in windows],
         source_layer=source_layer,
-        mode=mode,
-        steer=[steer_layer, steer_alpha],
         tokens=list(scorer.token_ids),
     )
-    spec = window_grid(directions, windows, source_layer, prompts, specs, scorer)
-    res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
-    store.report()
-    baselines = _compliant_baselines(scorer, groups, prompts, specs, res.clean.get("compliant"))
     values = {v: res.tensor(v, list(directions), range(L), range(L), fill=float("nan")) for v in ("logodds", "refused")}
     return LabelledResult(
         kind="window_projection",
@@ -444,9 +477,7 @@ def window_projection(
             "width": width,
             "source_layer": source_layer,
             "random_seeds": random_seeds,
-            "mode": mode,
-            "steer_layer": steer_layer,
-            "steer_alpha": steer_alpha,
+            **state.config(),
             "n": m,
             "seed": seed,
         },
