@@ -337,8 +337,9 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
     return path
 
 
-# The paper run (experiments.pipeline) and the directions command (cli) register here until their
-# modules, being rewritten, declare their own kinds beside the code that writes them.
+# The paper run (experiments.pipeline) and the directions command (cli) are registered here, not
+# beside their writers: the HTML report (plots, which never imports computation) must recognise
+# their folders, also unmarked ones written before folders were marked.
 register_folder_kind(
     "run",
     "a paper run (persona-gate run / demo)",
