@@ -41,6 +41,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# Fault injection for the tests (never set it otherwise): "K" or "K:before" makes this process
+# SIGKILL itself at its K-th atomic write, right after it lands ("K") or with only its temporary
+# written ("K:before"), so a test kills a run at a chosen moment whatever the machine's load.
+KILL_AT_WRITE = "PERSONA_GATE_TEST_KILL_AT_WRITE"
+_writes = 0
+
+
+def _fault_point(stage: str) -> None:
+    """Count an atomic write (at ``stage`` "after") and SIGKILL this process where :data:`KILL_AT_WRITE` says."""
+    global _writes
+    spec = os.environ.get(KILL_AT_WRITE)
+    if not spec:
+        return
+    k, _, when = spec.partition(":")
+    if stage == "after":
+        _writes += 1
+    if (when or "after") == stage and _writes + (stage == "before") == int(k):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
@@ -51,7 +73,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _fault_point("before")
         os.replace(tmp, path)
+        _fault_point("after")
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -71,6 +95,7 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir()
         fill(tmp)
+        _fault_point("before")
         moved = False
         if path.exists():
             os.replace(path, old)
@@ -85,6 +110,7 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:  # a file or a link stood in the way
             old.unlink(missing_ok=True)
+        _fault_point("after")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
