@@ -263,7 +263,7 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
         # random one of its next atomic writes (a cell, a stage folder, a JSON file), either just
         # after it lands or with only its temporary written; the last attempt may finish. The
         # moment is chosen by count, not by time, so the machine's load cannot move it.
-        kill = f"{rng.randint(1, 12)}{rng.choice(['', ':before'])}" if kills < 4 else ""
+        kill = f"{rng.randint(2, 16)}{rng.choice(['', ':before'])}" if kills < 4 else ""
         with open(log_path, "w") as log:
             proc = subprocess.run(
                 _run_cmd(cfg, out), stdout=log, stderr=subprocess.STDOUT, env={**env, KILL_AT_WRITE: kill}, timeout=600
