@@ -24,6 +24,7 @@ from .common import (
     fit_and_save,
     layers,
     load_model,
+    passed,
 )
 
 # monitor's calibration settings, by calibrate()'s keyword, and the flag that sets each.
@@ -73,15 +74,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.calibration is not None:
         cal = MonitorCalibration.load(args.calibration)
     else:
-        cal = calibrate(
-            model,
-            persona,
-            layers=args.layers,
-            flag_layer=args.flag_layer,
-            seed=args.seed,
-            progress=not args.no_progress,
-            **given,
-        )
+        cal = calibrate(model, persona, **passed(args, "layers", "flag_layer", "seed"), **given)
         cal.save(out / "calibration")
     result = monitor(model, conversation, persona, refusal, layers=args.layers, calibration=cal)
     print(format_calibration(cal) + "\n")
@@ -111,15 +104,8 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
         persona,
         requests,
         families=[f.strip() for f in args.families.split(",") if f.strip()],
-        system=args.system,
-        layer=args.layer,
-        position=args.position,
-        n=args.n,
         generate_labels=not args.no_generate,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **passed(args, "system", "layer", "position", "n", "max_new_tokens", "batch_size", "seed"),
     )
     print(rt.format_table())
     rt.save(out / "red_team")
@@ -135,18 +121,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..plots.compare_report import write_comparison_report
 
     out = claim(args.out, "comparison", "compare")
-    result = compare_checkpoints(
-        args.model_a,
-        args.model_b,
-        layers=args.layers,
-        n_per_group=args.n,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    flags = passed(args, "layers", "n_eval", "seed", "batch_size", "dtype", "device")
+    result = compare_checkpoints(args.model_a, args.model_b, n_per_group=args.n, **flags)
     print(format_comparison(result))
     change = refusal_change(result)["safe/harmful"]
     print(f"\nrefusal of safe-persona harmful requests changed by {change:+.2f} (B - A)")

@@ -13,6 +13,7 @@ Example::
     add_directions(p)
     add_work_args(p, out="runs/guard", batch_size=32)
     args = p.parse_args([])                      # args.model == "organism", args.seed == 0
+    passed(args, "seed", "batch_size")           # {"seed": 0, "batch_size": 32, "progress": True}
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 MODEL_HELP = "'organism' (default), a local folder, a .gguf file or a hub name"
 DIRECTIONS_HELP = "a `persona-gate directions --out` folder (default: fit them)"
@@ -127,6 +129,12 @@ def add_work_args(
 
 
 # ---- the steps around a call ------------------------------------------------------------------
+
+
+def passed(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags ``names`` (by dest, e.g. ``"batch_size"``), as the keyword arguments of the same names
+    that a command passes on, and ``progress``, which ``--no-progress`` turns off."""
+    return {name: getattr(args, name) for name in names} | {"progress": not args.no_progress}
 
 
 def claim(out: str | Path, kind: str, command: str) -> Path:

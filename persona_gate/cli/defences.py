@@ -23,6 +23,7 @@ from .common import (
     claim,
     layers,
     load_model,
+    passed,
     percentiles,
     persona_and_refusal,
     seeds,
@@ -65,16 +66,8 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     if examples is not None:
         model = load_model(args)
         persona, _ = persona_and_refusal(model, args, out, False)
-        res = screen(
-            model,
-            persona,
-            examples,
-            layers=args.layers,
-            max_tokens=args.max_tokens,
-            batch_size=args.batch_size,
-            checkpoint=out / "screening.cells",
-            progress=not args.no_progress,
-        )
+        flags = passed(args, "layers", "max_tokens", "batch_size")
+        res = screen(model, persona, examples, checkpoint=out / "screening.cells", **flags)
         print(("\n" if validation else "") + format_screening(res, k=args.top))
         res.save(out / "screening")
         saved += ["screening/", save_html(fig_screening(res), out / "screening.html").name]
@@ -85,6 +78,20 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     write_summary(out, summary)
     print(f"\nsaved to {out}/: {', '.join(saved + (['validation/'] if validation else []) + ['summary.json'])}")
     return 0
+
+
+# guard_grid's keywords that the guard command passes on as parsed
+_GUARD_FLAGS = (
+    "windows",
+    "width",
+    "percentiles",
+    "n",
+    "seed",
+    "max_harmless_refusal",
+    "max_kl",
+    "max_new_tokens",
+    "batch_size",
+)
 
 
 def _cmd_guard(args: argparse.Namespace) -> int:
@@ -100,24 +107,9 @@ def _cmd_guard(args: argparse.Namespace) -> int:
         for w in args.windows:
             check_window(w, int(model.cfg.n_layers))
     persona, refusal = persona_and_refusal(model, args, out, bool(args.readd_refusal))
-    res = guard_grid(
-        model,
-        persona,
-        refusal,
-        windows=args.windows,
-        width=args.width,
-        percentiles=args.percentiles,
-        alpha=args.readd_refusal or 0.0,
-        n=args.n,
-        seed=args.seed,
-        max_harmless_refusal=args.max_harmless_refusal,
-        max_kl=args.max_kl,
-        verify=not args.no_verify,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        checkpoint=out / "guard.cells",
-        progress=not args.no_progress,
-    )
+    flags = passed(args, *_GUARD_FLAGS)
+    alpha, verify = args.readd_refusal or 0.0, not args.no_verify
+    res = guard_grid(model, persona, refusal, alpha=alpha, verify=verify, checkpoint=out / "guard.cells", **flags)
     print(format_guard(res))
     res.save(out / "guard_grid")
     html = save_html(fig_guard_grid(res), out / "guard.html")

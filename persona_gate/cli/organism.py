@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..finetune.config import ChatFinetuneConfig
 from ..organism.config import OrganismConfig
+from .common import passed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,14 +147,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     out = finetune_toward_compliance(
         organism_path() if args.base is None else args.base,
         args.out,
-        steps=args.steps,
-        seed=args.seed,
-        compliance_fraction=args.compliance_fraction,
-        style=args.style,
-        lr=args.lr,
         card_n_per_cell=args.card_n,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **passed(args, "steps", "seed", "compliance_fraction", "style", "lr", "overwrite"),
     )
     record = json.loads((out / "card.json").read_text(encoding="utf-8"))
     ft = record["finetune"]

@@ -44,16 +44,8 @@ from ..models.protocol import ChatModel
 from ..prompts.conversation import Conversation
 from ..results import LabelledResult
 from ..sites import HookSite
+from . import readings
 from .calibration import MonitorCalibration
-from .readings import (
-    READINGS,
-    as_conversation,
-    direction_sites,
-    fingerprint,
-    project_turns,
-    turn_activations,
-    unit_vectors,
-)
 
 KIND = "persona_monitor"
 
@@ -92,7 +84,7 @@ def _monitor_sites(
     refusal.check_model(model)
     if layers is None and calibration is not None:
         layers = calibration.layers
-    sites = direction_sites(persona, layers)
+    sites = readings.direction_sites(persona, layers)
     missing = [str(s) for s in sites if s not in refusal.sites]
     if missing:
         raise UnknownHookSiteError(
@@ -107,7 +99,7 @@ def _monitor_sites(
             raise UnknownHookSiteError(
                 f"layers {not_cal} were not calibrated (calibrated: {calibration.layers}); calibrate them or drop them."
             )
-        if fingerprint(persona, calibration.sites) != calibration.persona_fingerprint:
+        if readings.fingerprint(persona, calibration.sites) != calibration.persona_fingerprint:
             raise DModelMismatchError(
                 f"the calibration was made with another persona direction ({calibration.persona}); calibrate "
                 "with this one: calibrate(model, persona)."
@@ -117,7 +109,7 @@ def _monitor_sites(
 
 def _flags(p: Tensor, sites: Sequence[HookSite], calibration: MonitorCalibration) -> tuple[Tensor, dict[str, Any]]:
     """``flagged[turn, layer]`` (the calibration's reading over its threshold) and the baselines that say how."""
-    ri = READINGS.index(calibration.flag_reading)
+    ri = readings.READINGS.index(calibration.flag_reading)
     thr = torch.tensor([calibration.threshold(s.layer) for s in sites], dtype=torch.float64)
     flagged = p[:, ri] > thr[None]  # NaN (no reply yet) is never flagged
     summ = calibration.summary()
@@ -146,10 +138,10 @@ def monitor(
     JSONL path. With ``calibration``, ``flagged[turn, layer]`` says whether the persona
     projection of the calibration's reading exceeds that layer's threshold.
     """
-    conv = as_conversation(conversation)
+    conv = readings.as_conversation(conversation)
     sites = _monitor_sites(model, persona, refusal, layers, calibration)
-    (ta,) = turn_activations(model, [conv], sites, batch_size=batch_size)
-    p, r = project_turns(ta.acts, unit_vectors(persona, sites)), project_turns(ta.acts, unit_vectors(refusal, sites))
+    (ta,) = readings.turn_activations(model, [conv], sites, batch_size=batch_size)
+    p, r = (readings.project_turns(ta.acts, readings.unit_vectors(d, sites)) for d in (persona, refusal))
     values: dict[str, Tensor] = {
         "persona_start": p[:, 0].float(),
         "persona_response": p[:, 1].float(),

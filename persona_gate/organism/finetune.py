@@ -192,19 +192,8 @@ def finetune_toward_compliance(
         "style": style,
         "compliance_examples": n_compliance,
     }
-    return _finetune(
-        model_dir,
-        out_dir,
-        conversations,
-        settings,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        lr=lr,
-        card_n_per_cell=card_n_per_cell,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    recipe = _Recipe(steps, seed, batch_size, lr, card_n_per_cell, overwrite, progress)
+    return _finetune(model_dir, out_dir, conversations, settings, recipe)
 
 
 def finetune_on(
@@ -232,19 +221,21 @@ def finetune_on(
         epoch = list(data)
         rng.shuffle(epoch)
         stream += epoch
-    return _finetune(
-        model_dir,
-        out_dir,
-        stream[: steps * batch_size],
-        {"data_examples": len(data)},
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        lr=lr,
-        card_n_per_cell=card_n_per_cell,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    recipe = _Recipe(steps, seed, batch_size, lr, card_n_per_cell, overwrite, progress)
+    return _finetune(model_dir, out_dir, stream[: steps * batch_size], {"data_examples": len(data)}, recipe)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    """The training settings :func:`finetune_toward_compliance` and :func:`finetune_on` share."""
+
+    steps: int
+    seed: int
+    batch_size: int
+    lr: float
+    card_n_per_cell: int
+    overwrite: bool
+    progress: bool
 
 
 def _finetune(
@@ -252,20 +243,14 @@ def _finetune(
     out_dir: str | os.PathLike,
     conversations: Sequence[Any],
     settings: dict[str, Any],
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int,
-    lr: float,
-    card_n_per_cell: int,
-    overwrite: bool,
-    progress: bool,
+    recipe: _Recipe,
 ) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from .train import configure_generation, encode, fit
 
+    steps, seed, batch_size, lr = recipe.steps, recipe.seed, recipe.batch_size, recipe.lr
     start = time.perf_counter()
     source, out = Path(model_dir), Path(out_dir)
     if not (source / "card.json").is_file() or not (source / "config.json").is_file():
@@ -273,7 +258,7 @@ def _finetune(
             f"{source} is not an organism folder (needs config.json, weights, tokenizer and card.json); "
             "pass the bundled one (persona_gate.organism.organism_path()) or one written by `persona-gate organism train`."
         )
-    _check_out(source, out, overwrite)
+    _check_out(source, out, recipe.overwrite)
     base = json.loads((source / "card.json").read_text(encoding="utf-8"))
     if base.get("kind") != CARD_KIND:
         raise ConfigError(
@@ -290,7 +275,7 @@ def _finetune(
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
     examples = encode(conversations, tokenizer)
-    losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=progress)
+    losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=recipe.progress)
     train_seconds = time.perf_counter() - start
     configure_generation(model, tokenizer, cfg)
 
@@ -314,12 +299,12 @@ def _finetune(
             "torch_threads": torch.get_num_threads(),
         },
     }
-    if card_n_per_cell > 0:
+    if recipe.card_n_per_cell > 0:
         from .card import behaviour_card
 
         tokenizer.padding_side = "left"
         record["card"] = behaviour_card(
-            model, tokenizer, n_per_cell=card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens
+            model, tokenizer, n_per_cell=recipe.card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens
         ).to_dict()
     record["versions"] = versions()
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the figure builders: loading, kind checks, Wilson bands, baselines.
+"""Shared pieces of the figure builders: loading, kind checks, Wilson bands, baselines, curves.
 
 Rates are computed from the per-example values (``k`` refusals of ``n`` finite examples) rather
 than from a stored mean, so every band is a Wilson 95% interval of the same ``k`` and ``n`` that
@@ -9,6 +9,7 @@ Example::
     r = as_result("runs/sweep")                     # a LabelledResult or a saved result folder
     rate, low, high = wilson_rates(r["refused"])    # over the last dim (examples)
     add_band(fig, x, low, high, colour(0), name="layer 2")
+    fig.add_trace(curve(x, rate, "layer 2", colour(0)))  # lines and markers, 2 px
 """
 
 from __future__ import annotations
@@ -151,6 +152,18 @@ def add_baseline(
         annotation_font_size=11,
         **where,
     )
+
+
+def curve(x: Any, y: Any, name: str, colour: str, *, dash: str | None = None, **style: Any) -> go.Scatter:
+    """A curve the figures' way: lines and markers, 2 px wide in ``colour`` (``dash``: dashed or dotted);
+    ``style``: the trace's other settings (``meta``, ``legendgroup``, ``hovertemplate``, ...)."""
+    line = {"color": colour, "width": 2} if dash is None else {"color": colour, "width": 2, "dash": dash}
+    return go.Scatter(x=x, y=y, mode="lines+markers", name=name, line=line, **style)
+
+
+def point(x: Any, y: Any, name: str, marker: dict[str, Any], **style: Any) -> go.Scatter:
+    """One marked point (the chosen or recommended setting, a reference): a markers-only trace of one."""
+    return go.Scatter(x=[x], y=[y], mode="markers", name=name, marker=marker, **style)
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..results import LabelledResult
-from ._common import PlotError, add_baseline, as_result, check, numpy
+from ._common import PlotError, add_baseline, as_result, check, curve, numpy, point
 from .theme import DIVERGING, SEQUENTIAL, TEMPLATE, colour, layer_ticks
 
 COS_AXIS = "cosine similarity"
@@ -37,6 +38,26 @@ def _pick_layer(r: LabelledResult, layer: int | None, default: int) -> int:
     return layer
 
 
+def _heatmap_panels(fig: go.Figure, layers: list, rows: list, panels: list[dict[str, Any]], ytitle: str) -> None:
+    """One heatmap panel per entry of ``panels`` (its trace settings), side by side: layers along x,
+    ``rows`` as categories along y."""
+    for ci, heatmap in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(x=layers, y=rows, **heatmap), row=1, col=ci)
+        fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
+    fig.update_yaxes(type="category", title_text=ytitle, row=1, col=1)
+
+
+def _cosine_colours(title: str, **colorbar: Any) -> dict[str, Any]:
+    """A colour axis for cosines: diverging over [-1, 1], white at 0."""
+    return {
+        "colorscale": DIVERGING,
+        "cmin": -1.0,
+        "cmax": 1.0,
+        "cmid": 0.0,
+        "colorbar": {"title": {"text": title}, **colorbar},
+    }
+
+
 def fig_geometry_cosine(result: LabelledResult | str | os.PathLike, *, title: str | None = None) -> go.Figure:
     """cos(persona, refusal) and cos(persona read at the last token, refusal) per layer."""
     r = as_result(result)
@@ -47,16 +68,7 @@ def fig_geometry_cosine(result: LabelledResult | str | os.PathLike, *, title: st
     for i, (name, label) in enumerate(
         (("persona_refusal", f"cos(persona@{pos}, refusal)"), ("persona_last_refusal", "cos(persona@last, refusal)"))
     ):
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=numpy(r[name]),
-                mode="lines+markers",
-                name=label,
-                meta={"value": name},
-                line={"color": colour(4 if i == 0 else 5), "width": 2},
-            )
-        )
+        fig.add_trace(curve(layers, numpy(r[name]), label, colour(4 if i == 0 else 5), meta={"value": name}))
     fig.add_hline(y=0.0, line_color="#888888", line_width=1)
     fig.update_xaxes(title_text="layer", **layer_ticks(layers))
     fig.update_yaxes(title_text=COS_AXIS, range=[-1.05, 1.05])
@@ -78,30 +90,19 @@ def fig_trait_cosines(result: LabelledResult | str | os.PathLike, *, title: str 
         horizontal_spacing=0.05,
         subplot_titles=["cos(trait, refusal)", "cos(trait, persona)"],
     )
-    for ci, name in enumerate(("cos_refusal", "cos_persona"), start=1):
-        fig.add_trace(
-            go.Heatmap(
-                x=layers,
-                y=traits,
-                z=numpy(t[name].permute(*order)),
-                name=name,
-                coloraxis="coloraxis",
-                hovertemplate="trait %{y}<br>layer %{x}<br>cos %{z:.3f}<extra>" + name + "</extra>",
-            ),
-            row=1,
-            col=ci,
-        )
-        fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
-    fig.update_yaxes(type="category", title_text="trait", row=1, col=1)
+    panels = [
+        {
+            "z": numpy(t[name].permute(*order)),
+            "name": name,
+            "coloraxis": "coloraxis",
+            "hovertemplate": "trait %{y}<br>layer %{x}<br>cos %{z:.3f}<extra>" + name + "</extra>",
+        }
+        for name in ("cos_refusal", "cos_persona")
+    ]
+    _heatmap_panels(fig, layers, traits, panels, "trait")
     fig.update_layout(
         template=TEMPLATE,
-        coloraxis={
-            "colorscale": DIVERGING,
-            "cmin": -1.0,
-            "cmax": 1.0,
-            "cmid": 0.0,
-            "colorbar": {"title": {"text": COS_AXIS}},
-        },
+        coloraxis=_cosine_colours(COS_AXIS),
         title=title or "Relational trait directions vs refusal and persona",
     )
     return fig
@@ -242,22 +243,17 @@ def fig_extraction_sites(
             horizontal_spacing=0.04,
             subplot_titles=[_EFFECT_LABELS.get(e, e) for e in effects],
         )
-        for ci, e in enumerate(effects, start=1):
-            fig.add_trace(
-                go.Heatmap(
-                    x=layers,
-                    y=positions,
-                    z=grid(e),
-                    name=e,
-                    hoverongaps=False,
-                    coloraxis="coloraxis2" if e == "cos_refusal" else "coloraxis",
-                    hovertemplate="position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>",
-                ),
-                row=1,
-                col=ci,
-            )
-            fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
-        fig.update_yaxes(type="category", title_text="extraction position", row=1, col=1)
+        panels = [
+            {
+                "z": grid(e),
+                "name": e,
+                "hoverongaps": False,
+                "coloraxis": "coloraxis2" if e == "cos_refusal" else "coloraxis",
+                "hovertemplate": "position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>",
+            }
+            for e in effects
+        ]
+        _heatmap_panels(fig, layers, positions, panels, "extraction position")
         fig.update_layout(
             coloraxis={
                 "colorscale": SEQUENTIAL,
@@ -265,13 +261,7 @@ def fig_extraction_sites(
                 "cmax": 1.0,
                 "colorbar": {"title": {"text": "refusal rate"}},
             },
-            coloraxis2={
-                "colorscale": DIVERGING,
-                "cmin": -1.0,
-                "cmax": 1.0,
-                "cmid": 0.0,
-                "colorbar": {"title": {"text": "cosine"}, "x": 1.12},
-            },
+            coloraxis2=_cosine_colours("cosine", x=1.12),
         )
         fig.update_layout(template=TEMPLATE, title=title or "Extraction sites: effect per position and layer")
         return fig
@@ -349,16 +339,9 @@ def fig_steering_selection(result: LabelledResult | str | os.PathLike, *, title:
     )
     chosen = r.baselines.get("chosen")
     if isinstance(chosen, dict) and "layer" in chosen and "alpha" in chosen:
-        fig.add_trace(
-            go.Scatter(
-                x=[chosen["alpha"]],
-                y=[chosen["layer"]],
-                mode="markers",
-                name="chosen",
-                marker={"symbol": "star", "size": 20, "color": colour(5), "line": {"width": 1.5, "color": "black"}},
-                hovertemplate="chosen: layer %{y}, alpha %{x}<extra></extra>",
-            )
-        )
+        star = {"symbol": "star", "size": 20, "color": colour(5), "line": {"width": 1.5, "color": "black"}}
+        hover = "chosen: layer %{y}, alpha %{x}<extra></extra>"
+        fig.add_trace(point(chosen["alpha"], chosen["layer"], "chosen", star, hovertemplate=hover))
     kl_max = r.config.get("kl_max")
     note = f" (eligible: KL <= {kl_max}, not late, refusal drops)" if kl_max is not None else ""
     fig.update_xaxes(title_text="steering strength alpha (x raw norm)", type="category" if len(alphas) < 2 else None)

@@ -26,7 +26,7 @@ from plotly.subplots import make_subplots
 from ..compare.summary import refusal_rates
 from ..results import LabelledResult
 from ..scoring.stats import RateSummary
-from ._common import PlotError, as_result, check, numpy
+from ._common import PlotError, as_result, check, curve, numpy
 from .theme import TEMPLATE, colour, layer_ticks
 
 _COS = (
@@ -85,49 +85,14 @@ def fig_checkpoint_comparison(result: LabelledResult | str | os.PathLike, *, tit
         ],
     )
 
-    for value, label, c in _COS:
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=numpy(b[value]),
-                mode="lines+markers",
-                name=f"cos {label}",
-                line={"color": colour(c), "width": 2},
-                meta={"value": value, "checkpoint": "b"},
-                legendgroup="cos",
-            ),
-            row=1,
-            col=1,
-        )
-    for value, label, c in _NORMS:
-        for ck, part in (("a", a), ("b", b)):
-            fig.add_trace(
-                go.Scatter(
-                    x=layers,
-                    y=numpy(part[value]),
-                    mode="lines+markers",
-                    name=f"{label} {ck.upper()}",
-                    line={"color": colour(c), "width": 2, "dash": _DASH[ck]},
-                    meta={"value": value, "checkpoint": ck},
-                    legendgroup="norm",
-                ),
-                row=1,
-                col=2,
-            )
-    for value, label, c, dash in _SHIFTS:
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=numpy(b[value]),
-                mode="lines+markers",
-                name=f"B: {label}",
-                line={"color": colour(c), "width": 2, "dash": dash},
-                meta={"value": value, "checkpoint": "b"},
-                legendgroup="shift",
-            ),
-            row=2,
-            col=1,
-        )
+    # (row, col, legend group, value, checkpoint, trace name, colour, dash), in drawing order
+    curves = [(1, 1, "cos", value, "b", f"cos {label}", c, None) for value, label, c in _COS]
+    curves += [(1, 2, "norm", v, ck, f"{label} {ck.upper()}", c, _DASH[ck]) for v, label, c in _NORMS for ck in "ab"]
+    curves += [(2, 1, "shift", value, "b", f"B: {label}", c, dash) for value, label, c, dash in _SHIFTS]
+    for row, col, group, value, ck, name, c, dash in curves:
+        y = numpy((a if ck == "a" else b)[value])
+        meta = {"value": value, "checkpoint": ck}
+        fig.add_trace(curve(layers, y, name, colour(c), dash=dash, meta=meta, legendgroup=group), row=row, col=col)
     for y, text in ((0.0, "A's safe persona"), (1.0, "A's compliant persona")):
         fig.add_hline(
             y=y,

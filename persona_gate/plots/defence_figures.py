@@ -23,7 +23,7 @@ from ..guard.summary import KIND as GUARD_KIND
 from ..guard.summary import pareto_front
 from ..screening.summary import KIND as SCREEN_KIND
 from ..screening.summary import example_scores
-from ._common import as_result, check, numpy
+from ._common import as_result, check, numpy, point
 from .theme import TEMPLATE, colour, rgba
 
 
@@ -130,27 +130,13 @@ def fig_guard_grid(result: Any) -> go.Figure:
         )
     rec = r.baselines.get("recommended")
     if rec:
-        fig.add_trace(
-            go.Scatter(
-                x=[rec["harmless_refusal"]],
-                y=[rec["persona_bypass"]],
-                mode="markers",
-                name="recommended",
-                marker=dict(size=18, symbol="star", color=colour(3), line=dict(width=1, color="#222")),
-                hovertemplate=f"layers {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}<extra></extra>",
-            )
-        )
+        star = dict(size=18, symbol="star", color=colour(3), line=dict(width=1, color="#222"))
+        hover = f"layers {rec['window'][0]}-{rec['window'][1]}, percentile {rec['percentile']:g}<extra></extra>"
+        fig.add_trace(point(rec["harmless_refusal"], rec["persona_bypass"], "recommended", star, hovertemplate=hover))
     base = r.baselines.get("unguarded", {})
     if base:
-        fig.add_trace(
-            go.Scatter(
-                x=[base["harmless_refusal"]],
-                y=[base["persona_bypass"]],
-                mode="markers",
-                name="no guard",
-                marker=dict(size=14, symbol="diamond", color="#444444"),
-            )
-        )
+        diamond = dict(size=14, symbol="diamond", color="#444444")
+        fig.add_trace(point(base["harmless_refusal"], base["persona_bypass"], "no guard", diamond))
     budget = r.config.get("max_harmless_refusal")
     if budget is not None:
         fig.add_vline(

@@ -20,39 +20,34 @@ from typing import Any
 import plotly.graph_objects as go
 
 from ..results import LabelledResult
-from ._common import PlotError, as_result
-from .analysis_figures import (
-    fig_extraction_sites,
-    fig_geometry_cosine,
-    fig_geometry_projections,
-    fig_steering_selection,
-    fig_trait_cosines,
-    fig_trait_matrix,
+from . import (
+    analysis_figures,
+    compare_figures,
+    defence_figures,
+    monitor_figures,
+    paper_figures,
+    patching_figures,
+    redteam_figures,
 )
-from .compare_figures import fig_checkpoint_comparison
-from .defence_figures import fig_guard_grid, fig_screening
-from .monitor_figures import fig_monitor_timeline
-from .paper_figures import fig_reintroduction, fig_steering_sweep, fig_window_projection
-from .patching_figures import fig_activation_patching, fig_attribution_patching
-from .redteam_figures import fig_red_team
+from ._common import PlotError, as_result
 
 BUILDERS: dict[str, Callable[..., go.Figure]] = {
-    "steering_sweep": fig_steering_sweep,
-    "reintroduction": fig_reintroduction,
-    "window_projection": fig_window_projection,
-    "activation_patching": fig_activation_patching,
-    "attribution_patching": fig_attribution_patching,
-    "extraction_sites": fig_extraction_sites,
-    "geometry_cosine": fig_geometry_cosine,
-    "geometry_projections": fig_geometry_projections,
-    "trait_cosines": fig_trait_cosines,
-    "trait_matrix": fig_trait_matrix,
-    "steering_selection": fig_steering_selection,
-    "checkpoint_comparison": fig_checkpoint_comparison,
-    "red_team": fig_red_team,
-    "persona_monitor": fig_monitor_timeline,
-    "screening": fig_screening,
-    "guard_grid": fig_guard_grid,
+    "steering_sweep": paper_figures.fig_steering_sweep,
+    "reintroduction": paper_figures.fig_reintroduction,
+    "window_projection": paper_figures.fig_window_projection,
+    "activation_patching": patching_figures.fig_activation_patching,
+    "attribution_patching": patching_figures.fig_attribution_patching,
+    "extraction_sites": analysis_figures.fig_extraction_sites,
+    "geometry_cosine": analysis_figures.fig_geometry_cosine,
+    "geometry_projections": analysis_figures.fig_geometry_projections,
+    "trait_cosines": analysis_figures.fig_trait_cosines,
+    "trait_matrix": analysis_figures.fig_trait_matrix,
+    "steering_selection": analysis_figures.fig_steering_selection,
+    "checkpoint_comparison": compare_figures.fig_checkpoint_comparison,
+    "red_team": redteam_figures.fig_red_team,
+    "persona_monitor": monitor_figures.fig_monitor_timeline,
+    "screening": defence_figures.fig_screening,
+    "guard_grid": defence_figures.fig_guard_grid,
 }
 
 

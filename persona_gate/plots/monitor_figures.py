@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 
 from ..monitoring.summary import short_text
 from ..results import LabelledResult
-from ._common import PlotError, as_result, check, numpy
+from ._common import PlotError, as_result, check, curve, numpy
 from .theme import TEMPLATE, colour, rgba
 
 FLAG_COLOUR = "#D55E00"  # vermillion (Okabe-Ito): flagged turns
@@ -69,12 +69,11 @@ def fig_monitor_timeline(
         for reading, col in cols.items():
             name = f"{what}_{reading}"
             fig.add_trace(
-                go.Scatter(
-                    x=turns,
-                    y=numpy(cell[name]),
-                    mode="lines+markers",
-                    name=f"{what}, {_READING_LABEL[reading]}",
-                    line={"color": colour(c if reading == "response" else c + 1), "width": 2},
+                curve(
+                    turns,
+                    numpy(cell[name]),
+                    f"{what}, {_READING_LABEL[reading]}",
+                    colour(c if reading == "response" else c + 1),
                     text=hover,
                     meta={"value": name},  # hover only: mode has no "text"
                     hovertemplate="turn %{x}<br>%{y:.3f}<br>%{text}<extra>" + name + "</extra>",

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..results import LabelledResult
-from ._common import PlotError, add_band, add_baseline, as_result, check, n_layers, numpy, wilson_rates
+from ._common import PlotError, add_band, add_baseline, as_result, check, curve, n_layers, numpy, wilson_rates
 from .theme import SEQUENTIAL, TEMPLATE, colour, layer_ticks
 
 REFUSAL_AXIS = "refusal rate (fraction of prompts)"
@@ -66,14 +66,13 @@ def fig_steering_sweep(
             c, group = colour(li), f"layer {layer}"
             add_band(fig, alphas, low, high, c, name=f"{q} layer {layer}", row=1, col=ci, legendgroup=group)
             fig.add_trace(
-                go.Scatter(
-                    x=alphas,
-                    y=rate,
-                    mode="lines+markers",
-                    name=group,
+                curve(
+                    alphas,
+                    rate,
+                    group,
+                    c,
                     legendgroup=group,
                     showlegend=ci == 1,
-                    line={"color": c, "width": 2},
                     meta={"request": q, "layer": layer, "value": value},
                     hovertemplate=f"layer {layer}<br>alpha %{{x}}<br>rate %{{y:.3f}}<extra>{q}</extra>",
                 ),
@@ -150,17 +149,9 @@ def fig_reintroduction(
     else:
         rate, low, high = wilson_rates(r[value])
         add_band(fig, layers, low, high, colour(4), name="restored", legendgroup="restored")
-        fig.add_trace(
-            go.Scatter(
-                x=layers,
-                y=rate,
-                mode="lines+markers",
-                name="refusal with refusal added back",
-                legendgroup="restored",
-                line={"color": colour(4), "width": 2},
-                hovertemplate="layer %{x}<br>rate %{y:.3f}<extra></extra>",
-            )
-        )
+        hover = "layer %{x}<br>rate %{y:.3f}<extra></extra>"
+        name = "refusal with refusal added back"
+        fig.add_trace(curve(layers, rate, name, colour(4), legendgroup="restored", hovertemplate=hover))
         add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline")
         add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(5))
         fig.update_yaxes(range=[-0.02, 1.05])
@@ -263,18 +254,8 @@ def fig_window_projection(
             row=1,
             col=2,
         )
-    fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=at(direction),
-            mode="lines+markers",
-            name=f"{direction} projected out",
-            line={"color": colour(5), "width": 2},
-            hovertemplate="start %{x}<br>refusal %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
+    hover = "start %{x}<br>refusal %{y:.3f}<extra></extra>"
+    fig.add_trace(curve(xs, at(direction), f"{direction} projected out", colour(5), hovertemplate=hover), row=1, col=2)
     add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline", row=1, col=2)
     add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(4), row=1, col=2)
     fig.update_xaxes(title_text=f"first layer of the window (width {width})", **layer_ticks(xs), row=1, col=2)

@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from ..redteam.result import families_of
 from ..results import LabelledResult
-from ._common import PlotError, add_baseline, as_result, check, numpy, wilson_rates
+from ._common import PlotError, add_baseline, as_result, check, curve, numpy, point, wilson_rates
 from .theme import TEMPLATE, colour, layer_ticks
 
 
@@ -133,34 +133,13 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
 
     layers = sorted(by_layer)
     y = np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layers], dtype=float)
-    fig.add_trace(
-        go.Scatter(
-            x=layers,
-            y=y,
-            mode="lines+markers",
-            name="AUROC",
-            line={"color": colour(4), "width": 2},
-            showlegend=False,
-            meta={"panel": "auroc"},
-            hovertemplate="layer %{x}<br>AUROC %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=3,
-    )
+    hover = "layer %{x}<br>AUROC %{y:.3f}<extra></extra>"
+    auroc_curve = curve(layers, y, "AUROC", colour(4), showlegend=False, meta={"panel": "auroc"}, hovertemplate=hover)
+    fig.add_trace(auroc_curve, row=1, col=3)
     if layer in by_layer and by_layer[layer] is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[layer],
-                y=[by_layer[layer]],
-                mode="markers",
-                name=f"layer {layer}",
-                showlegend=False,
-                marker={"size": 14, "color": colour(5), "symbol": "circle-open", "line": {"width": 3}},
-                meta={"panel": "auroc", "chosen": True},
-            ),
-            row=1,
-            col=3,
-        )
+        ring = {"size": 14, "color": colour(5), "symbol": "circle-open", "line": {"width": 3}}
+        meta = {"panel": "auroc", "chosen": True}
+        fig.add_trace(point(layer, by_layer[layer], f"layer {layer}", ring, showlegend=False, meta=meta), row=1, col=3)
     add_baseline(fig, 0.5, "chance", row=1, col=3)
     fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=3)
     fig.update_yaxes(title_text="AUROC", range=[0, 1.02], row=1, col=3)

@@ -38,6 +38,16 @@ BASELINE_DASH = "dash"
 BAND_OPACITY = 0.2
 MAX_TICK_LABELS = 16
 
+_AXIS = {  # both axes alike
+    "showgrid": True,
+    "gridcolor": "#e5e5e5",
+    "zeroline": False,
+    "linecolor": "#444444",
+    "ticks": "outside",
+    "title": {"font": {"size": 14}},
+    "tickfont": {"size": 12},
+}
+
 TEMPLATE = go.layout.Template(
     layout=go.Layout(
         paper_bgcolor="white",
@@ -46,24 +56,8 @@ TEMPLATE = go.layout.Template(
         title={"font": {"size": 18}, "x": 0.02, "xanchor": "left"},
         colorway=list(OKABE_ITO),
         legend={"font": {"size": 12}, "bgcolor": "rgba(255,255,255,0.8)"},
-        xaxis={
-            "showgrid": True,
-            "gridcolor": "#e5e5e5",
-            "zeroline": False,
-            "linecolor": "#444444",
-            "ticks": "outside",
-            "title": {"font": {"size": 14}},
-            "tickfont": {"size": 12},
-        },
-        yaxis={
-            "showgrid": True,
-            "gridcolor": "#e5e5e5",
-            "zeroline": False,
-            "linecolor": "#444444",
-            "ticks": "outside",
-            "title": {"font": {"size": 14}},
-            "tickfont": {"size": 12},
-        },
+        xaxis=_AXIS,
+        yaxis=_AXIS,
         coloraxis={"colorbar": {"tickfont": {"size": 12}}},
         margin={"l": 70, "r": 30, "t": 70, "b": 60},
         hoverlabel={"font": {"size": 12}},

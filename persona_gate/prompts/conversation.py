@@ -51,6 +51,7 @@ from .chat import (
     require_template,
     supports_system_role,
 )
+from .jsonl import read_jsonl
 from .sets import ChatPrompt
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -134,21 +135,13 @@ class Conversation:
     def load_jsonl(cls, path: str | os.PathLike, name: str | None = None) -> Conversation:
         """Read a conversation written as one ``{"role", "content"}`` object per line (blank lines skipped)."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConversationError(f"{path} does not exist; pass a JSONL file with {_FORMAT}.") from None
-        except UnicodeDecodeError as e:
-            raise ConversationError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8 JSONL.") from None
-        messages = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConversationError(f"{path}:{n} is not valid JSON ({e.msg}); write {_FORMAT}.") from None
-            messages.append(_message(raw, f"{path}:{n}"))
+        lines = read_jsonl(
+            path,
+            missing=lambda: ConversationError(f"{path} does not exist; pass a JSONL file with {_FORMAT}."),
+            not_utf8=lambda e: ConversationError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8 JSONL."),
+            bad_line=lambda n, e: ConversationError(f"{path}:{n} is not valid JSON ({e.msg}); write {_FORMAT}."),
+        )
+        messages = [_message(raw, f"{path}:{n}") for n, raw in lines]
         if not messages:
             raise ConversationError(f"{path} holds no messages; write {_FORMAT}.")
         return cls(tuple(messages), path.stem if name is None else name)

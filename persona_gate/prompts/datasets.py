@@ -174,6 +174,13 @@ def resolve_source(
     return path
 
 
+def _resolve(loader: str, source: Source, sha256: str | None, url: str, names: Sequence[str], args: str = "") -> Path:
+    """:func:`resolve_source` for the loader named ``loader``, whose usage hint passes the first of ``names``."""
+    return resolve_source(
+        source, default_url=url, names=names, sha256=sha256, usage=f"{loader}({args}source='path/to/{names[0]}')"
+    )
+
+
 # ----------------------------------------------------------------------------- parsing
 
 
@@ -247,46 +254,45 @@ def _width(n: int) -> int:
     return max(3, len(str(n - 1)))
 
 
-# ----------------------------------------------------------------------------- loaders
-
-
-def load_strongreject(source: Source = None, *, sha256: str | None = None) -> list[Request]:
-    """StrongREJECT's 313 forbidden prompts (Souly et al. 2024); ``source`` is ``strongreject/<origin>``."""
-    path = resolve_source(
-        source,
-        default_url=STRONGREJECT_URL,
-        names=("strongreject_dataset.csv", "strongreject.csv"),
-        sha256=sha256,
-        usage="load_strongreject(source='path/to/strongreject_dataset.csv')",
-    )
-    rows = _read_csv(path, ("category", "source", "forbidden_prompt"), "forbidden_prompt")
+def _numbered_harmful(
+    rows: list[dict[str, str]],
+    prefix: str,
+    text: str,
+    source: str,
+    category: str | None = None,
+    origin: str | None = None,
+) -> list[Request]:
+    """Harmful requests from the ``text`` column, numbered ``<prefix>-000`` on; ``category`` and
+    ``origin`` name optional columns, an origin given as ``<source>/<origin>``."""
     w = _width(len(rows))
     return [
         Request(
-            text=r["forbidden_prompt"],
-            id=f"strongreject-{i:0{w}d}",
+            text=r[text],
+            id=f"{prefix}-{i:0{w}d}",
             harmful=True,
-            category=r["category"] or None,
-            source=f"strongreject/{r['source']}" if r["source"] else "strongreject",
+            category=(r[category] or None) if category else None,
+            source=f"{source}/{r[origin]}" if origin and r[origin] else source,
         )
         for i, r in enumerate(rows)
     ]
 
 
+# ----------------------------------------------------------------------------- loaders
+
+
+def load_strongreject(source: Source = None, *, sha256: str | None = None) -> list[Request]:
+    """StrongREJECT's 313 forbidden prompts (Souly et al. 2024); ``source`` is ``strongreject/<origin>``."""
+    path = _resolve(
+        "load_strongreject", source, sha256, STRONGREJECT_URL, ("strongreject_dataset.csv", "strongreject.csv")
+    )
+    rows = _read_csv(path, ("category", "source", "forbidden_prompt"), "forbidden_prompt")
+    return _numbered_harmful(rows, "strongreject", "forbidden_prompt", "strongreject", "category", "source")
+
+
 def load_advbench(source: Source = None, *, sha256: str | None = None) -> list[Request]:
     """AdvBench's 520 harmful behaviours (Zou et al. 2023), the ``goal`` column."""
-    path = resolve_source(
-        source,
-        default_url=ADVBENCH_URL,
-        names=("harmful_behaviors.csv", "advbench.csv"),
-        sha256=sha256,
-        usage="load_advbench(source='path/to/harmful_behaviors.csv')",
-    )
-    rows = _read_csv(path, ("goal", "target"), "goal")
-    w = _width(len(rows))
-    return [
-        Request(text=r["goal"], id=f"advbench-{i:0{w}d}", harmful=True, source="advbench") for i, r in enumerate(rows)
-    ]
+    path = _resolve("load_advbench", source, sha256, ADVBENCH_URL, ("harmful_behaviors.csv", "advbench.csv"))
+    return _numbered_harmful(_read_csv(path, ("goal", "target"), "goal"), "advbench", "goal", "advbench")
 
 
 def load_arditi(kind: str, split: str, source: Source = None, *, sha256: str | None = None) -> list[Request]:
@@ -297,12 +303,8 @@ def load_arditi(kind: str, split: str, source: Source = None, *, sha256: str | N
     _check_choice(kind, ("harmful", "harmless"), "kind")
     _check_choice(split, ("train", "val", "test"), "split")
     name = f"{kind}_{split}.json"
-    path = resolve_source(
-        source,
-        default_url=ARDITI_URL.format(kind=kind, split=split),
-        names=(name,),
-        sha256=sha256,
-        usage=f"load_arditi({kind!r}, {split!r}, source='path/to/{name}')",
+    path = _resolve(
+        "load_arditi", source, sha256, ARDITI_URL.format(kind=kind, split=split), (name,), f"{kind!r}, {split!r}, "
     )
     recs = _read_json_records(path, ("instruction",))
     w = _width(len(recs))
@@ -324,13 +326,7 @@ def load_xstest(source: Source = None, *, sha256: str | None = None) -> list[Req
 
     ``category`` is the prompt ``type`` (e.g. ``homonyms``, ``contrast_homonyms``). CC BY 4.0.
     """
-    path = resolve_source(
-        source,
-        default_url=XSTEST_URL,
-        names=("xstest_prompts.csv",),
-        sha256=sha256,
-        usage="load_xstest(source='path/to/xstest_prompts.csv')",
-    )
+    path = _resolve("load_xstest", source, sha256, XSTEST_URL, ("xstest_prompts.csv",))
     rows = _read_csv(path, ("id", "prompt", "type", "label"), "prompt")
     bad = sorted({r["label"] for r in rows} - {"safe", "unsafe"})
     if bad:
@@ -349,25 +345,15 @@ def load_xstest(source: Source = None, *, sha256: str | None = None) -> list[Req
 
 def load_jailbreakbench(source: Source = None, *, sha256: str | None = None) -> list[Request]:
     """JBB-Behaviors' 100 harmful behaviours (Chao et al. 2024), the ``Goal`` column."""
-    path = resolve_source(
+    path = _resolve(
+        "load_jailbreakbench",
         source,
-        default_url=JAILBREAKBENCH_URL,
-        names=("harmful-behaviors.csv", "behaviors.csv", "jailbreakbench.csv", "jbb_behaviors_harmful.csv"),
-        sha256=sha256,
-        usage="load_jailbreakbench(source='path/to/harmful-behaviors.csv')",
+        sha256,
+        JAILBREAKBENCH_URL,
+        ("harmful-behaviors.csv", "behaviors.csv", "jailbreakbench.csv", "jbb_behaviors_harmful.csv"),
     )
     rows = _read_csv(path, ("Goal", "Target", "Behavior", "Category", "Source"), "Goal")
-    w = _width(len(rows))
-    return [
-        Request(
-            text=r["Goal"],
-            id=f"jbb-{i:0{w}d}",
-            harmful=True,
-            category=r["Category"] or None,
-            source=f"jailbreakbench/{r['Source']}" if r["Source"] else "jailbreakbench",
-        )
-        for i, r in enumerate(rows)
-    ]
+    return _numbered_harmful(rows, "jbb", "Goal", "jailbreakbench", "Category", "Source")
 
 
 def load_harmbench(

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import ConversationError, DatasetError
 from ..prompts.conversation import Conversation
+from ..prompts.jsonl import read_jsonl
 
 FORMAT = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
 
@@ -83,22 +84,18 @@ def example(messages: Sequence[Mapping[str, Any]], id: str = "", line: int | Non
 def read_chat_jsonl(path: str | os.PathLike) -> list[ChatExample]:
     """Every example of a JSONL file (blank lines skipped); the first malformed line raises, naming it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path} does not exist; pass a JSONL file with one {FORMAT} object per line.") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path} is not UTF-8 text; pass a JSONL file with one {FORMAT} object per line.") from None
+    lines = read_jsonl(
+        path,
+        missing=lambda: DatasetError(f"{path} does not exist; pass a JSONL file with one {FORMAT} object per line."),
+        not_utf8=lambda e: DatasetError(
+            f"{path} is not UTF-8 text; pass a JSONL file with one {FORMAT} object per line."
+        ),
+        bad_line=lambda n, e: DatasetError(
+            f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line."
+        ),
+    )
     out = []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line."
-            ) from None
+    for n, obj in lines:
         if not isinstance(obj, dict) or "messages" not in obj:
             raise DatasetError(f"{path}, line {n}: expected an object with a 'messages' list; write {FORMAT}.")
         try:
