@@ -9,7 +9,7 @@ The README never carries a hand-copied benchmark number: each measured passage s
 and is rendered here from ``benchmarks/results.json`` (``run_all.py``),
 ``benchmarks/experiments.json`` (``bench_experiments.py --json``) and the organism's
 ``data/organism/card.json`` (written by ``persona-gate organism train``). ``run_all.py`` rewrites the
-passages after a full run; ``tests/test_readme.py`` fails when the README and the saved outputs
+passages after a full run; ``tests/contract/test_readme.py`` fails when the README and the saved outputs
 disagree.
 
     python benchmarks/readme.py            # rewrite the README's passages from the saved outputs

@@ -2,7 +2,7 @@
 :func:`~persona_gate.grid.run.run_grid` will execute for a :class:`~persona_gate.grid.spec.GridSpec`.
 
 The counts come from the same planner the engine runs (:func:`~persona_gate.grid.prefix.plan_cells`),
-so a cost plan (``persona-gate run --plan``) equals what a run executes; ``tests/test_plan.py``
+so a cost plan (``persona-gate run --plan``) equals what a run executes; ``tests/experiments/test_plan.py``
 counts a real run's block calls with hooks and compares, stage by stage.
 
 Example::

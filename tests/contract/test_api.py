@@ -21,7 +21,7 @@ import pytest
 
 import persona_gate as pg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INIT = ROOT / "persona_gate" / "__init__.py"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Subpackages whose __init__ is a curated API (an explicit __all__) that tutorials may import from.

@@ -28,7 +28,7 @@ from persona_gate.prompts.sets import (
     load_trait,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"public benchmark copies not found at {SHARED} (only present in the lab checkout)"
 )

@@ -15,7 +15,7 @@ import pytest
 from persona_gate.experiments.pipeline import DEMO, RunConfig, run_pipeline
 from persona_gate.plots.report import write_report
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 SHARED_DATA = REPO.parent / "shared" / "data"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -10,7 +10,7 @@ import pytest
 
 from persona_gate.experiments.pipeline import DEMO, RunConfig, harmful_requests, run_pipeline
 
-PAPER = Path(__file__).resolve().parents[1] / "paper"
+PAPER = Path(__file__).resolve().parents[2] / "paper"
 
 
 @pytest.mark.parametrize("path", sorted(PAPER.glob("*.toml")), ids=lambda p: p.name)

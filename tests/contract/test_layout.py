@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "persona_gate"
+PKG = Path(__file__).resolve().parents[2] / "persona_gate"
 
 # Layer of each top-level entry; a module may import its own layer and the layers below.
 LAYER: dict[str, int] = {

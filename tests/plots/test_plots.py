@@ -252,7 +252,7 @@ def selection_result(chosen: bool = True) -> LabelledResult:
 
 
 def red_team_result() -> LabelledResult:
-    """As persona_gate.redteam.harness.red_team builds it (first-token labels); the real one: tests/test_redteam.py."""
+    """As persona_gate.redteam.harness.red_team builds it (first-token labels); the real one: tests/redteam/test_redteam.py."""
     g = _gen(9)
     attacks = [
         {"id": f"{f}/a{i}", "family": f} for f, k in (("none", 1), ("direct", 2), ("persona", 2)) for i in range(k)
@@ -274,7 +274,7 @@ def red_team_result() -> LabelledResult:
 
 
 def monitor_result() -> LabelledResult:
-    """As persona_gate.monitoring.monitor.monitor builds it (calibrated); the real one: tests/test_monitor.py."""
+    """As persona_gate.monitoring.monitor.monitor builds it (calibrated); the real one: tests/monitoring/test_monitor.py."""
     g = _gen(10)
     p = torch.randn((3, 2), generator=g, dtype=torch.float64) + torch.tensor([[0.0], [0.0], [5.0]], dtype=torch.float64)
     return LabelledResult(
@@ -296,7 +296,7 @@ def monitor_result() -> LabelledResult:
 
 
 def comparison_result() -> LabelledResult:
-    """As persona_gate.compare.checkpoints.compare_checkpoints builds it; the real one: tests/test_compare.py."""
+    """As persona_gate.compare.checkpoints.compare_checkpoints builds it; the real one: tests/compare/test_compare.py."""
     from persona_gate.compare.checkpoints import DIRECTION_VALUES, SHIFT_LAST_VALUES, SHIFT_VALUES
 
     g = _gen(11)
@@ -314,7 +314,7 @@ def comparison_result() -> LabelledResult:
 
 
 def screening_result() -> LabelledResult:
-    """As persona_gate.screening.screen builds it; the real one: tests/test_screening.py."""
+    """As persona_gate.screening.screen builds it; the real one: tests/screening/test_screening.py."""
     from persona_gate.screening.summary import summarise
 
     g = _gen(12)
@@ -341,7 +341,7 @@ def screening_result() -> LabelledResult:
 
 
 def guard_result() -> LabelledResult:
-    """As persona_gate.guard.grid.guard_grid builds it; the real one: tests/test_guard.py."""
+    """As persona_gate.guard.grid.guard_grid builds it; the real one: tests/guard/test_guard.py."""
     from persona_gate.guard.summary import VALUES, pareto_front, recommend
 
     g = _gen(13)

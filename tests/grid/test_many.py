@@ -31,7 +31,7 @@ from persona_gate.guard.intervention import Guard
 from persona_gate.results import LabelledResult
 from persona_gate.scoring.metrics import refusal_token_ids
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
