@@ -148,7 +148,8 @@ _SUBMODULES: dict[str, str] = {
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
 
 
-if TYPE_CHECKING:  # what static tools see: the same names as _EXPORTS and _SUBMODULES (tests/contract/test_api.py checks)
+# What static tools see: the same names as _EXPORTS and _SUBMODULES (tests/contract/test_api.py checks).
+if TYPE_CHECKING:
     from . import errors, experiments, organism, plots
     from .compare.checkpoints import check_comparable, compare_checkpoints
     from .compare.summary import format_comparison, refusal_change, refusal_rates
