@@ -114,3 +114,11 @@ class OutputExistsError(PersonaGateError, FileExistsError):
 
 class OutputNotWritableError(PersonaGateError, PermissionError):
     """An output folder that cannot be created or written (permissions, a read-only disk); raised before any work."""
+
+
+class DiskFullError(PersonaGateError, OSError):
+    """A write that found the disk full or the quota spent (ENOSPC, EDQUOT); what was saved before is intact."""
+
+
+class FolderLockedError(PersonaGateError, RuntimeError):
+    """An output folder that another live run holds (its lock file names the owner's pid, host and start)."""

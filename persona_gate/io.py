@@ -6,6 +6,14 @@ its destination under a temporary name and renamed into place, so a reader never
 half-written file: the old complete folder, the new complete one, or (for the instant between
 two renames, when replacing) none; a failed replace puts the old folder back.
 
+Faults a user meets land here too. A full disk or a spent quota (ENOSPC, EDQUOT) while writing
+is a :class:`~persona_gate.errors.DiskFullError` naming the folder and the size being written; a
+read-only disk (EROFS) an :class:`~persona_gate.errors.OutputNotWritableError`; either way the
+temporary is removed and the previous complete file stays. Temporaries are named after the process
+that writes them (``.NAME.tmp-PID.HOST-XXXXXXXX``) and only those of a dead process are ever
+tidied away. A folder one process owns (a run folder) holds a lock file naming its owner
+(:class:`FolderLock`); a second owner is refused, a dead owner's lock is taken over.
+
 Example::
 
     save_artefact("runs/x/directions", "direction_set", {"vectors": v}, {"name": "persona"})
@@ -15,12 +23,18 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +43,140 @@ from safetensors import SafetensorError
 if TYPE_CHECKING:  # torch loads when tensors are saved or read, so registering a folder kind stays cheap
     import torch
 
-from .errors import ArtefactError, OutputExistsError, OutputNotWritableError, SchemaVersionError
+from .errors import (
+    ArtefactError,
+    DiskFullError,
+    FolderLockedError,
+    OutputExistsError,
+    OutputNotWritableError,
+    PersonaGateError,
+    SchemaVersionError,
+)
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
+
+
+# --- Writers: every temporary names the process writing it; full and read-only disks are named errors ---
+
+HOST = socket.gethostname()
+_HOST_TAG = hashlib.sha256(HOST.encode()).hexdigest()[:6]
+_TEMP = re.compile(r"\.(?:tmp|old)-(\d+)\.([0-9a-f]{6})-[0-9a-f]{8}$")  # the end of a temporary's name
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _writer_tag() -> str:
+    """``PID.HOST-XXXXXXXX``: a temporary's name says which process on which host writes it."""
+    return f"{os.getpid()}.{_HOST_TAG}-{uuid.uuid4().hex[:8]}"
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks after boot) from /proc; None without /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text.rsplit(")", 1)[-1].split()  # the command name in parentheses may hold spaces
+    return (rest[0], rest[19]) if len(rest) > 19 else None
+
+
+def process_start(pid: int | None = None) -> str | None:
+    """When process ``pid`` (default: this one) started, as /proc records it (None where unknown): with
+    the pid it names one process, even after the pid is reused."""
+    stat = _proc_stat(os.getpid() if pid is None else pid)
+    return stat[1] if stat else None
+
+
+def process_alive(pid: object, started: object = None) -> bool:
+    """Whether process ``pid`` runs on this host (and, given ``started``, is the one that started then)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    return stat[0] not in ("Z", "X") and (started is None or stat[1] == started)
+
+
+def _size(n: int | float) -> str:
+    """Bytes in words: 512 B, 1.2 KB, 3.4 GB."""
+    unit = "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, bigger
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def disk_error(folder: Path, e: OSError, size: int | None = None) -> PersonaGateError | None:
+    """The named error for ``e`` met writing into ``folder`` (``size`` bytes when known): a full disk or
+    spent quota, a read-only disk; None for any other error."""
+    meaning = f"{os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else str(e)
+    if e.errno in _FULL:
+        try:
+            free = f", {_size(shutil.disk_usage(folder).free)} free"
+        except OSError:
+            free = ""
+        need = f"; {_size(size)} to write" if size is not None else ""
+        full = DiskFullError(
+            f"cannot write to {folder}: {meaning}{need}{free}. Free some space on that disk (or raise the quota) "
+            "and run the same command again: everything saved so far is intact and the run resumes from it."
+        )
+        full.errno = e.errno  # handlers that test errno keep working; str() stays the one line
+        return full
+    if e.errno == errno.EROFS:
+        return OutputNotWritableError(
+            f"cannot write to {folder}: {meaning}; remount it writable or choose another output folder (--out). "
+            "Nothing saved there was changed."
+        )
+    return None
+
+
+@contextmanager
+def disk_errors(folder: Path, size: int | None = None) -> Iterator[None]:
+    """Inside the block, an OSError of a full or read-only disk becomes its named error (see :func:`disk_error`)."""
+    try:
+        yield
+    except PersonaGateError:
+        raise
+    except (OSError, SafetensorError) as e:
+        if isinstance(e, SafetensorError):  # safetensors writes files itself: "... (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            named = disk_error(Path(folder), OSError(int(code[1]), os.strerror(int(code[1]))), size) if code else None
+        else:
+            named = disk_error(Path(folder), e, size)
+        if named is None:
+            raise
+        raise named from None
+
+
+def remove_stale_temporaries(folder: Path, patterns: tuple[str, ...], *, owner: bool = False) -> int:
+    """Remove the temporaries under ``folder`` (globs ``patterns``) that no live process is writing:
+    those named after a process of this host that has ended. With ``owner`` (the caller holds the
+    folder's :class:`FolderLock`, so no other run writes there) also those of other hosts and of
+    unknown writers; never those of a live process here. Returns how many were removed."""
+    removed = 0
+    for stale in [p for pattern in patterns for p in folder.glob(pattern)]:
+        m = _TEMP.search(stale.name)
+        here = m is not None and m[2] == _HOST_TAG
+        if (here and process_alive(int(m[1]))) or not (owner or here):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -44,19 +187,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # Fault injection for the tests (never set it otherwise): "K" or "K:before" makes this process
 # SIGKILL itself at its K-th atomic write, right after it lands ("K") or with only its temporary
 # written ("K:before"), so a test kills a run at a chosen moment whatever the machine's load.
+# DISK_FULL_AT_WRITE "K" makes the K-th atomic write and every later one fail as on a full disk
+# (ENOSPC), with their temporary written.
 KILL_AT_WRITE = "PERSONA_GATE_TEST_KILL_AT_WRITE"
+DISK_FULL_AT_WRITE = "PERSONA_GATE_TEST_DISK_FULL_AT_WRITE"
 _writes = 0
 
 
 def _fault_point(stage: str) -> None:
-    """Count an atomic write (at ``stage`` "after") and SIGKILL this process where :data:`KILL_AT_WRITE` says."""
+    """Count an atomic write (at ``stage`` "after"); SIGKILL this process where :data:`KILL_AT_WRITE`
+    says, or fail the write (at "before") where :data:`DISK_FULL_AT_WRITE` says."""
     global _writes
+    if stage == "after":
+        _writes += 1
+    full = os.environ.get(DISK_FULL_AT_WRITE)
+    if full and stage == "before" and _writes + 1 >= int(full):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     spec = os.environ.get(KILL_AT_WRITE)
     if not spec:
         return
     k, _, when = spec.partition(":")
-    if stage == "after":
-        _writes += 1
     if (when or "after") == stage and _writes + (stage == "before") == int(k):
         import signal
 
@@ -66,54 +216,68 @@ def _fault_point(stage: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes through a temporary sibling and ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".{path.name}.tmp-{_writer_tag()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _fault_point("before")
-        os.replace(tmp, path)
+        with disk_errors(path.parent, len(data)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(tmp, data)
+            _fault_point("before")
+            os.replace(tmp, path)
         _fault_point("after")
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync one new file (the temporary of an atomic write)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None], *, size: int | None = None) -> Path:
     """Build a folder with ``fill(tmp)`` under a hidden temporary name, then rename it to ``path``.
 
     A reader sees the old complete folder, the new complete one, or (for the instant between two
     renames, when replacing) none -- never a mix; nothing of an old folder survives into the new
-    one. If ``fill`` or the rename fails, the old folder is put back.
+    one. If ``fill`` or the rename fails, the old folder is put back. ``size`` (bytes, when known)
+    is named if the disk turns out full.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    tag = _writer_tag()
+    tmp = path.parent / f".{path.name}.tmp-{tag}"
+    old = path.parent / f".{path.name}.old-{tag}"
     try:
-        tmp.mkdir()
-        fill(tmp)
-        _fault_point("before")
-        moved = False
-        if path.exists():
-            os.replace(path, old)
-            moved = True
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if moved:  # put the previous complete folder back before giving up
-                os.replace(old, path)
-            raise
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:  # a file or a link stood in the way
-            old.unlink(missing_ok=True)
+        with disk_errors(path.parent, size):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            fill(tmp)
+            _fault_point("before")
+            _swap_in(tmp, path, old)
         _fault_point("after")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _swap_in(tmp: Path, path: Path, old: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path``, setting aside (then removing) what was there."""
+    moved = False
+    if path.exists():
+        os.replace(path, old)
+        moved = True
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if moved:  # put the previous complete folder back before giving up
+            os.replace(old, path)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file or a link stood in the way
+        old.unlink(missing_ok=True)
 
 
 def write_artefact_files(folder: Path, kind: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
@@ -152,7 +316,8 @@ def save_artefact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor],
     an :class:`~persona_gate.errors.OutputExistsError`, before any file is written.
     """
     check_replaceable(path, lambda p: _manifest_kind(p) == kind, f"a saved {kind!r}")
-    return atomic_replace_dir(path, lambda tmp: write_artefact_files(tmp, kind, tensors, manifest))
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    return atomic_replace_dir(path, lambda tmp: write_artefact_files(tmp, kind, tensors, manifest), size=size)
 
 
 def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
@@ -356,6 +521,8 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
             probe.unlink()
         else:
             atomic_write_text(mark, json.dumps({"kind": kind, "written_by": written_by}, indent=1))
+    except (DiskFullError, OutputNotWritableError):
+        raise
     except OSError as e:
         raise OutputNotWritableError(
             f"cannot write to {path} ({e.strerror or e}); choose a folder you can write to (--out)."
@@ -385,3 +552,143 @@ register_folder_kind(
     lambda path, names: "summary.json" in names and "rows" in json_keys(path / "summary.json"),
     order=70,
 )
+
+
+# --- One owner per folder: a lock file naming the process that writes there ---
+
+LOCK = ".persona_gate.lock"  # {"pid", "host", "since", "started", "token", "command"}
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """A lock file's owner, ``{}`` when unreadable (not one this package wrote whole), None when absent."""
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe_owner(owner: dict[str, Any]) -> str:
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('since', '?')}"
+
+
+class FolderLock:
+    """Ownership of a folder through its lock file ``DIR/.persona_gate.lock`` (the owner's pid, host,
+    start time; created whole and exclusively, by a hard link of a complete temporary).
+
+    :meth:`acquire` takes the folder, or raises :class:`~persona_gate.errors.FolderLockedError`
+    naming the live owner and what to do; a lock whose process has ended on this host (a run killed
+    with SIGKILL, say) is stale and taken over with a warning. :meth:`release` removes the lock only
+    if it is still this one's. Use it as a context manager: released on return, exception or Ctrl-C.
+
+    Example::
+
+        with FolderLock("runs/x", "a paper run"):
+            ...  # a second FolderLock("runs/x").acquire() elsewhere raises FolderLockedError
+    """
+
+    def __init__(self, folder: str | Path, what: str = "persona-gate run") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self.what = what
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _record(self) -> bytes:
+        import sys
+
+        record = {
+            "pid": os.getpid(),
+            "host": HOST,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "started": process_start(),
+            "token": self.token,
+            "command": " ".join(sys.argv)[:300],
+        }
+        return json.dumps(record, indent=1).encode("utf-8")
+
+    def acquire(self) -> FolderLock:
+        data = self._record()
+        tmp = self.folder / f"{LOCK}.tmp-{_writer_tag()}"
+        try:
+            with disk_errors(self.folder, len(data)):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                _write_file(tmp, data)
+                for _ in range(20):  # each pass either takes the lock or clears a stale one
+                    if self._create(tmp, data):
+                        self.held = True
+                        return self
+                    owner = _read_lock(self.path)
+                    if owner is None:
+                        continue  # released in between: try again
+                    self._refuse_or_clear(owner)
+        finally:
+            tmp.unlink(missing_ok=True)
+        raise FolderLockedError(f"could not take the lock {self.path} (other runs keep taking it); try again.")
+
+    def _create(self, tmp: Path, data: bytes) -> bool:
+        """Create the lock file from the complete temporary, only if there is none; False if there is."""
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        try:  # a file system without hard links: create exclusively, then fill (not atomic)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def _refuse_or_clear(self, owner: dict[str, Any]) -> None:
+        """Raise for a live owner (or one on another host, which cannot be checked); set a dead one's lock aside."""
+        if not owner:  # unreadable: give a writer without hard links a moment to fill it
+            time.sleep(0.2)
+            owner = _read_lock(self.path)
+            if owner is None:
+                return
+        here = owner.get("host") == HOST
+        if owner and (not here or process_alive(owner.get("pid"), owner.get("started"))):
+            where = "" if here else f"; if that process is no longer running, delete {self.path}"
+            raise FolderLockedError(
+                f"{self.folder} is in use by another {self.what} ({_describe_owner(owner)}); wait for it to "
+                f"finish, or use another --out folder{where}."
+            )
+        aside = self.folder / f"{LOCK}.old-{_writer_tag()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process cleared it first
+        if _read_lock(aside) != owner:  # another process took the folder in between: put its lock back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            log.warning(
+                "%s: taking over the lock of a %s that is no longer running (%s)",
+                self.folder,
+                self.what,
+                _describe_owner(owner) if owner else "unreadable lock file",
+            )
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock file if it is still this one's (a taken-over stale lock is not)."""
+        if self.held and (_read_lock(self.path) or {}).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

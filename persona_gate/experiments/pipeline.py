@@ -25,13 +25,14 @@ import math
 import shutil
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtefactError, ConfigError
-from ..io import atomic_write_text, claim_folder
+from ..io import FolderLock, atomic_write_text, claim_folder, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,9 @@ def check_resumable(cfg: RunConfig, out: Path) -> None:
 
 
 def _clean_stale(out: Path) -> None:
-    """Remove temporaries left by a process killed mid-write (never visible as results)."""
-    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*"), *out.glob("*/.*.tmp-*")]:
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+    """Remove temporaries left by a process killed mid-write (never visible as results); only the
+    folder's lock holder calls it, and temporaries of a live process on this host are kept."""
+    remove_stale_temporaries(out, (".*.tmp-*", ".*.old-*", "*/.*.tmp-*", "cells/*/.*.tmp-*"), owner=True)
 
 
 def run_windows(cfg: RunConfig, n_layers: int) -> list[tuple[int, int]] | None:
@@ -249,16 +247,29 @@ def _check_fits(cfg: RunConfig, model: Any) -> list[tuple[int, int]] | None:
     return run_windows(cfg, n_layers)
 
 
-def _open_run(cfg: RunConfig, out: str | Path, workers: Any) -> Path:
-    """Claim and tidy the run folder (process 0 first) and refuse a folder of another configuration."""
+@contextmanager
+def _open_run(cfg: RunConfig, out: str | Path, workers: Any) -> Iterator[Path]:
+    """Claim, lock and tidy the run folder (process 0 first) and refuse a folder of another configuration.
+
+    Process 0 holds the folder's lock (:class:`~persona_gate.io.FolderLock`) until the run ends, also
+    by an exception or Ctrl-C; the other processes of its torchrun / accelerate job join it. Another
+    run into the same folder is refused while this one is alive.
+    """
     if not workers.lead:
-        workers.barrier()  # process 0 claims and tidies the folder first
+        workers.barrier()  # process 0 claims, locks and tidies the folder first
     out = claim_folder(out, "run", written_by="persona_gate.run_pipeline")  # a bad --out fails before any work
-    check_resumable(cfg, out)
-    if workers.lead:
-        _clean_stale(out)
-        workers.barrier()
-    return out
+    lock = FolderLock(out, "persona-gate run") if workers.lead else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        check_resumable(cfg, out)
+        if workers.lead:
+            _clean_stale(out)
+            workers.barrier()
+        yield out
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _run_stage(st: Any, ctx: Any, workers: Any, times: dict, reused: list[str]) -> Any:
@@ -295,12 +306,18 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> d
     """Run every unfinished stage of :data:`~persona_gate.experiments.stages.STAGES` into ``out``
     and return the summary (also in summary.json)."""
     from ..grid import from_environment
+
+    workers = from_environment()  # one process, or those torchrun / accelerate launch started
+    with _open_run(cfg, out, workers) as opened:
+        return _run_stages(cfg, opened, workers, progress)
+
+
+def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> dict[str, Any]:
+    """The body of :func:`run_pipeline`, in the locked folder ``out``."""
     from ..scoring.refusal import RefusalScorer, eval_groups
     from .patching import gate_layers
     from .stages import STAGES, Context
 
-    workers = from_environment()  # one process, or those torchrun / accelerate launch started
-    out = _open_run(cfg, out, workers)
     times_path = out / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     t0 = time.perf_counter()

@@ -7,6 +7,8 @@ atomically (:func:`persona_gate.io.atomic_write_bytes`): a reader, or a resumed 
 complete cell or none. ``DIR/fingerprint.json`` records what the cells were computed for (the
 grid's parameters, a hash of its directions, prompts and refusal tokens); reopening the folder
 for a different computation raises :class:`ResumeMismatchError` instead of mixing results.
+Opening a store removes the temporaries of writers that have ended, never those of a live
+process (another notebook or run writing into the same folder).
 
 An exception in the middle of a grid (out of memory, Ctrl-C, a bug) leaves the finished cells
 in ``DIR``; running the grid again with the same store computes only the rest, and the result
@@ -34,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..errors import ResumeMismatchError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,8 @@ class CellStore:
         self.restored = 0
         self.computed = 0
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.glob(".*.tmp-*") if tidy else ():  # left by a process killed mid-write; never a cell
-            stale.unlink(missing_ok=True)
+        if tidy:  # temporaries of a process killed mid-write (never a cell); a live writer's are kept
+            remove_stale_temporaries(self.path, (".*.tmp-*",))
         fpath = self.path / FINGERPRINT
         if fpath.exists():
             try:
