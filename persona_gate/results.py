@@ -307,6 +307,11 @@ class LabelledResult:
             raise ArtefactError(f"{path} lacks or mangles {e} in its manifest; save the result again.") from None
         if bad:
             raise ArtefactError(f"{path}: the labels of {bad} do not have their recorded types; save the result again.")
+        mangled = [k for k in ("baselines", "metric", "config", "provenance") if not isinstance(m.get(k, {}), dict)]
+        if mangled or not isinstance(kind, str) or not all(isinstance(d, str) for d in dims):
+            raise ArtefactError(
+                f"{path} lacks or mangles {mangled or ['result_kind', 'dims']} in its manifest; save the result again."
+            )
         try:
             return cls(
                 kind,

@@ -4,7 +4,9 @@ The flags that recur (the model flags, ``--batch-size``, ``--seed``, ``--out``, 
 ``--directions``) are added by the functions here, so a command names which it takes and its own
 defaults, and each flag keeps one spelling and one help text. The helpers claim the output folder
 before any work, load the model, fit or read the standard directions and write ``summary.json``.
-Nothing here imports torch until a command runs.
+Nothing here imports torch until a command runs. A command that fails before it wrote anything
+leaves no folder behind: :class:`Parser` wraps every command in :func:`tidy_out_on_failure`, which
+removes an ``--out`` folder the command created and left empty (the mark of :func:`claim` aside).
 
 Example::
 
@@ -19,7 +21,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,54 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"persona-gate: error: {message} (see `{self.prog} --help`)\n")
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        """As argparse's; a command (``func``) is wrapped in :func:`tidy_out_on_failure`."""
+        if callable(kwargs.get("func")):
+            kwargs["func"] = tidy_out_on_failure(kwargs["func"])
+        super().set_defaults(**kwargs)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (``path`` itself included) that does not exist yet, or None."""
+    top = None
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        top = p
+    return top
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Only hidden entries (the folder mark, this package's temporaries): no result was written."""
+    return folder.is_dir() and not folder.is_symlink() and all(p.name.startswith(".") for p in folder.iterdir())
+
+
+def tidy_out_on_failure(func: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
+    """``func``, except that when it raises, an ``--out`` folder it created and wrote no result into is
+    removed again (with the parent folders it created): a command that failed validation (a layer
+    the model lacks, a bad window, an unreadable directions folder) leaves nothing behind."""
+    if getattr(func, "tidies_out", False):
+        return func
+
+    @functools.wraps(func)
+    def command(args: argparse.Namespace) -> Any:
+        out = getattr(args, "out", None)
+        top = _first_missing(Path(out)) if out is not None and str(out).strip() else None
+        try:
+            return func(args)
+        except Exception:
+            if top is not None and _holds_nothing(Path(out)):
+                shutil.rmtree(out, ignore_errors=True)
+            if top is not None and not Path(out).exists():
+                for p in Path(out).parents:  # the parents it created, while they are empty
+                    if not (p == top or top in p.parents) or not p.is_dir() or any(p.iterdir()):
+                        break
+                    p.rmdir()
+            raise
+
+    command.tidies_out = True  # type: ignore[attr-defined]
+    return command
 
 
 # ---- flag types ---------------------------------------------------------------------------------

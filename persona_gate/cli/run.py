@@ -42,6 +42,11 @@ def _cmd_directions(args: argparse.Namespace) -> int:
     if args.out is not None:
         claim(args.out, "directions", "directions")
     model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    if args.layers is not None:  # before any fitting; the empty --out folder goes again (common.tidy_out_on_failure)
+        from ..sites import check_layer
+
+        for layer in args.layers:
+            check_layer(layer, int(model.cfg.n_layers))
     pr = fit_persona_and_refusal(
         model,
         layers=args.layers,

@@ -33,7 +33,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import DModelMismatchError, EmptyGroupError, NonFiniteError, UnknownHookSiteError
+from ..errors import (
+    ArtefactError,
+    DModelMismatchError,
+    EmptyGroupError,
+    NonFiniteError,
+    PersonaGateError,
+    UnknownHookSiteError,
+)
 from ..models.protocol import ChatModel
 from ..prompts.chat import RenderedPrompt
 from ..prompts.positions import Position, parse_position
@@ -432,25 +439,42 @@ class DirectionSet:
         from ..io import load_artefact
 
         m, t = load_artefact(path, "direction_set")
+        try:
+            saved_width = int(m["d_model"])
+            fields = dict(
+                name=m["name"],
+                sites=tuple(parse_site(s) for s in m["sites"]),
+                vectors=t["vectors"],
+                raw_norms=t["raw_norms"],
+                positive=m["positive"],
+                negative=m["negative"],
+                counts={k: int(v) for k, v in m["counts"].items()},
+                position=m["position"],
+                pos_mean=t.get("pos_mean"),
+                neg_mean=t.get("neg_mean"),
+                provenance=m["provenance"],
+            )
+        except PersonaGateError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtefactError(f"{path} lacks or mangles {e} in its manifest; save the directions again.") from None
+        strings = ("name", "positive", "negative", "position")
+        if not all(isinstance(fields[k], str) for k in strings) or not isinstance(fields["provenance"], dict):
+            raise ArtefactError(f"{path} has a mangled manifest (names or provenance); save the directions again.")
         want = int(model.cfg.d_model) if model is not None else d_model
-        if want is not None and int(m["d_model"]) != want:
+        if want is not None and saved_width != want:
             raise DModelMismatchError(
                 f"{path} holds directions of d_model {m['d_model']} but the model has {want}; "
                 "these directions come from another model. Fit them on this one."
             )
-        ds = cls(
-            name=m["name"],
-            sites=tuple(parse_site(s) for s in m["sites"]),
-            vectors=t["vectors"],
-            raw_norms=t["raw_norms"],
-            positive=m["positive"],
-            negative=m["negative"],
-            counts={k: int(v) for k, v in m["counts"].items()},
-            position=m["position"],
-            pos_mean=t.get("pos_mean"),
-            neg_mean=t.get("neg_mean"),
-            provenance=m["provenance"],
-        )
+        try:
+            ds = cls(**fields)
+        except PersonaGateError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ArtefactError(
+                f"{path} does not form a valid direction set ({e}); save the directions again."
+            ) from None
         if model is not None:
             ds.check_model(model)
         return ds

@@ -116,6 +116,10 @@ class RunConfig:
             raise ConfigError(f"config file {path} does not exist; check the path.") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 TOML.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; pass the path of a TOML file.") from None
         return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
 
     @classmethod
@@ -123,7 +127,14 @@ class RunConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ConfigError(f"{source} has unknown keys {unknown}; known keys are {sorted(known)}.")
+            import difflib
+
+            hints = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
+            guess = ", ".join(f"{h[0]!r} for {k!r}" for k, h in hints.items() if h)
+            raise ConfigError(
+                f"{source} has unknown keys {unknown}{f' (did you mean {guess}?)' if guess else ''}; "
+                f"known keys are {sorted(known)}."
+            )
         return cls(**raw)
 
     def load_model(self, device: str | None = None) -> Any:

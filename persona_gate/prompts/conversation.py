@@ -135,6 +135,8 @@ class Conversation:
     def load_jsonl(cls, path: str | os.PathLike, name: str | None = None) -> Conversation:
         """Read a conversation written as one ``{"role", "content"}`` object per line (blank lines skipped)."""
         path = Path(path)
+        if path.is_dir():
+            raise ConversationError(f"{path} is a folder; pass a JSONL file with {_FORMAT}.")
         lines = read_jsonl(
             path,
             missing=lambda: ConversationError(f"{path} does not exist; pass a JSONL file with {_FORMAT}."),

@@ -59,8 +59,10 @@ class ChatExample:
         return {"messages": self.messages()}
 
 
-def example(messages: Sequence[Mapping[str, Any]], id: str = "", line: int | None = None) -> ChatExample:
-    """A :class:`ChatExample` from a message list; ``DatasetError`` (naming ``line``) when it cannot train a reply."""
+def example(messages: Any, id: str = "", line: int | None = None) -> ChatExample:
+    """A :class:`ChatExample` from a message list (a sequence of role/content mappings); ``DatasetError``
+    (naming ``line``) for anything else, or when it cannot train a reply. ``messages`` is typed ``Any``:
+    it is the user's file as parsed, checked here."""
     where = f"line {line}: " if line is not None else (f"example {id!r}: " if id else "")
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise DatasetError(f"{where}'messages' must be a non-empty list of messages; write {FORMAT}.")
@@ -84,6 +86,8 @@ def example(messages: Sequence[Mapping[str, Any]], id: str = "", line: int | Non
 def read_chat_jsonl(path: str | os.PathLike) -> list[ChatExample]:
     """Every example of a JSONL file (blank lines skipped); the first malformed line raises, naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder; pass a JSONL file with one {FORMAT} object per line.")
     lines = read_jsonl(
         path,
         missing=lambda: DatasetError(f"{path} does not exist; pass a JSONL file with one {FORMAT} object per line."),
