@@ -259,8 +259,10 @@ def _wilson(rate: float, n: int) -> str:
 def gemma_chat_findings(s: dict) -> str:
     """What the paper's protocol finds on gemma3-270m-chat, from the saved run's summary.json."""
     sys.path.insert(0, str(REPO))
+    from persona_gate.experiments.summary import RunSummary
     from persona_gate.experiments.verdicts import MIN_EFFECT
 
+    s = RunSummary.from_dict(s)  # checked against the schema; read as its JSON form below
     v, gw, n, cfg = s["verdicts"], s["gate_window"], s["n_prompts_per_group"], s["config"]
     st, rb, pj = v["steering"], v["reintroduction"], v["projection"]
 
@@ -404,6 +406,10 @@ def screening_validation(files: dict) -> str:
 
 
 def _screening_rows(v: dict, title: str, flag: str) -> list[str]:
+    sys.path.insert(0, str(REPO))
+    from persona_gate.screening.validation import ScreeningValidation
+
+    v = ScreeningValidation.from_dict(v)  # checked against the schema; read as its JSON form below
     st, b = v["setup"], v["baseline"]
     lines = [
         f"**On {title}** (`python paper/defences.py{flag}`, {v.get('compute_seconds', v['seconds']) / 60:.1f} min of screening and fine-tuning on "

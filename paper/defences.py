@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         if args.only in (None, "screening"):
             v = validate_screening(args.work / f"screening-{name}", **SCREENINGS[name])
             print(format_validation(v))
-            atomic_write_text(args.out / f"screening-{name}.json", json.dumps(v, indent=2) + "\n")
+            atomic_write_text(args.out / f"screening-{name}.json", v.to_json(indent=2) + "\n")
         if args.only in (None, "guard"):
             guard(name, args.out, args.work)
     return 0

@@ -6,8 +6,16 @@ all produce "a number per cell of a grid": ``values[name][i_0, ..., i_k]`` is me
 callers select by *label* (``layer=12``, ``alpha=-4.0``), never by a bare index. NaN marks a
 cell not computed yet: a resumable sweep saves a partly filled result and fills it through
 :meth:`LabelledResult.with_values`; :meth:`LabelledResult.mean` skips NaN.
-The metric's sign convention is data (``metric={"name": ..., "higher_means": ...}``), as are the
-reference points (``baselines``); both are saved with the tensors.
+The metric's meaning and sign convention are data, as are the reference points (``baselines``);
+both are saved with the tensors. ``metric`` maps names to prose (strings only, checked on
+construction) in one of two forms:
+
+* the headline form ``{"name": what is measured, "higher_means": what a larger value says}``
+  (``higher_means`` optional), for a result whose values share one meaning (sweeps, patching,
+  monitoring);
+* the per-value form ``{value or term: its meaning}``, for a result whose values mean different
+  things (guard grid, screening, red team: ``{"kl": "mean per-token KL ...", "cap": "x <- ..."}``),
+  optionally with a ``"name"`` for the whole.
 
 Example::
 
@@ -106,6 +114,16 @@ def _nan_to_none(x: Any) -> Any:
     return None if x != x else x  # only NaN differs from itself
 
 
+def _check_metric(metric: Mapping[str, Any]) -> None:
+    """Either documented form of ``metric`` (module docstring): non-empty names, each mapped to prose."""
+    bad = {k: v for k, v in metric.items() if not (isinstance(k, str) and k and isinstance(v, str))}
+    if bad:
+        raise ResultError(
+            f"metric maps names to prose (strings), e.g. {{'name': 'refusal', 'higher_means': 'more refusal'}} "
+            f"or {{'kl': 'mean per-token KL, nats'}}; these entries are not: {bad}."
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class LabelledResult:
     """Metric tensors over named, labelled dims. Stored canonically, whatever was passed in: ``dims``
@@ -155,6 +173,7 @@ class LabelledResult:
             if not isinstance(getattr(self, f), Mapping):
                 raise ResultError(f"{f} must be a dict, not {type(getattr(self, f)).__name__}.")
             object.__setattr__(self, f, _json(getattr(self, f), f))
+        _check_metric(self.metric)
         for f, v in (("dims", dims), ("coords", coords), ("values", values)):
             object.__setattr__(self, f, v)
 

@@ -48,7 +48,7 @@ def _validate(args: argparse.Namespace, out):
         progress=not args.no_progress,
     )
     print(format_validation(validation))
-    return validation
+    return validation.to_dict()  # embedded in summary.json as its JSON form
 
 
 def _cmd_screen(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,7 @@ def _plan(cfg: Any, args: argparse.Namespace) -> int:
     if args.plan_json:
         from ..io import atomic_write_text
 
-        atomic_write_text(Path(args.plan_json), json.dumps(plan, indent=1))
+        atomic_write_text(Path(args.plan_json), plan.to_json(indent=1))
     return 0
 
 

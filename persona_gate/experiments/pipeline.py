@@ -7,13 +7,14 @@ written. A killed run therefore resumes at the cell it stopped in and never reco
 finished part; the result is bit-identical to an uninterrupted run. Re-running a folder with a
 different configuration is refused (the finished stages would not match it).
 ``summary.json`` (machine-readable, documented in the README) is written at the end from what
-is on disk.
+is on disk; :func:`run_pipeline` returns it as a typed
+:class:`~persona_gate.experiments.summary.RunSummary`, which also reads like the JSON.
 
 Example::
 
     cfg = RunConfig(model="organism", n_eval=32)
     summary = run_pipeline(cfg, "runs/organism")
-    summary["baseline_refusal_rate"], summary["gate_layers"]
+    summary["baseline_refusal_rate"], summary["gate_layers"]      # or summary.gate_layers
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtefactError, ConfigError
 from ..io import FolderLock, atomic_write_text, claim_folder, remove_stale_temporaries
+
+if TYPE_CHECKING:  # the summary's types load torch; a config alone does not
+    from .summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +317,7 @@ def _run_stage(st: Any, ctx: Any, workers: Any, times: dict, reused: list[str]) 
     return st.load(path, ctx)
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> RunSummary:
     """Run every unfinished stage of :data:`~persona_gate.experiments.stages.STAGES` into ``out``
     and return the summary (also in summary.json)."""
     from ..grid import from_environment
@@ -367,13 +371,15 @@ def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> dict
         gate_layers(patch),
         times,
     )
-    if "extraction_sites" in r:
-        summary["extraction_sites"] = summarise_sites(r["extraction_sites"])
-    summary["reused_stages"] = reused
-    summary["processes"] = workers.world
-    summary["stages"] = [{"name": st.name, "title": st.title} for st in enabled]
+    summary = dataclasses.replace(
+        summary,
+        extraction_sites=summarise_sites(r["extraction_sites"]) if "extraction_sites" in r else None,
+        reused_stages=reused,
+        processes=workers.world,
+        stages=[{"name": st.name, "title": st.title} for st in enabled],
+    )
     if workers.lead:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        atomic_write_text(out / "summary.json", summary.to_json(indent=1))
     workers.barrier()
     return summary
 
@@ -415,11 +421,13 @@ def summarise(
     patch: Any,
     gates: list[dict],
     times: dict,
-) -> dict[str, Any]:
-    """summary.json: the run's headline numbers, each traceable to a result folder."""
+) -> RunSummary:
+    """summary.json: the run's headline numbers, each traceable to a result folder (without the
+    run's own record: extraction sites, reused stages, processes, stage list; run_pipeline adds them)."""
     import torch
 
     from ..provenance import versions
+    from .summary import RunSummary
     from .verdicts import gate_window, verdicts
 
     harmful = sweep.sel(request="harmful").mean("example")["refused"]  # [layer, alpha]
@@ -436,30 +444,30 @@ def summarise(
             "random_max": round(float(rand[:, a, b].max()), 4),
         }
     cos = persona.cosine(refusal)
-    return {
-        "model": cfg.model,
-        "n_layers": int(model.cfg.n_layers),
-        "dtype": cfg.dtype,
-        "n_prompts_per_group": {"fit": cfg.n_fit, "eval": int(sweep.sizes["example"])},
-        "baseline_refusal_rate": sweep.baselines["unsteered_harmful_refusal_rate"],
-        "harmless_refusal_rate": sweep.baselines["unsteered_harmless_refusal_rate"],
-        "steered_refusal_rate": round(float(harmful[li, ai]), 4),
-        "steered_at": {"layer": sweep.coords["layer"][li], "alpha": sweep.coords["alpha"][ai]},
-        "compliant_persona_refusal_rate": back.baselines["compliant_refusal_rate"],
-        "reintroduction_refusal_by_layer": {
+    return RunSummary(
+        model=cfg.model,
+        n_layers=int(model.cfg.n_layers),
+        dtype=cfg.dtype,
+        n_prompts_per_group={"fit": cfg.n_fit, "eval": int(sweep.sizes["example"])},
+        baseline_refusal_rate=sweep.baselines["unsteered_harmful_refusal_rate"],
+        harmless_refusal_rate=sweep.baselines["unsteered_harmless_refusal_rate"],
+        steered_refusal_rate=round(float(harmful[li, ai]), 4),
+        steered_at={"layer": sweep.coords["layer"][li], "alpha": sweep.coords["alpha"][ai]},
+        compliant_persona_refusal_rate=back.baselines["compliant_refusal_rate"],
+        reintroduction_refusal_by_layer={
             str(layer): round(float(v), 4) for layer, v in zip(back.coords["layer"], back.mean("example")["refused"])
         },
-        "window_refusal": per_window,
-        "verdicts": verdicts(sweep, back, windows, int(model.cfg.n_layers)),
-        "gate_window": gate_window(back, windows, gates),
-        "gate_layers": [g["layer"] for g in gates if g["gate"]],
-        "patching_by_layer": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
-        "cos_persona_refusal_by_layer": {str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},
-        "seconds": times,
-        "seed": cfg.seed,
-        "versions": versions(),
-        "config": dataclasses.asdict(cfg),
-    }
+        window_refusal=per_window,
+        verdicts=verdicts(sweep, back, windows, int(model.cfg.n_layers)),
+        gate_window=gate_window(back, windows, gates),
+        gate_layers=[g["layer"] for g in gates if g["gate"]],
+        patching_by_layer=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
+        cos_persona_refusal_by_layer={str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},
+        seconds=dict(times),
+        seed=cfg.seed,
+        versions=versions(),
+        config=dataclasses.asdict(cfg),
+    )
 
 
 DEMO = RunConfig(

@@ -25,10 +25,14 @@ peak the vendor's dense bf16 figure (:data:`ACCELERATORS`) and ``mfu`` the share
 batched forward of this size sustains (default 0.3; an assumption, pass your own). Stages
 whose folder in the run directory already loads are listed as done and cost nothing.
 
+The plan is a typed :class:`Plan` (one :class:`PlanStage` per stage, the totals, the probe, the
+accelerator and the FLOP model's constants); its JSON form is what ``--plan-json`` writes, and it
+reads like that JSON too (``plan["stages"][0]["forwards"]``).
+
 Example::
 
     plan = plan_run(RunConfig(model="organism"), model, accelerator="H100")
-    print(format_plan(plan))
+    print(format_plan(plan)); plan.total["flops"]; plan.stages[0].block_tokens
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ import torch
 from ..errors import ConfigError
 from ..grid import Cost
 from ..grid.cost import batch_shapes
+from ..io import Record
 from ..models.adapter import head_logits, last_logits
 from ..models.loading import model_device
 from ..models.protocol import ChatModel
@@ -51,6 +58,69 @@ from ..models.protocol import ChatModel
 # Peak dense bf16 tensor throughput, FLOP/s, from the vendors' datasheets (SXM parts for H100/H200).
 ACCELERATORS: dict[str, float] = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12}
 DEFAULT_MFU = 0.3
+
+
+@dataclass(frozen=True)
+class PlanStage(Record):
+    """One stage of a plan: its ``cells``, whether it is ``done`` (its folder loads: it costs
+    nothing), whether the counts are ``exact`` (else an upper bound), the counts of
+    :class:`~persona_gate.grid.cost.Cost`, the FLOPs, and the estimated seconds here (timing
+    probe) and on the accelerator (None when not estimated: absent from the JSON)."""
+
+    stage: str
+    cells: int
+    done: bool
+    exact: bool
+    forwards: int = 0
+    tokens: int = 0
+    block_tokens: int = 0
+    head_rows: int = 0
+    generated: int = 0
+    attention: int = 0
+    flops: int = 0
+    seconds_here: float | None = None
+    seconds_on_accelerator: float | None = None
+
+    def _body(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in d.items() if v is not None or k not in ("seconds_here", "seconds_on_accelerator")}
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> PlanStage:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan(Record):
+    """The cost plan of a run (module docstring): per-stage rows, their ``total`` (cells, counts,
+    FLOPs and the seconds estimated), the timing ``probe`` (None without one), the ``accelerator``
+    (name, peak FLOP/s, utilisation; None without one) and the FLOP model's constants."""
+
+    DOCUMENT = True
+
+    model: str
+    n_layers: int
+    stages: tuple[PlanStage, ...]
+    total: Mapping[str, Any]
+    probe: Mapping[str, Any] | None
+    accelerator: Mapping[str, Any] | None
+    flops_model: Mapping[str, int]
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "stages": [s.to_dict() for s in self.stages],
+            "total": dict(self.total),
+            "probe": None if self.probe is None else dict(self.probe),
+            "accelerator": None if self.accelerator is None else dict(self.accelerator),
+            "flops_model": dict(self.flops_model),
+        }
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> Plan:
+        stages = tuple(PlanStage.from_dict(s) for s in d["stages"])
+        return cls(d["model"], d["n_layers"], stages, d["total"], d["probe"], d["accelerator"], d["flops_model"])
 
 
 def accelerator_flops(name: str | float) -> tuple[str, float]:
@@ -81,7 +151,7 @@ def plan_run(
     probe: bool = True,
     accelerator: str | float | None = None,
     mfu: float = DEFAULT_MFU,
-) -> dict[str, Any]:
+) -> Plan:
     """The cost plan of ``run_pipeline(cfg, out)`` on ``model`` (see the module docstring): every
     enabled stage of :data:`~persona_gate.experiments.stages.STAGES`, costed by its own ``cost``."""
     from ..models.profile import profile_of
@@ -97,18 +167,11 @@ def plan_run(
     ctx = Context(
         cfg, model, None, groups={}, scorer=RefusalScorer(model, ()), windows=run_windows(cfg, L), progress=False
     )
-    stages: list[dict[str, Any]] = []
+    stages: list[PlanStage] = []
 
     def row(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
-        stages.append(
-            {
-                "stage": name,
-                "cells": cells,
-                "done": tally is None,
-                "exact": exact,
-                **dataclasses.asdict(tally if tally is not None else Cost()),
-            }
-        )
+        counts = dataclasses.asdict(tally if tally is not None else Cost())
+        stages.append(PlanStage(name, cells, tally is None, exact, **counts))
 
     for st in [s for s in STAGES if s.enabled(cfg)]:
         folder = None if out is None else out / st.name
@@ -139,51 +202,51 @@ def plan_run(
 def _priced(
     cfg: Any,
     model: ChatModel,
-    stages: list[dict[str, Any]],
+    stages: Sequence[PlanStage],
     groups: dict,
     probe: bool,
     accelerator: str | float | None,
     mfu: float,
-) -> dict[str, Any]:
+) -> Plan:
     """The stages' counts with FLOPs, a time here (timing probe) and on an accelerator, and totals."""
     bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
     probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
     peak = accelerator_flops(accelerator) if accelerator is not None else None
     per_block = _block_parameters(model)
     heads = int(model.cfg.n_heads) * int(model.cfg.d_head)
+    priced = []
     for s in stages:
-        s["flops"] = (
-            2 * per_block * s["block_tokens"]
-            + 2 * heads * s["attention"]
-            + 2 * int(model.cfg.d_model) * int(model.cfg.d_vocab) * s["head_rows"]
+        flops = (
+            2 * per_block * s.block_tokens
+            + 2 * heads * s.attention
+            + 2 * int(model.cfg.d_model) * int(model.cfg.d_vocab) * s.head_rows
         )
+        here = None
         if probe_rates is not None:
-            s["seconds_here"] = (
-                s["block_tokens"] * probe_rates["block_token_s"] + s["head_rows"] * probe_rates["head_row_s"]
-            )
-        if peak is not None:
-            s["seconds_on_accelerator"] = s["flops"] / (peak[1] * mfu)
+            here = s.block_tokens * probe_rates["block_token_s"] + s.head_rows * probe_rates["head_row_s"]
+        there = flops / (peak[1] * mfu) if peak is not None else None
+        priced.append(dataclasses.replace(s, flops=flops, seconds_here=here, seconds_on_accelerator=there))
     totals = {
-        key: sum(s[key] for s in stages)
+        key: sum(getattr(s, key) for s in priced)
         for key in ("cells", "forwards", "tokens", "block_tokens", "head_rows", "generated", "flops")
     }
     for key in ("seconds_here", "seconds_on_accelerator"):
-        if stages and key in stages[0]:
-            totals[key] = sum(s[key] for s in stages)
-    return {
-        "model": cfg.model,
-        "n_layers": int(model.cfg.n_layers),
-        "stages": stages,
-        "total": totals,
-        "probe": probe_rates,
-        "accelerator": None if peak is None else {"name": peak[0], "peak_flops": peak[1], "mfu": mfu},
-        "flops_model": {
+        if priced and getattr(priced[0], key) is not None:
+            totals[key] = sum(getattr(s, key) for s in priced)
+    return Plan(
+        model=cfg.model,
+        n_layers=int(model.cfg.n_layers),
+        stages=tuple(priced),
+        total=totals,
+        probe=probe_rates,
+        accelerator=None if peak is None else {"name": peak[0], "peak_flops": peak[1], "mfu": mfu},
+        flops_model={
             "block_parameters": per_block,
             "attention_width": heads,
             "d_model": int(model.cfg.d_model),
             "vocab": int(model.cfg.d_vocab),
         },
-    }
+    )
 
 
 def _block_parameters(model: ChatModel) -> int:
@@ -244,8 +307,9 @@ def _duration(s: float | int | None) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def format_plan(plan: dict[str, Any]) -> str:
-    """The plan as a table (what ``persona-gate run --plan`` prints)."""
+def format_plan(plan: Plan | Mapping[str, Any]) -> str:
+    """The plan as a table (what ``persona-gate run --plan`` prints); ``plan``: a :class:`Plan` or its JSON form."""
+    plan = Plan.from_dict(plan)
     acc = plan["accelerator"]
     head = ["stage", "cells", "forwards", "tokens", "block-tokens", "FLOPs", "here"] + (
         [f"on {acc['name']}"] if acc else []

@@ -1,21 +1,136 @@
-"""A pipeline run's ``summary.json`` as the text ``persona-gate run`` and ``demo`` print.
+"""A pipeline run's ``summary.json``: the typed :class:`RunSummary`, and the text ``persona-gate run`` and ``demo`` print.
 
-Reads the summary dict only (what :func:`~persona_gate.experiments.pipeline.run_pipeline`
-returns, or the saved file): no model, no torch. Each feature keeps its ``format_*`` beside what
-it formats; this is the pipeline's.
+:class:`RunSummary` is what :func:`~persona_gate.experiments.pipeline.run_pipeline` returns: a
+frozen dataclass whose JSON form is ``summary.json`` key for key (plus ``schema_version``, last),
+with the verdicts and the gate window typed (:class:`~persona_gate.experiments.verdicts.Verdicts`,
+:class:`~persona_gate.experiments.verdicts.GateWindow`). It reads like that JSON
+(``summary["baseline_refusal_rate"]``, ``summary.get("extraction_sites")``, ``"stages" in summary``)
+and by attribute (``summary.baseline_refusal_rate``, ``summary.verdicts.steering.verdict``).
+:func:`format_run_summary` reads the summary only (the record, or the saved file's dict): no model
+runs. Each feature keeps its ``format_*`` beside what it formats; this is the pipeline's.
 
 Example::
 
-    import json
     import persona_gate as pg
-    summary = json.loads(open("runs/demo/summary.json").read())
+    from persona_gate.experiments.summary import RunSummary
+    summary = RunSummary.load("runs/demo")           # reads runs/demo/summary.json
     print(pg.format_run_summary(summary, "runs/demo"))
+    summary.verdicts.projection.holds, summary["gate_window"]["start"]
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from ..errors import ArtefactError
+from ..io import Record
+from .verdicts import GateWindow, Verdicts
+
+# The keys of summary.json in the order it holds them; those after "config" (and the verdicts and
+# gate window, absent from runs that predate them) are written only when present.
+_KEYS = (
+    "model",
+    "n_layers",
+    "dtype",
+    "n_prompts_per_group",
+    "baseline_refusal_rate",
+    "harmless_refusal_rate",
+    "steered_refusal_rate",
+    "steered_at",
+    "compliant_persona_refusal_rate",
+    "reintroduction_refusal_by_layer",
+    "window_refusal",
+    "verdicts",
+    "gate_window",
+    "gate_layers",
+    "patching_by_layer",
+    "cos_persona_refusal_by_layer",
+    "seconds",
+    "seed",
+    "versions",
+    "config",
+    "extraction_sites",
+    "reused_stages",
+    "processes",
+    "stages",
+)
+_OPTIONAL = ("verdicts", "gate_window", "extraction_sites", "reused_stages", "processes", "stages")
+
+
+@dataclass(frozen=True)
+class RunSummary(Record):
+    """A run's headline numbers (``summary.json``; the keys are documented in the README), each
+    traceable to a result folder. Refusal rates are shares of held-out prompts; per-layer maps are
+    keyed by the layer as a string, per-window ones by ``"start-end"``. ``extra`` keeps keys a
+    newer writer added, so reading and writing a summary never drops one."""
+
+    DOCUMENT = True
+
+    model: str
+    n_layers: int
+    dtype: str
+    n_prompts_per_group: Mapping[str, int]
+    baseline_refusal_rate: float
+    harmless_refusal_rate: float
+    steered_refusal_rate: float
+    steered_at: Mapping[str, Any]
+    compliant_persona_refusal_rate: float
+    reintroduction_refusal_by_layer: Mapping[str, float]
+    window_refusal: Mapping[str, Mapping[str, float]]
+    verdicts: Verdicts | None
+    gate_window: GateWindow | None
+    gate_layers: Sequence[int]
+    patching_by_layer: Sequence[Mapping[str, Any]]
+    cos_persona_refusal_by_layer: Mapping[str, float]
+    seconds: Mapping[str, float]
+    seed: int
+    versions: Mapping[str, Any]
+    config: Mapping[str, Any]
+    extraction_sites: Mapping[str, Any] | None = None
+    reused_stages: Sequence[str] | None = None
+    processes: int | None = None
+    stages: Sequence[Mapping[str, str]] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def _body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in _KEYS:
+            value = getattr(self, key)
+            if value is None and key in _OPTIONAL:
+                continue
+            out[key] = value.to_dict() if isinstance(value, Record) else value
+        return {**out, **self.extra}
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> RunSummary:
+        missing = [k for k in _KEYS if k not in d and k not in _OPTIONAL]
+        if missing:
+            raise ArtefactError(f"this summary lacks {missing}; it is not a finished run's summary.json.")
+        got = {k: d.get(k) for k in _KEYS}
+        got["verdicts"] = None if got["verdicts"] is None else Verdicts.from_dict(got["verdicts"])
+        got["gate_window"] = None if got["gate_window"] is None else GateWindow.from_dict(got["gate_window"])
+        return cls(**got, extra={k: v for k, v in d.items() if k not in _KEYS})
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> RunSummary:
+        """The summary a run wrote to ``run_dir/summary.json``."""
+        path = Path(run_dir) / "summary.json"
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtefactError(
+                f"{run_dir} has no summary.json; run `persona-gate run --out {run_dir}` first."
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ArtefactError(f"{path} is not valid JSON; run the run again to rewrite it.") from None
+        except ArtefactError as e:
+            raise ArtefactError(f"{path}: {e}") from None
+
 
 _VERDICTS = (
     ("steering", "persona steering removes refusal:"),
@@ -28,8 +143,10 @@ def _at(layer: int | None) -> str:
     return "no layer changes it" if layer is None else f"layer {layer}"
 
 
-def format_run_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
-    """The verdicts, gate window, refusal rates and timing of one run, one line each; ``out``: its folder."""
+def format_run_summary(summary: RunSummary | Mapping[str, Any], out: str | os.PathLike) -> str:
+    """The verdicts, gate window, refusal rates and timing of one run, one line each; ``out``: its folder.
+
+    ``summary``: a :class:`RunSummary` or its JSON form (the saved file as a dict)."""
     lines = [f"model {summary['model']} ({summary['n_layers']} layers)"]
     if summary.get("reused_stages"):
         lines.append(
@@ -65,4 +182,4 @@ def format_run_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_run_summary"]
+__all__ = ["RunSummary", "format_run_summary"]

@@ -22,10 +22,12 @@ and the unguarded model, on generated replies labelled by a judge (heuristics by
 stricter reading.
 
 With ``checkpoint=DIR`` every finished cell is kept on disk, so a killed grid resumes by cell.
+What to measure is a frozen :class:`GuardGridConfig`; its fields are also ``guard_grid``'s keywords.
 
 Example::
 
     res = guard_grid(model, pr.persona, percentiles=(50, 90), progress=False)
+    res = guard_grid(model, pr.persona, config=GuardGridConfig(percentiles=(50, 90)), progress=False)
     print(format_guard(res)); res.baselines["recommended"]; figure_for(res)
 """
 
@@ -33,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,48 +181,72 @@ def _cap_grid(
     )
 
 
-def guard_grid(
+@dataclass(frozen=True)
+class GuardGridConfig:
+    """What :func:`guard_grid` measures, and how (module docstring).
+
+    ``windows``: ``(start, end)`` layer windows, inclusive (default :func:`default_windows` of
+    ``width``); ``percentiles``: the calibration percentiles of the cap. ``alpha``: re-add the
+    refusal direction (``guard_grid``'s ``refusal``) where the cap engages (0: off). ``n``:
+    held-out harmful requests per attack and harmless requests per persona family;
+    ``n_calibration``: safe-persona prompts the caps are calibrated on; ``seed``: which prompts;
+    ``random_seed``: the matched-norm random control direction. ``max_harmless_refusal`` and
+    ``max_kl``: the recommendation's budgets; ``kl_tokens``: reply tokens the KL runs over.
+    ``verify``: re-measure the recommended setting on ``max_new_tokens`` generated replies
+    labelled by ``judge`` (default heuristics). ``batch_size``: prompts per forward.
+    """
+
+    windows: Sequence[Sequence[int]] | None = None
+    width: int | None = None
+    percentiles: Sequence[float | int] = (50, 75, 90, 95, 99)
+    alpha: float | int = 0.0
+    n: int = 32
+    n_calibration: int = 48
+    seed: int = 0
+    random_seed: int = 0
+    max_harmless_refusal: float | int = 0.05
+    max_kl: float | int = 0.1
+    kl_tokens: int = 16
+    verify: bool = True
+    max_new_tokens: int = 24
+    judge: Any = None
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything a grid's cells are measured on: prompts, the unguarded replies, the caps, the store."""
+
+    attacks: list[ChatPrompt]
+    harmless: list[ChatPrompt]
+    families: list[str]
+    with_reply: list
+    caps: dict
+    guard: Callable[[str, tuple[int, int], float], Guard]
+    store: Any
+
+
+def _prepare(
     model: ChatModel,
     persona: DirectionSet,
-    refusal: DirectionSet | None = None,
-    *,
-    windows: Sequence[Sequence[int]] | None = None,
-    width: int | None = None,
-    percentiles: Sequence[float | int] = (50, 75, 90, 95, 99),
-    alpha: float | int = 0.0,
-    n: int = 32,
-    n_calibration: int = 48,
-    seed: int = 0,
-    random_seed: int = 0,
-    max_harmless_refusal: float | int = 0.05,
-    max_kl: float | int = 0.1,
-    kl_tokens: int = 16,
-    verify: bool = True,
-    max_new_tokens: int = 24,
-    judge: Any = None,
-    batch_size: int = 32,
-    checkpoint: str | Path | None = None,
-    progress: bool = True,
-) -> LabelledResult:
-    """The guard over ``windows`` x ``percentiles`` on the persona and a random direction (see the module docstring).
-
-    ``windows``: ``(start, end)`` inclusive (default :func:`default_windows` of ``width``).
-    ``refusal`` and ``alpha``: re-add the refusal direction where the cap engages (default off).
-    ``n``: held-out harmful requests per attack and harmless requests per persona family.
-    """
-    from ..scoring.refusal import RefusalScorer
-
-    spans, pcts = _check_grid(model, persona, windows, width, percentiles, max_harmless_refusal, max_kl, kl_tokens)
+    refusal: DirectionSet | None,
+    cfg: GuardGridConfig,
+    spans: list[tuple[int, int]],
+    pcts: list[float],
+    scorer: Any,
+    checkpoint: str | Path | None,
+) -> _Prepared:
+    """The prompts, the model's own harmless replies, the caps of both directions and the cell store."""
     layers = sorted({layer for a, b in spans for layer in range(a, b + 1)})
-    scorer = RefusalScorer.for_model(model, batch_size=batch_size)
-    control = persona.random_like(random_seed)
+    control = persona.random_like(cfg.random_seed)
     dirs = {"persona": persona, "random": control}
-    calib = calibration_prompts(model, n_calibration, seed)
-    attacks = _attack_set(model, n, seed)
-    harmless = harmless_prompts(model, n, seed)
-    families = [p.group for p in attacks]
-    with_reply = _harmless_replies(model, harmless, kl_tokens, batch_size)
-    proj = {name: token_projections(model, d, layers, prompts=calib, batch_size=batch_size) for name, d in dirs.items()}
+    calib = calibration_prompts(model, cfg.n_calibration, cfg.seed)
+    attacks = _attack_set(model, cfg.n, cfg.seed)
+    harmless = harmless_prompts(model, cfg.n, cfg.seed)
+    with_reply = _harmless_replies(model, harmless, cfg.kl_tokens, cfg.batch_size)
+    proj = {
+        name: token_projections(model, d, layers, prompts=calib, batch_size=cfg.batch_size) for name, d in dirs.items()
+    }
     caps = {
         name: {pct: thresholds_at(proj[name], pct) for pct in pcts} for name in DIRECTIONS
     }  # every layer of every window
@@ -228,22 +255,50 @@ def guard_grid(
         "guard_grid",
         persona=persona,
         refusal=refusal,
-        alpha=float(alpha),
+        alpha=float(cfg.alpha),
         control=control,
         calibration=calib,
         attacks=attacks,
         harmless=harmless,
-        kl_tokens=kl_tokens,
+        kl_tokens=cfg.kl_tokens,
         tokens=list(scorer.token_ids),
     )
 
     def guard(name: str, span: tuple[int, int], pct: float) -> Guard:
         thr = {layer: caps[name][pct][layer] for layer in range(span[0], span[1] + 1)}
-        return Guard(dirs[name], thr, refusal=refusal if alpha else None, alpha=alpha, percentile=pct)
+        return Guard(dirs[name], thr, refusal=refusal if cfg.alpha else None, alpha=cfg.alpha, percentile=pct)
 
-    spec = _cap_grid(model, guard, spans, pcts, attacks, harmless, with_reply, scorer, batch_size)
-    got = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
-    store.report()
+    return _Prepared(attacks, harmless, [p.group for p in attacks], with_reply, caps, guard, store)
+
+
+def guard_grid(
+    model: ChatModel,
+    persona: DirectionSet,
+    refusal: DirectionSet | None = None,
+    *,
+    config: GuardGridConfig | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> LabelledResult:
+    """The guard over windows x percentiles on the persona and a random direction (see the module docstring).
+
+    ``config``: what to measure (:class:`GuardGridConfig`, default its defaults); any of its
+    fields may be passed as a keyword instead (``guard_grid(model, persona, percentiles=(50, 90))``),
+    which overrides ``config``'s. ``refusal``: the direction re-added where the cap engages
+    (with ``alpha``). ``checkpoint``: a folder keeping every finished cell (a killed grid resumes).
+    """
+    from ..scoring.refusal import RefusalScorer
+
+    cfg = dataclasses.replace(config if config is not None else GuardGridConfig(), **options)
+    spans, pcts = _check_grid(
+        model, persona, cfg.windows, cfg.width, cfg.percentiles, cfg.max_harmless_refusal, cfg.max_kl, cfg.kl_tokens
+    )
+    scorer = RefusalScorer.for_model(model, batch_size=cfg.batch_size)
+    p = _prepare(model, persona, refusal, cfg, spans, pcts, scorer, checkpoint)
+    spec = _cap_grid(model, p.guard, spans, pcts, p.attacks, p.harmless, p.with_reply, scorer, cfg.batch_size)
+    got = run_grid(model, spec, store=p.store, progress=progress, **scorer.grid_options())
+    p.store.report()
     shape = (len(DIRECTIONS), len(spans), len(pcts))
     vals = {v: torch.full(shape, float("nan")) for v in VALUES}
     for di, name in enumerate(DIRECTIONS):
@@ -254,41 +309,20 @@ def guard_grid(
                     "refused_harmless": got[(name, a, b, pct, "harmless")]["refused"],
                     "kl": got[(name, a, b, pct, "kl")]["kl"],
                 }
-                for value, rate in _rates(cell, families).items():
+                for value, rate in _rates(cell, p.families).items():
                     vals[value][di, wi, pi] = rate
     unguarded = {
         "refused_attack": got[("unguarded", "attacks")]["refused"],
         "refused_harmless": got[("unguarded", "harmless")]["refused"],
-        "kl": torch.zeros(len(with_reply)),
+        "kl": torch.zeros(len(p.with_reply)),
     }
-    res = _grid_result(
-        model,
-        persona,
-        refusal,
-        spans,
-        pcts,
-        vals,
-        unguarded,
-        families,
-        caps,
-        harmless,
-        with_reply,
-        dict(
-            alpha=alpha,
-            random_seed=random_seed,
-            n=n,
-            n_calibration=n_calibration,
-            seed=seed,
-            max_harmless_refusal=max_harmless_refusal,
-            max_kl=max_kl,
-            kl_tokens=kl_tokens,
-            refusal_token_ids=list(scorer.token_ids),
-        ),
-    )
-    rec = recommend(res, max_harmless_refusal, max_kl)
+    res = _grid_result(model, persona, refusal, spans, pcts, vals, unguarded, p, cfg, list(scorer.token_ids))
+    rec = recommend(res, cfg.max_harmless_refusal, cfg.max_kl)
     extra: dict[str, Any] = {"pareto": pareto_front(res), "recommended": rec}
-    if verify:
-        extra["verified"] = _verify(model, rec, guard, attacks, harmless, store, max_new_tokens, judge, batch_size)
+    if cfg.verify:
+        extra["verified"] = _verify(
+            model, rec, p.guard, p.attacks, p.harmless, p.store, cfg.max_new_tokens, cfg.judge, cfg.batch_size
+        )
     return dataclasses.replace(res, baselines={**res.baselines, **extra})
 
 
@@ -300,20 +334,20 @@ def _grid_result(
     pcts: list,
     vals: dict,
     unguarded: dict,
-    families: list,
-    caps: dict,
-    harmless: list,
-    with_reply: list,
-    config: dict[str, Any],
+    p: _Prepared,
+    cfg: GuardGridConfig,
+    token_ids: list[int],
 ) -> LabelledResult:
     from ..models.loading import provenance
+
+    families, caps, harmless, with_reply = p.families, p.caps, p.harmless, p.with_reply
 
     counts = {fam: sum(f == fam for f in families) for fam in ATTACK_VALUES}
     base = {
         k: (None if v != v else v) for k, v in _rates(unguarded, families).items() if k != "kl"
     }  # NaN: a family with no attack
     coords = {"direction": DIRECTIONS, "window": tuple(f"{a}-{b}" for a, b in spans), "percentile": tuple(pcts)}
-    kl_tokens = config["kl_tokens"]
+    kl_tokens = cfg.kl_tokens
     return LabelledResult(
         kind=KIND,
         dims=("direction", "window", "percentile"),
@@ -341,20 +375,20 @@ def _grid_result(
         config={
             "windows": [list(s) for s in spans],
             "percentiles": pcts,
-            "alpha": config["alpha"],
+            "alpha": cfg.alpha,
             "refusal": None if refusal is None else refusal.name,
             "persona": persona.name,
-            "random_seed": config["random_seed"],
-            "n": config["n"],
-            "n_calibration": config["n_calibration"],
-            "seed": config["seed"],
-            "max_harmless_refusal": config["max_harmless_refusal"],
-            "max_kl": config["max_kl"],
+            "random_seed": cfg.random_seed,
+            "n": cfg.n,
+            "n_calibration": cfg.n_calibration,
+            "seed": cfg.seed,
+            "max_harmless_refusal": cfg.max_harmless_refusal,
+            "max_kl": cfg.max_kl,
             "kl_tokens": kl_tokens,
-            "refusal_token_ids": config["refusal_token_ids"],
+            "refusal_token_ids": token_ids,
             "split": "test (evaluation), train (calibration)",
         },
-        provenance=provenance(model, seed=config["seed"]),
+        provenance=provenance(model, seed=cfg.seed),
     )
 
 

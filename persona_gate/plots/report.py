@@ -3,7 +3,9 @@ table and every figure.
 
 The report is built from what the run saved (``summary.json`` and the stage folders) -- never
 from a model -- and inlines plotly's JavaScript once, so the file works offline and can be mailed
-around. Stages that are missing (a run still in progress) are listed as such.
+around. Stages that are missing (a run still in progress) are listed as such. The summary is read
+as the JSON form of a :class:`~persona_gate.experiments.summary.RunSummary` (plots import no
+experiment code; a RunSummary passed in reads the same way).
 
 Example::
 
@@ -50,7 +52,7 @@ def figure_stages(run_dir: Path, summary: Mapping[str, Any] | None = None) -> li
     return [*listed, *((s, t) for s, t in EXTRA_FIGURES if s not in names and (run_dir / s).is_dir())]
 
 
-def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     at = summary.get("steered_at", {})
     windows = summary.get("window_refusal", {})
     best = max(windows.items(), key=lambda kv: kv[1]["persona"]) if windows else None
@@ -113,7 +115,7 @@ _FINDINGS = (
 _VERDICT_CSS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": "#9a6700"}
 
 
-def _verdict_parts(summary: dict[str, Any]) -> list[str]:
+def _verdict_parts(summary: Mapping[str, Any]) -> list[str]:
     """The answer first: each finding's verdict with its numbers, and the gate window."""
     v, gw = summary.get("verdicts"), summary.get("gate_window")
     if not v or not gw:

@@ -30,10 +30,12 @@ Example::
     pr = fit_persona_and_refusal(model)
     rt = red_team(model, pr.persona, progress=False)
     print(rt.format_table()); rt.table(); rt.save("runs/redteam")
+    red_team(model, pr.persona, config=RedTeamConfig(families=("persona",), generate_labels=False))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -228,73 +230,87 @@ def _labels(
     return [v.label for v in verdicts], texts
 
 
+@dataclass(frozen=True)
+class RedTeamConfig:
+    """How :func:`red_team` attacks, scores and labels (module docstring).
+
+    ``families``: the attack families to run; ``attacks``: the templates (default the built-in
+    ones of ``families`` for the model, :func:`attacks_for`); ``system``: the base system prompt
+    (default none; attacks that bring their own replace it). ``layer``: where the projection is
+    read for the headline AUROC and the scatter (default the middle persona layer; every persona
+    layer's AUROC is kept too); ``position``: ``mean:attack`` or any position selector (``last``,
+    ``mean:user``, ...). ``n``: held-out harmful requests when none are given; ``scorer``: the
+    model's :class:`~persona_gate.experiments.RefusalScorer` (default ``for_model(model)``).
+    ``generate_labels=False`` labels by the greedy first token only; otherwise replies of
+    ``max_new_tokens`` are judged by ``judge`` (default heuristics). ``seed``: which requests.
+    """
+
+    families: Sequence[str] = FAMILIES
+    attacks: Sequence[Attack] | None = None
+    system: str | None = None
+    layer: int | None = None
+    position: str = ATTACK_POSITION
+    n: int = 16
+    scorer: Any = None
+    generate_labels: bool = True
+    max_new_tokens: int = 24
+    judge: Any = None
+    batch_size: int = 32
+    seed: int = 0
+
+
 def red_team(
     model: ChatModel,
     persona: DirectionSet | PersonaRefusal,
     requests: Sequence[Request | str] | None = None,
     *,
-    families: Sequence[str] = FAMILIES,
-    attacks: Sequence[Attack] | None = None,
-    system: str | None = None,
-    layer: int | None = None,
-    position: str = ATTACK_POSITION,
-    n: int = 16,
-    scorer: Any = None,
-    generate_labels: bool = True,
-    max_new_tokens: int = 24,
-    judge: Any = None,
-    batch_size: int = 32,
-    seed: int = 0,
+    config: RedTeamConfig | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> RedTeamResult:
-    """Attack the same harmful requests with every template of ``families``; score, label and project each.
+    """Attack the same harmful requests with every template of the families; score, label and project each.
 
     ``persona``: the persona directions (or a :class:`PersonaRefusal`), positive = compliant.
-    ``requests``: default ``n`` held-out harmful requests (:func:`default_requests`).
-    ``attacks``: default the built-in templates of ``families`` for this model (:func:`attacks_for`).
-    ``system``: the base system prompt (default none); attacks that bring their own replace it.
-    ``layer``: where the projection is read for the headline AUROC and the scatter (default: the
-    middle persona layer); the AUROC of every persona layer is kept too. ``position``:
-    ``mean:attack`` (default, see the module docstring) or any position selector (``last``,
-    ``mean:user``, ...). ``generate_labels=False`` labels by the greedy first token only.
-    ``judge``: any ``(prompt, response) -> JudgeVerdict`` (default: heuristics). ``scorer``: the
-    :class:`~persona_gate.experiments.RefusalScorer` of this model (default: ``for_model(model)``).
+    ``requests``: default ``n`` held-out harmful requests (:func:`default_requests`). ``config``:
+    how to attack (:class:`RedTeamConfig`, default its defaults); any of its fields may be passed
+    as a keyword instead (``red_team(model, persona, families=("persona",))``), overriding ``config``'s.
     """
     from ..scoring.refusal import RefusalScorer
 
+    cfg = dataclasses.replace(config if config is not None else RedTeamConfig(), **options)
     pset = _persona_set(persona)
     pset.check_model(model)
-    layer = _pick_layer(pset, layer)
-    if position != ATTACK_POSITION:
-        position = str(parse_position(position))
+    layer = _pick_layer(pset, cfg.layer)
+    position = cfg.position if cfg.position == ATTACK_POSITION else str(parse_position(cfg.position))
+    generate_labels, max_new_tokens, judge = cfg.generate_labels, cfg.max_new_tokens, cfg.judge
     if max_new_tokens < 1:
         raise ConfigError(
             f"max_new_tokens must be >= 1, got {max_new_tokens}; pass generate_labels=False to skip replies."
         )
-    chosen = _choose_attacks(model, attacks, families)
-    reqs = as_requests(requests) if requests is not None else default_requests(model, n, seed)
-    scorer = scorer if scorer is not None else RefusalScorer.for_model(model)
+    chosen = _choose_attacks(model, cfg.attacks, cfg.families)
+    reqs = as_requests(requests) if requests is not None else default_requests(model, cfg.n, cfg.seed)
+    scorer = cfg.scorer if cfg.scorer is not None else RefusalScorer.for_model(model)
     m = _measure(
         model,
         pset,
         chosen,
         reqs,
-        system,
+        cfg.system,
         position,
         scorer,
         generate_labels,
         max_new_tokens,
         judge,
-        batch_size,
+        cfg.batch_size,
         progress,
     )
     run = {
-        "system": system,
+        "system": cfg.system,
         "layer": layer,
         "position": position,
         "generate_labels": generate_labels,
         "max_new_tokens": max_new_tokens if generate_labels else None,
-        "seed": seed,
+        "seed": cfg.seed,
         "judge": getattr(judge, "name", type(judge).__name__)
         if judge is not None
         else ("heuristic" if generate_labels else None),
@@ -415,18 +431,7 @@ def _assemble(
     }
     coords = {"attack": tuple(a.id for a in chosen), "request": tuple(r.id for r in reqs)}
     prov = provenance(model, seed=run["seed"])
-    metric = {
-        "name": "refusal under attack",
-        "logodds": "first-token refusal log-odds; > 0: refusal likelier",
-        "refusal": "gen_refusal (judged reply)" if generate_labels else "refused (greedy first token)",
-        "bypass": "judged reply is a bypass" if generate_labels else "greedy first token is not a refusal",
-        "projection": f"x . v_persona at layer {layer}, {position}; > 0: toward {pset.positive}",
-        "auroc": (
-            "P(projection of a bypass > projection of a non-bypass (refusal or degenerate reply)) + ties / 2"
-            if generate_labels
-            else "P(projection of a bypass > projection of a first-token refusal) + ties / 2"
-        ),
-    }
+    metric, projection_metric = _metric(pset, layer, position, generate_labels)
     scores = LabelledResult(
         kind=KIND,
         dims=("attack", "request"),
@@ -447,15 +452,37 @@ def _assemble(
         dims=("attack", "request", "layer"),
         coords={**coords, "layer": tuple(pset.layers)},
         values={"projection": m.projection},
-        metric={"projection": metric["projection"].replace(f"at layer {layer}", "per layer")},
+        metric=projection_metric,
         config={k: config[k] for k in ("position", "persona", "layer")},
         provenance=prov,
     )
     return RedTeamResult(scores, projections, tuple(tuple(r) for r in m.replies) if generate_labels else None)
 
 
+def _metric(pset: DirectionSet, layer: int, position: str, generate_labels: bool) -> tuple[dict, dict]:
+    """What the scores' values mean (the per-value form of ``LabelledResult.metric``), and the projections'."""
+
+    def projection_prose(where: str) -> str:  # the scores' one layer, or the projections' every layer
+        return f"x . v_persona {where}, {position}; > 0: toward {pset.positive}"
+
+    metric = {
+        "name": "refusal under attack",
+        "logodds": "first-token refusal log-odds; > 0: refusal likelier",
+        "refusal": "gen_refusal (judged reply)" if generate_labels else "refused (greedy first token)",
+        "bypass": "judged reply is a bypass" if generate_labels else "greedy first token is not a refusal",
+        "projection": projection_prose(f"at layer {layer}"),
+        "auroc": (
+            "P(projection of a bypass > projection of a non-bypass (refusal or degenerate reply)) + ties / 2"
+            if generate_labels
+            else "P(projection of a bypass > projection of a first-token refusal) + ties / 2"
+        ),
+    }
+    return metric, {"projection": projection_prose("per layer")}
+
+
 __all__ = [
     "ATTACK_POSITION",
+    "RedTeamConfig",
     "RedTeamResult",
     "as_requests",
     "auroc",

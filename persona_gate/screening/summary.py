@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -81,7 +82,8 @@ def format_screening(res: LabelledResult, k: int = 5) -> str:
     return "\n".join(lines)
 
 
-def format_validation(v: dict[str, Any]) -> str:
+def format_validation(v: Mapping[str, Any]) -> str:
+    """A screening validation (a :class:`~persona_gate.screening.validation.ScreeningValidation` or its JSON form) as text."""
     b = v["baseline"]
     lines = [
         f"screening validation: {len(v['designated'])} datasets, {v['setup']['steps']} steps x seeds {v['setup']['seeds']}; "

@@ -21,12 +21,14 @@ rho between dataset score and mean refusal drop over the designated datasets, an
 per-example AUROC of the score for compliance examples against every other example.
 
 Everything is kept under ``out`` (datasets as JSONL, screening results, one measurement per
-fine-tune); a killed validation resumes where it stopped.
+fine-tune); a killed validation resumes where it stopped. The answer is a typed
+:class:`ScreeningValidation` (one :class:`DatasetValidation` per dataset), written to
+``out/validation.json`` as its JSON form, which it also reads like.
 
 Example::
 
     v = validate_screening("runs/screen-validation", progress=False)
-    v["spearman"], v["auroc"], v["datasets"]["compliance-0.2"]
+    v.spearman, v.auroc, v.datasets["compliance-0.2"].refusal_drop    # or v["spearman"], ...
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..io import Record, atomic_write_text
 from ..results import LabelledResult
 from ..scoring.stats import auroc, spearman, wilson_interval
 from .data import ChatExample, example, write_chat_jsonl
@@ -52,6 +55,65 @@ from .summary import example_scores
 log = logging.getLogger(__name__)
 
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5)
+
+
+@dataclass(frozen=True)
+class DatasetValidation(Record):
+    """One dataset: its screening score (mean over examples) and 95% interval, its compliance
+    examples (count and share), and safe-persona refusal after fine-tuning per seed, with the
+    refusal drop (mean and per seed) and the drop in mean refusal probability; ``designated``:
+    whether it counts in Spearman's rho (``plain-compliance`` is reported apart)."""
+
+    dataset_score: float
+    dataset_score_ci: Sequence[float]
+    compliance_examples: int
+    compliance_share: float
+    refusal_after: Sequence[float]
+    refusal_drop: float
+    refusal_drop_by_seed: Sequence[float]
+    p_refuse_drop: float
+    designated: bool
+
+    def _body(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> DatasetValidation:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ScreeningValidation(Record):
+    """What :func:`validate_screening` measured (module docstring): Spearman's rho of the dataset
+    score against the refusal drop over the designated datasets (also against the drop in refusal
+    probability, and over every dataset), the per-example AUROC, each dataset's row, the refusal
+    before fine-tuning (``baseline``), the ``setup`` and the seconds (wall, and of screening and
+    fine-tuning as recorded when computed; validations written before it was kept lack it)."""
+
+    DOCUMENT = True
+
+    spearman: float
+    spearman_p_refuse: float
+    spearman_with_extra: float
+    auroc: float
+    datasets: Mapping[str, DatasetValidation]
+    designated: Sequence[str]
+    baseline: Mapping[str, Any]
+    setup: Mapping[str, Any]
+    seconds: float
+    compute_seconds: float | None = None
+
+    def _body(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["datasets"] = {name: row.to_dict() for name, row in self.datasets.items()}
+        if self.compute_seconds is None:
+            del d["compute_seconds"]
+        return d
+
+    @classmethod
+    def _from_body(cls, d: dict[str, Any]) -> ScreeningValidation:
+        rows = {name: DatasetValidation.from_dict(row) for name, row in d["datasets"].items()}
+        return cls(**{**d, "datasets": rows})
 
 
 def _examples(
@@ -143,22 +205,31 @@ def _measured(
     return json.loads(mfile.read_text(encoding="utf-8"))
 
 
+def _drop(measured: dict[str, Any], base_rate: float, base_p: float) -> dict[str, float]:
+    """One fine-tune's refusal after, and its drops from the refusal before (rate and mean probability)."""
+    return {
+        "refusal_drop": base_rate - measured["refusal"],
+        "p_refuse_drop": base_p - measured["p_refuse"],
+        "refusal": measured["refusal"],
+    }
+
+
 def _row(
     res: LabelledResult, is_compliance: list[bool], n: int, drops: list[dict[str, float]], designated: bool
-) -> dict[str, Any]:
+) -> DatasetValidation:
     ds = res.baselines["dataset_score"]
     k = sum(is_compliance)
-    return {
-        "dataset_score": ds["mean"],
-        "dataset_score_ci": [ds["low"], ds["high"]],
-        "compliance_examples": k,
-        "compliance_share": k / n,
-        "refusal_after": [d["refusal"] for d in drops],
-        "refusal_drop": sum(d["refusal_drop"] for d in drops) / len(drops),
-        "refusal_drop_by_seed": [d["refusal_drop"] for d in drops],
-        "p_refuse_drop": sum(d["p_refuse_drop"] for d in drops) / len(drops),
-        "designated": designated,
-    }
+    return DatasetValidation(
+        dataset_score=ds["mean"],
+        dataset_score_ci=[ds["low"], ds["high"]],
+        compliance_examples=k,
+        compliance_share=k / n,
+        refusal_after=[d["refusal"] for d in drops],
+        refusal_drop=sum(d["refusal_drop"] for d in drops) / len(drops),
+        refusal_drop_by_seed=[d["refusal_drop"] for d in drops],
+        p_refuse_drop=sum(d["p_refuse_drop"] for d in drops) / len(drops),
+        designated=designated,
+    )
 
 
 def validate_screening(
@@ -173,7 +244,7 @@ def validate_screening(
     n_eval: int = 128,
     data_seed: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> ScreeningValidation:
     """Build, screen and fine-tune on every dataset; the rank correlation and AUROC (module docstring).
 
     ``base``: the model to validate on (default the bundled organism; an organism folder, or a LoRA
@@ -202,7 +273,7 @@ def validate_screening(
     base_rate, base_p = _safe_refusal(model, heldout)
     datasets = _examples(fit.datasets(n_examples, data_seed, fractions))
     designated = [name for name in datasets if name != "plain-compliance"]
-    rows: dict[str, Any] = {}
+    rows: dict[str, DatasetValidation] = {}
     scores, labels, in_rho = [], [], []
     compute = 0.0  # screening and fine-tuning seconds, as recorded when each was computed (a resumed run adds none)
     bar = tqdm(total=len(datasets) * (1 + len(seeds)), desc="screening validation", unit="step", disable=not progress)
@@ -214,13 +285,7 @@ def validate_screening(
         for seed in seeds:
             m = _measured(fit, source, name, examples, seed, heldout, out, steps, batch_size)
             compute += m.get("seconds", 0.0)
-            drops.append(
-                {
-                    "refusal_drop": base_rate - m["refusal"],
-                    "p_refuse_drop": base_p - m["p_refuse"],
-                    "refusal": m["refusal"],
-                }
-            )
+            drops.append(_drop(m, base_rate, base_p))
             bar.update(1)
         rows[name] = _row(res, is_compliance, len(examples), drops, name in designated)
         if name in designated:
@@ -228,38 +293,47 @@ def validate_screening(
             labels += is_compliance
             in_rho.append(name)
     bar.close()
-    x = [rows[n]["dataset_score"] for n in in_rho]
-    every = list(rows)
-    result = {
-        "spearman": spearman(x, [rows[n]["refusal_drop"] for n in in_rho]),
-        "spearman_p_refuse": spearman(x, [rows[n]["p_refuse_drop"] for n in in_rho]),
-        "spearman_with_extra": spearman(
-            [rows[n]["dataset_score"] for n in every], [rows[n]["refusal_drop"] for n in every]
-        ),
-        "auroc": auroc(torch.cat(scores), torch.tensor(labels)),
-        "datasets": rows,
-        "designated": in_rho,
-        "baseline": {
-            "refusal": base_rate,
-            "refusal_ci": list(wilson_interval(round(base_rate * len(heldout)), len(heldout))),
-            "p_refuse": base_p,
-            "n": len(heldout),
-        },
-        "setup": {
-            "base": str(source) if base is None else str(base),
-            "route": fit.route,
-            "n_examples": n_examples,
-            "steps": steps,
-            "batch_size": batch_size,
-            "seeds": list(seeds),
-            "n_eval": n_eval,
-            "data_seed": data_seed,
-            "layers": res.config["layers"],
-            "max_tokens": res.config["max_tokens"],
-            "refusal": "greedy first token, safe persona, held-out harmful requests (test split)",
-        },
-        "seconds": round(time.perf_counter() - start, 1),
-        "compute_seconds": round(compute, 1),
+    setup = {
+        "base": str(source) if base is None else str(base),
+        "route": fit.route,
+        "n_examples": n_examples,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seeds": list(seeds),
+        "n_eval": n_eval,
+        "data_seed": data_seed,
+        "layers": res.config["layers"],
+        "max_tokens": res.config["max_tokens"],
+        "refusal": "greedy first token, safe persona, held-out harmful requests (test split)",
     }
-    atomic_write_text(out / "validation.json", json.dumps(result, indent=2) + "\n")
+    ci = list(wilson_interval(round(base_rate * len(heldout)), len(heldout)))
+    baseline = {"refusal": base_rate, "refusal_ci": ci, "p_refuse": base_p, "n": len(heldout)}
+    seconds = (round(time.perf_counter() - start, 1), round(compute, 1))
+    result = _validation(rows, in_rho, auroc(torch.cat(scores), torch.tensor(labels)), baseline, setup, seconds)
+    atomic_write_text(out / "validation.json", result.to_json(indent=2) + "\n")
     return result
+
+
+def _validation(
+    rows: dict[str, DatasetValidation],
+    in_rho: list[str],
+    area: float,
+    baseline: dict,
+    setup: dict,
+    seconds: tuple[float, float],
+) -> ScreeningValidation:
+    """The rank correlations over the designated datasets (and over all), with the AUROC and the setup."""
+    x = [rows[n].dataset_score for n in in_rho]
+    every = list(rows)
+    return ScreeningValidation(
+        spearman=spearman(x, [rows[n].refusal_drop for n in in_rho]),
+        spearman_p_refuse=spearman(x, [rows[n].p_refuse_drop for n in in_rho]),
+        spearman_with_extra=spearman([rows[n].dataset_score for n in every], [rows[n].refusal_drop for n in every]),
+        auroc=area,
+        datasets=rows,
+        designated=in_rho,
+        baseline=baseline,
+        setup=setup,
+        seconds=seconds[0],
+        compute_seconds=seconds[1],
+    )

@@ -129,3 +129,48 @@ def test_layers_without_a_whole_window_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="'window_width' is 9"):
         run_pipeline(RunConfig.from_dict({**SMALL.__dict__, "window_width": 9}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "config.json").exists()  # a rejected config does not pin the folder: fix it in place
+
+
+# summary.json's keys, in order, as the dict-building summarise wrote them before RunSummary.
+_SUMMARY_KEYS = [
+    "model",
+    "n_layers",
+    "dtype",
+    "n_prompts_per_group",
+    "baseline_refusal_rate",
+    "harmless_refusal_rate",
+    "steered_refusal_rate",
+    "steered_at",
+    "compliant_persona_refusal_rate",
+    "reintroduction_refusal_by_layer",
+    "window_refusal",
+    "verdicts",
+    "gate_window",
+    "gate_layers",
+    "patching_by_layer",
+    "cos_persona_refusal_by_layer",
+    "seconds",
+    "seed",
+    "versions",
+    "config",
+    "reused_stages",
+    "processes",
+    "stages",
+]
+
+
+def test_the_run_summary_is_typed_and_is_summary_json(run_dir):
+    from persona_gate.experiments.summary import RunSummary
+
+    text = (run_dir / "summary.json").read_text()
+    saved = json.loads(text)
+    s = RunSummary.load(run_dir)
+    assert list(saved) == [*_SUMMARY_KEYS, "schema_version"] and saved["schema_version"] == 1
+    assert s.to_json(indent=1) == text and RunSummary.from_json(text) == s and s.to_dict() == saved
+    assert s.baseline_refusal_rate == s["baseline_refusal_rate"] and s.n_layers == 6 and s.processes == 1
+    assert s.verdicts.to_dict() == saved["verdicts"] and s.gate_window.start == saved["gate_window"]["start"]
+    again = run_pipeline(SMALL, run_dir, progress=False)  # every stage reused: the summary is the same bar timing
+    assert isinstance(again, RunSummary)
+    assert {k: v for k, v in again.items() if k not in ("seconds", "reused_stages")} == {
+        k: v for k, v in saved.items() if k not in ("seconds", "reused_stages")
+    }

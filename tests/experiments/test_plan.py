@@ -183,3 +183,18 @@ def test_run_plan_loads_the_model_as_the_config_says(tmp_path, monkeypatch):
     with pytest.raises(Loaded):
         RunConfig(device="cpu").load_model(device="cuda")  # the config's own device wins over the fallback
     assert seen[-1][1]["device"] == "cpu"
+
+
+def test_the_plan_is_typed_and_its_json_is_the_plan_json(organism):
+    from persona_gate.experiments.plan import Plan, PlanStage
+
+    plan = plan_run(CFG, organism, probe=False, accelerator="L4")
+    assert isinstance(plan, Plan) and all(isinstance(s, PlanStage) for s in plan.stages)
+    d = plan.to_dict()
+    assert list(d) == ["model", "n_layers", "stages", "total", "probe", "accelerator", "flops_model", "schema_version"]
+    cost = ["forwards", "tokens", "block_tokens", "head_rows", "generated", "attention"]
+    want = ["stage", "cells", "done", "exact", *cost, "flops", "seconds_on_accelerator"]  # no probe: no seconds_here
+    assert all(list(s) == want for s in d["stages"]) and plan.probe is None and "seconds_here" not in d["total"]
+    assert Plan.from_json(plan.to_json()) == plan and Plan.from_dict(d) == plan
+    assert plan.stages[0].block_tokens == d["stages"][0]["block_tokens"] and plan["total"] == d["total"]
+    assert format_plan(plan) == format_plan(d)

@@ -182,8 +182,8 @@ def test_gate_window_and_verdicts_on_the_organism(demo_run):
     sweep_r, back_r, win_r, patch_r = (
         LabelledResult.load(out / s) for s in ("steering_sweep", "reintroduction", "window_projection", "patching")
     )
-    assert json.loads(json.dumps(verdicts(sweep_r, back_r, win_r, 6))) == v
-    assert json.loads(json.dumps(gate_window(back_r, win_r, gate_layers(patch_r)))) == g
+    assert json.loads(json.dumps(verdicts(sweep_r, back_r, win_r, 6).to_dict())) == v
+    assert json.loads(json.dumps(gate_window(back_r, win_r, gate_layers(patch_r)).to_dict())) == g
     # The organism's persona gates refusal by construction: all three findings hold, and the gate
     # window is the best persona window, which beats the random control.
     assert [v[k]["verdict"] for k in ("steering", "reintroduction", "projection")] == [HOLDS] * 3
@@ -191,3 +191,18 @@ def test_gate_window_and_verdicts_on_the_organism(demo_run):
     assert f"{g['start']}-{g['end']}" == best and g["evidence"]["from"] == "projection"
     assert 5 in [r["layer"] for r in g["evidence"]["reintroduction_layers_restoring"]]
     assert all(not math.isnan(x) for x in (v["projection"]["effect"], v["projection"]["low"]))
+
+
+def test_the_verdict_records_of_a_real_run_are_its_summary_json(demo_run):
+    from persona_gate.experiments.summary import RunSummary
+    from persona_gate.experiments.verdicts import GateWindow, Verdict, Verdicts
+
+    summary, out = demo_run
+    saved = json.loads((out / "summary.json").read_text())
+    assert isinstance(summary.verdicts, Verdicts) and isinstance(summary.gate_window, GateWindow)
+    assert summary.verdicts.to_dict() == saved["verdicts"] and summary.gate_window.to_dict() == saved["gate_window"]
+    assert Verdicts.from_json(summary.verdicts.to_json()) == summary.verdicts
+    assert GateWindow.from_json(summary.gate_window.to_json()) == summary.gate_window
+    v = summary.verdicts.steering
+    assert isinstance(v, Verdict) and v.holds and [label for label, _ in v.arms] == ["unsteered", "steered"]
+    assert RunSummary.load(out) == summary

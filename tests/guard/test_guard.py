@@ -282,3 +282,11 @@ def test_the_grid_saves_reloads_plots_and_prints(grid, tmp_path):
     s = guard_summary(back)
     assert set(s["recommended"]) >= {"window", "percentile", "persona_bypass", "harmless_refusal", "random_bypass"}
     assert json.loads(json.dumps(s)) == s
+
+
+def test_the_grid_takes_a_frozen_config_as_well_as_keywords(organism, pr, grid):
+    from persona_gate.guard.grid import GuardGridConfig
+
+    res, ck = grid  # every cell is in the checkpoint: the config form reads the same cells back
+    cfg = GuardGridConfig(windows=[(1, 3), (3, 5)], percentiles=(50, 99), n=16)
+    assert guard_grid(organism, pr.persona, config=cfg, checkpoint=ck, progress=False) == res

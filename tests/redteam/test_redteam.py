@@ -521,3 +521,14 @@ def test_cli_end_to_end(organism, persona, rt, tmp_path, capsys):
         == 2
     )
     assert "unknown attack families ['bogus']" in capsys.readouterr().err
+
+
+def test_the_red_team_takes_a_frozen_config_as_well_as_keywords(organism, persona):
+    from persona_gate.redteam.harness import RedTeamConfig
+
+    kw = dict(families=("none",), n=2, generate_labels=False)
+    by_keywords = red_team(organism, persona, progress=False, **kw)
+    by_config = red_team(organism, persona, config=RedTeamConfig(**kw), progress=False)
+    assert by_config.scores == by_keywords.scores and by_config.projections == by_keywords.projections
+    # a keyword overrides the config's field
+    assert red_team(organism, persona, config=RedTeamConfig(**kw), n=3, progress=False).scores.sizes["request"] == 3
