@@ -327,7 +327,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> R
         return _run_stages(cfg, opened, workers, progress)
 
 
-def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> dict[str, Any]:
+def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> RunSummary:
     """The body of :func:`run_pipeline`, in the locked folder ``out``."""
     from ..scoring.refusal import RefusalScorer, eval_groups
     from .patching import gate_layers
