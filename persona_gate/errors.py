@@ -114,3 +114,7 @@ class OutputExistsError(PersonaGateError, FileExistsError):
 
 class OutputNotWritableError(PersonaGateError, PermissionError):
     """An output folder that cannot be created or written (permissions, a read-only disk); raised before any work."""
+
+
+class MemoryExhaustedError(PersonaGateError, MemoryError):
+    """Out of memory even at batch size 1, after halving the batch on every failed allocation."""
