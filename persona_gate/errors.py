@@ -122,3 +122,7 @@ class DiskFullError(PersonaGateError, OSError):
 
 class FolderLockedError(PersonaGateError, RuntimeError):
     """An output folder that another live run holds (its lock file names the owner's pid, host and start)."""
+
+
+class MemoryExhaustedError(PersonaGateError, MemoryError):
+    """Out of memory even at batch size 1, after halving the batch on every failed allocation."""

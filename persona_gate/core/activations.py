@@ -14,6 +14,13 @@ Two consumers share :func:`iter_activations`:
 * :class:`persona_gate.core.directions.DirectionFitter` keeps only float64 running sums per group,
   so memory does not grow with the number of prompts.
 
+Faults: a batch that runs out of memory (``torch.OutOfMemoryError``, or the CPU allocator's
+``RuntimeError``) is retried at half the size, down to one prompt, then stops with a
+:class:`~persona_gate.errors.MemoryExhaustedError` (:func:`run_batches`; the grid engine and
+generation use the same helpers). The prompts already done are kept; the reduced size goes into
+the model's provenance (``provenance["batch_size_used"]``). A non-finite activation (float16
+overflows in Gemma's residual stream) stops the run naming the layer, the hook site and the dtype.
+
 Example::
 
     store = cache_activations(model, prompts, sites_for(model), position="mean:system")
@@ -23,24 +30,39 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import gc
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, EmptyGroupError, NonFiniteError, PositionError, UnknownHookSiteError
-from ..models.loading import model_device
+from ..errors import (
+    ConfigError,
+    EmptyGroupError,
+    MemoryExhaustedError,
+    NonFiniteError,
+    PositionError,
+    UnknownHookSiteError,
+)
+from ..models.loading import model_device, model_info, note_batch_size
 from ..models.protocol import ChatModel
 from ..prompts.chat import RenderedPrompt, render_all
 from ..prompts.positions import Position, parse_position, weights
 from ..prompts.sets import ChatPrompt
 from ..sites import HookSite, parse_site, resolve
 from .readout import read_batch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @runtime_checkable
@@ -120,21 +142,144 @@ def padded_batches(rendered: Sequence[Tokens], batch_size: int, pad_id: int) -> 
     Left padding puts every prompt's last token at index -1; the bridge derives position ids
     from the attention mask, so padded rows equal unpadded ones (tested).
     """
+    _check_batch_size(batch_size)
+    order = length_order(rendered)
+    for start in range(0, len(order), batch_size):
+        yield pad_batch(rendered, order[start : start + batch_size], pad_id)
+
+
+def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}; pass a positive batch size.")
-    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        L = max(len(rendered[i]) for i in idx)
-        ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), L), dtype=torch.long)
-        offsets = []
-        for b, i in enumerate(idx):
-            n = len(rendered[i])
-            ids[b, L - n :] = torch.tensor(rendered[i].input_ids)
-            mask[b, L - n :] = 1
-            offsets.append(L - n)
-        yield PaddedBatch(indices=idx, input_ids=ids, attention_mask=mask, offsets=offsets)
+
+
+def length_order(rendered: Sequence[Tokens]) -> list[int]:
+    """Prompt indices longest first (the order of :func:`padded_batches`)."""
+    return sorted(range(len(rendered)), key=lambda i: -len(rendered[i]))
+
+
+def pad_batch(rendered: Sequence[Tokens], idx: list[int], pad_id: int) -> PaddedBatch:
+    """The prompts ``idx`` left-padded to the longest of them."""
+    L = max(len(rendered[i]) for i in idx)
+    ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), L), dtype=torch.long)
+    offsets = []
+    for b, i in enumerate(idx):
+        n = len(rendered[i])
+        ids[b, L - n :] = torch.tensor(rendered[i].input_ids)
+        mask[b, L - n :] = 1
+        offsets.append(L - n)
+    return PaddedBatch(indices=idx, input_ids=ids, attention_mask=mask, offsets=offsets)
+
+
+# ---------------------------------------------------------------- out of memory: halve and retry
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: ``torch.OutOfMemoryError`` (CUDA) or the CPU allocator's ``RuntimeError``."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
+
+
+class BatchTooLarge(Exception):
+    """Internal: a guarded forward of ``rows`` rows (``copies`` cells side by side; ``part``: which
+    part of a runner) ran out of memory; its runner halves what made it large."""
+
+    def __init__(self, rows: int, copies: int = 1, part: str = "batch") -> None:
+        super().__init__(f"out of memory in a forward of {rows} rows ({part})")
+        self.rows, self.copies, self.part = rows, copies, part
+
+
+@contextmanager
+def memory_guard(rows: int, copies: int = 1, part: str = "batch") -> Iterator[None]:
+    """Turn a failed allocation inside into :class:`BatchTooLarge` (``rows``: the forward's batch).
+
+    Only a runner's own forwards are guarded: an out-of-memory raised anywhere else (a caller, a
+    callback) propagates unchanged, as does every other exception."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise BatchTooLarge(rows, copies, part) from exc
+
+
+def out_of_memory_error(model: ChatModel, what: str, detail: str) -> MemoryExhaustedError:
+    """The one-line error once even a batch of one runs out of memory."""
+    info = model_info(model)
+    return MemoryExhaustedError(
+        f"out of memory in {what} even at batch size 1 ({detail}; {info.dtype} on {model_device(model)}); "
+        "load the model in a smaller dtype (--dtype bfloat16), spread it over devices (device_map='auto'), "
+        "or pass fewer or shorter prompts."
+    )
+
+
+def free_memory() -> None:
+    """Release a failed forward's memory before a retry."""
+    gc.collect()  # the failed forward's frames hold its tensors (a reference cycle through the traceback)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def halve_batch(model: ChatModel, what: str, rows: int, key: str | None = None, unit: str = "prompts per batch") -> int:
+    """The size to retry with after a forward of ``rows`` rows ran out of memory: half of it
+    (logged, noted in the model's provenance under ``key``), once the failed forward's memory is freed."""
+    size = max(1, rows // 2)
+    log.warning("out of memory in %s at %d %s; retrying what is not finished at %d", what, rows, unit, size)
+    free_memory()
+    if key is not None:
+        note_batch_size(model, key, size)
+    return size
+
+
+def run_batches(
+    model: ChatModel,
+    rendered: Sequence[Tokens],
+    batch_size: int,
+    step: Callable[[PaddedBatch], T],
+    *,
+    what: str,
+    key: str,
+) -> Iterator[tuple[PaddedBatch, T]]:
+    """``step(batch)`` over the :func:`padded_batches` of ``rendered``, yielding each batch and its result
+    as it succeeds. A batch that runs out of memory is retried at half its size (the remaining prompts
+    re-batched from there: the batches a run at that size would have had), down to one prompt, then
+    :class:`~persona_gate.errors.MemoryExhaustedError`. ``key``: the runner's name in provenance."""
+    _check_batch_size(batch_size)
+    order, pad_id = length_order(rendered), model.tokenizer.pad_token_id
+    start, size = 0, batch_size
+    while start < len(order):
+        pb = pad_batch(rendered, order[start : start + size], pad_id)
+        try:
+            with memory_guard(len(pb.indices)):
+                result = step(pb)
+        except BatchTooLarge as e:
+            if e.rows <= 1:
+                raise out_of_memory_error(model, what, f"a prompt of {pb.input_ids.shape[1]} tokens") from e.__cause__
+            rows = e.rows
+        else:
+            yield pb, result
+            start += len(pb.indices)
+            continue
+        size = halve_batch(model, what, rows, key)
+
+
+# ---------------------------------------------------------------- non-finite values
+
+
+def is_low_precision(model: ChatModel) -> bool:
+    """Whether the model computes in float16 / bfloat16 (where the non-finite checks run)."""
+    return getattr(model.cfg, "dtype", torch.float32) in LOW_PRECISION
+
+
+def non_finite_error(model: ChatModel, where: str, what: str) -> NonFiniteError:
+    """The error naming the first non-finite ``where`` (layer and hook site), the computation and the dtype."""
+    return NonFiniteError(
+        f"non-finite activations (NaN/inf) {where} while {what}, in {model_info(model).dtype}: the model "
+        "overflowed (float16 overflows in Gemma's residual stream). Load it in float32 (dtype='float32', "
+        "--dtype float32) or bfloat16, or check the weights."
+    )
 
 
 def iter_activations(
@@ -158,29 +303,31 @@ def iter_activations(
     all_weights = [[weights(p, r) for p in pos_list] for r in rendered]
 
     device = model_device(model)
+
+    def step(pb: PaddedBatch) -> Tensor:
+        idx = pb.indices
+        W = torch.zeros((len(idx), len(pos_list), pb.input_ids.shape[1]), dtype=torch.float32)
+        # One indexed write per batch: per-element tensor writes cost more than the forward
+        # on small models.
+        coords = [
+            (b, p, pb.offsets[b] + t, v)
+            for b, i in enumerate(idx)
+            for p, w in enumerate(all_weights[i])
+            for t, v in w.items()
+        ]
+        b_i, p_i, t_i, vals = zip(*coords)
+        W[list(b_i), list(p_i), list(t_i)] = torch.tensor(vals, dtype=torch.float32)
+        return read_batch(model, pb.input_ids, pb.attention_mask, W.to(device), site_list).transpose(0, 1)
+
     bar = tqdm(total=len(rendered), desc=desc, unit="prompt", disable=not progress)
     try:
-        for pb in padded_batches(rendered, batch_size, model.tokenizer.pad_token_id):
-            idx = pb.indices
-            W = torch.zeros((len(idx), len(pos_list), pb.input_ids.shape[1]), dtype=torch.float32)
-            # One indexed write per batch: per-element tensor writes cost more than the forward
-            # on small models.
-            coords = [
-                (b, p, pb.offsets[b] + t, v)
-                for b, i in enumerate(idx)
-                for p, w in enumerate(all_weights[i])
-                for t, v in w.items()
-            ]
-            b_i, p_i, t_i, vals = zip(*coords)
-            W[list(b_i), list(p_i), list(t_i)] = torch.tensor(vals, dtype=torch.float32)
-            out = read_batch(model, pb.input_ids, pb.attention_mask, W.to(device), site_list).transpose(0, 1)
+        for pb, out in run_batches(model, rendered, batch_size, step, what="caching activations", key="caching"):
             if not torch.isfinite(out).all():
-                raise NonFiniteError(
-                    "non-finite activations (NaN/inf) in a batch; the model overflowed. Load it in "
-                    "float32 (dtype='float32') or check the weights."
-                )
-            bar.update(len(idx))
-            yield Batch(indices=idx, acts=out)
+                bad = min((s for k, s in enumerate(site_list) if not torch.isfinite(out[:, :, k]).all()))
+                where = f"first at layer {bad.layer} (hook site {bad.hook_name})"
+                raise non_finite_error(model, where, "caching activations")
+            bar.update(len(pb.indices))
+            yield Batch(indices=pb.indices, acts=out)
     finally:
         bar.close()
 

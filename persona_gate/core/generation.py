@@ -9,6 +9,8 @@ is published (:mod:`persona_gate.core.prompt_layout`) so interventions leave pad
 from generated tokens. Other models fall back to a plain uncached argmax loop.
 
 With and without the KV cache the greedy tokens are identical (tested under every intervention).
+A batch that runs out of memory is decoded again at half the size, down to one prompt
+(:func:`~persona_gate.core.activations.run_batches`); the replies equal those of a run at that size.
 
 Example::
 
@@ -32,7 +34,7 @@ from ..models.protocol import ChatModel
 from ..prompts.chat import RenderedPrompt
 from ..prompts.conversation import Conversation, prefix_prompt
 from ..prompts.sets import ChatPrompt
-from .activations import as_rendered, check_context, padded_batches
+from .activations import PaddedBatch, as_rendered, check_context, run_batches
 from .prompt_layout import prompt_layout
 
 
@@ -63,15 +65,16 @@ def generate(
     pad_id = model.tokenizer.pad_token_id
     eos = eos_ids(model)
     out: list[Generation | None] = [None] * len(rendered)
+
+    def step(pb: PaddedBatch) -> torch.Tensor:
+        ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
+        with torch.no_grad(), prompt_layout(pb.attention_mask):
+            seqs = greedy_generate(model, ids, mask, max_new_tokens, use_kv_cache=use_kv_cache, pad_id=pad_id, eos=eos)
+        return seqs[:, ids.shape[1] :].cpu()
+
     bar = tqdm(total=len(rendered), desc="generating", unit="prompt", disable=not progress)
     try:
-        for pb in padded_batches(rendered, batch_size, pad_id):
-            ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
-            with torch.no_grad(), prompt_layout(pb.attention_mask):
-                seqs = greedy_generate(
-                    model, ids, mask, max_new_tokens, use_kv_cache=use_kv_cache, pad_id=pad_id, eos=eos
-                )
-            new = seqs[:, ids.shape[1] :].cpu()
+        for pb, new in run_batches(model, rendered, batch_size, step, what="generation", key="generation"):
             for b, i in enumerate(pb.indices):
                 toks = new[b].tolist()
                 cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))

@@ -47,13 +47,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.activations import as_rendered, check_context, padded_batches
+from ..core.activations import (
+    BatchTooLarge,
+    as_rendered,
+    check_context,
+    halve_batch,
+    is_low_precision,
+    memory_guard,
+    non_finite_error,
+    out_of_memory_error,
+    padded_batches,
+)
 from ..core.prompt_layout import prompt_layout
-from ..errors import ConfigError, HookNotFiredError
+from ..errors import ConfigError, HookNotFiredError, NonFiniteError
 from ..models.adapter import head_logits, last_logits, missing_needs, record_blocks, run_blocks
-from ..models.loading import check_model, model_device
+from ..models.loading import check_model, model_device, note_batch_size
 from ..models.protocol import ChatModel
-from ..sites import layer_of_hook
+from ..sites import HookSite, layer_of_hook, resolve
 
 Hooks = list[tuple[str, Callable]]
 CPU_TOKENS, ACCELERATOR_TOKENS = 2048, 32768
@@ -234,6 +244,14 @@ def cell_logprobs(
     group of cells' log-probs at once. ``share=(rank, world)``: compute only this process's share
     of the chunks (every ``world``-th, from ``rank``), each exactly as a single process would;
     cells without interventions are the clean run and come to every process.
+
+    Out of memory in one of its forwards: the unfinished cells are run again with half the batch
+    (a failed clean run or single re-run) or half the cells side by side (a failed tiled re-run,
+    ``max_tokens`` shrinks), down to one row, then :class:`~persona_gate.errors.MemoryExhaustedError`.
+    Finished cells are never run or reported again; the sizes reached go into the model's
+    provenance (``batch_size_used``: ``grid``, ``grid_max_tokens``). In float16 / bfloat16 a
+    non-finite logit stops the run with a :class:`~persona_gate.errors.NonFiniteError` naming the
+    first non-finite layer.
     """
     check_model(model)
     rank, world = share
@@ -244,49 +262,133 @@ def cell_logprobs(
     rendered = as_rendered(model, prompts)
     check_context(model, rendered)
     plan, base_hooks, cell_hooks, chains = plan_cells(model, cells, base, reuse=reuse)
-    budget = max_tokens or default_max_tokens(model)
-    n, L = len(rendered), plan.n_layers
-    out: list[Tensor | None] = [None] * len(cells)
-    batches = list(padded_batches(rendered, batch_size, model.tokenizer.pad_token_id))
-    keep = {ch.start for ch in chains}
     bar = tqdm(total=len(cells), desc=desc, disable=not progress)
-
-    clean: Tensor | None = None
-
-    def finish(i: int, lp: Tensor) -> None:
-        if on_cell is None:
-            out[i] = lp
-        else:
-            on_cell(i, lp, clean)
-        bar.update()
-
+    run = _Run(model, rendered, plan, base_hooks, cell_hooks, chains, on_cell, share, bar)
     try:
-        clean, records = _clean_runs(model, batches, base_hooks, keep if chains else None, n, logprobs)
-        for i, s in enumerate(plan.starts):
-            if s == L:
-                finish(i, clean.clone())
-        chunks = _chunks(chains, plan, keep, batches, budget)
-        for ci, chunk in enumerate(chunks):
-            if ci % world != rank:
-                continue  # another process's share
-            if isinstance(chunk, int):
-                finish(chunk, _full_cell(model, batches, base_hooks + cell_hooks[chunk], clean, logprobs))  # type: ignore[arg-type]
-                continue
-            k = chunk[0].start
-            later_base = [(name, fn) for name, fn in base_hooks if layer_of_hook(name) >= k]  # type: ignore[operator]
-            finals: dict[int, Tensor] = {}  # cell -> [n, d_model] last-position residual after the last block
-            for bi, pb in enumerate(batches):
-                _run_chains(model, records[bi], chunk, cell_hooks, base_hooks, later_base, pb, n, finals)
-            done = sorted(finals)
-            for c0 in range(0, len(done), max(1, HEAD_ROWS // n)):
-                part = done[c0 : c0 + max(1, HEAD_ROWS // n)]
-                with torch.no_grad():
-                    logits = head_logits(model, torch.cat([finals.pop(i) for i in part], dim=0))
-                for j, i in enumerate(part):
-                    finish(i, logprobs(logits[j * n : (j + 1) * n]))
+        run.until_done(batch_size, max_tokens or default_max_tokens(model))
     finally:
         bar.close()
-    return clean, out  # type: ignore[return-value]
+    return run.clean, run.out  # type: ignore[return-value]
+
+
+def _members(chunk: list[_Chain] | int) -> list[int]:
+    if isinstance(chunk, int):
+        return [chunk]
+    return [i for ch in chunk for i in (ch.head, *ch.twins, *(j for m in ch.exits.values() for j in m))]
+
+
+class _Run:
+    """One :func:`cell_logprobs` call: the cells finished so far, tried again at smaller sizes after
+    an out-of-memory (only the unfinished cells of this process's share)."""
+
+    def __init__(self, model, rendered, plan, base_hooks, cell_hooks, chains, on_cell, share, bar) -> None:
+        self.model, self.rendered, self.plan, self.bar = model, rendered, plan, bar
+        self.base_hooks, self.cell_hooks, self.chains = base_hooks, cell_hooks, chains
+        self.on_cell, (self.rank, self.world) = on_cell, share
+        self.out: list[Tensor | None] = [None] * len(cell_hooks)
+        self.done: set[int] = set()
+        self.owned: set[int] = set()
+        self.clean: Tensor | None = None
+        self.low = is_low_precision(model)
+        self.widest = 1
+
+    def finish(self, i: int, lp: Tensor) -> None:
+        if i in self.done:
+            return  # finished before a retry: never reported twice
+        self.done.add(i)
+        if self.on_cell is None:
+            self.out[i] = lp
+        else:
+            self.on_cell(i, lp, self.clean)
+        self.bar.update()
+
+    def until_done(self, size: int, budget: int) -> None:
+        """Tries at ``size``/``budget``, halving what ran out of memory, until every cell is done."""
+        pad = self.model.tokenizer.pad_token_id
+        first = list(padded_batches(self.rendered, size, pad))  # tokens only: who owns which cells
+        chunks = _chunks(self.chains, self.plan, {ch.start for ch in self.chains}, first, budget)
+        self.owned = {i for ci, c in enumerate(chunks) if ci % self.world == self.rank for i in _members(c)}
+        head, tries = HEAD_ROWS, 0
+        while True:
+            try:
+                self.attempt(size, budget, head, retry=tries > 0)
+                return
+            except BatchTooLarge as e:
+                fail = (e.rows, e.copies, e.part)
+                if e.rows <= 1 or (e.part == "unembedding" and e.copies <= 1):
+                    detail = f"{e.part} of {e.rows} row(s), {len(self.rendered)} prompts"
+                    raise out_of_memory_error(self.model, "grid scoring", detail) from e.__cause__
+            size, budget, head = self.smaller(fail, size, budget, head)
+            tries += 1
+
+    def smaller(self, fail: tuple[int, int, str], size: int, budget: int, head: int) -> tuple[int, int, int]:
+        """Half of what made the failed forward large."""
+        rows, copies, part = fail
+        what, n = "grid scoring", len(self.rendered)
+        if part == "unembedding":
+            head = halve_batch(self.model, what, copies, unit="cells per unembedding") * n
+        elif copies > 1:
+            budget = halve_batch(self.model, what, copies, unit="cells side by side") * self.widest
+            note_batch_size(self.model, "grid_max_tokens", budget)
+        else:
+            size = halve_batch(self.model, what, min(size, rows), "grid")
+        return size, budget, head
+
+    def left(self) -> list[_Chain]:
+        """This process's chains with an unfinished cell, finished nested cells and twins dropped."""
+        out = []
+        for ch in self.chains:
+            if ch.head not in self.owned:
+                continue
+            twins = [i for i in ch.twins if i not in self.done]
+            exits = {x: m for x, ms in ch.exits.items() if (m := [i for i in ms if i not in self.done])}
+            if ch.head not in self.done or twins or exits:
+                out.append(_Chain(ch.head, ch.start, ch.keys, exits, twins))
+        return out
+
+    def attempt(self, size: int, budget: int, head: int, *, retry: bool) -> None:
+        model, plan, n = self.model, self.plan, len(self.rendered)
+        batches = list(padded_batches(self.rendered, size, model.tokenizer.pad_token_id))
+        self.widest = max(len(pb.indices) * int(pb.input_ids.shape[1]) for pb in batches)
+        chains = self.left() if retry else self.chains
+        keep = {ch.start for ch in chains}
+        self.clean, records = _clean_runs(
+            model, batches, self.base_hooks, keep if chains else None, n, logprobs, self.low
+        )
+        for i, s in enumerate(plan.starts):
+            if s == plan.n_layers:
+                self.finish(i, self.clean.clone())
+        chunks = _chunks(chains, plan, keep, batches, budget)
+        if not retry:
+            chunks = [c for ci, c in enumerate(chunks) if ci % self.world == self.rank]
+        for chunk in chunks:
+            if isinstance(chunk, int):
+                if chunk in self.owned and chunk not in self.done:
+                    hooks = self.base_hooks + self.cell_hooks[chunk]
+                    self.finish(chunk, _full_cell(model, batches, hooks, self.clean, logprobs, self.low))
+                continue
+            k = chunk[0].start
+            later_base = [(name, fn) for name, fn in self.base_hooks if layer_of_hook(name) >= k]  # type: ignore[operator]
+            finals: dict[int, Tensor] = {}  # cell -> [n, d_model] last-position residual after the last block
+            for bi, pb in enumerate(batches):
+                _run_chains(model, records[bi], chunk, self.cell_hooks, self.base_hooks, later_base, pb, n, finals)
+            self.unembed(finals, head, batches)
+
+    def unembed(self, finals: dict[int, Tensor], head: int, batches: list) -> None:
+        """The last positions of a chunk's cells, unembedded ``head`` rows at a time."""
+        n = len(self.rendered)
+        done = sorted(finals)
+        step = max(1, head // n)
+        for c0 in range(0, len(done), step):
+            part = done[c0 : c0 + step]
+            with torch.no_grad(), memory_guard(len(part) * n, len(part), "unembedding"):
+                logits = head_logits(self.model, torch.cat([finals.pop(i) for i in part], dim=0))
+            for j, i in enumerate(part):
+                lp = logits[j * n : (j + 1) * n]
+                if self.low and not torch.isfinite(lp).all():
+                    hooks = self.base_hooks + self.cell_hooks[i]
+                    raise non_finite(self.model, batches, hooks, f"scoring grid cell {i}")
+                self.finish(i, logprobs(lp))
 
 
 def logprobs(logits: Tensor) -> Tensor:
@@ -295,10 +397,17 @@ def logprobs(logits: Tensor) -> Tensor:
 
 
 def _clean_runs(
-    model: ChatModel, batches: list, base_hooks: Hooks, keep: set[int] | None, n: int, logprobs: Callable
+    model: ChatModel,
+    batches: list,
+    base_hooks: Hooks,
+    keep: set[int] | None,
+    n: int,
+    logprobs: Callable,
+    low: bool = False,
 ) -> tuple[Tensor, list]:
     """The clean prompts under the base interventions, once per padded batch: their first-token
-    log-probs ``[n, vocab]`` and (``keep``: the first layers cells start from) each batch's record."""
+    log-probs ``[n, vocab]`` and (``keep``: the first layers cells start from) each batch's record.
+    ``low``: a float16 / bfloat16 model, whose logits are checked for NaN/inf."""
     device = model_device(model)
     clean: Tensor | None = None
     records = []
@@ -306,7 +415,7 @@ def _clean_runs(
         counter = _Counter()
         hooks = [(name, counter.wrap(name, fn)) for name, fn in base_hooks]
         ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
-        with torch.no_grad(), prompt_layout(pb.attention_mask):
+        with torch.no_grad(), prompt_layout(pb.attention_mask), memory_guard(len(pb.indices)):
             if keep:
                 rec, logits = record_blocks(model, ids, hooks, attention_mask=mask, keep=keep)
                 records.append(rec)
@@ -314,6 +423,8 @@ def _clean_runs(
                 with model.hooks(fwd_hooks=hooks):
                     logits = last_logits(model, ids, mask)
         counter.check("running the clean prompts")
+        if low and not torch.isfinite(logits).all():
+            raise non_finite(model, [pb], base_hooks, "scoring the clean prompts")
         lp = logprobs(logits)
         clean = torch.empty((n, lp.shape[-1]), dtype=torch.float32) if clean is None else clean
         clean[pb.indices] = lp
@@ -338,18 +449,48 @@ def _chunks(
     return chunks + [i for i, f in enumerate(plan.full) if f]
 
 
-def _full_cell(model: ChatModel, batches: list, hooks_in: Hooks, like: Tensor, logprobs: Callable) -> Tensor:
+def _full_cell(
+    model: ChatModel, batches: list, hooks_in: Hooks, like: Tensor, logprobs: Callable, low: bool = False
+) -> Tensor:
     """One cell as a whole forward per batch (no reuse possible)."""
     device = model_device(model)
     out = torch.empty_like(like)
     for pb in batches:
         counter = _Counter()
         hooks = [(name, counter.wrap(name, fn)) for name, fn in hooks_in]
-        with torch.no_grad(), prompt_layout(pb.attention_mask), model.hooks(fwd_hooks=hooks):
-            logits = last_logits(model, pb.input_ids.to(device), pb.attention_mask.to(device))
+        with torch.no_grad(), prompt_layout(pb.attention_mask), memory_guard(len(pb.indices)):
+            with model.hooks(fwd_hooks=hooks):
+                logits = last_logits(model, pb.input_ids.to(device), pb.attention_mask.to(device))
         counter.check("running a cell")
+        if low and not torch.isfinite(logits).all():
+            raise non_finite(model, [pb], hooks_in, "scoring a grid cell")
         out[pb.indices] = logprobs(logits)
     return out
+
+
+def non_finite(model: ChatModel, batches: list, hooks: Hooks, what: str) -> NonFiniteError:
+    """The error for non-finite logits: a diagnostic forward (only after the failure) under the same
+    hooks finds the first block whose output holds NaN/inf at a real (not pad) token."""
+    device = model_device(model)
+    names = [resolve(HookSite(layer, "resid_post"), model) for layer in range(int(model.cfg.n_layers))]
+    for pb in batches:
+        real = pb.attention_mask.to(device).bool()
+        bad: list[int] = []
+
+        def probe(layer: int) -> Callable:
+            def fn(x: Tensor, hook: Any) -> None:
+                if not torch.isfinite(x[real]).all():
+                    bad.append(layer)
+
+            return fn
+
+        probes = [(name, probe(layer)) for layer, name in enumerate(names)]
+        with torch.no_grad(), prompt_layout(pb.attention_mask), model.hooks(fwd_hooks=[*hooks, *probes]):
+            last_logits(model, pb.input_ids.to(device), pb.attention_mask.to(device))
+        if bad:
+            layer = min(bad)
+            return non_finite_error(model, f"first at layer {layer} (hook site {names[layer]})", what)
+    return non_finite_error(model, "in the logits, after the last block (the final norm or the unembedding)", what)
 
 
 def _run_chains(
@@ -378,7 +519,7 @@ def _run_chains(
     hooks = _tiled_hooks([[*later_base, *cell_hooks[ch.head]] for ch in chains], b, counter)
     snapshots: dict[int, Tensor | None] = {x: None for x in exits}
     hidden = rec.inputs[k].repeat(copies, *([1] * (rec.inputs[k].ndim - 1)))
-    with torch.no_grad(), prompt_layout(pb.attention_mask):
+    with torch.no_grad(), prompt_layout(pb.attention_mask), memory_guard(copies * b, copies, "re-run"):
         x = run_blocks(model, rec, k, hidden, hooks, snapshots=snapshots)
     counter.check("re-running blocks")
     for c, ch in enumerate(chains):
@@ -389,7 +530,7 @@ def _run_chains(
         hooks = _tiled_hooks(
             [[(name, fn) for name, fn in base_hooks if layer_of_hook(name) >= at] for _ in chains], b, counter
         )  # type: ignore[operator]
-        with torch.no_grad(), prompt_layout(pb.attention_mask):
+        with torch.no_grad(), prompt_layout(pb.attention_mask), memory_guard(copies * b, copies, "re-run"):
             x = run_blocks(model, rec, at, snapshots[at], hooks)
         counter.check("re-running blocks after a nested window")
         for c, ch in enumerate(chains):

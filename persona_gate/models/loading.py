@@ -83,6 +83,8 @@ class ModelInfo:
 
 # Keyed weakly so that describing a model never keeps it alive.
 _INFO: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
+# Per model: the smallest batch each runner fell back to after running out of memory (provenance).
+_BATCH_USED: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -584,8 +586,21 @@ def model_device(model: Any) -> torch.device:
 
 
 def provenance(model: Any | None = None, *, seed: int | None = None, config: dict | None = None) -> dict:
-    """Provenance of an artefact computed with ``model``: its origin, size, package versions, seed, config."""
+    """Provenance of an artefact computed with ``model``: its origin, size, package versions, seed, config;
+    ``batch_size_used`` only where an out-of-memory retry reduced a batch (see :func:`note_batch_size`)."""
     record = None
     if model is not None:
         record = {**model_info(model).to_dict(), "n_layers": int(model.cfg.n_layers), "d_model": int(model.cfg.d_model)}
-    return stamp(record, seed=seed, config=config)
+    out = stamp(record, seed=seed, config=config)
+    used = _BATCH_USED.get(model) if model is not None else None
+    if used:
+        out["batch_size_used"] = dict(used)
+    return out
+
+
+def note_batch_size(model: Any, what: str, size: int) -> None:
+    """Record that runner ``what`` (``grid``, ``grid_max_tokens``, ``caching``, ``generation``) fell back
+    to ``size`` on ``model`` after running out of memory: every later :func:`provenance` of this model
+    says so (the smallest size each runner fell back to since the model was loaded)."""
+    used = _BATCH_USED.setdefault(model, {})
+    used[what] = min(size, used.get(what, size))
