@@ -91,6 +91,65 @@ def _print(results: dict) -> None:
                 print(f"{'':<30}{kind} cos by layer: {layers}")
 
 
+NAMES = {"organism": "organism", "gemma3-270m-chat": "Gemma 3 270M chat"}
+
+
+def _lowest(cos: list[float | None]) -> tuple[int, float]:
+    return min(((i, c) for i, c in enumerate(cos) if c is not None), key=lambda ic: ic[1])
+
+
+def markdown(res: dict) -> list[str]:
+    """The Precision section of BENCHMARKS.md, rendered from ``precision.json`` (what :func:`main` wrote)."""
+    cfg, tgt = res["config"], res["targets"]
+    lines = [
+        "## Precision",
+        "",
+        f"Measured on {cfg['device'].upper()} by `python benchmarks/bench_precision.py` (raw numbers: "
+        "`benchmarks/precision.json`): each model loaded in float32 and in a low-precision dtype, persona and refusal "
+        f"directions fitted on the same {cfg['n_fit_per_group']} prompts per group (same seed), and the first-token "
+        "refusal decision (greedy first token among the float32 scorer's refusal tokens) on "
+        f"{4 * cfg['n_eval_per_group']} evaluation prompts (`eval_groups`, {cfg['n_eval_per_group']} per group). "
+        "Cosines are per layer between the float32 and the low-precision unit direction; layer 0's refusal direction "
+        "is zero in both (nothing to compare) and is left out.",
+        "",
+        f"| model | dtype | min cosine, persona (target >= {tgt['cos']:g}) | min cosine, refusal (target >= {tgt['cos']:g}) "
+        f"| same refusal decisions (target >= {tgt['same'] * 100:g} %) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for model, by_dtype in ((m, v) for m, v in res.items() if m in NAMES):
+        for dtype, r in by_dtype.items():
+            name = NAMES[model]
+            if "error" in r:
+                lines.append(f"| {name} | {dtype} | - | - | - | **stopped**: `NonFiniteError` |")
+                notes.append(f'{name} in {dtype}: the run stops with "{r["error"]}"')
+                continue
+            cells, missed = [], []
+            for what in ("persona", "refusal"):
+                layer, low = _lowest(r[f"{what}_cos"])
+                cell = f"{low:.6f}" + (f" (layer {layer})" if len(set(r[f"{what}_cos"])) > 2 else "")
+                if low < tgt["cos"]:
+                    cell, missed = f"**{cell}**", [*missed, f"{what} cosine at layer {layer}"]
+                cells.append(cell)
+            same = f"{r['same_decisions'] * 100:.1f} % of {r['n_eval']}"
+            if r["same_decisions"] < tgt["same"]:
+                same, missed = f"**{same}**", [*missed, "refusal decisions"]
+            verdict = "met" if not missed else f"**not met** ({', '.join(missed)})"
+            lines.append(f"| {name} | {dtype} | {cells[0]} | {cells[1]} | {same} | {verdict} |")
+            for what in ("persona", "refusal"):
+                below = [(i, c) for i, c in enumerate(r[f"{what}_cos"]) if c is not None and c < tgt["cos"]]
+                if below:
+                    rest = min(c for i, c in enumerate(r[f"{what}_cos"]) if c is not None and c >= tgt["cos"])
+                    where = ", ".join(f"layer {i} ({c:.4f})" for i, c in below)
+                    notes.append(
+                        f"{name} in {dtype}: the {what} cosine misses the {tgt['cos']:g} target at {where}; every other "
+                        f"layer is >= {rest:.4f}, and {r['same_decisions'] * 100:.0f} % of the refusal decisions agree. "
+                        "An early-layer direction is a small difference of means on top of a large residual, which a "
+                        "low-precision mantissa rounds most."
+                    )
+    return lines + [""] + [x for n in notes for x in (n, "")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="organism,gemma3-270m-chat")

@@ -328,9 +328,15 @@ def write_markdown(res: dict, path: Path) -> None:
         "python benchmarks/bench_generation.py",
         "python benchmarks/bench_experiments.py # per-experiment wall times on the organism and Gemma",
         "python benchmarks/bench_reuse.py      # prefix reuse against one forward per cell",
+        "python benchmarks/bench_precision.py  # low precision against float32 (its own section below)",
         "```",
         "",
     ]
+    precision = HERE / "precision.json"
+    if precision.exists():  # written by bench_precision.py, a run of its own (it loads each model three times)
+        import bench_precision
+
+        lines += bench_precision.markdown(json.loads(precision.read_text()))
     from persona_gate.io import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))
