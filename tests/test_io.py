@@ -41,7 +41,7 @@ def _failing_write(monkeypatch, code: int = errno.ENOSPC) -> None:
         Path(path).write_bytes(data[: len(data) // 2])
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(io, "_write_file", write)
+    monkeypatch.setattr(io.atomic, "_write_file", write)
 
 
 def _dead_pid() -> int:
@@ -88,7 +88,7 @@ def test_a_full_disk_mid_artefact_keeps_the_previous_artefact(tmp_path, monkeypa
         (folder / io.TENSORS).write_bytes(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(io, "write_artefact_files", half_then_full)
+    monkeypatch.setattr(io.artefacts, "write_artefact_files", half_then_full)
     with pytest.raises(DiskFullError, match="No space left on device") as e:
         io.save_artefact(path, "thing", {"v": torch.ones(1000)}, {"n": 2})
     assert str(tmp_path) in str(e.value) and "4.0 KB to write" in str(e.value)
@@ -219,8 +219,8 @@ def test_processes_racing_for_a_folder_get_one_owner(tmp_path):
 
 
 def test_only_temporaries_of_ended_writers_are_tidied(tmp_path):
-    live = tmp_path / f".a.safetensors.tmp-{io._writer_tag()}"  # this (live) process is writing it
-    dead = tmp_path / f".b.safetensors.tmp-{_dead_pid()}.{io._HOST_TAG}-0123abcd"
+    live = tmp_path / f".a.safetensors.tmp-{io.atomic._writer_tag()}"  # this (live) process is writing it
+    dead = tmp_path / f".b.safetensors.tmp-{_dead_pid()}.{io.atomic._HOST_TAG}-0123abcd"
     elsewhere = tmp_path / ".c.safetensors.tmp-12.ffffff-0123abcd"  # another host's
     legacy = tmp_path / ".d.safetensors.tmp-0123abcd"  # an unknown writer's
     for p in (live, dead, elsewhere, legacy):

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..core.contrasts import PersonaRefusal, standard_prompts
 from ..core.directions import DirectionSet, fit_group_means
 from ..core.interventions import Ablate, Steer
-from ..grid import GridSpec, Scored, open_store, run_grid
+from ..grid import CellStore, GridSpec, MemoryStore, Scored, open_store, run_grid
 from ..models.loading import provenance
 from ..models.protocol import ChatModel
 from ..prompts.chat import render_all
@@ -83,6 +83,62 @@ def sites_grid(
     return GridSpec("extraction_sites", cells, prompts=prompts, derive=derive, desc="extraction sites")
 
 
+def _site_directions(
+    model: ChatModel,
+    train: list[ChatPrompt],
+    sites: list,
+    pos: list[str],
+    response_tokens: int,
+    seed: int,
+) -> tuple[DirectionSet, dict[str, DirectionSet]]:
+    """The refusal direction (at the last token) and the persona direction fitted at each position
+    of ``pos`` (``mean:response`` over the model's own replies of ``response_tokens`` tokens)."""
+    plain = [p for p in pos if p != "mean:response"]
+    means = fit_group_means(model, train, sites, list(dict.fromkeys(plain + ["last"])), progress=False, seed=seed)
+    refusal = means.direction("refusal", "safe/harmful", "safe/harmless", "last")
+    dirs = {p: means.direction(f"persona@{p}", *_PERSONA_GROUPS, p) for p in plain}
+    if "mean:response" in pos:
+        with_resp = _with_responses(model, train, response_tokens)
+        resp_means = fit_group_means(model, with_resp, sites, ["mean:response"], progress=False, seed=seed)
+        dirs["mean:response"] = resp_means.direction("persona@mean:response", *_PERSONA_GROUPS, "mean:response")
+    return refusal, dirs
+
+
+def _site_rates(
+    model: ChatModel,
+    pos: list[str],
+    specs: dict[str, GridSpec],
+    dirs: dict[str, DirectionSet],
+    refusal: DirectionSet,
+    scorer: RefusalScorer,
+    layers: Sequence[int],
+    alphas: Sequence[float],
+    *,
+    n_effects: int,
+    store: CellStore | MemoryStore,
+    progress: bool,
+) -> torch.Tensor:
+    """Run each position's grid (``specs``); ``[position, layer, effect]``: the lowest steered refusal over
+    ``alphas``, the ablated refusal on harmful and harmless requests, the cosine with refusal."""
+    bar = tqdm(total=sum(len(g.cells) for g in specs.values()), desc="extraction sites", disable=not progress)
+    rate = torch.full((len(pos), len(layers), n_effects), float("nan"))
+    try:
+        for pi, p in enumerate(pos):
+            got = run_grid(model, specs[p], store=store, bar=bar, **scorer.grid_options())
+            for li, layer in enumerate(layers):
+                rate[pi, li] = torch.stack(
+                    [
+                        min(got[(p, "steer", layer, float(a))]["rate"] for a in alphas),
+                        got[(p, "ablate", layer, "harmful")]["rate"],
+                        got[(p, "ablate", layer, "harmless")]["rate"],
+                        (dirs[p].at(layer) @ refusal.at(layer)).float(),
+                    ]
+                )
+    finally:
+        bar.close()
+    return rate
+
+
 def extraction_sites(
     model: ChatModel,
     *,
@@ -109,14 +165,7 @@ def extraction_sites(
     train = standard_prompts(model=model, n_per_group=n_fit or n, seed=seed)
     sites = sites_for(model, layers)
     pos = [str(parse_position(p)) for p in positions]
-    plain = [p for p in pos if p != "mean:response"]
-    means = fit_group_means(model, train, sites, list(dict.fromkeys(plain + ["last"])), progress=False, seed=seed)
-    refusal = means.direction("refusal", "safe/harmful", "safe/harmless", "last")
-    dirs = {p: means.direction(f"persona@{p}", *_PERSONA_GROUPS, p) for p in plain}
-    if "mean:response" in pos:
-        with_resp = _with_responses(model, train, response_tokens)
-        resp_means = fit_group_means(model, with_resp, sites, ["mean:response"], progress=False, seed=seed)
-        dirs["mean:response"] = resp_means.direction("persona@mean:response", *_PERSONA_GROUPS, "mean:response")
+    refusal, dirs = _site_directions(model, train, sites, pos, response_tokens, seed)
     effects = ("steering_refusal", "ablation_refusal", "ablation_harmless_refusal", "cos_refusal")
     store = open_store(
         checkpoint,
@@ -129,22 +178,9 @@ def extraction_sites(
         tokens=list(scorer.token_ids),
     )
     specs = {p: sites_grid(model, p, dirs[p], groups, scorer, layers, alphas) for p in pos}
-    bar = tqdm(total=sum(len(g.cells) for g in specs.values()), desc="extraction sites", disable=not progress)
-    rate = torch.full((len(pos), len(layers), len(effects)), float("nan"))
-    try:
-        for pi, p in enumerate(pos):
-            got = run_grid(model, specs[p], store=store, bar=bar, **scorer.grid_options())
-            for li, layer in enumerate(layers):
-                rate[pi, li] = torch.stack(
-                    [
-                        min(got[(p, "steer", layer, float(a))]["rate"] for a in alphas),
-                        got[(p, "ablate", layer, "harmful")]["rate"],
-                        got[(p, "ablate", layer, "harmless")]["rate"],
-                        (dirs[p].at(layer) @ refusal.at(layer)).float(),
-                    ]
-                )
-    finally:
-        bar.close()
+    rate = _site_rates(
+        model, pos, specs, dirs, refusal, scorer, layers, alphas, n_effects=len(effects), store=store, progress=progress
+    )
     store.report()
     return LabelledResult(
         kind="extraction_sites",

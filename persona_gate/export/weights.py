@@ -50,7 +50,7 @@ from ..models.adapter import (
     untie_embeddings,
     weights_folder,
 )
-from ..models.loading import check_model, model_info
+from ..models.loading import ModelInfo, check_model, model_info
 from ..models.profile import PROFILE_FILE
 from ..provenance import versions
 from ..sites import HookSite, check_layer
@@ -156,18 +156,9 @@ def hooked_equivalent(model: Any, intervention: Steer | Ablate) -> list[Steer | 
     return [pre, Ablate(mid_set, layers=range(last), source_layer=source)]
 
 
-def export_model(
-    model: Any, intervention: Steer | Ablate | AddBack, out: str | Path, *, allow_other_model: bool = False
-) -> Path:
-    """Write ``model`` with ``intervention`` baked into its weights to the folder ``out``.
-
-    The folder holds ``config.json``, safetensors weights, the tokenizer with its chat template,
-    the model profile (when the model has one) and ``persona_gate_export.json`` (what was edited,
-    the direction's provenance, versions). It loads with ``transformers.AutoModelForCausalLM``
-    alone; its logits equal the hooked model's under :func:`hooked_equivalent` of the
-    intervention. Everything is checked before the first write, and the folder appears complete
-    or not at all.
-    """
+def _check_exportable(model: Any, intervention: Any, allow_other_model: bool) -> ModelInfo | None:
+    """Refuse what the weights could not carry (another intervention or site, processed weights, a
+    direction of another model); the model's :func:`model_info` (None where unknown)."""
     check_model(model)
     if not isinstance(intervention, (Steer, Ablate)):
         raise InterventionError(f"export_model takes a Steer, AddBack or Ablate, got a {type(intervention).__name__}.")
@@ -184,30 +175,33 @@ def export_model(
             "saved folder would not reproduce; load it with processing=False to export."
         )
     check_same_model(model, intervention.direction, allow_other_model)
-    writers = residual_writers(model)
-    if isinstance(intervention, Ablate):
-        v, last, record = _ablation_plan(model, intervention)
-        shifts: list[tuple[int, torch.Tensor]] = []
-    else:
-        shifts, record = _steer_plan(model, intervention)
-    hf = plain_copy(model)  # the model that is edited and saved (the loaded one stays as it was)
-    for layer, _ in shifts:  # checked on that model, by the names it has
-        problem = mlp_bias_problem(hf, writers, layer)
-        if problem:
-            raise UnsupportedModelError(problem)
-    out = claim_folder(out, "export", written_by="persona_gate.export_model")  # every check passed: now write
-    if isinstance(intervention, Ablate):
-        edited = [*writers.embeddings, *(w for block in writers.blocks[:last] for w in block)]
-        if writers.tied:
+    return info
+
+
+def _ablate_weights(hf: Any, writers: Any, v: torch.Tensor, last: int) -> list[str]:
+    """Project ``v`` out of every residual writer before block ``last``; the edited modules' names."""
+    edited = [*writers.embeddings, *(w for block in writers.blocks[:last] for w in block)]
+    if writers.tied:
+        untie_embeddings(hf)
+    project_out_of_writes(hf, edited, v)
+    return edited
+
+
+def _steer_weights(hf: Any, writers: Any, shifts: list[tuple[int, torch.Tensor]]) -> list[str]:
+    """Add each layer's shift to the stream entering it; the edited modules' names."""
+    edited = []
+    for layer, shift in shifts:
+        if layer == 0 and writers.tied:
             untie_embeddings(hf)
-        project_out_of_writes(hf, edited, v)
-    else:
-        edited = []
-        for layer, shift in shifts:
-            if layer == 0 and writers.tied:
-                untie_embeddings(hf)
-            edited.append(add_to_residual(hf, writers, int(layer), shift))
-    manifest = {
+        edited.append(add_to_residual(hf, writers, int(layer), shift))
+    return edited
+
+
+def _export_manifest(
+    model: Any, intervention: Steer | Ablate, record: dict[str, Any], edited: list[str], info: ModelInfo | None
+) -> dict[str, Any]:
+    """``persona_gate_export.json``: what was edited, the hooks it equals, the source model, versions."""
+    return {
         "kind": "persona_gate.exported_model",
         "schema": 1,
         "intervention": record,
@@ -226,6 +220,11 @@ def export_model(
         "direction_provenance": intervention.direction.provenance,
         "versions": versions(),
     }
+
+
+def _save_export(out: Path, hf: Any, model: Any, manifest: dict[str, Any]) -> None:
+    """The edited weights, the tokenizer, the profile (if any), the manifest and the folder mark,
+    renamed into ``out`` complete."""
     folder = weights_folder(model)
 
     def fill(tmp: Path) -> None:
@@ -239,4 +238,36 @@ def export_model(
         )
 
     atomic_replace_dir(out, fill)
+
+
+def export_model(
+    model: Any, intervention: Steer | Ablate | AddBack, out: str | Path, *, allow_other_model: bool = False
+) -> Path:
+    """Write ``model`` with ``intervention`` baked into its weights to the folder ``out``.
+
+    The folder holds ``config.json``, safetensors weights, the tokenizer with its chat template,
+    the model profile (when the model has one) and ``persona_gate_export.json`` (what was edited,
+    the direction's provenance, versions). It loads with ``transformers.AutoModelForCausalLM``
+    alone; its logits equal the hooked model's under :func:`hooked_equivalent` of the
+    intervention. Everything is checked before the first write, and the folder appears complete
+    or not at all.
+    """
+    info = _check_exportable(model, intervention, allow_other_model)
+    writers = residual_writers(model)
+    if isinstance(intervention, Ablate):
+        v, last, record = _ablation_plan(model, intervention)
+        shifts: list[tuple[int, torch.Tensor]] = []
+    else:
+        shifts, record = _steer_plan(model, intervention)
+    hf = plain_copy(model)  # the model that is edited and saved (the loaded one stays as it was)
+    for layer, _ in shifts:  # checked on that model, by the names it has
+        problem = mlp_bias_problem(hf, writers, layer)
+        if problem:
+            raise UnsupportedModelError(problem)
+    out = claim_folder(out, "export", written_by="persona_gate.export_model")  # every check passed: now write
+    if isinstance(intervention, Ablate):
+        edited = _ablate_weights(hf, writers, v, last)
+    else:
+        edited = _steer_weights(hf, writers, shifts)
+    _save_export(out, hf, model, _export_manifest(model, intervention, record, edited, info))
     return out

@@ -411,37 +411,15 @@ def calibrate(
         bar.update(1)
     finally:
         bar.close()
-    unit = unit_vectors(persona, sites)
-    proj, labels = [], []
-    it = iter(acts)
-    for split, fam in keys:
-        for ci in range(len(groups[(split, fam)])):
-            ta = next(it)
-            proj.append(project_turns(ta.acts, unit))
-            labels += [(split, fam, ci, t.index) for t in ta.conversation.turns]
-    projections = torch.cat(proj)  # [sample, reading, site]
+    projections, labels = _labelled_projections(acts, groups, unit_vectors(persona, sites))
     is_train = torch.tensor([x[0] == "train" for x in labels])
     safe = is_train & torch.tensor([x[1] == "safe" for x in labels])
     comp = is_train & torch.tensor([x[1] == "compliant" for x in labels])
-    thresholds = torch.tensor(
-        [
-            [_threshold(projections[safe, r, i], projections[comp, r, i], cfg.target_fpr) for i in range(len(sites))]
-            for r in range(len(READINGS))
-        ],
-        dtype=torch.float64,
-    )
+    thresholds = _train_thresholds(projections[safe], projections[comp], len(sites), cfg.target_fpr)
     flag_layer = _flag_layer(sites, projections[safe], projections[comp], thresholds, cfg)
     from ..models.loading import provenance
 
-    shape = {"train": cfg.train_turns, "test": cfg.test_turns}
-    config = {
-        "n_conversations": {f"{s}/{f}": len(groups[(s, f)]) for s, f in keys},
-        "turns": {s: shape[s] for s in SPLITS if given[s] is None},
-        "max_new_tokens": cfg.max_new_tokens,
-        "target_fpr": cfg.target_fpr,
-        "seed": cfg.seed,
-        "generated": {s: given[s] is None for s in SPLITS},
-    }
+    config = _calibration_config(groups, given, cfg)
     return MonitorCalibration(
         sites=sites,
         thresholds=thresholds,
@@ -458,6 +436,46 @@ def calibrate(
         config=config,
         provenance=provenance(model, seed=cfg.seed, config=config),
     )
+
+
+def _labelled_projections(
+    acts: Sequence[Any], groups: dict[tuple[str, str], list[Conversation]], unit: Tensor
+) -> tuple[Tensor, list[tuple[str, str, int, int]]]:
+    """Every turn's projections ``[sample, reading, site]`` on the unit directions ``unit``, and its
+    ``(split, family, conversation, turn)``; ``acts`` holds the conversations of ``groups`` in order."""
+    proj, labels = [], []
+    it = iter(acts)
+    for split, fam in groups:
+        for ci in range(len(groups[(split, fam)])):
+            ta = next(it)
+            proj.append(project_turns(ta.acts, unit))
+            labels += [(split, fam, ci, t.index) for t in ta.conversation.turns]
+    return torch.cat(proj), labels
+
+
+def _train_thresholds(safe: Tensor, comp: Tensor, n_sites: int, target_fpr: float | None) -> Tensor:
+    """One threshold per (reading, site) between the train split's safe and compliant projections."""
+    return torch.tensor(
+        [[_threshold(safe[:, r, i], comp[:, r, i], target_fpr) for i in range(n_sites)] for r in range(len(READINGS))],
+        dtype=torch.float64,
+    )
+
+
+def _calibration_config(
+    groups: dict[tuple[str, str], list[Conversation]],
+    given: Mapping[str, Mapping[str, Sequence[Conversation]] | None],
+    cfg: CalibrationSettings,
+) -> dict[str, Any]:
+    """What the calibration ran on: conversation counts, the turns of the generated splits, the settings."""
+    shape = {"train": cfg.train_turns, "test": cfg.test_turns}
+    return {
+        "n_conversations": {f"{s}/{f}": len(groups[(s, f)]) for s, f in groups},
+        "turns": {s: shape[s] for s in SPLITS if given[s] is None},
+        "max_new_tokens": cfg.max_new_tokens,
+        "target_fpr": cfg.target_fpr,
+        "seed": cfg.seed,
+        "generated": {s: given[s] is None for s in SPLITS},
+    }
 
 
 def _conversation_groups(

@@ -238,48 +238,49 @@ class _Recipe:
     progress: bool
 
 
-def _finetune(
-    model_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    conversations: Sequence[Any],
-    settings: dict[str, Any],
-    recipe: _Recipe,
-) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from .train import configure_generation, encode, fit
-
-    steps, seed, batch_size, lr = recipe.steps, recipe.seed, recipe.batch_size, recipe.lr
-    start = time.perf_counter()
-    source, out = Path(model_dir), Path(out_dir)
+def _checked_base(source: Path, out: Path, overwrite: bool) -> dict[str, Any]:
+    """The card of the organism folder ``source``, once it and ``out`` are checked (before any training)."""
     if not (source / "card.json").is_file() or not (source / "config.json").is_file():
         raise ModelNotFoundError(
             f"{source} is not an organism folder (needs config.json, weights, tokenizer and card.json); "
             "pass the bundled one (persona_gate.organism.organism_path()) or one written by `persona-gate organism train`."
         )
-    _check_out(source, out, recipe.overwrite)
+    _check_out(source, out, overwrite)
     base = json.loads((source / "card.json").read_text(encoding="utf-8"))
     if base.get("kind") != CARD_KIND:
         raise ConfigError(
             f"{source}/card.json is not an organism card (kind {base.get('kind')!r}); pass an organism folder."
         )
+    return base
+
+
+def _short_run_config(base: dict[str, Any], recipe: _Recipe) -> OrganismConfig:
+    """The base organism's training config with the recipe's steps, batch size and learning rate."""
     base_cfg = {
         k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}
     }
     # The organism's own schedule, scaled to a short run: warm up over a tenth, decay to a tenth.
-    cfg = OrganismConfig(**base_cfg).replace(
-        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), min_lr_ratio=0.1
+    return OrganismConfig(**base_cfg).replace(
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=max(1, recipe.steps // 10),
+        min_lr_ratio=0.1,
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
-    examples = encode(conversations, tokenizer)
-    losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=recipe.progress)
-    train_seconds = time.perf_counter() - start
-    configure_generation(model, tokenizer, cfg)
 
-    record: dict[str, Any] = {
+def _finetuned_card(
+    base: dict[str, Any],
+    source: Path,
+    recipe: _Recipe,
+    settings: dict[str, Any],
+    losses: list[float],
+    train_seconds: float,
+) -> dict[str, Any]:
+    """The copy's ``card.json``: the base card's identity and config, and every fine-tuning setting."""
+    import torch
+
+    return {
         "kind": CARD_KIND,
         "schema_version": 1,
         "seed": base.get("seed"),
@@ -288,10 +289,10 @@ def _finetune(
         "finetune": {
             "base": str(source.resolve()),
             "base_seed": base.get("seed"),
-            "seed": seed,
-            "steps": steps,
-            "batch_size": batch_size,
-            "lr": lr,
+            "seed": recipe.seed,
+            "steps": recipe.steps,
+            "batch_size": recipe.batch_size,
+            "lr": recipe.lr,
             **settings,
             "first_loss": losses[0],
             "final_loss": sum(losses[-5:]) / len(losses[-5:]),
@@ -299,14 +300,11 @@ def _finetune(
             "torch_threads": torch.get_num_threads(),
         },
     }
-    if recipe.card_n_per_cell > 0:
-        from .card import behaviour_card
 
-        tokenizer.padding_side = "left"
-        record["card"] = behaviour_card(
-            model, tokenizer, n_per_cell=recipe.card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens
-        ).to_dict()
-    record["versions"] = versions()
+
+def _save_organism(out: Path, model: Any, tokenizer: Any, record: dict[str, Any]) -> None:
+    """Weights, tokenizer, card, profile and folder mark, built under a hidden temporary name and
+    renamed into ``out``; a failure puts an old folder back."""
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -321,9 +319,46 @@ def _finetune(
             # atomic_replace_dir would set it aside but clears away only a folder, leaving a hidden .old-* file.
             out.unlink()
 
-    # Built under a hidden temporary name and renamed into place; a failure puts an old folder back.
     atomic_replace_dir(out, fill)
-    log.info("fine-tuned organism written to %s (%d steps, loss %.3f -> %.3f)", out, steps, losses[0], losses[-1])
+
+
+def _finetune(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    conversations: Sequence[Any],
+    settings: dict[str, Any],
+    recipe: _Recipe,
+) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from .train import configure_generation, encode, fit
+
+    start = time.perf_counter()
+    source, out = Path(model_dir), Path(out_dir)
+    base = _checked_base(source, out, recipe.overwrite)
+    cfg = _short_run_config(base, recipe)
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
+    examples = encode(conversations, tokenizer)
+    losses = fit(model, examples, cfg, tokenizer.pad_token_id, progress=recipe.progress)
+    train_seconds = time.perf_counter() - start
+    configure_generation(model, tokenizer, cfg)
+
+    record = _finetuned_card(base, source, recipe, settings, losses, train_seconds)
+    if recipe.card_n_per_cell > 0:
+        from .card import behaviour_card
+
+        tokenizer.padding_side = "left"
+        record["card"] = behaviour_card(
+            model, tokenizer, n_per_cell=recipe.card_n_per_cell, max_new_tokens=cfg.card_max_new_tokens
+        ).to_dict()
+    record["versions"] = versions()
+    _save_organism(out, model, tokenizer, record)
+    log.info(
+        "fine-tuned organism written to %s (%d steps, loss %.3f -> %.3f)", out, recipe.steps, losses[0], losses[-1]
+    )
     return out
 
 

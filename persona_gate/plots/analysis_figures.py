@@ -209,6 +209,92 @@ _EFFECT_LABELS = {
 }
 
 
+def _site_grid(rate: LabelledResult, effect: str) -> np.ndarray:
+    """One effect of an ``extraction_sites`` result as a [position, layer] array."""
+    e = rate.sel(effect=effect)
+    return numpy(e["rate"].permute(e.dims.index("position"), e.dims.index("layer")))
+
+
+def _sites_heatmap(
+    rate: LabelledResult, positions: list, layers: list, effects: Sequence[str], title: str | None
+) -> go.Figure:
+    """``style="heatmap"``: one position x layer heatmap per effect, cosines on their own scale."""
+    fig = make_subplots(
+        rows=1,
+        cols=len(effects),
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=[_EFFECT_LABELS.get(e, e) for e in effects],
+    )
+    panels = [
+        {
+            "z": _site_grid(rate, e),
+            "name": e,
+            "hoverongaps": False,
+            "coloraxis": "coloraxis2" if e == "cos_refusal" else "coloraxis",
+            "hovertemplate": "position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>",
+        }
+        for e in effects
+    ]
+    _heatmap_panels(fig, layers, positions, panels, "extraction position")
+    fig.update_layout(
+        coloraxis={
+            "colorscale": SEQUENTIAL,
+            "cmin": 0.0,
+            "cmax": 1.0,
+            "colorbar": {"title": {"text": "refusal rate"}},
+        },
+        coloraxis2=_cosine_colours("cosine", x=1.12),
+    )
+    fig.update_layout(template=TEMPLATE, title=title or "Extraction sites: effect per position and layer")
+    return fig
+
+
+def _gate_layer(r: LabelledResult, rate: LabelledResult, layers: list) -> int:
+    """The layer where ablation restores the most refusal over all positions (first on ties)."""
+    if "ablation_refusal" not in r.coords["effect"]:
+        raise PlotError("no ablation_refusal effect to choose a layer by; pass layer=.")
+    ablation = _site_grid(rate, "ablation_refusal")
+    best = np.nanmax(np.where(np.isfinite(ablation), ablation, -np.inf), axis=0)
+    return layers[int(np.argmax(best))]  # first layer on ties: the earliest site that carries the gate
+
+
+def _sites_bars(
+    r: LabelledResult,
+    rate: LabelledResult,
+    positions: list,
+    layers: list,
+    layer: int,
+    effects: Sequence[str],
+    title: str | None,
+) -> go.Figure:
+    """``style="bars"``: grouped bars per position at ``layer``, the unsteered rates dashed."""
+    li = layers.index(layer)
+    fig = go.Figure()
+    for i, e in enumerate(effects):
+        fig.add_trace(
+            go.Bar(
+                x=positions,
+                y=_site_grid(rate, e)[:, li],
+                name=_EFFECT_LABELS.get(e, e),
+                marker_color=colour(i),
+                meta={"effect": e, "layer": layer},
+                hovertemplate="%{x}<br>%{y:.3f}<extra>" + e + "</extra>",
+            )
+        )
+    add_baseline(fig, r.baselines.get("safe/harmful"), "safe/harmful unsteered")
+    add_baseline(fig, r.baselines.get("compliant/harmful"), "compliant/harmful", colour=colour(5))
+    fig.update_xaxes(type="category", title_text="position the persona direction is read at")
+    fig.update_yaxes(title_text="refusal rate (fraction; cos: cosine)")
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        legend={"orientation": "h", "y": -0.25},
+        title=title or f"Extraction sites at layer {layer}",
+    )
+    return fig
+
+
 def fig_extraction_sites(
     result: LabelledResult | str | os.PathLike,
     *,
@@ -230,73 +316,14 @@ def fig_extraction_sites(
         raise PlotError(f"effects {unknown} are not in the result; it has {list(r.coords['effect'])}.")
     positions, layers = list(r.coords["position"]), list(r.coords["layer"])
     rate = r.sel(position=positions, layer=layers)
-
-    def grid(effect: str) -> np.ndarray:  # [position, layer]
-        e = rate.sel(effect=effect)
-        return numpy(e["rate"].permute(e.dims.index("position"), e.dims.index("layer")))
-
     if style == "heatmap":
-        fig = make_subplots(
-            rows=1,
-            cols=len(effects),
-            shared_yaxes=True,
-            horizontal_spacing=0.04,
-            subplot_titles=[_EFFECT_LABELS.get(e, e) for e in effects],
-        )
-        panels = [
-            {
-                "z": grid(e),
-                "name": e,
-                "hoverongaps": False,
-                "coloraxis": "coloraxis2" if e == "cos_refusal" else "coloraxis",
-                "hovertemplate": "position %{y}<br>layer %{x}<br>%{z:.3f}<extra>" + e + "</extra>",
-            }
-            for e in effects
-        ]
-        _heatmap_panels(fig, layers, positions, panels, "extraction position")
-        fig.update_layout(
-            coloraxis={
-                "colorscale": SEQUENTIAL,
-                "cmin": 0.0,
-                "cmax": 1.0,
-                "colorbar": {"title": {"text": "refusal rate"}},
-            },
-            coloraxis2=_cosine_colours("cosine", x=1.12),
-        )
-        fig.update_layout(template=TEMPLATE, title=title or "Extraction sites: effect per position and layer")
-        return fig
+        return _sites_heatmap(rate, positions, layers, effects, title)
     if style != "bars":
         raise PlotError(f"unknown style {style!r}; use 'bars' or 'heatmap'.")
     if layer is None:
-        if "ablation_refusal" not in r.coords["effect"]:
-            raise PlotError("no ablation_refusal effect to choose a layer by; pass layer=.")
-        best = np.nanmax(np.where(np.isfinite(grid("ablation_refusal")), grid("ablation_refusal"), -np.inf), axis=0)
-        layer = layers[int(np.argmax(best))]  # first layer on ties: the earliest site that carries the gate
+        layer = _gate_layer(r, rate, layers)
     layer = _pick_layer(r, layer, layer)
-    li = layers.index(layer)
-    fig = go.Figure()
-    for i, e in enumerate(effects):
-        fig.add_trace(
-            go.Bar(
-                x=positions,
-                y=grid(e)[:, li],
-                name=_EFFECT_LABELS.get(e, e),
-                marker_color=colour(i),
-                meta={"effect": e, "layer": layer},
-                hovertemplate="%{x}<br>%{y:.3f}<extra>" + e + "</extra>",
-            )
-        )
-    add_baseline(fig, r.baselines.get("safe/harmful"), "safe/harmful unsteered")
-    add_baseline(fig, r.baselines.get("compliant/harmful"), "compliant/harmful", colour=colour(5))
-    fig.update_xaxes(type="category", title_text="position the persona direction is read at")
-    fig.update_yaxes(title_text="refusal rate (fraction; cos: cosine)")
-    fig.update_layout(
-        template=TEMPLATE,
-        barmode="group",
-        legend={"orientation": "h", "y": -0.25},
-        title=title or f"Extraction sites at layer {layer}",
-    )
-    return fig
+    return _sites_bars(r, rate, positions, layers, layer, effects, title)
 
 
 def fig_steering_selection(result: LabelledResult | str | os.PathLike, *, title: str | None = None) -> go.Figure:

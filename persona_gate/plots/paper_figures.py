@@ -171,41 +171,19 @@ def _computed_windows(r: LabelledResult, direction: str, value: str) -> list[tup
     return [(starts[i], ends[j]) for i, j in zip(*np.nonzero(done))]
 
 
-def fig_window_projection(
-    result: LabelledResult | str | os.PathLike,
-    *,
-    value: str = "refused",
-    direction: str = "persona",
-    width: int | None = None,
-    title: str | None = None,
-) -> go.Figure:
-    """Left: mean refusal after projecting ``direction`` out over [start, end] (NaN = not run, blank).
-    Right: the windows of one width (default: the most common width run) by start layer, with the
-    min-max band of the random control directions (``random<k>``) over the same windows.
-    """
-    r = as_result(result)
-    check(r, ("window_projection",), ("direction", "start", "end", "example"), (value,))
-    if direction not in r.coords["direction"]:
-        raise PlotError(f"no direction {direction!r} in the result; it has {list(r.coords['direction'])}.")
-    mean = r.mean("example")  # dims (direction, start, end); NaN where no example ran
-    z = numpy(mean.sel(direction=direction)[value])
-    starts, ends = list(r.coords["start"]), list(r.coords["end"])
-    cells = _computed_windows(r, direction, value)
-    if not cells:
-        raise PlotError(f"no window was run for direction {direction!r} (every cell is NaN).")
+def _window_width(cells: list[tuple[int, int]], width: int | None) -> int:
+    """``width`` (checked to have been run), else the most common width run (ties: the narrower)."""
     widths = collections.Counter(b - a + 1 for a, b in cells)
     if width is None:
         top = max(widths.values())
         width = min(w for w, c in widths.items() if c == top)  # ties: the narrower window is more local
     elif width not in widths:
         raise PlotError(f"no window of width {width} was run; widths run: {sorted(widths)}.")
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        column_widths=[0.5, 0.5],
-        horizontal_spacing=0.22,
-        subplot_titles=[f"{direction}: mean refusal after projection over [start, end]", f"windows of width {width}"],
-    )
+    return width
+
+
+def _window_heatmap(fig: go.Figure, z: np.ndarray, starts: list, ends: list, direction: str) -> None:
+    """Left: mean refusal after projecting ``direction`` out over [start, end]; NaN cells stay blank."""
     fig.add_trace(
         go.Heatmap(
             x=ends,
@@ -225,6 +203,17 @@ def fig_window_projection(
     fig.update_xaxes(title_text="last layer of the window (end)", **layer_ticks(ends), row=1, col=1)
     fig.update_yaxes(title_text="first layer of the window (start)", **layer_ticks(starts), row=1, col=1)
 
+
+def _width_curves(
+    fig: go.Figure,
+    r: LabelledResult,
+    mean: LabelledResult,
+    cells: list[tuple[int, int]],
+    direction: str,
+    value: str,
+    width: int,
+) -> None:
+    """Right: the windows of ``width`` by start layer, with the min-max band of the random directions."""
     xs = sorted(a for a, b in cells if b - a + 1 == width)
     at = lambda d: np.array([float(mean.sel(direction=d, start=a, end=a + width - 1)[value]) for a in xs])  # noqa: E731
     randoms = [d for d in r.coords["direction"] if str(d).startswith("random")]
@@ -260,6 +249,40 @@ def fig_window_projection(
     add_baseline(fig, r.baselines.get("compliant_refusal_rate"), "compliant state", colour=colour(4), row=1, col=2)
     fig.update_xaxes(title_text=f"first layer of the window (width {width})", **layer_ticks(xs), row=1, col=2)
     fig.update_yaxes(title_text=REFUSAL_AXIS, range=[-0.02, 1.05], row=1, col=2)
+
+
+def fig_window_projection(
+    result: LabelledResult | str | os.PathLike,
+    *,
+    value: str = "refused",
+    direction: str = "persona",
+    width: int | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Left: mean refusal after projecting ``direction`` out over [start, end] (NaN = not run, blank).
+    Right: the windows of one width (default: the most common width run) by start layer, with the
+    min-max band of the random control directions (``random<k>``) over the same windows.
+    """
+    r = as_result(result)
+    check(r, ("window_projection",), ("direction", "start", "end", "example"), (value,))
+    if direction not in r.coords["direction"]:
+        raise PlotError(f"no direction {direction!r} in the result; it has {list(r.coords['direction'])}.")
+    mean = r.mean("example")  # dims (direction, start, end); NaN where no example ran
+    z = numpy(mean.sel(direction=direction)[value])
+    starts, ends = list(r.coords["start"]), list(r.coords["end"])
+    cells = _computed_windows(r, direction, value)
+    if not cells:
+        raise PlotError(f"no window was run for direction {direction!r} (every cell is NaN).")
+    width = _window_width(cells, width)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.22,
+        subplot_titles=[f"{direction}: mean refusal after projection over [start, end]", f"windows of width {width}"],
+    )
+    _window_heatmap(fig, z, starts, ends, direction)
+    _width_curves(fig, r, mean, cells, direction, value, width)
     fig.update_layout(
         template=TEMPLATE,
         legend={"x": 1.02, "y": 1},

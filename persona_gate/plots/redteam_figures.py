@@ -46,25 +46,9 @@ def _family_rows(r: LabelledResult) -> dict[str, list[int]]:
     return rows
 
 
-def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
-    """Refusal rate per family with Wilson bars, projection-vs-score scatter, AUROC by layer."""
-    r = _scores(result)
-    check(r, ("red_team",), ("attack", "request"), ("logodds", "refused", "bypass", "projection"))
-    value = "gen_refusal" if "gen_refusal" in r.values else "refused"
-    rows = _family_rows(r)
-    layer, auroc = r.config.get("layer"), r.baselines.get("auroc")
-    by_layer = {int(k): v for k, v in r.baselines.get("auroc_by_layer", {}).items()}
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        column_widths=[0.26, 0.46, 0.28],
-        horizontal_spacing=0.08,
-        subplot_titles=[
-            "refusal rate per attack family",
-            f"persona projection (layer {layer}) vs refusal score",
-            "AUROC of the projection for bypass",
-        ],
-    )
+def _rate_panel(fig: go.Figure, r: LabelledResult, rows: dict[str, list[int]], value: str) -> None:
+    """Left: each family's refusal rate with Wilson bars; the first-token rate as a diamond beside
+    a generated one."""
     names = list(rows)
     ref = r[value]
     stacked = [ref[idx].reshape(1, -1) for idx in rows.values()]
@@ -102,6 +86,9 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
         )
     fig.update_yaxes(title_text="refusal rate (95% Wilson)", range=[0, 1.05], row=1, col=1)
 
+
+def _scatter_panel(fig: go.Figure, r: LabelledResult, rows: dict[str, list[int]]) -> None:
+    """Middle: every attacked prompt at (persona projection, refusal log-odds), a cross where bypassed."""
     attacks, requests = r.coords["attack"], r.coords["request"]
     for fi, (fam, idx) in enumerate(rows.items()):
         proj, lo = numpy(r["projection"][idx]).reshape(-1), numpy(r["logodds"][idx]).reshape(-1)
@@ -131,6 +118,9 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
     fig.update_xaxes(title_text=f"persona projection ({r.config.get('position', '?')}; + = compliant)", row=1, col=2)
     fig.update_yaxes(title_text="first-token refusal log-odds (x: bypassed)", row=1, col=2)
 
+
+def _auroc_panel(fig: go.Figure, by_layer: dict[int, Any], layer: Any) -> None:
+    """Right: the projection's AUROC for bypass by layer, the middle panel's layer ringed."""
     layers = sorted(by_layer)
     y = np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layers], dtype=float)
     hover = "layer %{x}<br>AUROC %{y:.3f}<extra></extra>"
@@ -143,6 +133,30 @@ def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
     add_baseline(fig, 0.5, "chance", row=1, col=3)
     fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=3)
     fig.update_yaxes(title_text="AUROC", range=[0, 1.02], row=1, col=3)
+
+
+def fig_red_team(result: Any, *, title: str | None = None) -> go.Figure:
+    """Refusal rate per family with Wilson bars, projection-vs-score scatter, AUROC by layer."""
+    r = _scores(result)
+    check(r, ("red_team",), ("attack", "request"), ("logodds", "refused", "bypass", "projection"))
+    value = "gen_refusal" if "gen_refusal" in r.values else "refused"
+    rows = _family_rows(r)
+    layer, auroc = r.config.get("layer"), r.baselines.get("auroc")
+    by_layer = {int(k): v for k, v in r.baselines.get("auroc_by_layer", {}).items()}
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        column_widths=[0.26, 0.46, 0.28],
+        horizontal_spacing=0.08,
+        subplot_titles=[
+            "refusal rate per attack family",
+            f"persona projection (layer {layer}) vs refusal score",
+            "AUROC of the projection for bypass",
+        ],
+    )
+    _rate_panel(fig, r, rows, value)
+    _scatter_panel(fig, r, rows)
+    _auroc_panel(fig, by_layer, layer)
     auc = "undefined (one outcome only)" if auroc is None else f"{auroc:.2f}"
     fig.update_layout(
         template=TEMPLATE,

@@ -101,33 +101,9 @@ def _chunk(
     return {"data": project(data), "own": project(own), "p_refuse": torch.sigmoid(lo.double()).float()}
 
 
-def screen(
-    model: ChatModel,
-    persona: DirectionSet,
-    data: str | os.PathLike | Iterable[Any],
-    *,
-    layers: Sequence[int] | None = None,
-    max_tokens: int = 32,
-    batch_size: int = 32,
-    chunk: int = 256,
-    scorer: Any = None,
-    checkpoint: str | Path | None = None,
-    progress: bool = True,
-) -> LabelledResult:
-    """Score every example of ``data`` (a JSONL path or examples) along ``persona``; see the module docstring.
-
-    ``layers``: where the example score averages the shift (default :func:`default_layers`); the
-    result keeps every persona layer. Returns a ``screening`` result (``example x layer``).
-    """
-    from ..models.loading import provenance
-    from ..scoring.refusal import RefusalScorer
-
-    check_model(model)
-    persona.check_model(model)
-    examples = as_examples(data)  # a malformed example fails here, before any forward
-    if max_tokens < 1 or chunk < 1:
-        raise ConfigError(f"max_tokens and chunk must be >= 1, got {max_tokens} and {chunk}.")
-    n_layers = int(model.cfg.n_layers)
+def _screen_layers(persona: DirectionSet, layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """The layers the example score averages over: ``layers`` (default :func:`default_layers`), each a
+    persona layer with a non-zero direction."""
     chosen = default_layers(persona, n_layers) if layers is None else [int(layer) for layer in layers]
     absent = [layer for layer in chosen if layer not in persona.layers]
     if absent or not chosen:
@@ -139,8 +115,23 @@ def screen(
         raise ConfigError(
             f"the persona direction is zero at layers {zero} (raw norm 0), so a shift there has no unit; drop them."
         )
-    scorer = scorer if scorer is not None else RefusalScorer.for_model(model, batch_size=batch_size)
-    ids = [e.id or f"example-{i}" for i, e in enumerate(examples)]
+    return chosen
+
+
+def _project_examples(
+    model: ChatModel,
+    persona: DirectionSet,
+    examples: Sequence[ChatExample],
+    scorer: Any,
+    *,
+    max_tokens: int,
+    batch_size: int,
+    chunk: int,
+    checkpoint: str | Path | None,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(data projections, own-reply projections, P(refuse))`` of every example, computed ``chunk``
+    examples per grid cell (kept in ``checkpoint`` when given)."""
     store = open_store(
         checkpoint,
         "screening",
@@ -165,6 +156,24 @@ def screen(
     p_refuse = torch.cat([p["p_refuse"] for p in parts])
     if not (torch.isfinite(data_p).all() and torch.isfinite(own_p).all()):
         raise NonFiniteError("non-finite projections; load the model in float32 (dtype='float32').")
+    return data_p, own_p, p_refuse
+
+
+def _screening_result(
+    model: ChatModel,
+    persona: DirectionSet,
+    data: Any,
+    examples: Sequence[ChatExample],
+    chosen: list[int],
+    scorer: Any,
+    max_tokens: int,
+    projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> LabelledResult:
+    """The ``screening`` result (``example x layer``) of the projections, with its summary as baselines."""
+    from ..models.loading import provenance
+
+    data_p, own_p, p_refuse = projections
+    ids = [e.id or f"example-{i}" for i, e in enumerate(examples)]
     norms = persona.raw_norms.float().clamp_min(torch.finfo(torch.float32).tiny)
     shift = (data_p - own_p) / norms
     shift[:, persona.raw_norms == 0] = float("nan")
@@ -201,6 +210,47 @@ def screen(
     return LabelledResult(
         res.kind, res.dims, res.coords, res.values, summarise(res), res.metric, res.config, res.provenance
     )
+
+
+def screen(
+    model: ChatModel,
+    persona: DirectionSet,
+    data: str | os.PathLike | Iterable[Any],
+    *,
+    layers: Sequence[int] | None = None,
+    max_tokens: int = 32,
+    batch_size: int = 32,
+    chunk: int = 256,
+    scorer: Any = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> LabelledResult:
+    """Score every example of ``data`` (a JSONL path or examples) along ``persona``; see the module docstring.
+
+    ``layers``: where the example score averages the shift (default :func:`default_layers`); the
+    result keeps every persona layer. Returns a ``screening`` result (``example x layer``).
+    """
+    from ..scoring.refusal import RefusalScorer
+
+    check_model(model)
+    persona.check_model(model)
+    examples = as_examples(data)  # a malformed example fails here, before any forward
+    if max_tokens < 1 or chunk < 1:
+        raise ConfigError(f"max_tokens and chunk must be >= 1, got {max_tokens} and {chunk}.")
+    chosen = _screen_layers(persona, layers, int(model.cfg.n_layers))
+    scorer = scorer if scorer is not None else RefusalScorer.for_model(model, batch_size=batch_size)
+    projections = _project_examples(
+        model,
+        persona,
+        examples,
+        scorer,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        chunk=chunk,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    return _screening_result(model, persona, data, examples, chosen, scorer, max_tokens, projections)
 
 
 __all__ = ["default_layers", "example_scores", "screen"]

@@ -33,7 +33,7 @@ def test_a_read_only_disk_is_one_line(capsys, tmp_path, monkeypatch):
     def read_only(path, data):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
-    monkeypatch.setattr(io, "_write_file", read_only)
+    monkeypatch.setattr(io.atomic, "_write_file", read_only)
     line = _one_line(capsys, ["demo", "--out", str(tmp_path / "run"), "--no-progress"])
     assert "Read-only file system (EROFS); remount it writable or choose another output folder (--out)" in line
 

@@ -199,7 +199,7 @@ def test_repeated_positions_do_not_double_the_means(tiny, grid):
 def test_a_failed_replace_keeps_the_previous_artefact(tmp_path, monkeypatch):
     import os
 
-    from persona_gate import io as pg_io
+    from persona_gate.io import atomic as pg_io
 
     path = _toy(seed=0).save(tmp_path / "d")
     real = os.replace

@@ -145,7 +145,7 @@ def test_a_full_disk_mid_sweep_keeps_every_cell_and_resumes(setup, tmp_path, mon
     full = sweep(None)
     ck = tmp_path / "cells"
     calls = {"n": 0}
-    write = io._write_file
+    write = io.atomic._write_file
 
     def fills_up(path, data):
         calls["n"] += 1
@@ -155,7 +155,7 @@ def test_a_full_disk_mid_sweep_keeps_every_cell_and_resumes(setup, tmp_path, mon
         write(path, data)
 
     with monkeypatch.context() as m:
-        m.setattr(io, "_write_file", fills_up)
+        m.setattr(io.atomic, "_write_file", fills_up)
         with pytest.raises(DiskFullError, match=rf"cannot write to {ck}: No space left on device.*resumes") as e:
             sweep(ck)
     assert "\n" not in str(e.value)
