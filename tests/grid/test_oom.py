@@ -10,11 +10,11 @@ non-finite logit stops the run naming the layer, the hook site and the dtype.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import torch
+from faults import oom_above
 
 import persona_gate as pg
 import persona_gate.grid.prefix as prefix
@@ -43,23 +43,6 @@ def fresh_record(setup):
     loading._BATCH_USED.pop(setup[0], None)
     yield
     loading._BATCH_USED.pop(setup[0], None)
-
-
-@contextmanager
-def oom_above(model, rows: int, error=lambda: torch.OutOfMemoryError("simulated: CUDA out of memory")):
-    """Every block forward of more than ``rows`` rows fails to allocate."""
-
-    def pre(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.shape[0] > rows:
-            raise error()
-
-    handles = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in model.blocks]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _hooks(model) -> int:
