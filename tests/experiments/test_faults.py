@@ -17,11 +17,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from faults import SMALL_RUN, run_command, write_config
 from safetensors.torch import load_file
 
 import persona_gate.experiments.patching as patching
@@ -30,7 +30,7 @@ from persona_gate.core.contrasts import fit_persona_and_refusal
 from persona_gate.errors import ResumeMismatchError
 from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction, steering_sweep, window_projection
 from persona_gate.experiments.patching import activation_patching
-from persona_gate.experiments.pipeline import RunConfig, run_pipeline
+from persona_gate.experiments.pipeline import run_pipeline
 from persona_gate.experiments.stages import STAGES
 from persona_gate.io import KILL_AT_WRITE, MANIFEST, load_artefact
 from persona_gate.models.loading import load_chat_model
@@ -195,33 +195,7 @@ def test_same_seed_gives_bit_identical_directions_and_sweeps(setup):
 
 # ---------------------------------------------------------------- SIGKILL on the real command line
 
-KILL_CFG = RunConfig(
-    model="organism", n_fit=16, n_eval=6, alphas=[0.0, 4.0], window_width=3, random_seeds=2, patch_examples=2, seed=0
-)
-
-
-def _write_config(path: Path) -> Path:
-    lines = []
-    for k, v in KILL_CFG.__dict__.items():
-        if v is not None:
-            lines.append(f"{k} = {json.dumps(v)}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _run_cmd(cfg: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "persona_gate.cli.main",
-        "-v",
-        "run",
-        "--config",
-        str(cfg),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+KILL_CFG = SMALL_RUN
 
 
 def _check_everything_loads(out: Path) -> None:
@@ -247,9 +221,11 @@ def _finished(out: Path) -> tuple[set[str], dict[str, int]]:
 
 
 def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
-    cfg = _write_config(tmp_path / "kill.toml")
+    cfg = write_config(tmp_path / "kill.toml")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_run_cmd(cfg, tmp_path / "reference"), check=True, capture_output=True, env=env, timeout=600)
+    subprocess.run(
+        run_command(cfg, tmp_path / "reference", "-v"), check=True, capture_output=True, env=env, timeout=600
+    )
 
     out, rng = tmp_path / "killed", random.Random(7)
     kills, attempts = 0, 0
@@ -266,7 +242,11 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_work(tmp_path):
         kill = f"{rng.randint(2, 16)}{rng.choice(['', ':before'])}" if kills < 4 else ""
         with open(log_path, "w") as log:
             proc = subprocess.run(
-                _run_cmd(cfg, out), stdout=log, stderr=subprocess.STDOUT, env={**env, KILL_AT_WRITE: kill}, timeout=600
+                run_command(cfg, out, "-v"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, KILL_AT_WRITE: kill},
+                timeout=600,
             )
         rc = None if proc.returncode == -signal.SIGKILL else proc.returncode
         kills += rc is None

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import SMALL_RUN, run_command, write_config
 from safetensors.torch import load_file
 
 import persona_gate.experiments.pipeline as pipeline
@@ -27,34 +28,13 @@ import persona_gate.io as io
 from persona_gate.core.contrasts import fit_persona_and_refusal
 from persona_gate.errors import ConfigError, DiskFullError, FolderLockedError
 from persona_gate.experiments import RefusalScorer, eval_groups, steering_sweep
-from persona_gate.experiments.pipeline import RunConfig, run_pipeline
+from persona_gate.experiments.pipeline import run_pipeline
 from persona_gate.models.loading import load_chat_model
 from persona_gate.results import LabelledResult
 
-CFG = RunConfig(
-    model="organism", n_fit=16, n_eval=6, alphas=[0.0, 4.0], window_width=3, random_seeds=2, patch_examples=2, seed=0
-)
+CFG = SMALL_RUN
 STAGES = ("steering_sweep", "reintroduction", "window_projection", "patching")
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-
-
-def _config(path: Path) -> Path:
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in CFG.__dict__.items() if v is not None))
-    return path
-
-
-def _cmd(cfg: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "persona_gate.cli.main",
-        "run",
-        "--config",
-        str(cfg),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
 
 
 def _same_results(a: Path, b: Path) -> None:
@@ -79,12 +59,14 @@ def _everything_loads(out: Path) -> None:
 def contested(tmp_path_factory):
     """A run, and a second one started into its folder once the first holds it: (config, folder, first, second)."""
     root = tmp_path_factory.mktemp("contested")
-    cfg, out = _config(root / "c.toml"), root / "run"
-    first = subprocess.Popen(_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    cfg, out = write_config(root / "c.toml"), root / "run"
+    first = subprocess.Popen(run_command(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 120
     while not (out / io.LOCK).exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # the first run holds the folder ...
-    second = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, env=ENV, timeout=600)  # ... a second starts
+    second = subprocess.run(
+        run_command(cfg, out), capture_output=True, text=True, env=ENV, timeout=600
+    )  # ... a second starts
     out1, err1 = first.communicate(timeout=600)
     return cfg, out, (first.pid, first.returncode, out1, err1), second
 
@@ -112,7 +94,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(contested, tmp_pa
     cfg, single, *_ = contested
     out = tmp_path / "run"
     full = subprocess.run(
-        _cmd(cfg, out), capture_output=True, text=True, env={**ENV, io.DISK_FULL_AT_WRITE: "12"}, timeout=600
+        run_command(cfg, out), capture_output=True, text=True, env={**ENV, io.DISK_FULL_AT_WRITE: "12"}, timeout=600
     )
     assert full.returncode == 2, full.stderr
     lines = full.stderr.strip().splitlines()
@@ -122,7 +104,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(contested, tmp_pa
     assert any((out / "cells").rglob("*.safetensors"))  # it failed in the middle of a stage's cells
     _everything_loads(out)
     assert not (out / io.LOCK).exists()  # the lock went with the failed run
-    again = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, env=ENV, timeout=600)
+    again = subprocess.run(run_command(cfg, out), capture_output=True, text=True, env=ENV, timeout=600)
     assert again.returncode == 0, again.stderr
     _same_results(out, single)
 
