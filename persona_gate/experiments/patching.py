@@ -243,9 +243,11 @@ def _pair_cost(
     batch_size: int,
 ) -> Cost:
     """What :func:`_patch_pair` runs: the two clean runs, then per site a re-run from its layer of
-    every batch of patched rows plus the unpatched reference row."""
+    every batch of patched rows plus the unpatched reference row. Held meanwhile: both prompts'
+    replays, each every block's input and the activation at every site."""
     L = int(model.cfg.n_layers)
     t = Cost()
+    t.hold((L + len(sites)) * (len(src_rp) + len(tgt_rp)) * int(model.cfg.d_model))
     for rp in (src_rp, tgt_rp):  # the two clean runs, recording block inputs
         t.add(1, len(rp), L, unembedded_rows(model, 1, len(rp)))
     for site in sites:

@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import hashlib
 import json
@@ -32,7 +34,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -56,6 +58,7 @@ HARMBENCH_URL = (
 )
 
 _DOWNLOAD_TIMEOUT_S = 60.0
+_NO_DOWNLOADS: contextvars.ContextVar[bool] = contextvars.ContextVar("persona_gate_no_downloads", default=False)
 _CHUNK = 1 << 16
 
 
@@ -92,6 +95,17 @@ def _check_sha256(path: Path, sha256: str | None, origin: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def no_downloads() -> Iterator[None]:
+    """Within it :func:`fetch` reads only the cache: a file not cached is a :class:`DatasetError`, never a
+    download (a cost plan made offline: ``persona-gate run --plan`` without weights)."""
+    token = _NO_DOWNLOADS.set(True)
+    try:
+        yield
+    finally:
+        _NO_DOWNLOADS.reset(token)
+
+
 def fetch(url: str, *, sha256: str | None = None, hint: str = "") -> Path:
     """Download ``url`` into :func:`cache_dir` (once) and return the local path.
 
@@ -104,6 +118,8 @@ def fetch(url: str, *, sha256: str | None = None, hint: str = "") -> Path:
     if target.is_file() and (sha256 is None or _sha256_of(target) == sha256.strip().lower()):
         return target
     how_else = hint or "download the file yourself and pass its local path as source=..."
+    if _NO_DOWNLOADS.get():
+        raise DatasetError(f"{url} is not in the download cache ({target.parent}) and downloads are off; {how_else}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

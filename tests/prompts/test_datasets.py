@@ -287,6 +287,19 @@ def test_stale_cache_is_downloaded_again_when_the_digest_changes(loopback_server
     assert datasets.load_advbench(url, sha256=_sha(new))[0].text == "New goal."
 
 
+def test_no_downloads_reads_the_cache_and_never_the_network(loopback_server):
+    root, base = loopback_server
+    url = f"{base}/harmful_behaviors.csv"
+    _write_advbench(root / "harmful_behaviors.csv")
+    with datasets.no_downloads(), pytest.raises(DatasetError, match="not in the download cache") as err:
+        datasets.load_advbench(url)
+    assert "source=" in str(err.value) and not datasets.cache_dir().exists()  # nothing fetched
+    reqs = datasets.load_advbench(url)  # downloads are on again outside it
+    (root / "harmful_behaviors.csv").unlink()
+    with datasets.no_downloads():
+        assert datasets.load_advbench(url) == reqs  # the cached copy
+
+
 def test_http_404_names_the_url(loopback_server):
     _, base = loopback_server
     url = f"{base}/missing.csv"

@@ -6,7 +6,7 @@ package, one concern a module:
 * **support** (:mod:`.support`) -- :func:`check_supported` tells *before any work* whether a model
   has what a computation needs and raises :class:`~persona_gate.errors.UnsupportedModelError`
   naming the fix otherwise; identity: :func:`architecture`, :func:`eos_ids`, :func:`weights_folder`,
-  :func:`input_device`;
+  :func:`input_device`; sizes: :func:`block_parameters`, :func:`weights_size`, :func:`held`, :func:`decoder_layers`;
 * **forwards and the head** (:mod:`.forward`) -- :func:`last_logits` passes ``logits_to_keep=1``
   when the wrapped model takes it (on a 262k vocabulary the unembedding of every position would
   cost more than the rest of the forward); :func:`head_logits` applies the final norm and
@@ -46,13 +46,17 @@ from .replay import CACHE_ARGUMENTS, BlockRecord, record_blocks, run_blocks
 from .support import (
     NEEDS,
     architecture,
+    block_parameters,
     blocks_of,
     check_supported,
+    decoder_layers,
     eos_ids,
     head_of,
+    held,
     input_device,
     missing_needs,
     weights_folder,
+    weights_size,
     wrapped_model,
 )
 from .surgery import (
@@ -76,13 +80,16 @@ __all__ = [
     "ResidualWriters",
     "add_to_residual",
     "architecture",
+    "block_parameters",
     "blocks_of",
     "check_supported",
+    "decoder_layers",
     "eos_ids",
     "final_logit_transform",
     "greedy_generate",
     "head_logits",
     "head_of",
+    "held",
     "hf_model_of",
     "input_device",
     "last_logits",
@@ -99,5 +106,6 @@ __all__ = [
     "unembedded_rows",
     "untie_embeddings",
     "weights_folder",
+    "weights_size",
     "wrapped_model",
 ]

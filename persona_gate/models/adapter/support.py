@@ -6,7 +6,8 @@ the adapter builds on live here: :func:`wrapped_model` (the Hugging Face model a
 declares). :func:`check_supported` says *before any work* whether a model has what a computation
 needs (:data:`NEEDS`) and raises :class:`~persona_gate.errors.UnsupportedModelError` naming the
 fix otherwise. Identity: :func:`architecture`, :func:`weights_folder`, :func:`eos_ids`,
-:func:`input_device`.
+:func:`input_device`; sizes (for cost plans): :func:`block_parameters`, :func:`weights_size`
+(each weight's memory once: :func:`held`), and a Hugging Face model's :func:`decoder_layers`.
 
 These take any object, not only a ``ChatModel``: telling what a model lacks is their job.
 
@@ -123,6 +124,81 @@ def eos_ids(model: ChatModel) -> list[int]:
     if cfg_eos is not None:
         ids.update(int(i) for i in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]))
     return sorted(ids)
+
+
+def decoder_layers(hf_model: Any, n_layers: int) -> Any | None:
+    """A Hugging Face model's decoder layers: its first module list of ``n_layers`` modules (None: none)."""
+    for module in hf_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
+
+
+def held(params: Iterable[Any]) -> tuple[int, int]:
+    """``(values, bytes)`` of the memory ``params`` occupy, each piece once.
+
+    A tied weight is one parameter under two names, and the bridge's q/k/v of a fused projection
+    (GPT-2, Phi-3, GPT-NeoX, Falcon) are views into the fused weight's storage: neither adds memory,
+    nor compute. Parameters on the meta device (no storage: :mod:`~persona_gate.models.weightless`)
+    are counted once each.
+    """
+    values = size = 0
+    spans: dict[str, list[tuple[int, int, int]]] = {}
+    for p in {id(p): p for p in params}.values():
+        if p.device.type == "meta":
+            values, size = values + p.numel(), size + p.numel() * p.element_size()
+        elif p.numel():
+            extent = 1 + sum((n - 1) * st for n, st in zip(p.shape, p.stride()))
+            spans.setdefault(str(p.device), []).append((p.data_ptr(), extent * p.element_size(), p.element_size()))
+    for device_spans in spans.values():
+        end = 0
+        for start, nbytes, item in sorted(device_spans):
+            new = max(0, start + nbytes - max(start, end))
+            values, size, end = values + new // item, size + new, max(end, start + nbytes)
+    return values, size
+
+
+def _architecture(model: Any) -> Any | None:
+    """The wrapped Hugging Face model's architecture on the meta device (its own if already there):
+    its parameters as the config defines them, without the bridge's additions and without memory."""
+    import copy
+
+    hf = wrapped_model(model)
+    config = getattr(hf, "config", None)
+    if hf is None or config is None:
+        return None
+    if all(p.device.type == "meta" for p in hf.parameters()):
+        return hf
+    try:
+        with torch.device("meta"):
+            return type(hf)(copy.deepcopy(config))
+    except Exception:  # a model class that cannot be built from its config alone: count what is held
+        return None
+
+
+def block_parameters(model: Any) -> int:
+    """Parameters of one block (the mean over blocks) as the architecture defines them, each weight once.
+
+    Counted on the wrapped model's architecture rebuilt on the meta device (:func:`decoder_layers`):
+    the bridge adds q/k/v of a fused projection for its hooks -- views (GPT-2, Phi-3) or copies
+    (GPT-NeoX, Falcon) -- which a forward does not multiply by twice. Without one: the blocks'
+    memory (:func:`held`); 0 without blocks.
+    """
+    arch = _architecture(model)
+    blocks = decoder_layers(arch, int(model.cfg.n_layers)) if arch is not None else None
+    blocks = blocks if blocks is not None else getattr(model, "blocks", None)
+    if not blocks:
+        return 0
+    return sum(held(block.parameters())[0] for block in blocks) // len(blocks)
+
+
+def weights_size(model: Any) -> tuple[int, int]:
+    """``(parameters, bytes)``: the architecture's parameters, each weight once (as :func:`block_parameters`
+    counts them), and the memory the model's weights occupy (:func:`held`) -- more than the parameters'
+    share on a bridge over GPT-NeoX or Falcon, which holds copies of the fused q/k/v projection."""
+    arch = _architecture(model)
+    values, size = held(model.parameters())
+    return (held(arch.parameters())[0] if arch is not None else values), size
 
 
 def input_device(model: Any) -> torch.device:
