@@ -8,7 +8,7 @@ Example::
 
     persona-gate demo                                        # organism, offline, about a minute
     persona-gate run --config paper/organism.toml --out runs/organism
-    persona-gate run --plan --config paper/qwen2.5-7b-instruct.toml --flops H100
+    persona-gate run --plan --config paper/qwen2.5-7b-instruct.toml --flops H100   # no weights: plan_config
     persona-gate report runs/organism
 """
 
@@ -87,7 +87,10 @@ def _plan(cfg: Any, args: argparse.Namespace) -> int:
 
     if args.flops is not None:
         accelerator_flops(args.flops)  # a bad name fails before the model loads
-    model = cfg.load_model()  # as the run loads it: dtype, device or device_map, chat template
+    if args.plan_config is not None:  # relative to where the command runs
+        cfg = dataclasses.replace(cfg, plan_config=str(Path(args.plan_config).expanduser().resolve()))
+    # Without weights from plan_config (relative to the config file); else as the run loads it.
+    model = cfg.plan_model(Path(args.config).parent if args.config else None)
     plan = plan_run(cfg, model, args.out, accelerator=args.flops, mfu=args.mfu)
     print(format_plan(plan))
     if args.plan_json:
@@ -113,7 +116,10 @@ def _config(args: argparse.Namespace):
             {**dataclasses.asdict(DEMO), **{k: v for k, v in overrides.items() if v is not None}}
         )
     if args.config is not None:
-        return RunConfig.from_toml(args.config, **overrides)
+        cfg = RunConfig.from_toml(args.config, **overrides)
+        if args.model is not None and cfg.plan_config is not None:  # the file's config.json is another model's
+            cfg = dataclasses.replace(cfg, plan_config=None)
+        return cfg
     return RunConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
 
 
@@ -127,6 +133,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "flops", None) is not None:
         raise ConfigError(
             "--flops estimates the cost plan's time; add --plan (persona-gate run --plan --flops H100 ...)."
+        )
+    if getattr(args, "plan_config", None) is not None:
+        raise ConfigError(
+            "--plan-config plans a run without its weights; add --plan (persona-gate run --plan --plan-config ...)."
         )
     if args.out is None:
         raise ConfigError(
@@ -192,6 +202,12 @@ def add_run_commands(sub) -> None:
         "--mfu", type=float, default=0.3, help="with --flops: the share of the peak a forward sustains (default 0.3)"
     )
     r.add_argument("--plan-json", default=None, help="with --plan: also write the plan as JSON to this file")
+    r.add_argument(
+        "--plan-config",
+        default=None,
+        metavar="CONFIG_JSON",
+        help="with --plan: plan without loading weights, from this config.json or model folder (overrides plan_config)",
+    )
     add_no_progress(r)
     r.set_defaults(func=_cmd_run)
 

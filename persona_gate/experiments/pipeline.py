@@ -70,6 +70,9 @@ class RunConfig:
     # Also compare where the persona direction is read (last token, post-instruction, system /
     # user / response means): its steering and ablation effects per layer (one more stage).
     extraction_sites: bool = False
+    # For `run --plan` without the weights: the model's config.json (or a folder holding it, and
+    # optionally its tokenizer.json), relative to the config file. The run itself ignores it.
+    plan_config: str | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, want: str) -> ConfigError:
@@ -82,7 +85,7 @@ class RunConfig:
         for key in ("model", "dtype"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise bad(key, "a non-empty string")
-        for key in ("device", "device_map", "chat_template", "harmful_dataset", "harmful_source"):
+        for key in ("device", "device_map", "chat_template", "harmful_dataset", "harmful_source", "plan_config"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise bad(key, "a string")
         for key, lo in (("n_fit", 2), ("n_eval", 2), ("random_seeds", 1), ("patch_examples", 1), ("seed", 0)):
@@ -141,6 +144,19 @@ class RunConfig:
             )
         return cls(**raw)
 
+    def plan_model(self, base: str | Path | None = None, device: str | None = None) -> Any:
+        """The model a cost plan reads: built without weights from ``plan_config`` (a path relative to
+        ``base``, the config file's folder) when set (:func:`~persona_gate.models.weightless.load_weightless`),
+        else the loaded model (:meth:`load_model`)."""
+        if self.plan_config is None:
+            return self.load_model(device)
+        from ..models.weightless import load_weightless
+
+        where = Path(self.plan_config).expanduser()
+        if not where.is_absolute() and base is not None:
+            where = Path(base) / where
+        return load_weightless(where, dtype=self.dtype, chat_template=self.chat_template, name=self.model)
+
     def load_model(self, device: str | None = None) -> Any:
         """The model this config names: its dtype, device or device_map, and chat template.
 
@@ -192,8 +208,9 @@ def stage_done(path: Path, loader: Callable[[Path], Any]) -> bool:
 
 
 # Settings that do not change any number a run computes: a run may resume under other values.
-# ``extraction_sites`` only adds (or skips) its own stage, so a finished run can take it on later.
-_RESUMABLE_UNDER_CHANGE = ("device", "device_map", "extraction_sites")
+# ``extraction_sites`` only adds (or skips) its own stage, so a finished run can take it on later;
+# ``plan_config`` is read by ``run --plan`` only.
+_RESUMABLE_UNDER_CHANGE = ("device", "device_map", "extraction_sites", "plan_config")
 
 
 def check_resumable(cfg: RunConfig, out: Path) -> None:

@@ -25,14 +25,32 @@ peak the vendor's dense bf16 figure (:data:`ACCELERATORS`) and ``mfu`` the share
 batched forward of this size sustains (default 0.3; an assumption, pass your own). Stages
 whose folder in the run directory already loads are listed as done and cost nothing.
 
+Memory: the weights (every parameter once, in the run's dtype) and, per stage, the peak of the
+*prefix records* -- the block inputs that prefix reuse keeps on the device for a whole grid call
+(every padded batch's residual stream at each first layer a cell re-runs from:
+``layers x rows x seq x d_model`` values; activation patching keeps both prompts' block inputs and
+site activations per pair), counted by :class:`~persona_gate.grid.cost.Cost` ``records`` and
+priced at the weights' bytes per value. Activations of a forward in flight are not counted.
+
+Without weights: ``model`` may be a :func:`~persona_gate.models.weightless.load_weightless` model,
+built from the model's ``config.json`` alone on the meta device (``plan_config`` in the run's
+config; ``persona-gate run --plan`` then loads no weights and uses no network). Its counts are
+the loaded model's (the tests compare every stage on every tiny architecture) where a
+``tokenizer.json`` comes with the config; without one, tokens are estimated by the rule of
+:mod:`~persona_gate.models.weightless` and the plan says so. Nothing is timed (no probe), and a
+public ``harmful_dataset`` not in the download cache is stood in for by persona_gate's own harmful
+test split (a note in the plan).
+
 The plan is a typed :class:`Plan` (one :class:`PlanStage` per stage, the totals, the probe, the
-accelerator and the FLOP model's constants); its JSON form is what ``--plan-json`` writes, and it
+accelerator, the FLOP model's constants, the weights' size and the notes printed under the table); its JSON form is what ``--plan-json`` writes, and it
 reads like that JSON too (``plan["stages"][0]["forwards"]``).
 
 Example::
 
     plan = plan_run(RunConfig(model="organism"), model, accelerator="H100")
     print(format_plan(plan)); plan.total["flops"]; plan.stages[0].block_tokens
+    plan = plan_run(cfg, load_weightless("paper/llama-3.1-8b-instruct", dtype="bfloat16"))
+    plan.weights_bytes, plan.total["record_bytes"]           # 16.1e9 bytes, the largest stage's records
 """
 
 from __future__ import annotations
@@ -47,11 +65,11 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..grid import Cost
 from ..grid.cost import batch_shapes
 from ..io import Record
-from ..models.adapter import head_logits, last_logits
+from ..models.adapter import block_parameters, head_logits, last_logits, weights_size
 from ..models.loading import model_device
 from ..models.protocol import ChatModel
 
@@ -64,8 +82,9 @@ DEFAULT_MFU = 0.3
 class PlanStage(Record):
     """One stage of a plan: its ``cells``, whether it is ``done`` (its folder loads: it costs
     nothing), whether the counts are ``exact`` (else an upper bound), the counts of
-    :class:`~persona_gate.grid.cost.Cost`, the FLOPs, and the estimated seconds here (timing
-    probe) and on the accelerator (None when not estimated: absent from the JSON)."""
+    :class:`~persona_gate.grid.cost.Cost`, the FLOPs, the peak bytes of its prefix records, and the
+    estimated seconds here (timing probe) and on the accelerator (None when not estimated: absent
+    from the JSON)."""
 
     stage: str
     cells: int
@@ -75,6 +94,7 @@ class PlanStage(Record):
     flops: int = 0
     seconds_here: float | None = None
     seconds_on_accelerator: float | None = None
+    record_bytes: int = 0
 
     def __getattr__(self, name: str) -> Any:  # the counts read as the stage's own: stage.block_tokens
         if name in _COUNTS:
@@ -83,7 +103,7 @@ class PlanStage(Record):
 
     def _body(self) -> dict[str, Any]:
         d = {"stage": self.stage, "cells": self.cells, "done": self.done, "exact": self.exact}
-        d |= dataclasses.asdict(self.cost) | {"flops": self.flops}
+        d |= dataclasses.asdict(self.cost) | {"flops": self.flops, "record_bytes": self.record_bytes}
         for key in ("seconds_here", "seconds_on_accelerator"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -91,7 +111,7 @@ class PlanStage(Record):
 
     @classmethod
     def _from_body(cls, d: dict[str, Any]) -> PlanStage:
-        cost = Cost(**{k: d[k] for k in _COUNTS})
+        cost = Cost(**{k: d.get(k, 0) for k in _COUNTS})  # plans written before records were counted: 0
         return cls(
             d["stage"],
             d["cells"],
@@ -101,6 +121,7 @@ class PlanStage(Record):
             d["flops"],
             d.get("seconds_here"),
             d.get("seconds_on_accelerator"),
+            d.get("record_bytes", 0),
         )
 
 
@@ -110,8 +131,10 @@ _COUNTS = tuple(f.name for f in dataclasses.fields(Cost))
 @dataclass(frozen=True)
 class Plan(Record):
     """The cost plan of a run (module docstring): per-stage rows, their ``total`` (cells, counts,
-    FLOPs and the seconds estimated), the timing ``probe`` (None without one), the ``accelerator``
-    (name, peak FLOP/s, utilisation; None without one) and the FLOP model's constants."""
+    FLOPs, the seconds estimated and the largest stage's ``record_bytes``), the timing ``probe``
+    (None without one), the ``accelerator`` (name, peak FLOP/s, utilisation; None without one), the
+    FLOP model's constants, the weights (``parameters``, ``weights_bytes`` in ``dtype``), whether the
+    plan was made ``weightless`` (from ``config.json`` alone) with ``tokens_estimated``, and ``notes``."""
 
     DOCUMENT = True
 
@@ -122,6 +145,12 @@ class Plan(Record):
     probe: Mapping[str, Any] | None
     accelerator: Mapping[str, Any] | None
     flops_model: Mapping[str, int]
+    dtype: str = "float32"
+    parameters: int = 0
+    weights_bytes: int = 0
+    weightless: bool = False
+    tokens_estimated: bool = False
+    notes: tuple[str, ...] = ()
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -132,12 +161,29 @@ class Plan(Record):
             "probe": None if self.probe is None else dict(self.probe),
             "accelerator": None if self.accelerator is None else dict(self.accelerator),
             "flops_model": dict(self.flops_model),
+            "dtype": self.dtype,
+            "parameters": self.parameters,
+            "weights_bytes": self.weights_bytes,
+            "weightless": self.weightless,
+            "tokens_estimated": self.tokens_estimated,
+            "notes": list(self.notes),
         }
 
     @classmethod
     def _from_body(cls, d: dict[str, Any]) -> Plan:
         stages = tuple(PlanStage.from_dict(s) for s in d["stages"])
-        return cls(d["model"], d["n_layers"], stages, d["total"], d["probe"], d["accelerator"], d["flops_model"])
+        more = {k: d[k] for k in ("dtype", "parameters", "weights_bytes", "weightless", "tokens_estimated") if k in d}
+        return cls(
+            d["model"],
+            d["n_layers"],
+            stages,
+            d["total"],
+            d["probe"],
+            d["accelerator"],
+            d["flops_model"],
+            notes=tuple(d.get("notes", ())),
+            **more,
+        )
 
 
 def accelerator_flops(name: str | float) -> tuple[str, float]:
@@ -170,21 +216,25 @@ def plan_run(
     mfu: float = DEFAULT_MFU,
 ) -> Plan:
     """The cost plan of ``run_pipeline(cfg, out)`` on ``model`` (see the module docstring): every
-    enabled stage of :data:`~persona_gate.experiments.stages.STAGES`, costed by its own ``cost``."""
+    enabled stage of :data:`~persona_gate.experiments.stages.STAGES`, costed by its own ``cost``.
+    ``model``: the loaded model, or one without weights (:func:`~persona_gate.models.weightless.load_weightless`:
+    then nothing is timed and nothing downloaded)."""
     from ..models.profile import profile_of
     from ..scoring.refusal import RefusalScorer, eval_groups
-    from .pipeline import harmful_requests, run_windows, stage_done
+    from .pipeline import run_windows, stage_done
     from .stages import STAGES, Context, generation_cost, placeholder
 
     if not (isinstance(mfu, (int, float)) and 0 < mfu <= 1):
         raise ConfigError(f"mfu must be a share of the peak in (0, 1], got {mfu!r}.")
     out = Path(out) if out is not None else None
+    weightless = model_device(model).type == "meta"  # parameters without storage: nothing can run
     L = int(model.cfg.n_layers)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(L))
     ctx = Context(
         cfg, model, None, groups={}, scorer=RefusalScorer(model, ()), windows=run_windows(cfg, L), progress=False
     )
     stages: list[PlanStage] = []
+    notes: list[str] = []
 
     def row(name: str, cells: int, tally: Cost | None, exact: bool = True) -> None:
         stages.append(PlanStage(name, cells, tally is None, exact, tally if tally is not None else Cost()))
@@ -211,8 +261,31 @@ def plan_run(
             harmful = eval_groups(model, 16, split="train")["safe/harmful"]
             generation_cost(t, model, batch_shapes(model, harmful, 16), 12)
             row("refusal_tokens", 1, t, exact=False)
-        ctx.groups = eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
-    return _priced(cfg, model, stages, ctx.groups, probe, accelerator, mfu)
+        ctx.groups = _eval_groups(cfg, model, weightless, notes)
+    return _priced(cfg, model, stages, ctx.groups, probe and not weightless, accelerator, mfu, notes)
+
+
+def _eval_groups(cfg: Any, model: ChatModel, offline: bool, notes: list[str]) -> dict:
+    """The run's evaluation groups. ``offline`` (a plan without weights): a public harmful set that is
+    not in the download cache is stood in for by persona_gate's own harmful test split (noted)."""
+    from ..prompts.datasets import no_downloads
+    from ..scoring.refusal import eval_groups
+    from .pipeline import harmful_requests
+
+    if not offline:
+        harmful = harmful_requests(cfg)
+    else:
+        try:
+            with no_downloads():
+                harmful = harmful_requests(cfg)
+        except DatasetError:
+            harmful = None
+            notes.append(
+                f"harmful_dataset {cfg.harmful_dataset!r} is not in the download cache and this plan uses no "
+                "network: persona_gate's own harmful test split stands in for its prompts (their number and "
+                "length are estimates); set harmful_source to a local copy for the run's own prompts."
+            )
+    return eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful)
 
 
 def _priced(
@@ -223,12 +296,16 @@ def _priced(
     probe: bool,
     accelerator: str | float | None,
     mfu: float,
+    notes: Sequence[str] = (),
 ) -> Plan:
-    """The stages' counts with FLOPs, a time here (timing probe) and on an accelerator, and totals."""
+    """The stages' counts with FLOPs, record bytes, a time here (timing probe) and on an accelerator, and totals."""
     bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
     probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
     peak = accelerator_flops(accelerator) if accelerator is not None else None
-    per_block = _block_parameters(model)
+    per_block = block_parameters(model)
+    parameters, weights_bytes = weights_size(model)
+    dtype = next(model.parameters()).dtype
+    value_bytes = torch.empty((), dtype=dtype, device="meta").element_size()
     heads = int(model.cfg.n_heads) * int(model.cfg.d_head)
     priced = []
     for s in stages:
@@ -241,11 +318,16 @@ def _priced(
         if probe_rates is not None:
             here = s.block_tokens * probe_rates["block_token_s"] + s.head_rows * probe_rates["head_row_s"]
         there = flops / (peak[1] * mfu) if peak is not None else None
-        priced.append(dataclasses.replace(s, flops=flops, seconds_here=here, seconds_on_accelerator=there))
+        priced.append(
+            dataclasses.replace(
+                s, flops=flops, seconds_here=here, seconds_on_accelerator=there, record_bytes=s.records * value_bytes
+            )
+        )
     totals = {
         key: sum(getattr(s, key) for s in priced)
         for key in ("cells", "forwards", "tokens", "block_tokens", "head_rows", "generated", "flops")
     }
+    totals["record_bytes"] = max((s.record_bytes for s in priced), default=0)  # stages run one after another
     for key in ("seconds_here", "seconds_on_accelerator"):
         if priced and getattr(priced[0], key) is not None:
             totals[key] = sum(getattr(s, key) for s in priced)
@@ -262,21 +344,13 @@ def _priced(
             "d_model": int(model.cfg.d_model),
             "vocab": int(model.cfg.d_vocab),
         },
+        dtype=str(dtype).removeprefix("torch."),
+        parameters=parameters,
+        weights_bytes=weights_bytes,
+        weightless=model_device(model).type == "meta",
+        tokens_estimated=bool(getattr(model, "tokens_estimated", False)),
+        notes=tuple(notes),
     )
-
-
-def _block_parameters(model: ChatModel) -> int:
-    blocks = getattr(model, "blocks", None)
-    if not blocks:
-        return 0
-    seen: set[int] = set()
-    total = 0
-    for block in blocks:
-        for p in block.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total // len(blocks)
 
 
 def _probe(model: ChatModel, prompts: list, batch_size: int) -> dict[str, float]:
@@ -315,6 +389,13 @@ def _si(x: float | int) -> str:
     return f"{x:.0f}"
 
 
+def _bytes(x: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if x >= scale:
+            return f"{x / scale:.1f} {unit}"
+    return f"{x} B"
+
+
 def _duration(s: float | int | None) -> str:
     if s is None:
         return "-"
@@ -327,7 +408,7 @@ def format_plan(plan: Plan | Mapping[str, Any]) -> str:
     """The plan as a table (what ``persona-gate run --plan`` prints); ``plan``: a :class:`Plan` or its JSON form."""
     plan = Plan.from_dict(plan)
     acc = plan["accelerator"]
-    head = ["stage", "cells", "forwards", "tokens", "block-tokens", "FLOPs", "here"] + (
+    head = ["stage", "cells", "forwards", "tokens", "block-tokens", "FLOPs", "records", "here"] + (
         [f"on {acc['name']}"] if acc else []
     )
     rows = []
@@ -336,7 +417,7 @@ def format_plan(plan: Plan | Mapping[str, Any]) -> str:
         {"stage": "total", **plan["total"], "done": False, "exact": all(x["exact"] for x in plan["stages"])},
     ]:
         if s.get("done"):
-            rows.append([s["stage"], str(s["cells"]), "done", "", "", "", ""] + ([""] if acc else []))
+            rows.append([s["stage"], str(s["cells"]), "done", "", "", "", "", ""] + ([""] if acc else []))
             continue
         mark = "" if s.get("exact", True) else " (at most)"
         rows.append(
@@ -347,6 +428,7 @@ def format_plan(plan: Plan | Mapping[str, Any]) -> str:
                 _si(s["tokens"]),
                 _si(s["block_tokens"]) + mark,
                 _si(s["flops"]),
+                _bytes(s.get("record_bytes", 0)) + (" (peak)" if s["stage"] == "total" else ""),
                 _duration(s.get("seconds_here")),
             ]
             + ([_duration(s.get("seconds_on_accelerator"))] if acc else [])
@@ -356,19 +438,38 @@ def format_plan(plan: Plan | Mapping[str, Any]) -> str:
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         for r in [head, *rows]
     ]
+    return "\n".join(lines + [""] + _notes(plan))
+
+
+def _notes(plan: Plan) -> list[str]:
+    """The lines under the plan's table: what its columns mean, the weights, how it was made."""
     notes = [
-        f"plan for {plan['model']} ({plan['n_layers']} layers); forwards count prompts (a re-run of one cell over "
-        "one prompt is one), tokens are padded positions, block-tokens = tokens x blocks run."
+        f"plan for {plan.model} ({plan.n_layers} layers); forwards count prompts (a re-run of one cell over "
+        "one prompt is one), tokens are padded positions, block-tokens = tokens x blocks run.",
+        f"weights: {_bytes(plan.weights_bytes)} ({plan.parameters / 1e9:.2f} B parameters in {plan.dtype}); "
+        "records: the peak memory of prefix records in a stage (block inputs kept on the device for a grid: "
+        "layers x tokens x d_model values), beside the weights.",
     ]
-    if plan["probe"]:
-        p = plan["probe"]
+    if plan.weightless:
+        notes.append(
+            "made without weights, from the model's config.json (meta device): nothing timed here."
+            + (
+                " Tokens are ESTIMATED (no tokenizer.json beside the config): one per word, per run of up to "
+                "3 digits, per run of symbols or of whitespace, and per chat-template marker."
+                if plan.tokens_estimated
+                else ""
+            )
+        )
+    if plan.probe:
+        p = plan.probe
         notes.append(
             f"'here': a timing probe of one {p['batch'][0]} x {p['batch'][1]} batch on this machine "
             f"({p['forward_s']:.3f} s per forward)."
         )
-    if acc:
+    if plan.accelerator:
+        acc = plan.accelerator
         notes.append(
             f"'on {acc['name']}': FLOPs / ({acc['peak_flops']:.3g} FLOP/s peak x {acc['mfu']} utilisation), "
             "an estimate: the utilisation is an assumption (--mfu)."
         )
-    return "\n".join(lines + [""] + notes)
+    return notes + list(plan.notes)
