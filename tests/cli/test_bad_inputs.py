@@ -6,6 +6,7 @@ match -- the pattern names the fix, not only the problem. Loading saved folders 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -22,6 +23,10 @@ from persona_gate.experiments import RefusalScorer, eval_groups, reintroduction,
 from persona_gate.experiments.patching import activation_patching
 from persona_gate.experiments.pipeline import RunConfig, run_pipeline
 from persona_gate.io import load_artefact
+
+# Each application registers its folder kinds when imported; the fixtures below claim folders of several.
+for _app in ("compare", "export", "guard", "monitoring", "redteam", "screening"):
+    importlib.import_module(f"persona_gate.{_app}")
 
 
 @pytest.fixture(scope="module")
