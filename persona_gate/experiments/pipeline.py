@@ -104,6 +104,8 @@ class RunConfig:
                 "config keys 'device' and 'device_map' exclude each other; set one (device_map = \"auto\" for "
                 "a model larger than one device)."
             )
+        if self.harmful_dataset is not None and self.harmful_dataset not in _LOADERS:
+            raise bad("harmful_dataset", f"one of {sorted(_LOADERS)} (or absent for the model's own prompt sets)")
         if not isinstance(self.extraction_sites, bool):
             raise bad("extraction_sites", "true or false")
         if not num(self.alpha_back):

@@ -460,7 +460,7 @@ API_CASES = [
         "unknown public dataset in a config",
         lambda c: run_pipeline(RunConfig(harmful_dataset="bogus"), c["root"] / "run-bogus", progress=False),
         E.ConfigError,
-        r"use one of",
+        r"'harmful_dataset' must be one of \['advbench'",
     ),
     (
         "resume a run under another config",
