@@ -20,7 +20,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from .lazy import lazy_exports
+from .runtime import lazy_exports
 
 __version__ = "0.1.0"
 

@@ -212,7 +212,7 @@ def plan_run(
             generation_cost(t, model, batch_shapes(model, harmful, 16), 12)
             row("refusal_tokens", 1, t, exact=False)
         ctx.groups = eval_groups(model, cfg.n_eval, seed=cfg.seed, harmful=harmful_requests(cfg))
-    return _priced(cfg, model, stages, ctx.groups, probe, accelerator, mfu)
+    return _priced(cfg, model, stages, ctx.groups, ctx.scorer.batch_size, probe, accelerator, mfu)
 
 
 def _priced(
@@ -220,13 +220,14 @@ def _priced(
     model: ChatModel,
     stages: Sequence[PlanStage],
     groups: dict,
+    batch_size: int,
     probe: bool,
     accelerator: str | float | None,
     mfu: float,
 ) -> Plan:
-    """The stages' counts with FLOPs, a time here (timing probe) and on an accelerator, and totals."""
-    bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
-    probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
+    """The stages' counts with FLOPs, a time here (timing probe of one batch of the scorer's
+    ``batch_size``, the run's) and on an accelerator, and totals."""
+    probe_rates = _probe(model, groups["safe/harmful"], batch_size) if probe else None
     peak = accelerator_flops(accelerator) if accelerator is not None else None
     per_block = _block_parameters(model)
     heads = int(model.cfg.n_heads) * int(model.cfg.d_head)

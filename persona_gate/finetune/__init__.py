@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..lazy import lazy_exports
+from ..runtime import lazy_exports
 from .config import LORA_TARGETS, ChatFinetuneConfig
 
 if TYPE_CHECKING:

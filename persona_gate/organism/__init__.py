@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..lazy import lazy_exports
+from ..runtime import lazy_exports
 from .paths import ORGANISM_DIR, organism_path
 
 if TYPE_CHECKING:

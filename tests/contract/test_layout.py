@@ -24,7 +24,7 @@ LAYER: dict[str, int] = {
     "results": 0,
     "provenance": 0,
     "resources": 0,
-    "lazy": 0,  # foundations
+    "runtime": 0,  # foundations
     "prompts": 1,
     "models": 2,
     "core": 3,
@@ -42,7 +42,7 @@ LAYER: dict[str, int] = {
     "plots": 7,  # figures and HTML reports
     "cli": 8,
 }
-FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources", "lazy"}
+FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources", "runtime"}
 APPLICATIONS = {"monitoring", "redteam", "compare", "export", "screening", "guard"}
 # The one declared edge between applications: the guard is evaluated on the red team's attacks.
 BUILDS_ON = {("guard", "redteam")}
