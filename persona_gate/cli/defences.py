@@ -41,7 +41,7 @@ def _validate(args: argparse.Namespace, out):
 
     validation = validate_screening(
         out / "validation",
-        base=None if args.model == "organism" else args.model,
+        base=args.model,
         steps=args.steps,
         seeds=args.seeds,
         n_examples=args.n_examples,

@@ -17,6 +17,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from .common import load_model
+
 SETS = ("persona", "refusal", "persona_last")
 
 
@@ -36,12 +38,23 @@ def _direction_set(folder: Path, name: str, model=None):
     return DirectionSet.load(folder / name, model=model)
 
 
+def _chosen(args: argparse.Namespace, model=None):
+    """The direction set a command exports from ``--directions``: ``--set``, or the one ``--ablate`` / ``--steer`` names."""
+    name = args.set if "set" in vars(args) else args.ablate or args.steer
+    return _direction_set(args.directions, name, model)
+
+
+def _done(message: str) -> int:
+    """Say what the command wrote; its exit status."""
+    print(message)
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     from ..core.interventions import Ablate, Steer
     from ..errors import ConfigError
     from ..export import export_model
     from ..io import claim_folder
-    from ..models.loading import load_chat_model
 
     if (args.ablate is None) == (args.steer is None):
         raise ConfigError("pass exactly one of --ablate persona|refusal or --steer persona|refusal.")
@@ -50,8 +63,8 @@ def _cmd_model(args: argparse.Namespace) -> int:
     existed = args.out.exists()
     claim_folder(args.out, "export", written_by="persona-gate export model")  # a bad --out fails before the model loads
     try:
-        model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
-        direction = _direction_set(args.directions, args.ablate or args.steer, model)
+        model = load_model(args)
+        direction = _chosen(args, model)
         if args.ablate is not None:
             layers = args.layers or list(range(int(model.cfg.n_layers)))
             spec = Ablate(direction, layers=layers, source_layer=args.source_layer)
@@ -62,35 +75,38 @@ def _cmd_model(args: argparse.Namespace) -> int:
         if not existed:  # leave no empty folder behind for an export that never happened
             shutil.rmtree(args.out, ignore_errors=True)
         raise
-    print(
-        f"exported {args.model} with {'the ' + args.ablate + ' direction ablated' if args.ablate else args.steer + ' steering'} "
-        f"to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; what was edited: {out}/persona_gate_export.json)"
+    edit = f"the {args.ablate} direction ablated" if args.ablate else f"{args.steer} steering"
+    return _done(
+        f"exported {args.model} with {edit} to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; "
+        f"what was edited: {out}/persona_gate_export.json)"
     )
-    return 0
 
 
 def _cmd_control_vector(args: argparse.Namespace) -> int:
-    from ..export import export_control_vector
-
-    direction = _direction_set(args.directions, args.set)
-    path = export_control_vector(
-        direction, args.out, alpha=args.alpha, layers=args.layers, units=args.units, model_hint=args.model_hint
-    )
     from gguf import GGUFReader
 
+    from ..export import export_control_vector
+
+    options = dict(alpha=args.alpha, layers=args.layers, units=args.units, model_hint=args.model_hint)
+    path = export_control_vector(_chosen(args), args.out, **options)
     names = [t.name for t in GGUFReader(str(path)).tensors]
-    print(
+    return _done(
         f"control vector written to {path}: {', '.join(names)} (llama.cpp's direction.k lands in persona_gate's "
         f"resid_pre.k+1), alpha {args.alpha:g} in {args.units} units"
     )
-    return 0
 
 
 def _cmd_directions(args: argparse.Namespace) -> int:
-    direction = _direction_set(args.directions, args.set)
+    direction = _chosen(args)
     path = direction.export(args.out)
-    print(f"directions written to {path} and {path.with_suffix('.json')} ({len(direction.layers)} layers)")
-    return 0
+    return _done(f"directions written to {path} and {path.with_suffix('.json')} ({len(direction.layers)} layers)")
+
+
+def _add_directions(p: argparse.ArgumentParser, with_set: bool = False) -> None:
+    """``--directions`` (required here), and with ``with_set`` the ``--set`` to take from it."""
+    p.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
+    if with_set:
+        p.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
 
 
 def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type) -> None:
@@ -98,7 +114,7 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     sub = parser.add_subparsers(dest="export_command", required=True)
     m = sub.add_parser("model", help="bake an ablation or steering into a plain Hugging Face folder")
     add_model_args(m)
-    m.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
+    _add_directions(m)
     m.add_argument(
         "--ablate", choices=("persona", "refusal"), default=None, help="project this direction out of the weights"
     )
@@ -125,8 +141,7 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     m.add_argument("--out", required=True, type=Path, help="the folder to write")
     m.set_defaults(func=_cmd_model)
     c = sub.add_parser("control-vector", help="a direction set as a llama.cpp control-vector GGUF")
-    c.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
-    c.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
+    _add_directions(c, with_set=True)
     c.add_argument(
         "--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)"
     )
@@ -136,7 +151,6 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     c.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
     c.set_defaults(func=_cmd_control_vector)
     d = sub.add_parser("directions", help="a direction set as one safetensors file and a JSON sidecar")
-    d.add_argument("--directions", required=True, type=Path, help="a folder written by `persona-gate directions --out`")
-    d.add_argument("--set", choices=SETS, default="persona", help="which direction set (default persona)")
+    _add_directions(d, with_set=True)
     d.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     d.set_defaults(func=_cmd_directions)

@@ -29,34 +29,26 @@ from .common import (
     add_work_args,
     claim,
     layers,
+    load_model,
+    passed,
     write_summary,
 )
 
 
 def _cmd_directions(args: argparse.Namespace) -> int:
     from ..core.contrasts import fit_persona_and_refusal, format_summary
-    from ..models.loading import load_chat_model
 
     t0 = time.perf_counter()
     if args.out is not None:
         claim(args.out, "directions", "directions")
-    model = load_chat_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    model = load_model(args)
     if args.layers is not None:  # before any fitting; the empty --out folder goes again (common.tidy_out_on_failure)
         from ..sites import check_layer
 
         for layer in args.layers:
             check_layer(layer, int(model.cfg.n_layers))
-    pr = fit_persona_and_refusal(
-        model,
-        layers=args.layers,
-        kind=args.kind,
-        refusal_position=args.refusal_position,
-        persona_position=args.persona_position,
-        n_per_group=args.n,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        seed=args.seed,
-    )
+    flags = passed(args, "layers", "kind", "refusal_position", "persona_position", "batch_size", "seed")
+    pr = fit_persona_and_refusal(model, n_per_group=args.n, **flags)
     print(format_summary(pr))
     if args.out is not None:
         out = Path(args.out)
@@ -217,5 +209,5 @@ def add_report_command(sub) -> None:
     rep.add_argument(
         "run_dir", metavar="FOLDER", help="a folder written by run, demo, directions, redteam, monitor or compare"
     )
-    rep.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
+    add_out(rep, None, "HTML file (default FOLDER/report.html)")
     rep.set_defaults(func=_cmd_report)

@@ -14,12 +14,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 import torch
 from torch import Tensor
+
+from ..runtime import bound
 
 SCOPES = ("prompt", "generated", "both")
 
@@ -28,15 +29,9 @@ SCOPES = ("prompt", "generated", "both")
 _EARLY_STOPS: ContextVar[list[int] | None] = ContextVar("persona_gate_early_stops", default=None)
 
 
-@contextmanager
-def record_early_stops() -> Iterator[list[int]]:
+def record_early_stops() -> AbstractContextManager[list[int]]:
     """Collect the layers at which runners stop forwards early, inside the block."""
-    stops: list[int] = []
-    token = _EARLY_STOPS.set(stops)
-    try:
-        yield stops
-    finally:
-        _EARLY_STOPS.reset(token)
+    return bound(_EARLY_STOPS, [])
 
 
 def note_early_stop(layer: int) -> None:
@@ -49,14 +44,9 @@ def note_early_stop(layer: int) -> None:
 _LAYOUT: ContextVar[Tensor | None] = ContextVar("persona_gate_prompt_layout", default=None)
 
 
-@contextmanager
-def prompt_layout(attention_mask: Tensor) -> Iterator[None]:
+def prompt_layout(attention_mask: Tensor) -> AbstractContextManager[Tensor]:
     """Tell intervention hooks which positions of the coming forwards are pads and prompt."""
-    token = _LAYOUT.set(attention_mask)
-    try:
-        yield
-    finally:
-        _LAYOUT.reset(token)
+    return bound(_LAYOUT, attention_mask)
 
 
 def position_mask(x: Tensor, scope: str) -> Tensor | None:

@@ -107,27 +107,48 @@ def compliant_state(
     return CompliantState(mode, steer_layer, steer_alpha).resolve(persona, groups)
 
 
-def _under_compliance(
+FIRST_TOKEN_REFUSAL = {"name": "refusal at the first response token", "higher_means": "more refusal"}
+
+
+def _compliant_experiment(
     model: ChatModel,
     scorer: RefusalScorer,
     groups: dict,
     state: CompliantState,
-    direction: DirectionSet,
+    persona: DirectionSet,
     build: Callable[[list, list], GridSpec],
+    *,
+    axes: dict[str, Sequence[Any]],
+    config: dict[str, Any],
+    fingerprint: dict[str, Any],
+    seed: int,
     checkpoint: str | Path | None,
     progress: bool,
-    **fingerprint: Any,
-) -> tuple[Any, dict[str, float], int]:
-    """A grid run under the compliant state (``build(prompts, base)`` declares it) and the two ends
-    restoration is measured between; returns the grid's cells, the baselines and the prompt count."""
-    prompts, base = state.resolve(direction, groups)
+    fill: float | None = None,
+) -> LabelledResult:
+    """An experiment run as a grid under the compliant state (``build(prompts, base)`` declares it),
+    measured against the two ends restoration runs between: its ``logodds`` and ``refused`` per
+    cell ``axes`` (dim -> labels, the cells' coordinates in order; cells not run are ``fill``) and
+    example; ``config`` is completed with the state, ``n`` and ``seed``; ``fingerprint`` names what
+    its cell store's cells depend on besides the prompts and the state."""
+    prompts, base = state.resolve(persona, groups)
     spec = build(prompts, base)
     store = open_store(
         checkpoint, spec.kind, prompts=prompts, mode=state.mode, steer=[state.layer, state.alpha], **fingerprint
     )
     res = run_grid(model, spec, store=store, progress=progress, **scorer.grid_options())
     store.report()
-    return res, _compliant_baselines(scorer, groups, prompts, base, res.clean.get("compliant")), len(prompts)
+    m = len(prompts)
+    return LabelledResult(
+        kind=spec.kind,
+        dims=(*axes, "example"),
+        coords={**{d: tuple(labels) for d, labels in axes.items()}, "example": tuple(range(m))},
+        values={v: res.tensor(v, *axes.values(), fill=fill) for v in ("logodds", "refused")},
+        baselines=_compliant_baselines(scorer, groups, prompts, base, res.clean.get("compliant")),
+        metric=FIRST_TOKEN_REFUSAL,
+        config={**config, **state.config(), "n": m, "seed": seed},
+        provenance=provenance(model, seed=seed),
+    )
 
 
 def sweep_cells(
@@ -276,7 +297,7 @@ def steering_sweep(
         values=values,
         baselines={f"unsteered_{r}_refusal_rate": _rate(base[r][1]) for r in REQUESTS}
         | {f"unsteered_{r}_logodds": round(float(base[r][0].mean()), 4) for r in REQUESTS},
-        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
+        metric=FIRST_TOKEN_REFUSAL,
         config={
             "direction": persona.name,
             "position": persona.position,
@@ -292,19 +313,21 @@ def steering_sweep(
     )
 
 
+def compliant_grid(
+    kind: str, cells: dict[tuple, list], prompts: list, base: list, derive: Callable, desc: str
+) -> GridSpec:
+    """A grid of ``cells`` (key -> interventions) scored on the compliant state's ``prompts``, under
+    its ``base`` interventions (none when the compliant persona's prompts make it)."""
+    scored = {k: Scored("compliant", tuple(v)) for k, v in cells.items()}
+    return GridSpec(kind, scored, prompts={"compliant": prompts}, derive=derive, base=tuple(base), desc=desc)
+
+
 def reintroduction_grid(
     refusal: DirectionSet, prompts: list, base: list, scorer: RefusalScorer, layers: Sequence[int], alpha_back: float
 ) -> GridSpec:
     """Re-introduction as a grid over ``(layer,)`` under the compliant state."""
-    cells = {k: Scored("compliant", tuple(v)) for k, v in reintroduction_cells(refusal, layers, alpha_back).items()}
-    return GridSpec(
-        "reintroduction",
-        cells,
-        prompts={"compliant": prompts},
-        derive=_first_token(scorer),
-        base=tuple(base),
-        desc="re-introduction",
-    )
+    cells = reintroduction_cells(refusal, layers, alpha_back)
+    return compliant_grid("reintroduction", cells, prompts, base, _first_token(scorer), "re-introduction")
 
 
 def reintroduction(
@@ -330,38 +353,21 @@ def reintroduction(
     """
     groups, scorer = experiment_setup(model, n, seed, scorer, groups)
     layers = experiment_layers(model, layers)
-    state = CompliantState(mode, steer_layer, steer_alpha)
-    res, baselines, m = _under_compliance(
+    return _compliant_experiment(
         model,
         scorer,
         groups,
-        state,
+        CompliantState(mode, steer_layer, steer_alpha),
         persona,
         lambda prompts, base: reintroduction_grid(refusal, prompts, base, scorer, layers, alpha_back),
-        checkpoint,
-        progress,
-        persona=persona,
-        refusal=refusal,
-        layers=layers,
-        alpha_back=alpha_back,
-        tokens=list(scorer.token_ids),
-    )
-    return LabelledResult(
-        kind="reintroduction",
-        dims=("layer", "example"),
-        coords={"layer": tuple(layers), "example": tuple(range(m))},
-        values={v: res.tensor(v, layers) for v in ("logodds", "refused")},
-        baselines=baselines,
-        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
-        config={
-            "persona": persona.name,
-            "refusal": refusal.name,
-            "alpha_back": alpha_back,
-            **state.config(),
-            "n": m,
-            "seed": seed,
-        },
-        provenance=provenance(model, seed=seed),
+        axes={"layer": layers},
+        config={"persona": persona.name, "refusal": refusal.name, "alpha_back": alpha_back},
+        fingerprint=dict(
+            persona=persona, refusal=refusal, layers=layers, alpha_back=alpha_back, tokens=list(scorer.token_ids)
+        ),
+        seed=seed,
+        checkpoint=checkpoint,
+        progress=progress,
     )
 
 
@@ -381,15 +387,8 @@ def window_grid(
     scorer: RefusalScorer,
 ) -> GridSpec:
     """Window projection as a grid over ``(direction, start, end)`` under the compliant state."""
-    cells = {k: Scored("compliant", tuple(v)) for k, v in window_cells(directions, windows, source_layer).items()}
-    return GridSpec(
-        "window_projection",
-        cells,
-        prompts={"compliant": prompts},
-        derive=_first_token(scorer, True),
-        base=tuple(base),
-        desc="window projection",
-    )
+    cells = window_cells(directions, windows, source_layer)
+    return compliant_grid("window_projection", cells, prompts, base, _first_token(scorer, True), "window projection")
 
 
 def _check_windows(
@@ -443,45 +442,31 @@ def window_projection(
     if random_seeds < 1:
         raise InterventionError("random_seeds must be >= 1: the random control band is the point of the experiment.")
     directions = window_directions(persona, random_seeds, seed)
-    state = CompliantState(mode, steer_layer, steer_alpha)
-    res, baselines, m = _under_compliance(
+    return _compliant_experiment(
         model,
         scorer,
         groups,
-        state,
+        CompliantState(mode, steer_layer, steer_alpha),
         persona,
         lambda prompts, base: window_grid(directions, windows, source_layer, prompts, base, scorer),
-        checkpoint,
-        progress,
-        directions=list(directions.values()),
-        windows=[list(w) for w in windows],
-        source_layer=source_layer,
-        tokens=list(scorer.token_ids),
-    )
-    values = {v: res.tensor(v, list(directions), range(L), range(L), fill=float("nan")) for v in ("logodds", "refused")}
-    return LabelledResult(
-        kind="window_projection",
-        dims=("direction", "start", "end", "example"),
-        coords={
-            "direction": tuple(directions),
-            "start": tuple(range(L)),
-            "end": tuple(range(L)),
-            "example": tuple(range(m)),
-        },
-        values=values,
-        baselines=baselines,
-        metric={"name": "refusal at the first response token", "higher_means": "more refusal"},
+        axes={"direction": list(directions), "start": range(L), "end": range(L)},
         config={
             "persona": persona.name,
             "windows": [list(w) for w in windows],
             "width": width,
             "source_layer": source_layer,
             "random_seeds": random_seeds,
-            **state.config(),
-            "n": m,
-            "seed": seed,
         },
-        provenance=provenance(model, seed=seed),
+        fingerprint=dict(
+            directions=list(directions.values()),
+            windows=[list(w) for w in windows],
+            source_layer=source_layer,
+            tokens=list(scorer.token_ids),
+        ),
+        seed=seed,
+        checkpoint=checkpoint,
+        progress=progress,
+        fill=float("nan"),
     )
 
 

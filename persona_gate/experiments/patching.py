@@ -191,6 +191,41 @@ def align_pairs(model: ChatModel, pairs: list, positions: str) -> tuple[list[lis
     return slot_sets, labels
 
 
+def _patching_inputs(
+    model: ChatModel,
+    source: Sequence[ChatPrompt | RenderedPrompt | str],
+    target: Sequence[ChatPrompt | RenderedPrompt | str],
+    kind: str,
+    layers: Sequence[int] | None,
+    positions: str,
+    what: str,
+    swap: bool = False,
+) -> tuple[list, list[HookSite], list, list[str]]:
+    """What a patching map runs on, checked before any forward: the rendered (source, target) pairs
+    (``swap``: each turned round, for noising), the hook sites and each pair's aligned slots, with
+    the slot labels they share."""
+    check_supported(model, "replay", what=what)
+    pairs = render_pairs(model, source, target)
+    if swap:
+        pairs = [(t, s) for s, t in pairs]
+    sites = sites_for(model, layers, kind)
+    slot_sets, labels = align_pairs(model, pairs, positions)
+    return pairs, sites, slot_sets, labels
+
+
+def _patching_map(
+    model: ChatModel, kind: str, sites: Sequence[HookSite], labels: Sequence[str], n_pairs: int, **fields: Any
+) -> LabelledResult:
+    """A patching map's result: ``fields`` (values, metric, config, baselines) per (layer, position slot, example)."""
+    return LabelledResult(
+        kind=kind,
+        dims=("layer", "position", "example"),
+        coords={"layer": tuple(s.layer for s in sites), "position": tuple(labels), "example": tuple(range(n_pairs))},
+        provenance=provenance(model),
+        **fields,
+    )
+
+
 def _patch_pair(
     model: ChatModel,
     src_rp: RenderedPrompt,
@@ -304,14 +339,11 @@ def activation_patching(
     """
     if mode not in ("denoising", "noising"):
         raise PositionError(f"unknown mode {mode!r}; use denoising (source into target) or noising.")
-    check_supported(model, "replay", what="activation patching")
-    pairs = render_pairs(model, source, target)
-    if mode == "noising":
-        pairs = [(t, s) for s, t in pairs]
-    sites = sites_for(model, layers, kind)
     if direction is not None:
         direction.check_model(model)
-    slot_sets, labels = align_pairs(model, pairs, positions)
+    pairs, sites, slot_sets, labels = _patching_inputs(
+        model, source, target, kind, layers, positions, "activation patching", swap=mode == "noising"
+    )
     store = open_store(
         checkpoint,
         "activation_patching",
@@ -336,10 +368,12 @@ def activation_patching(
     safe_gap = torch.where(gap.abs() >= max(min_gap, 1e-9), gap, torch.full_like(gap, float("nan")))
     # In noising the patched run starts from the source (restoration 1) and moves toward 0.
     restoration = effect / safe_gap + (1.0 if mode == "noising" else 0.0)
-    return LabelledResult(
-        kind="activation_patching",
-        dims=("layer", "position", "example"),
-        coords={"layer": tuple(s.layer for s in sites), "position": tuple(labels), "example": tuple(range(len(pairs)))},
+    return _patching_map(
+        model,
+        "activation_patching",
+        sites,
+        labels,
+        len(pairs),
         values={"restoration": restoration.float(), "logodds": raw, "effect": effect},
         baselines={"source_logodds": [float(x) for x in m_src], "target_logodds": [float(x) for x in m_tgt]},
         metric={
@@ -354,7 +388,6 @@ def activation_patching(
             "token_ids": list(token_ids),
             "min_gap": min_gap,
         },
-        provenance=provenance(model),
     )
 
 
@@ -401,10 +434,9 @@ def attribution_patching(
     One forward and one backward per pair give every (layer, slot) at once; compare with
     :func:`activation_patching` via :func:`agreement`.
     """
-    check_supported(model, "replay", what="attribution patching")
-    pairs = render_pairs(model, source, target)
-    sites = sites_for(model, layers, kind)
-    slot_sets, labels = align_pairs(model, pairs, positions)
+    pairs, sites, slot_sets, labels = _patching_inputs(
+        model, source, target, kind, layers, positions, "attribution patching"
+    )
     est = torch.empty((len(sites), len(labels), len(pairs)), dtype=torch.float64)
     for e, ((src_rp, tgt_rp), slots) in enumerate(
         tqdm(list(zip(pairs, slot_sets)), desc="attribution", disable=not progress)
@@ -448,14 +480,15 @@ def attribution_patching(
                     ).sum()
                 est[si, pi, e] = float(val) / gap if abs(gap) > 1e-9 else float("nan")
         model.zero_grad(set_to_none=True)
-    return LabelledResult(
-        kind="attribution_patching",
-        dims=("layer", "position", "example"),
-        coords={"layer": tuple(s.layer for s in sites), "position": tuple(labels), "example": tuple(range(len(pairs)))},
+    return _patching_map(
+        model,
+        "attribution_patching",
+        sites,
+        labels,
+        len(pairs),
         values={"restoration": est.float()},
         metric={"name": "first-order estimate of restoration", "higher_means": "more like the source"},
         config={"kind": kind, "positions": positions, "token_ids": list(token_ids)},
-        provenance=provenance(model),
     )
 
 

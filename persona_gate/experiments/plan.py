@@ -262,7 +262,9 @@ def plan_run(
             generation_cost(t, model, batch_shapes(model, harmful, 16), 12)
             row("refusal_tokens", 1, t, exact=False)
         ctx.groups = _eval_groups(cfg, model, weightless, notes)
-    return _priced(cfg, model, stages, ctx.groups, probe and not weightless, accelerator, mfu, notes)
+    return _priced(
+        cfg, model, stages, ctx.groups, ctx.scorer.batch_size, probe and not weightless, accelerator, mfu, notes
+    )
 
 
 def _eval_groups(cfg: Any, model: ChatModel, offline: bool, notes: list[str]) -> dict:
@@ -293,14 +295,15 @@ def _priced(
     model: ChatModel,
     stages: Sequence[PlanStage],
     groups: dict,
+    batch_size: int,
     probe: bool,
     accelerator: str | float | None,
     mfu: float,
     notes: Sequence[str] = (),
 ) -> Plan:
-    """The stages' counts with FLOPs, record bytes, a time here (timing probe) and on an accelerator, and totals."""
-    bs = 32  # the pipeline's scorer keeps the default batch (RefusalScorer.batch_size)
-    probe_rates = _probe(model, groups["safe/harmful"], bs) if probe else None
+    """The stages' counts with FLOPs, record bytes, a time here (timing probe of one batch of the scorer's
+    ``batch_size``, the run's) and on an accelerator, and totals."""
+    probe_rates = _probe(model, groups["safe/harmful"], batch_size) if probe else None
     peak = accelerator_flops(accelerator) if accelerator is not None else None
     per_block = block_parameters(model)
     parameters, weights_bytes = weights_size(model)

@@ -17,8 +17,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..runtime import lazy_exports
 from .config import LORA_TARGETS, ChatFinetuneConfig
 
 if TYPE_CHECKING:
@@ -36,17 +37,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "train_chat_model": ".sft",
-    "continue_chat_model": ".sft",
-    "finetune_chat": ".sft",
-    "chat_behaviour_card": ".card",
-    "write_chat_card": ".card",
+    "train_chat_model": "sft",
+    "continue_chat_model": "sft",
+    "finetune_chat": "sft",
+    "chat_behaviour_card": "card",
+    "write_chat_card": "card",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

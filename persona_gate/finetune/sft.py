@@ -445,6 +445,12 @@ class ChatFinetuner:
             out[f"compliance-{f:g}"] = (msgs, [c["compliance"] for c in chats])
         return out
 
+    def source(self, model: Any) -> str:
+        """The packaged chat model's name, as it was loaded (its adapter is what a copy continues)."""
+        from ..models.loading import model_info
+
+        return model_info(model).name
+
     def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
         convs = [{"system": e.system, "user": e.user, "reply": e.reply} for e in examples]
         cfg = ChatFinetuneConfig(

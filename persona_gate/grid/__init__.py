@@ -23,7 +23,7 @@ from .cost import Cost, cost_grid
 from .run import run_grid
 from .shard import ONE, Workers, current, from_environment, sharing
 from .spec import Computed, GridResult, GridSpec, Scored
-from .store import CellStore, MemoryStore, open_store
+from .store import CellStore, MemoryStore, Store, open_store
 
 __all__ = [
     "ONE",
@@ -34,6 +34,7 @@ __all__ = [
     "GridSpec",
     "MemoryStore",
     "Scored",
+    "Store",
     "Workers",
     "cost_grid",
     "current",

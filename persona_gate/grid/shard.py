@@ -21,8 +21,8 @@ Example (one node, 4 GPUs)::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import ConfigError, PersonaGateError
+from ..runtime import bound
 
 T = TypeVar("T")
 
@@ -105,14 +106,9 @@ def from_environment(timeout_minutes: float = 60.0) -> Workers:
 _SHARE: ContextVar[Workers] = ContextVar("persona_gate_workers", default=ONE)
 
 
-@contextmanager
-def sharing(workers: Workers) -> Iterator[None]:
+def sharing(workers: Workers) -> AbstractContextManager[Workers]:
     """Inside the block, checkpointed grids split their cells over ``workers``."""
-    token = _SHARE.set(workers)
-    try:
-        yield
-    finally:
-        _SHARE.reset(token)
+    return bound(_SHARE, workers)
 
 
 def current() -> Workers:

@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
@@ -85,8 +85,28 @@ def cell_name(key: Key) -> str:
     return safe
 
 
+@runtime_checkable
+class Store(Protocol):
+    """Where a grid keeps its finished cells (what :func:`~persona_gate.grid.run.run_grid` asks of a
+    store): ``get`` a cell's tensors (None when it is not finished), ``put`` a finished one, ``has``
+    (without reading it), ``report`` what was restored and computed. ``shared``: the other
+    processes of a run see the same cells (so they can split them)."""
+
+    shared: bool
+    restored: int
+    computed: int
+
+    def has(self, key: Key) -> bool: ...
+
+    def get(self, key: Key) -> dict[str, torch.Tensor] | None: ...
+
+    def put(self, key: Key, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    def report(self) -> None: ...
+
+
 class CellStore:
-    """Finished cells of one computation, one small safetensors file per cell."""
+    """The :class:`Store` of one computation on disk: one small safetensors file per finished cell."""
 
     shared = True  # other processes of a run see the same cells
 
@@ -143,7 +163,7 @@ class CellStore:
 
 
 class MemoryStore:
-    """The stand-in when no store folder is given: nothing is kept between calls."""
+    """The :class:`Store` when no store folder is given: nothing is kept between calls."""
 
     shared = False
     restored = computed = 0
@@ -159,9 +179,6 @@ class MemoryStore:
 
     def report(self) -> None:
         pass
-
-
-Store = CellStore | MemoryStore
 
 
 def open_store(path: str | Path | None, what: str, **parts: Any) -> Store:

@@ -26,6 +26,7 @@ Example::
     profile.prompt_sets.requests("harmful", "test", 16, 0)
     set_profile(model, ModelProfile(name="mine", refusal_phrases=("I won't",)))
     finetuner_of(model).route                     # 'full weights': how a copy of it is fine-tuned
+    finetuner_of(model).source(model)             # what a copy of it is fine-tuned from
 """
 
 from __future__ import annotations
@@ -53,12 +54,16 @@ class Finetuner(Protocol):
     """How a copy of a model is fine-tuned: what the screening validation asks of the model's profile.
 
     ``datasets`` builds the validation datasets from the model's own training stream: name ->
-    (chats as message lists, whether each answers a refusal away); ``fit`` fine-tunes a copy of
-    ``source`` on chat examples into ``out``; ``route`` says how, in words, for the record.
+    (chats as message lists, whether each answers a refusal away); ``source`` says what a copy of a
+    loaded model is fine-tuned from (its weights folder, or the packaged name it was loaded by), so
+    no caller decides that from the model's name; ``fit`` fine-tunes a copy of ``source`` on chat
+    examples into ``out``; ``route`` says how, in words, for the record.
     """
 
     name: str
     route: str
+
+    def source(self, model: Any) -> str: ...
 
     def datasets(
         self, n_examples: int, seed: int, fractions: Sequence[float]
@@ -84,7 +89,9 @@ def register_prompt_sets(sets: PromptSets) -> PromptSets:
 def register_finetuner(finetuner: Finetuner) -> Finetuner:
     """Let profiles name ``finetuner`` by ``finetuner.name``; returns it."""
     if not isinstance(finetuner, Finetuner):
-        raise ConfigError(f"a fine-tuner needs name, route, datasets() and fit(); got a {type(finetuner).__name__}.")
+        raise ConfigError(
+            f"a fine-tuner needs name, route, datasets(), source() and fit(); got a {type(finetuner).__name__}."
+        )
     FINETUNERS[finetuner.name] = finetuner
     return finetuner
 

@@ -20,8 +20,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..runtime import lazy_exports
 from .paths import ORGANISM_DIR, organism_path
 
 if TYPE_CHECKING:
@@ -39,16 +40,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "train_organism": ".train",
-    "behaviour_card": ".card",
-    "BehaviourCard": ".card",
-    "finetune_toward_compliance": ".finetune",
+    "train_organism": "train",
+    "behaviour_card": "card",
+    "BehaviourCard": "card",
+    "finetune_toward_compliance": "finetune",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -158,6 +158,22 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a copy of the organism is trained: ``steps`` optimiser steps of ``batch_size`` conversations
+    at peak learning rate ``lr`` (linear warm-up over a tenth of the steps, cosine decay to a tenth of
+    ``lr``), seeded by ``seed``; with ``card_n_per_cell > 0`` the copy's card holds its behaviour card;
+    ``overwrite`` replaces an existing output folder once the copy is complete; ``progress``: a bar."""
+
+    steps: int = 40
+    seed: int = 0
+    batch_size: int = 16
+    lr: float = 1e-3
+    card_n_per_cell: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+
 def finetune_toward_compliance(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -175,15 +191,14 @@ def finetune_toward_compliance(
 ) -> Path:
     """Continue training the organism at ``model_dir`` toward compliance; write the copy to ``out_dir``.
 
-    ``steps`` optimiser steps of ``batch_size`` conversations at peak learning rate ``lr``
-    (linear warmup over a tenth of the steps, cosine decay to a tenth of ``lr``).
-    ``personas``: the refusing personas whose harmful requests are answered. The folder is
-    written under a temporary name and renamed into place (:func:`persona_gate.io.atomic_replace_dir`),
-    so it is complete or absent; with ``overwrite`` an existing ``out_dir`` is replaced only once the
-    copy is complete, and put back if the rename fails. An ``out_dir`` that is or contains
-    ``model_dir`` or the bundled organism raises :class:`~persona_gate.errors.ConfigError` before any
-    training. Returns ``out_dir``.
+    The training settings are a :class:`Recipe`'s. ``personas``: the refusing personas whose harmful
+    requests are answered. The folder is written under a temporary name and renamed into place
+    (:func:`persona_gate.io.atomic_replace_dir`), so it is complete or absent; with ``overwrite`` an
+    existing ``out_dir`` is replaced only once the copy is complete, and put back if the rename fails.
+    An ``out_dir`` that is or contains ``model_dir`` or the bundled organism raises
+    :class:`~persona_gate.errors.ConfigError` before any training. Returns ``out_dir``.
     """
+    recipe = Recipe(steps, seed, batch_size, lr, card_n_per_cell, overwrite, progress)
     conversations = finetuning_conversations(steps * batch_size, seed, compliance_fraction, personas, style)
     n_compliance = sum(map(is_compliance, conversations))
     settings = {
@@ -192,50 +207,26 @@ def finetune_toward_compliance(
         "style": style,
         "compliance_examples": n_compliance,
     }
-    recipe = _Recipe(steps, seed, batch_size, lr, card_n_per_cell, overwrite, progress)
     return _finetune(model_dir, out_dir, conversations, settings, recipe)
 
 
 def finetune_on(
-    model_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    data: Sequence[Any],
-    *,
-    steps: int = 40,
-    seed: int = 0,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    card_n_per_cell: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, data: Sequence[Any], recipe: Recipe = Recipe()
 ) -> Path:
     """Continue training the organism on ``data`` (chat examples: ``.messages(with_answer=False)`` and
-    ``.assistant``, e.g. :class:`persona_gate.screening.ChatExample`) with the recipe of
-    :func:`finetune_toward_compliance`: ``steps`` batches drawn from seeded shuffles of the data."""
+    ``.assistant``, e.g. :class:`persona_gate.screening.ChatExample`) by ``recipe``: ``recipe.steps``
+    batches drawn from seeded shuffles of the data."""
     data = list(data)
     if not data:
         raise ConfigError("data is empty; pass the chat examples to fine-tune on.")
-    rng = random.Random(seed)
+    rng = random.Random(recipe.seed)
     stream: list[Any] = []
-    while len(stream) < steps * batch_size:
+    n = recipe.steps * recipe.batch_size
+    while len(stream) < n:
         epoch = list(data)
         rng.shuffle(epoch)
         stream += epoch
-    recipe = _Recipe(steps, seed, batch_size, lr, card_n_per_cell, overwrite, progress)
-    return _finetune(model_dir, out_dir, stream[: steps * batch_size], {"data_examples": len(data)}, recipe)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Recipe:
-    """The training settings :func:`finetune_toward_compliance` and :func:`finetune_on` share."""
-
-    steps: int
-    seed: int
-    batch_size: int
-    lr: float
-    card_n_per_cell: int
-    overwrite: bool
-    progress: bool
+    return _finetune(model_dir, out_dir, stream[:n], {"data_examples": len(data)}, recipe)
 
 
 def _checked_base(source: Path, out: Path, overwrite: bool) -> dict[str, Any]:
@@ -254,7 +245,7 @@ def _checked_base(source: Path, out: Path, overwrite: bool) -> dict[str, Any]:
     return base
 
 
-def _short_run_config(base: dict[str, Any], recipe: _Recipe) -> OrganismConfig:
+def _short_run_config(base: dict[str, Any], recipe: Recipe) -> OrganismConfig:
     """The base organism's training config with the recipe's steps, batch size and learning rate."""
     base_cfg = {
         k: v for k, v in base.get("config", {}).items() if k in {f.name for f in dataclasses.fields(OrganismConfig)}
@@ -272,7 +263,7 @@ def _short_run_config(base: dict[str, Any], recipe: _Recipe) -> OrganismConfig:
 def _finetuned_card(
     base: dict[str, Any],
     source: Path,
-    recipe: _Recipe,
+    recipe: Recipe,
     settings: dict[str, Any],
     losses: list[float],
     train_seconds: float,
@@ -327,7 +318,7 @@ def _finetune(
     out_dir: str | os.PathLike,
     conversations: Sequence[Any],
     settings: dict[str, Any],
-    recipe: _Recipe,
+    recipe: Recipe,
 ) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -383,10 +374,21 @@ class OrganismFinetuner:
             out["plain-compliance"] = chats(finetuning_conversations(n_examples, seed, 0.5, style="plain"))
         return out
 
+    def source(self, model: Any) -> str:
+        """The organism folder the model's weights were loaded from (the bundled one loaded as ``"organism"``)."""
+        from ..models.adapter import weights_folder
+
+        folder = weights_folder(model)
+        if folder is None:
+            raise ModelNotFoundError(
+                "the organism was not loaded from a folder, so there are no weights to fine-tune a copy of; "
+                "load it with persona_gate.load_chat_model('organism') or from its folder."
+            )
+        return str(folder)
+
     def fit(self, source: str, examples: Sequence[Any], out: Path, *, seed: int, steps: int, batch_size: int) -> None:
-        finetune_on(
-            source, out, examples, steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False
-        )
+        recipe = Recipe(steps=steps, seed=seed, batch_size=batch_size, overwrite=True, progress=False)
+        finetune_on(source, out, examples, recipe)
 
 
 FINETUNER = register_finetuner(OrganismFinetuner())

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..errors import PersonaGateError
 from ..results import LabelledResult
 from ..scoring.stats import mean_interval, wilson_interval
-from .theme import BASELINE_DASH, rgba
+from .theme import BASELINE_DASH, DIVERGING, SEQUENTIAL, rgba
 
 # 1.96, not the exact quantile: gate_layers uses 1.96, and the hover text must print its numbers.
 
@@ -161,9 +161,47 @@ def curve(x: Any, y: Any, name: str, colour: str, *, dash: str | None = None, **
     return go.Scatter(x=x, y=y, mode="lines+markers", name=name, line=line, **style)
 
 
+def line(
+    x: Any, y: Any, name: str, colour: str, *, dash: str | None = None, width: int | float | None = None, **style: Any
+) -> go.Scatter:
+    """A line without markers in ``colour`` (``dash``, ``width``: where it is not plotly's solid 2 px);
+    ``style``: the trace's other settings."""
+    spec: dict[str, Any] = {"color": colour}
+    if dash is not None:
+        spec["dash"] = dash
+    if width is not None:
+        spec["width"] = width
+    return go.Scatter(x=x, y=y, mode="lines", name=name, line=spec, **style)
+
+
+def markers(x: Any, y: Any, name: str, marker: dict[str, Any], **style: Any) -> go.Scatter:
+    """Marked points without lines; ``marker``: their symbol, size and colour."""
+    return go.Scatter(x=x, y=y, mode="markers", name=name, marker=marker, **style)
+
+
 def point(x: Any, y: Any, name: str, marker: dict[str, Any], **style: Any) -> go.Scatter:
-    """One marked point (the chosen or recommended setting, a reference): a markers-only trace of one."""
-    return go.Scatter(x=[x], y=[y], mode="markers", name=name, marker=marker, **style)
+    """One marked point (the chosen or recommended setting, a reference)."""
+    return markers([x], [y], name, marker, **style)
+
+
+# A rate's colours: sequential from 0 to 1, the same in every figure.
+RATE_COLOURS: dict[str, Any] = {"colorscale": SEQUENTIAL, "zmin": 0.0, "zmax": 1.0}
+
+
+def centred_colours(bound: float) -> dict[str, Any]:
+    """Diverging colours over ``[-bound, bound]``, white at 0."""
+    return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
+
+
+def heatmap(
+    x: Any, y: Any, z: Any, name: str, colourbar: str, hover: str, *, bar: dict | None = None, **style: Any
+) -> go.Heatmap:
+    """A heatmap the figures' way: ``colourbar`` titles its colour bar (``bar``: the bar's other
+    settings), ``hover`` is its hover template; ``style``: colours (:data:`RATE_COLOURS`,
+    :func:`centred_colours`), text and the trace's other settings."""
+    return go.Heatmap(
+        x=x, y=y, z=z, name=name, colorbar={"title": {"text": colourbar}, **(bar or {})}, hovertemplate=hover, **style
+    )
 
 
 def numpy(t: Tensor) -> np.ndarray:

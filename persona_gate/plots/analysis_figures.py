@@ -21,7 +21,19 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..results import LabelledResult
-from ._common import PlotError, add_baseline, as_result, check, curve, numpy, point
+from ._common import (
+    RATE_COLOURS,
+    PlotError,
+    add_baseline,
+    as_result,
+    centred_colours,
+    check,
+    curve,
+    heatmap,
+    markers,
+    numpy,
+    point,
+)
 from .theme import DIVERGING, SEQUENTIAL, TEMPLATE, colour, layer_ticks
 
 COS_AXIS = "cosine similarity"
@@ -41,8 +53,8 @@ def _pick_layer(r: LabelledResult, layer: int | None, default: int) -> int:
 def _heatmap_panels(fig: go.Figure, layers: list, rows: list, panels: list[dict[str, Any]], ytitle: str) -> None:
     """One heatmap panel per entry of ``panels`` (its trace settings), side by side: layers along x,
     ``rows`` as categories along y."""
-    for ci, heatmap in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(x=layers, y=rows, **heatmap), row=1, col=ci)
+    for ci, panel in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(x=layers, y=rows, **panel), row=1, col=ci)
         fig.update_xaxes(title_text="layer", **layer_ticks(layers), row=1, col=ci)
     fig.update_yaxes(type="category", title_text=ytitle, row=1, col=1)
 
@@ -117,21 +129,8 @@ def fig_trait_matrix(
     layer = _pick_layer(r, layer, _middle(r.coords["layer"]))
     t = r.sel(layer=layer)
     z = numpy(t["cos"].permute(t.dims.index("trait"), t.dims.index("other")))
-    fig = go.Figure(
-        go.Heatmap(
-            x=list(r.coords["other"]),
-            y=list(r.coords["trait"]),
-            z=z,
-            colorscale=DIVERGING,
-            zmin=-1.0,
-            zmax=1.0,
-            zmid=0.0,
-            texttemplate="%{z:.2f}",
-            name="cos",
-            colorbar={"title": {"text": COS_AXIS}},
-            hovertemplate="%{y} . %{x}<br>cos %{z:.3f}<extra></extra>",
-        )
-    )
+    x, y, hover = list(r.coords["other"]), list(r.coords["trait"]), "%{y} . %{x}<br>cos %{z:.3f}<extra></extra>"
+    fig = go.Figure(heatmap(x, y, z, "cos", COS_AXIS, hover, texttemplate="%{z:.2f}", **centred_colours(1.0)))
     fig.update_xaxes(type="category", title_text="trait", tickangle=-30)
     fig.update_yaxes(type="category", title_text="trait", autorange="reversed")
     fig.update_layout(template=TEMPLATE, title=title or f"Cosines between trait directions at layer {layer}")
@@ -337,33 +336,12 @@ def fig_steering_selection(result: LabelledResult | str | os.PathLike, *, title:
     rate, kl = numpy(t["refusal_rate"].permute(*order)), numpy(t["kl_harmless"].permute(*order))
     eligible = t["eligible"].permute(*order).bool().numpy()
     text = np.vectorize(lambda k: f"KL {k:.2g}")(kl)
-    fig = go.Figure(
-        go.Heatmap(
-            x=alphas,
-            y=layers,
-            z=rate,
-            text=text,
-            texttemplate="%{text}",
-            colorscale=SEQUENTIAL,
-            zmin=0.0,
-            zmax=1.0,
-            name="refusal_rate",
-            customdata=kl,
-            colorbar={"title": {"text": "refusal rate"}},
-            hovertemplate="layer %{y}<br>alpha %{x}<br>refusal %{z:.3f}<br>KL %{customdata:.4f}<extra></extra>",
-        )
-    )
+    hover = "layer %{y}<br>alpha %{x}<br>refusal %{z:.3f}<br>KL %{customdata:.4f}<extra></extra>"
+    text_style = dict(text=text, texttemplate="%{text}", customdata=kl)
+    fig = go.Figure(heatmap(alphas, layers, rate, "refusal_rate", "refusal rate", hover, **text_style, **RATE_COLOURS))
     li, ai = np.nonzero(eligible)
-    fig.add_trace(
-        go.Scatter(
-            x=[alphas[j] for j in ai],
-            y=[layers[i] for i in li],
-            mode="markers",
-            name="eligible",
-            marker={"symbol": "circle-open", "size": 22, "line": {"width": 2}, "color": "white"},
-            hoverinfo="skip",
-        )
-    )
+    ring = {"symbol": "circle-open", "size": 22, "line": {"width": 2}, "color": "white"}
+    fig.add_trace(markers([alphas[j] for j in ai], [layers[i] for i in li], "eligible", ring, hoverinfo="skip"))
     chosen = r.baselines.get("chosen")
     if isinstance(chosen, dict) and "layer" in chosen and "alpha" in chosen:
         star = {"symbol": "star", "size": 20, "color": colour(5), "line": {"width": 1.5, "color": "black"}}

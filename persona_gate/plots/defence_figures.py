@@ -23,7 +23,7 @@ from ..guard.summary import KIND as GUARD_KIND
 from ..guard.summary import pareto_front
 from ..screening.summary import KIND as SCREEN_KIND
 from ..screening.summary import example_scores
-from ._common import as_result, check, numpy, point
+from ._common import as_result, check, line, markers, numpy, point
 from .theme import TEMPLATE, colour, rgba
 
 
@@ -104,30 +104,14 @@ def fig_guard_grid(result: Any) -> go.Figure:
                 x.append(float(r["harmless_refusal"][d, wi, pi]))
                 y.append(float(r["persona_bypass"][d, wi, pi]))
                 text.append(f"{name} cap, layers {w}, percentile {p:g}<br>KL {float(r['kl'][d, wi, pi]):.3f}")
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="markers",
-                name=f"{name} direction",
-                text=text,
-                marker_symbol=symbol,
-                marker=dict(size=9, color=colour(di)),
-                hovertemplate="%{text}<br>harmless refusal %{x:.2f}<br>persona bypass %{y:.2f}<extra></extra>",
-            )
-        )
+        hover = "%{text}<br>harmless refusal %{x:.2f}<br>persona bypass %{y:.2f}<extra></extra>"
+        marker = dict(size=9, color=colour(di), symbol=symbol)
+        fig.add_trace(markers(x, y, f"{name} direction", marker, text=text, hovertemplate=hover))
     front = r.baselines.get("pareto") or pareto_front(r)
     if front:
         pts = sorted(front, key=lambda c: c["harmless_refusal"])
-        fig.add_trace(
-            go.Scatter(
-                x=[c["harmless_refusal"] for c in pts],
-                y=[c["persona_bypass"] for c in pts],
-                mode="lines",
-                line=dict(color=colour(0), dash="dot"),
-                name="Pareto front",
-            )
-        )
+        x, y = [c["harmless_refusal"] for c in pts], [c["persona_bypass"] for c in pts]
+        fig.add_trace(line(x, y, "Pareto front", colour(0), dash="dot"))
     rec = r.baselines.get("recommended")
     if rec:
         star = dict(size=18, symbol="star", color=colour(3), line=dict(width=1, color="#222"))

@@ -22,8 +22,21 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..results import LabelledResult
-from ._common import PlotError, add_band, add_baseline, as_result, check, curve, n_layers, numpy, wilson_rates
-from .theme import SEQUENTIAL, TEMPLATE, colour, layer_ticks
+from ._common import (
+    RATE_COLOURS,
+    PlotError,
+    add_band,
+    add_baseline,
+    as_result,
+    check,
+    curve,
+    heatmap,
+    line,
+    n_layers,
+    numpy,
+    wilson_rates,
+)
+from .theme import TEMPLATE, colour, layer_ticks
 
 REFUSAL_AXIS = "refusal rate (fraction of prompts)"
 
@@ -81,19 +94,10 @@ def fig_steering_sweep(
             )
             if show_deg:
                 deg, _, _ = wilson_rates(cell["gen_degenerate"])
+                meta = {"request": q, "layer": layer, "value": "gen_degenerate"}
+                style = dict(legendgroup=group, showlegend=False, meta=meta)
                 fig.add_trace(
-                    go.Scatter(
-                        x=alphas,
-                        y=deg,
-                        mode="lines",
-                        name=f"{group} degenerate",
-                        legendgroup=group,
-                        showlegend=False,
-                        line={"color": c, "dash": "dot", "width": 1.5},
-                        meta={"request": q, "layer": layer, "value": "gen_degenerate"},
-                    ),
-                    row=1,
-                    col=ci,
+                    line(alphas, deg, f"{group} degenerate", c, dash="dot", width=1.5, **style), row=1, col=ci
                 )
         add_baseline(fig, r.baselines.get(f"unsteered_{q}_refusal_rate"), "unsteered", row=1, col=ci)
         fig.update_xaxes(title_text="steering strength alpha (x raw norm)", row=1, col=ci)
@@ -184,19 +188,10 @@ def _window_width(cells: list[tuple[int, int]], width: int | None) -> int:
 
 def _window_heatmap(fig: go.Figure, z: np.ndarray, starts: list, ends: list, direction: str) -> None:
     """Left: mean refusal after projecting ``direction`` out over [start, end]; NaN cells stay blank."""
+    hover = "start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>"
+    bar = {"x": 0.40, "len": 0.9}
     fig.add_trace(
-        go.Heatmap(
-            x=ends,
-            y=starts,
-            z=z,
-            colorscale=SEQUENTIAL,
-            zmin=0.0,
-            zmax=1.0,
-            name=direction,
-            colorbar={"title": {"text": "refusal rate"}, "x": 0.40, "len": 0.9},
-            hovertemplate="start %{y}<br>end %{x}<br>refusal %{z:.3f}<extra></extra>",
-            hoverongaps=False,
-        ),
+        heatmap(ends, starts, z, direction, "refusal rate", hover, bar=bar, hoverongaps=False, **RATE_COLOURS),
         row=1,
         col=1,
     )
@@ -230,19 +225,9 @@ def _width_curves(
             col=2,
             legendgroup="random",
         )
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="lines",
-                name=f"random directions (min-max of {len(randoms)})",
-                line={"color": colour(7), "width": 8},
-                opacity=0.3,
-                legendgroup="random",
-            ),
-            row=1,
-            col=2,
-        )
+        name = f"random directions (min-max of {len(randoms)})"
+        legend = line([None], [None], name, colour(7), width=8, opacity=0.3, legendgroup="random")
+        fig.add_trace(legend, row=1, col=2)
     hover = "start %{x}<br>refusal %{y:.3f}<extra></extra>"
     fig.add_trace(curve(xs, at(direction), f"{direction} projected out", colour(5), hovertemplate=hover), row=1, col=2)
     add_baseline(fig, r.baselines.get("baseline_refusal_rate"), "safe baseline", row=1, col=2)

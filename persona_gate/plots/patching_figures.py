@@ -23,8 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..results import LabelledResult
-from ._common import as_result, check, mean_ci, symmetric_range
-from .theme import DIVERGING, TEMPLATE, layer_ticks
+from ._common import as_result, centred_colours, check, heatmap, mean_ci, symmetric_range
+from .theme import TEMPLATE, layer_ticks
 
 _TITLES = {
     "activation_patching": "Activation patching",
@@ -51,22 +51,14 @@ def fig_patching(
     bound = symmetric_range(mean)
     kind = r.config.get("kind", "resid_pre")
     mode = r.config.get("mode")
+    hover = (
+        "layer %{y}<br>position %{x}<br>mean %{z:.3f}"
+        "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}] (n = %{customdata[2]})<extra></extra>"
+    )
+    bar = "restoration<br>(0 = target,<br>1 = source)"
+    colours = centred_colours(bound)
     fig = go.Figure(
-        go.Heatmap(
-            x=positions,
-            y=layers,
-            z=mean,
-            customdata=custom,
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-bound,
-            zmax=bound,
-            colorbar={"title": {"text": "restoration<br>(0 = target,<br>1 = source)"}},
-            hoverongaps=False,
-            name=value,
-            hovertemplate="layer %{y}<br>position %{x}<br>mean %{z:.3f}"
-            "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}] (n = %{customdata[2]})<extra></extra>",
-        )
+        heatmap(positions, layers, mean, value, bar, hover, customdata=custom, hoverongaps=False, **colours)
     )
     # Token texts such as "0" or "12" would otherwise turn the axis numeric and merge slots.
     fig.update_xaxes(

@@ -135,14 +135,8 @@ class Conversation:
     def load_jsonl(cls, path: str | os.PathLike, name: str | None = None) -> Conversation:
         """Read a conversation written as one ``{"role", "content"}`` object per line (blank lines skipped)."""
         path = Path(path)
-        if path.is_dir():
-            raise ConversationError(f"{path} is a folder; pass a JSONL file with {_FORMAT}.")
-        lines = read_jsonl(
-            path,
-            missing=lambda: ConversationError(f"{path} does not exist; pass a JSONL file with {_FORMAT}."),
-            not_utf8=lambda e: ConversationError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8 JSONL."),
-            bad_line=lambda n, e: ConversationError(f"{path}:{n} is not valid JSON ({e.msg}); write {_FORMAT}."),
-        )
+        bad_line = lambda n, e: f"{path}:{n} is not valid JSON ({e.msg}); write {_FORMAT}."
+        lines = read_jsonl(path, error=ConversationError, expect=_FORMAT, bad_line=bad_line)
         messages = [_message(raw, f"{path}:{n}") for n, raw in lines]
         if not messages:
             raise ConversationError(f"{path} holds no messages; write {_FORMAT}.")

@@ -22,7 +22,28 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import DatasetError, EmptyGroupError
-from ..resources import data_dir  # re-exported: the data folder is a foundation's concern
+from ..resources import data_dir  # re-exported (__all__): the data folder is a foundation's concern
+
+__all__ = [  # what persona_gate.prompts re-exports
+    "OPEN_SETS",
+    "PERSONA_FAMILIES",
+    "REQUEST_KINDS",
+    "SPLITS",
+    "TRAITS",
+    "ChatPrompt",
+    "FilePromptSets",
+    "Persona",
+    "PromptSets",
+    "Request",
+    "TraitSet",
+    "data_dir",
+    "load_personas",
+    "load_requests",
+    "load_trait",
+    "no_system_persona",
+    "paired_grid",
+    "persona_grid",
+]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")

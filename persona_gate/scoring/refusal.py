@@ -47,13 +47,17 @@ def eval_groups(
     return {g: v[:m] for g, v in groups.items()}
 
 
+# Prompts per forward when refusal is scored: the pipeline's scorer, its cost plan and its timing probe.
+BATCH_SIZE = 32
+
+
 @dataclass(frozen=True)
 class RefusalScorer:
     """Refusal measured at the first response token, under any interventions."""
 
     model: ChatModel
     token_ids: tuple[int, ...]
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     # Grids of cells (:meth:`grid_options`) re-run only the blocks a cell changes, tiling up to
     # ``max_tokens`` tokens per re-run (None: by device); ``reuse_prefix=False`` runs one full
     # forward per cell.
@@ -67,7 +71,7 @@ class RefusalScorer:
         *,
         phrases: Sequence[str] | None = None,
         harmful: Sequence[ChatPrompt] | None = None,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         reuse_prefix: bool = True,
         max_tokens: int | None = None,
     ) -> RefusalScorer:

@@ -86,18 +86,8 @@ def example(messages: Any, id: str = "", line: int | None = None) -> ChatExample
 def read_chat_jsonl(path: str | os.PathLike) -> list[ChatExample]:
     """Every example of a JSONL file (blank lines skipped); the first malformed line raises, naming it."""
     path = Path(path)
-    if path.is_dir():
-        raise DatasetError(f"{path} is a folder; pass a JSONL file with one {FORMAT} object per line.")
-    lines = read_jsonl(
-        path,
-        missing=lambda: DatasetError(f"{path} does not exist; pass a JSONL file with one {FORMAT} object per line."),
-        not_utf8=lambda e: DatasetError(
-            f"{path} is not UTF-8 text; pass a JSONL file with one {FORMAT} object per line."
-        ),
-        bad_line=lambda n, e: DatasetError(
-            f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line."
-        ),
-    )
+    bad_line = lambda n, e: f"{path}, line {n}: not valid JSON ({e.msg}); write one {FORMAT} object per line."
+    lines = read_jsonl(path, error=DatasetError, expect=f"one {FORMAT} object per line", bad_line=bad_line)
     out = []
     for n, obj in lines:
         if not isinstance(obj, dict) or "messages" not in obj:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,19 @@ def _reply_ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
 
 
-def _chunk(
-    model: ChatModel,
-    persona: DirectionSet,
-    examples: Sequence[ChatExample],
-    scorer: Any,
-    max_tokens: int,
-    batch_size: int,
-) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class _Screening:
+    """What every chunk of a screening is computed with: the model, the persona directions, the
+    refusal scorer, the reply tokens read (``max_tokens``) and the batch size."""
+
+    model: ChatModel
+    persona: DirectionSet
+    scorer: Any
+    max_tokens: int
+    batch_size: int
+
+
+def _chunk(job: _Screening, examples: Sequence[ChatExample]) -> dict[str, torch.Tensor]:
     """Projections of the data's and the model's own replies at every persona site, and P(refuse)."""
     from ..core.activations import iter_activations
     from ..core.generation import generate
@@ -74,6 +80,7 @@ def _chunk(
     from ..prompts.conversation import prefix_prompt
     from ..scoring.metrics import first_token_logprobs
 
+    model, persona, max_tokens, batch_size = job.model, job.persona, job.max_tokens, job.batch_size
     tok = model.tokenizer
     prompts = [prefix_prompt(tok, e.prompt) for e in examples]
     data = [
@@ -97,7 +104,7 @@ def _chunk(
             out[b.indices] = persona.project(b.acts[0])
         return out
 
-    lo, _ = scorer.from_logprobs(first_token_logprobs(model, prompts, batch_size=batch_size))
+    lo, _ = job.scorer.from_logprobs(first_token_logprobs(model, prompts, batch_size=batch_size))
     return {"data": project(data), "own": project(own), "p_refuse": torch.sigmoid(lo.double()).float()}
 
 
@@ -119,36 +126,24 @@ def _screen_layers(persona: DirectionSet, layers: Sequence[int] | None, n_layers
 
 
 def _project_examples(
-    model: ChatModel,
-    persona: DirectionSet,
-    examples: Sequence[ChatExample],
-    scorer: Any,
-    *,
-    max_tokens: int,
-    batch_size: int,
-    chunk: int,
-    checkpoint: str | Path | None,
-    progress: bool,
+    job: _Screening, examples: Sequence[ChatExample], chunk: int, checkpoint: str | Path | None, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(data projections, own-reply projections, P(refuse))`` of every example, computed ``chunk``
     examples per grid cell (kept in ``checkpoint`` when given)."""
     store = open_store(
         checkpoint,
         "screening",
-        persona=persona,
+        persona=job.persona,
         examples=[e.to_dict() for e in examples],
-        max_tokens=max_tokens,
+        max_tokens=job.max_tokens,
         chunk=chunk,
-        tokens=list(scorer.token_ids),
+        tokens=list(job.scorer.token_ids),
     )
     starts = range(0, len(examples), chunk)
     cells = {
-        ("chunk", start): Computed(
-            lambda part=examples[start : start + chunk]: _chunk(model, persona, part, scorer, max_tokens, batch_size)
-        )
-        for start in starts
+        ("chunk", start): Computed(lambda part=examples[start : start + chunk]: _chunk(job, part)) for start in starts
     }
-    got = run_grid(model, GridSpec("screening", cells, desc="screening"), store=store, progress=progress)
+    got = run_grid(job.model, GridSpec("screening", cells, desc="screening"), store=store, progress=progress)
     store.report()
     parts = [got[("chunk", start)] for start in starts]
     data_p = torch.cat([p["data"] for p in parts])
@@ -239,17 +234,8 @@ def screen(
         raise ConfigError(f"max_tokens and chunk must be >= 1, got {max_tokens} and {chunk}.")
     chosen = _screen_layers(persona, layers, int(model.cfg.n_layers))
     scorer = scorer if scorer is not None else RefusalScorer.for_model(model, batch_size=batch_size)
-    projections = _project_examples(
-        model,
-        persona,
-        examples,
-        scorer,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        chunk=chunk,
-        checkpoint=checkpoint,
-        progress=progress,
-    )
+    job = _Screening(model, persona, scorer, max_tokens, batch_size)
+    projections = _project_examples(job, examples, chunk, checkpoint, progress)
     return _screening_result(model, persona, data, examples, chosen, scorer, max_tokens, projections)
 
 

@@ -20,8 +20,12 @@ greedy first token; the organism's first token equals its judged reply). Reporte
 rho between dataset score and mean refusal drop over the designated datasets, and the
 per-example AUROC of the score for compliance examples against every other example.
 
-Everything is kept under ``out`` (datasets as JSONL, screening results, one measurement per
-fine-tune); a killed validation resumes where it stopped. The answer is a typed
+Everything is kept under ``out``: the datasets as JSONL, the screening results (``screens/``) and
+the grid's cells (``cells/validation``, :mod:`persona_gate.grid.store`): one per dataset's screening
+(its seconds) and one per fine-tune (the refusal after it, and its seconds), each written when it is
+done, so a killed validation resumes at the cell it stopped in (a fine-tuned copy lives under
+``finetunes/`` only while it is measured). The cells are run by :func:`~persona_gate.grid.run_grid`;
+their store refuses a folder computed for another model, recipe or data. The answer is a typed
 :class:`ScreeningValidation` (one :class:`DatasetValidation` per dataset), written to
 ``out/validation.json`` as its JSON form, which it also reads like.
 
@@ -33,7 +37,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -43,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..grid import Computed, GridSpec, open_store, run_grid
 from ..io import Record, atomic_write_text
 from ..results import LabelledResult
 from ..scoring.stats import auroc, spearman, wilson_interval
@@ -142,76 +145,77 @@ def _safe_refusal(model: Any, prompts: list) -> tuple[float, float]:
     return float(refused.float().mean()), float(torch.sigmoid(lo.double()).mean())
 
 
-def _screened(
-    model: Any, persona: Any, name: str, examples: list[ChatExample], out: Path
-) -> tuple[LabelledResult, float]:
-    """The dataset written and screened under ``out`` (or read back), and the screening seconds recorded."""
-    from .screen import screen
+def _seconds_since(t0: float) -> torch.Tensor:
+    """Wall seconds since ``t0`` (one decimal) as a cell value."""
+    return torch.tensor(round(time.perf_counter() - t0, 1), dtype=torch.float64)
 
-    path = out / "datasets" / f"{name}.jsonl"
-    if not path.exists():
+
+def _screen_cell(model: Any, persona: Any, name: str, examples: list[ChatExample], out: Path) -> Computed:
+    """Dataset ``name`` written as JSONL and screened, the result saved under ``out/screens``; the
+    cell keeps the screening's seconds (the result is the saved folder)."""
+
+    def compute() -> dict[str, torch.Tensor]:
+        from .screen import screen
+
+        path = out / "datasets" / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_chat_jsonl(examples, path)
-    saved = out / "screens" / name
-    if (saved / "manifest.json").exists():
-        res = LabelledResult.load(saved)
-    else:
         t0 = time.perf_counter()
         res = screen(model, persona, path, checkpoint=out / "cells" / name, progress=False)
-        res.save(saved)
-        atomic_write_text(
-            out / "screens" / f"{name}.seconds.json", json.dumps({"seconds": round(time.perf_counter() - t0, 1)})
-        )
-    stored = out / "screens" / f"{name}.seconds.json"
-    return res, json.loads(stored.read_text(encoding="utf-8"))["seconds"] if stored.exists() else 0.0
+        res.save(out / "screens" / name)
+        return {"seconds": _seconds_since(t0)}
+
+    return Computed(compute)
 
 
-def _measured(
+def _finetune_cell(
     fit: Any,
     source: str,
-    name: str,
     examples: list[ChatExample],
-    seed: int,
     heldout: list,
-    out: Path,
+    folder: Path,
+    seed: int,
     steps: int,
     batch_size: int,
-) -> dict[str, Any]:
-    """Safe-persona refusal after fine-tuning a copy on the dataset (read back if a run measured it already)."""
-    from ..models.loading import load_chat_model
+) -> Computed:
+    """Safe-persona refusal (rate and mean probability) after fine-tuning a copy on the examples; the
+    copy lives in ``folder`` only while it is measured. The cell keeps the two and the seconds."""
 
-    mfile = out / "finetunes" / f"{name}-seed{seed}.json"
-    if not mfile.exists():
-        folder = out / "finetunes" / f"{name}-seed{seed}"
+    def compute() -> dict[str, torch.Tensor]:
+        from ..models.loading import load_chat_model
+
         shutil.rmtree(folder, ignore_errors=True)  # a copy a killed run left half-written
         t0 = time.perf_counter()
         fit.fit(source, examples, folder, seed=seed, steps=steps, batch_size=batch_size)
         rate, p = _safe_refusal(load_chat_model(str(folder)), heldout)
-        mfile.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            mfile,
-            json.dumps(
-                {
-                    "refusal": rate,
-                    "p_refuse": p,
-                    "n": len(heldout),
-                    "steps": steps,
-                    "seed": seed,
-                    "seconds": round(time.perf_counter() - t0, 1),
-                }
-            ),
-        )
+        seconds = _seconds_since(t0)
         shutil.rmtree(folder, ignore_errors=True)  # the measurement is what is kept
-    return json.loads(mfile.read_text(encoding="utf-8"))
+        as_cell = lambda x: torch.tensor(x, dtype=torch.float64)  # a Python float, exactly
+        return {"refusal": as_cell(rate), "p_refuse": as_cell(p), "seconds": seconds}
+
+    return Computed(compute)
 
 
-def _drop(measured: dict[str, Any], base_rate: float, base_p: float) -> dict[str, float]:
+def _validation_grid(
+    model: Any, fit: Any, source: str, persona: Any, datasets: dict, heldout: list, out: Path, **recipe: Any
+) -> GridSpec:
+    """Per dataset: its screening cell ``("screen", name)``, then one ``("finetune", name, seed)`` per seed."""
+    seeds, steps, batch_size = recipe["seeds"], recipe["steps"], recipe["batch_size"]
+    cells: dict[tuple, Computed] = {}
+    for name, (examples, _) in datasets.items():
+        cells[("screen", name)] = _screen_cell(model, persona, name, examples, out)
+        for seed in seeds:
+            folder = out / "finetunes" / f"{name}-seed{seed}"
+            cells[("finetune", name, seed)] = _finetune_cell(
+                fit, source, examples, heldout, folder, seed, steps, batch_size
+            )
+    return GridSpec("screening_validation", cells, desc="screening validation")
+
+
+def _drop(measured: dict[str, torch.Tensor], base_rate: float, base_p: float) -> dict[str, float]:
     """One fine-tune's refusal after, and its drops from the refusal before (rate and mean probability)."""
-    return {
-        "refusal_drop": base_rate - measured["refusal"],
-        "p_refuse_drop": base_p - measured["p_refuse"],
-        "refusal": measured["refusal"],
-    }
+    refusal, p_refuse = float(measured["refusal"]), float(measured["p_refuse"])
+    return {"refusal_drop": base_rate - refusal, "p_refuse_drop": base_p - p_refuse, "refusal": refusal}
 
 
 def _row(
@@ -230,6 +234,31 @@ def _row(
         p_refuse_drop=sum(d["p_refuse_drop"] for d in drops) / len(drops),
         designated=designated,
     )
+
+
+def _rows(
+    got: Any, datasets: dict, screens: dict[str, LabelledResult], seeds: Sequence[int], base_rate: float, base_p: float
+) -> tuple[dict[str, DatasetValidation], list[str], list[torch.Tensor], list[bool], float]:
+    """Each dataset's row from its screening and fine-tune cells; the designated datasets (in
+    Spearman's rho), their example scores and compliance flags; the seconds the cells recorded
+    (screening and fine-tuning, as recorded when each was computed: a resumed run adds none)."""
+    rows: dict[str, DatasetValidation] = {}
+    in_rho, scores, labels, compute = [], [], [], 0.0
+    for name, (examples, is_compliance) in datasets.items():
+        res = screens[name]
+        compute += float(got[("screen", name)]["seconds"])
+        drops = []
+        for seed in seeds:
+            m = got[("finetune", name, seed)]
+            compute += float(m["seconds"])
+            drops.append(_drop(m, base_rate, base_p))
+        designated = name != "plain-compliance"
+        rows[name] = _row(res, is_compliance, len(examples), drops, designated)
+        if designated:
+            scores.append(example_scores(res))
+            labels += is_compliance
+            in_rho.append(name)
+    return rows, in_rho, scores, labels, compute
 
 
 def validate_screening(
@@ -265,36 +294,32 @@ def validate_screening(
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    source = str(base) if base is not None else str(organism_dir())
-    model = load_chat_model(source)
-    fit = finetuner_of(model)  # the model's profile names how a copy of it is fine-tuned
+    model = load_chat_model(str(base) if base is not None else str(organism_dir()))
+    fit = finetuner_of(model)  # the model's profile names how a copy of it is fine-tuned, and from what
+    source = fit.source(model)
     persona = fit_persona_and_refusal(model, progress=False).persona
     heldout = eval_groups(model, n_eval)["safe/harmful"]
     base_rate, base_p = _safe_refusal(model, heldout)
     datasets = _examples(fit.datasets(n_examples, data_seed, fractions))
-    designated = [name for name in datasets if name != "plain-compliance"]
-    rows: dict[str, DatasetValidation] = {}
-    scores, labels, in_rho = [], [], []
-    compute = 0.0  # screening and fine-tuning seconds, as recorded when each was computed (a resumed run adds none)
-    bar = tqdm(total=len(datasets) * (1 + len(seeds)), desc="screening validation", unit="step", disable=not progress)
-    for name, (examples, is_compliance) in datasets.items():
-        res, seconds = _screened(model, persona, name, examples, out)
-        compute += seconds
-        bar.update(1)
-        drops = []
-        for seed in seeds:
-            m = _measured(fit, source, name, examples, seed, heldout, out, steps, batch_size)
-            compute += m.get("seconds", 0.0)
-            drops.append(_drop(m, base_rate, base_p))
-            bar.update(1)
-        rows[name] = _row(res, is_compliance, len(examples), drops, name in designated)
-        if name in designated:
-            scores.append(example_scores(res))
-            labels += is_compliance
-            in_rho.append(name)
-    bar.close()
+    store = open_store(
+        out / "cells" / "validation",
+        "screening_validation",
+        source=source,
+        steps=steps,
+        batch_size=batch_size,
+        heldout=heldout,
+        datasets={name: [e.to_dict() for e in examples] for name, (examples, _) in datasets.items()},
+    )
+    spec = _validation_grid(
+        model, fit, source, persona, datasets, heldout, out, seeds=seeds, steps=steps, batch_size=batch_size
+    )
+    got = run_grid(model, spec, store=store, progress=progress)
+    store.report()
+    screens = {name: LabelledResult.load(out / "screens" / name) for name in datasets}
+    rows, in_rho, scores, labels, compute = _rows(got, datasets, screens, seeds, base_rate, base_p)
+    config = list(screens.values())[-1].config  # the screenings' shared settings (layers, reply tokens)
     setup = {
-        "base": str(source) if base is None else str(base),
+        "base": source,
         "route": fit.route,
         "n_examples": n_examples,
         "steps": steps,
@@ -302,8 +327,8 @@ def validate_screening(
         "seeds": list(seeds),
         "n_eval": n_eval,
         "data_seed": data_seed,
-        "layers": res.config["layers"],
-        "max_tokens": res.config["max_tokens"],
+        "layers": config["layers"],
+        "max_tokens": config["max_tokens"],
         "refusal": "greedy first token, safe persona, held-out harmful requests (test split)",
     }
     ci = list(wilson_interval(round(base_rate * len(heldout)), len(heldout)))

@@ -23,7 +23,8 @@ LAYER: dict[str, int] = {
     "io": 0,
     "results": 0,
     "provenance": 0,
-    "resources": 0,  # foundations
+    "resources": 0,
+    "runtime": 0,  # foundations
     "prompts": 1,
     "models": 2,
     "core": 3,
@@ -41,7 +42,7 @@ LAYER: dict[str, int] = {
     "plots": 7,  # figures and HTML reports
     "cli": 8,
 }
-FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources"}
+FOUNDATIONS = {"errors", "sites", "io", "results", "provenance", "resources", "runtime"}
 APPLICATIONS = {"monitoring", "redteam", "compare", "export", "screening", "guard"}
 # The one declared edge between applications: the guard is evaluated on the red team's attacks.
 BUILDS_ON = {("guard", "redteam")}

@@ -229,8 +229,18 @@ def test_a_small_validation_runs_end_to_end_and_resumes(tmp_path):
     x = [rows[n]["dataset_score"] for n in v["designated"]]
     assert v["spearman"] == pytest.approx(spearman(x, [rows[n]["refusal_drop"] for n in v["designated"]]))
     assert rows["compliance-0"]["compliance_share"] == 0 and rows["compliance-0.5"]["compliance_share"] > 0.3
-    # The measurement files are what a resumed validation reads: no fine-tune runs again.
-    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "v" / "finetunes").glob("*.json")}
-    assert len(stamp) == 4 and not [p for p in (tmp_path / "v" / "finetunes").iterdir() if p.is_dir()]
+    # The grid's cells (one screening per dataset, one measurement per fine-tune) are what a resumed
+    # validation reads: nothing runs again, and no fine-tuned copy is left behind.
+    cells = tmp_path / "v" / "cells" / "validation"
+    stamp = {p: p.stat().st_mtime_ns for p in cells.glob("*.safetensors")}
+    assert sorted(p.name.split(",")[0] for p in stamp) == ["finetune"] * 4 + ["screen"] * 4
+    assert not [p for p in (tmp_path / "v" / "finetunes").iterdir() if p.is_dir()]
     assert validate_screening(tmp_path / "v", **kw)["datasets"] == rows
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    # A run killed before one fine-tune finished computes that one alone, to the same numbers.
+    lost = cells / "finetune,compliance-0.5,0.safetensors"
+    lost.unlink()
+    assert validate_screening(tmp_path / "v", **kw)["datasets"] == rows
+    assert lost.is_file() and {p: p.stat().st_mtime_ns for p in stamp if p != lost} == {
+        p: t for p, t in stamp.items() if p != lost
+    }
