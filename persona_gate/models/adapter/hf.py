@@ -3,7 +3,8 @@
 * :func:`reply_logits` runs the decoder body once and unembeds only where a loss scores a reply
   token, then applies the final soft cap through :func:`~persona_gate.models.adapter.forward.final_logit_transform`,
   the same function :func:`~persona_gate.models.adapter.forward.head_logits` uses for a bridge;
-* :func:`save_dequantised` saves a model read from a GGUF file as a plain float folder.
+* :func:`save_dequantised` saves a model read from a GGUF file as a plain float folder, and
+  :func:`complete_tokenizer_config` records its added tokens where transformers reads them first.
 
 Example::
 
@@ -13,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,30 @@ def save_dequantised(hf_model: Any, tokenizer: Any, folder: Path) -> None:
         if had_qc:
             hf_model.config.quantization_config = qc
     tokenizer.save_pretrained(folder)
+    complete_tokenizer_config(folder)
+
+
+def complete_tokenizer_config(folder: Path) -> bool:
+    """Copy ``tokenizer.json``'s added tokens into ``tokenizer_config.json`` (``added_tokens_decoder``).
+
+    transformers 5 leaves them out of the config it saves for a ``tokenizers`` backend, and then,
+    loading, parses the whole ``tokenizer.json`` once more only to read them back: a second pass
+    over 33 MB of JSON for Gemma's 262k vocabulary, most of a second. With them in the config it
+    builds the same ``AddedToken`` s from the same fields, so the tokenizer is the same (tested).
+    Done only where that is the whole difference (no ``added_tokens.json`` nor
+    ``special_tokens_map.json`` beside); True when the config was completed.
+    """
+    config, full = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    if not (config.is_file() and full.is_file()) or any(
+        (folder / f).exists() for f in ("added_tokens.json", "special_tokens_map.json")
+    ):
+        return False
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    if "added_tokens_decoder" in settings:
+        return False
+    added = json.loads(full.read_text(encoding="utf-8")).get("added_tokens") or []
+    settings["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    from ...io import atomic_write_text
+
+    atomic_write_text(config, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    return True
