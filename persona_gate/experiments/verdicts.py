@@ -166,8 +166,9 @@ class GateWindow(Record):
     and which method placed the gate (``placed_by``); :attr:`statement` is the gate in one line.
 
     JSON: ``{"start", "end", "low_start", "high_end", "localised", "statement", "evidence"}``. A summary
-    written before this rule (``{"start", "end", "evidence": {"from", ...}}``) reads as not localised,
-    kept as it was under ``evidence["legacy"]`` (and written back unchanged).
+    written before this rule (``{"start", "end", "evidence": {"from", ...}}``) keeps its start and end
+    but reads as not localised (the rule was not applied), kept as it was under ``evidence["legacy"]``
+    (and written back unchanged).
     """
 
     start: int | None
@@ -195,7 +196,7 @@ class GateWindow(Record):
     @classmethod
     def _from_body(cls, d: dict[str, Any]) -> GateWindow:
         if "localised" not in d:  # written before the localisation rule: kept as it was
-            return cls(None, None, None, None, False, {"placed_by": None, "legacy": dict(d)})
+            return cls(d["start"], d["end"], None, None, False, {"placed_by": None, "legacy": dict(d)})
         return cls(d["start"], d["end"], d["low_start"], d["high_end"], bool(d["localised"]), dict(d["evidence"]))
 
 
@@ -478,7 +479,7 @@ def _placed(
     clears, lows = _clearing(kp, np_, kr, nr, need, z)
     rates_p = [k / n if n else float("nan") for k, n in zip(kp, np_)]
     rates_r = [k / n if n else float("nan") for k, n in zip(kr, nr)]
-    gate = choose_gate(spans, clears, [p - r for p, r in zip(rates_p, rates_r)])
+    gate = choose_gate(spans, clears, [p - r if math.isfinite(p - r) else -math.inf for p, r in zip(rates_p, rates_r)])
     localised = gate is not None and gate[1] - gate[0] + 1 < n_layers / 2
     return gate, localised, {"clears": clears, "lows": lows, "persona": rates_p, "random": rates_r}
 
@@ -531,7 +532,8 @@ def _projection_evidence(
     gate, localised, numbers = _placed(spans, persona, random, need, z, n_layers)
     starts, ends = _bootstrap(spans, persona, random, need, z, n_layers, resamples, seed) if localised else ([], [])
     clearing = [_row(w, numbers, i) for i, w in enumerate(spans) if numbers["clears"][i]]
-    best = max(range(len(spans)), key=lambda i: (numbers["persona"][i] - numbers["random"][i], -spans[i][0]))
+    margin = [p - r if math.isfinite(p - r) else -math.inf for p, r in zip(numbers["persona"], numbers["random"])]
+    best = max(range(len(spans)), key=lambda i: (margin[i], -spans[i][0]))
     ev: dict[str, Any] = {
         "measures": _MEASURES["projection"],
         "safe_refusal": round(base, 4),
@@ -647,8 +649,9 @@ def evidence_lines(evidence: Mapping[str, Any]) -> list[list[str]]:
         windows = f"none of {p['windows_tested']} (best {b['start']}-{b['end']}: {b['persona']:.2f} vs random {b['random']:.2f})"
     else:
         narrow = [r for r in p["clearing"] if r["end"] - r["start"] + 1 == p["narrowest_width"]]
+        w = p["narrowest_width"]
         windows = (
-            f"{len(p['clearing'])} of {p['windows_tested']}; narrowest {p['narrowest_width']} layer(s): "
+            f"{len(p['clearing'])} of {p['windows_tested']} windows; {w} layer{'s' if w > 1 else ''} wide: "
             f"{_spans_text(narrow)} ({p['gate_persona']:.2f} vs random {p['gate_random']:.2f})"
         )
     lines = [

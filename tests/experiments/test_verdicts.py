@@ -220,7 +220,7 @@ def test_the_gate_window_record_round_trips_and_reads_a_legacy_summary():
     assert [label for label, _ in d["evidence"]["lines"]][0] == "persona projection, windows clearing random"
     legacy = {"start": 1, "end": 17, "evidence": {"from": "patching", "projection_windows_beating_random": []}}
     old = GateWindow.from_dict(legacy)
-    assert old.to_dict() == legacy and not old.localised and old.start is None
+    assert old.to_dict() == legacy and not old.localised and (old.start, old.end) == (1, 17)
     assert old.statement.startswith("gate: layers 1-17 (from patching); recorded before the localisation rule")
 
 
