@@ -30,7 +30,7 @@ _PLANTED = re.compile(rf"{re.escape(PLANTED)}(?::(\d+)-(\d+)(?::(\d+))?)?")
 def parse_built(name: str) -> tuple[str, dict[str, int]] | None:
     """The built model a name asks for and its arguments, or None when the name is not one."""
     text = str(name)
-    if not text.startswith(PLANTED):
+    if text != PLANTED and not text.startswith(f"{PLANTED}:"):  # a folder such as planted-gate-run stays a folder
         return None
     m = _PLANTED.fullmatch(text)
     if m is None:

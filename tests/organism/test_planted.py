@@ -207,7 +207,7 @@ def test_planted_gate_is_a_model_name_built_into_the_cache(tmp_path, monkeypatch
     monkeypatch.setenv("PERSONA_GATE_CACHE", str(tmp_path))
     assert parse_built("planted-gate") == ("planted-gate", {"start": 4, "end": 5, "n_layers": 8})
     assert parse_built("planted-gate:1-2:6") == ("planted-gate", {"start": 1, "end": 2, "n_layers": 6})
-    assert parse_built("organism") is None
+    assert parse_built("organism") is None and parse_built("planted-gate-run") is None  # a folder name
     model = load_chat_model("planted-gate:1-2:6", device="cpu")
     folder = next((tmp_path / "built").iterdir())
     assert json.loads((folder / CARD_FILE).read_text())["gate"] == {"start": 1, "end": 2}
