@@ -128,8 +128,11 @@ _EXPORTS: dict[str, str] = {
     "Guard": "guard.intervention",
     "guard_grid": "guard.grid",
     "format_guard": "guard.summary",
-    # the bundled organism
+    # the bundled organism, and the planted gate: a model whose gate layers are known by construction
     "organism_path": "organism.paths",
+    "build_planted_gate": "organism.planted",
+    "gate_window": "experiments.verdicts",
+    "GateWindow": "experiments.verdicts",
 }
 
 # Submodules reachable as attributes (``pg.metrics.refusal_logodds``), under their old names too.
@@ -163,6 +166,7 @@ if TYPE_CHECKING:
     from .experiments.patching import activation_patching, agreement, attribution_patching, gate_layers
     from .experiments.pipeline import DEMO, RunConfig, run_pipeline
     from .experiments.summary import format_run_summary
+    from .experiments.verdicts import GateWindow, gate_window
     from .guard.grid import guard_grid
     from .guard.intervention import Guard
     from .guard.summary import format_guard
@@ -176,6 +180,7 @@ if TYPE_CHECKING:
     from .organism import prompt_sets as organism_prompts
     from .organism.finetune import finetune_toward_compliance
     from .organism.paths import organism_path
+    from .organism.planted import build_planted_gate
     from .plots.compare_report import write_comparison_report
     from .plots.figures import figure_for
     from .plots.report import write_report

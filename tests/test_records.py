@@ -90,10 +90,9 @@ def test_verdict_records_round_trip_in_both_forms():
     assert tested.holds and tested.tested and not untested.tested and untested.effect is None
     vs = Verdicts(tested, untested, tested)
     assert Verdicts.from_json(vs.to_json()) == vs and vs["reintroduction"] == untested.to_dict()
-    gw = GateWindow(1, 3, "projection", ({"start": 1, "end": 3},), (), ({"layer": 2},), True, (2,))
-    assert GateWindow.from_json(gw.to_json()) == gw and gw["evidence"]["patching_within"] == [2]
-    none = GateWindow(None, None, None)
-    assert GateWindow.from_dict(none.to_dict()) == none and "patching_within" not in none["evidence"]
+    legacy = GateWindow.from_dict({"start": 1, "end": 3, "evidence": {"from": "projection", "patching_within": [2]}})
+    assert GateWindow.from_json(legacy.to_json()) == legacy and legacy["evidence"]["patching_within"] == [2]
+    assert not legacy.localised and legacy.statement.startswith("gate: layers 1-3 (from projection); recorded before")
 
 
 @pytest.mark.parametrize("path", SCREENINGS, ids=lambda p: p.stem)

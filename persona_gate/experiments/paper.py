@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,10 +372,22 @@ def reintroduction(
     )
 
 
+FULL_GRID_LAYERS = 12  # up to this depth the default windows are the full start x end grid
+
+
+def search_widths(n_layers: int) -> list[int]:
+    """The window widths the gate search needs on a deep model: 1, 2, 4 and half the model."""
+    return sorted({w for w in (1, 2, 4, math.ceil(n_layers / 2)) if w <= n_layers})
+
+
 def window_spans(n_layers: int, width: int | None) -> list[tuple[int, int]]:
-    """Every window ``(start, end)`` (inclusive) of ``width`` layers, or the full start x end grid."""
+    """Every window ``(start, end)`` (inclusive) of ``width`` layers; ``width=None``: the windows the
+    gate search needs -- the full start x end grid on a model of up to :data:`FULL_GRID_LAYERS`
+    layers, else every window of each of :func:`search_widths`."""
     if width:
         return [(a, a + width - 1) for a in range(n_layers - width + 1)]
+    if n_layers > FULL_GRID_LAYERS:
+        return [w for k in search_widths(n_layers) for w in window_spans(n_layers, k)]
     return [(a, b) for a in range(n_layers) for b in range(a, n_layers)]
 
 
@@ -431,8 +444,8 @@ def window_projection(
 ) -> LabelledResult:
     """Project the persona direction out over windows [start, end] (inclusive) of layers.
 
-    ``windows`` lists them; else ``width`` gives every window of that width; else the full
-    start x end grid. Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
+    ``windows`` lists them; else ``width`` gives every window of that width; else the windows the
+    gate search needs (:func:`window_spans`: the full start x end grid on a small model). Cells not run are NaN. Direction ``persona`` and ``random<k>`` (matched-norm
     random directions, ``random_seeds`` of them) are ablated over the same windows.
     ``checkpoint``: a folder keeping every finished cell (see :mod:`persona_gate.grid.store`).
     """

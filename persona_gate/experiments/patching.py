@@ -26,11 +26,22 @@ position. Metrics stay on the device until the end. ``direction=`` patches only 
 along a direction at each layer. :func:`attribution_patching` approximates the whole map from
 one forward and one backward per pair.
 
+What it can and cannot say. Residual-stream patching at ``resid_pre`` cannot localise where the
+persona is *read*: a patch at layer ``k`` replaces everything the target's residual holds at the
+patched positions, so once the persona has reached a position (the system block early, the last
+token once an earlier block has moved it there), patching that position restores refusal at every
+layer up to the read *and after it* -- the per-layer maximum is high at every layer. On the
+planted gate (:mod:`persona_gate.organism.planted`, gate at layers 4-5) it restores 1.0 at every
+layer. Patching only the component along the persona direction (``direction=``) restores where
+that direction carries the persona into the read: exactly the planted layers there. The gate
+window (:func:`persona_gate.experiments.verdicts.gate_window`) keeps both as labelled evidence.
+
 Example::
 
     result = activation_patching(model, source_prompts, target_prompts, scorer.token_ids)
     result.mean("example")["restoration"]       # [layer, position]
     gate_layers(result)                          # layers whose restoration exceeds 0.5
+    gate_layers(activation_patching(model, source_prompts, target_prompts, scorer.token_ids, direction=persona))
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class RunConfig:
     layers: list[int] | None = None
     alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0])
     alpha_back: float = 1.0
-    window_width: int | None = None  # None: the full start x end grid
+    window_width: int | None = None  # None: every window the gate search needs (paper.window_spans)
     random_seeds: int = 5
     patch_examples: int = 8
     seed: int = 0
@@ -389,6 +389,7 @@ def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> RunS
         patch,
         gate_layers(patch),
         times,
+        direction_gates=gate_layers(r["direction_patching"]) if "direction_patching" in r else None,
     )
     summary = dataclasses.replace(
         summary,
@@ -429,6 +430,10 @@ def summarise_sites(sites: Any) -> dict[str, Any]:
     return {"n": int(sites.config["n"]), "baselines": dict(sites.baselines), "positions": out}
 
 
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
 def summarise(
     model: Any,
     cfg: RunConfig,
@@ -440,9 +445,12 @@ def summarise(
     patch: Any,
     gates: list[dict],
     times: dict,
+    direction_gates: list[dict] | None = None,
 ) -> RunSummary:
     """summary.json: the run's headline numbers, each traceable to a result folder (without the
-    run's own record: extraction sites, reused stages, processes, stage list; run_pipeline adds them)."""
+    run's own record: extraction sites, reused stages, processes, stage list; run_pipeline adds them).
+    ``gates`` and ``direction_gates``: :func:`~persona_gate.experiments.patching.gate_layers` of the
+    residual and the directional patching."""
     import torch
 
     from ..provenance import versions
@@ -478,9 +486,10 @@ def summarise(
         },
         window_refusal=per_window,
         verdicts=verdicts(sweep, back, windows, int(model.cfg.n_layers)),
-        gate_window=gate_window(back, windows, gates),
+        gate_window=gate_window(back, windows, gates, direction_gates, seed=cfg.seed),
         gate_layers=[g["layer"] for g in gates if g["gate"]],
-        patching_by_layer=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()} for g in gates],
+        patching_by_layer=[_rounded(g) for g in gates],
+        direction_patching_by_layer=None if direction_gates is None else [_rounded(g) for g in direction_gates],
         cos_persona_refusal_by_layer={str(s.layer): round(float(c), 4) for s, c in zip(persona.sites, cos)},
         seconds=dict(times),
         seed=cfg.seed,
@@ -489,6 +498,5 @@ def summarise(
     )
 
 
-DEMO = RunConfig(
-    model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], window_width=3, random_seeds=5, patch_examples=6
-)
+# The demo searches every window (the full start x end grid on a small model): the gate search needs every width.
+DEMO = RunConfig(model="organism", n_fit=48, n_eval=24, alphas=[0.0, 2.0, 4.0], random_seeds=5, patch_examples=6)

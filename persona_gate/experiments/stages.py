@@ -11,7 +11,7 @@ the same builders for the run and for its cost (:mod:`~persona_gate.experiments.
 Example::
 
     [s.name for s in STAGES if s.enabled(cfg)]
-    # ['directions', 'steering_sweep', 'reintroduction', 'window_projection', 'patching']
+    # ['directions', 'steering_sweep', 'reintroduction', 'window_projection', 'patching', 'direction_patching']
 """
 
 from __future__ import annotations
@@ -224,15 +224,37 @@ def _patch(ctx: Context) -> LabelledResult:
     )
 
 
-def _patch_cost(ctx: Context) -> tuple[int, Cost, bool]:
+def _direction_patch(ctx: Context) -> LabelledResult:
+    """Patching only the persona-direction component (the layers the directions were fitted at)."""
+    from .patching import activation_patching
+
+    source, target = ctx.patch_pairs()
+    return activation_patching(
+        ctx.model,
+        source,
+        target,
+        ctx.scorer.token_ids,
+        layers=ctx.cfg.layers,
+        positions="roles",
+        direction=ctx.persona,
+        progress=ctx.progress,
+        checkpoint=ctx.cells("direction_patching"),
+    )
+
+
+def _patch_cost(ctx: Context, layers: list[int] | None = None) -> tuple[int, Cost, bool]:
     from ..sites import sites_for
     from .patching import align_pairs, patching_grid, render_pairs
 
     pairs = render_pairs(ctx.model, *ctx.patch_pairs())
     slot_sets, labels = align_pairs(ctx.model, pairs, "roles")
-    sites = sites_for(ctx.model, None, "resid_pre")
+    sites = sites_for(ctx.model, layers, "resid_pre")
     cost, exact = cost_grid(ctx.model, patching_grid(ctx.model, pairs, slot_sets, sites, ctx.scorer.token_ids))
     return len(pairs) * len(sites) * len(labels), cost, exact
+
+
+def _direction_patch_cost(ctx: Context) -> tuple[int, Cost, bool]:
+    return _patch_cost(ctx, ctx.cfg.layers)
 
 
 def _sites(ctx: Context) -> LabelledResult:
@@ -309,7 +331,20 @@ STAGES: tuple[Stage, ...] = (
         _load_result,
         _windows_cost,
     ),
-    Stage("patching", "Activation patching: where the persona gates refusal", _patch, _load_result, _patch_cost),
+    Stage(
+        "patching",
+        "Activation patching of the residual stream (restores wherever the persona has reached the patched position)",
+        _patch,
+        _load_result,
+        _patch_cost,
+    ),
+    Stage(
+        "direction_patching",
+        "Directional patching: only the persona-direction component, per layer",
+        _direction_patch,
+        _load_result,
+        _direction_patch_cost,
+    ),
     Stage(
         "extraction_sites",
         "Where the persona direction is read: steering and ablation per extraction position",

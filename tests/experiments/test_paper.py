@@ -39,6 +39,7 @@ def test_figure_script_redraws_from_a_saved_run(tmp_path):
         "reintroduction.html",
         "window_projection.html",
         "patching.html",
+        "direction_patching.html",
         "report.html",
     ]
     assert all(p.stat().st_size > 10_000 for p in written)

@@ -12,7 +12,9 @@ from persona_gate.cli.main import main
 from persona_gate.experiments.pipeline import DEMO, ConfigError, RunConfig, run_pipeline
 from persona_gate.results import LabelledResult
 
-SMALL = RunConfig.from_dict({**DEMO.__dict__, "n_fit": 24, "n_eval": 8, "alphas": [0.0, 4.0], "patch_examples": 2})
+SMALL = RunConfig.from_dict(
+    {**DEMO.__dict__, "n_fit": 24, "n_eval": 8, "alphas": [0.0, 4.0], "patch_examples": 2, "window_width": 3}
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,7 @@ def test_summary_matches_the_result_folders(run_dir):
         "reintroduction",
         "window_projection",
         "patching",
+        "direction_patching",
         "total",
     }
     assert s["versions"]["persona_gate"] and s["seed"] == 0
@@ -55,7 +58,13 @@ def test_rerun_skips_finished_stages_and_redoes_a_corrupt_one(run_dir):
     }
     (run_dir / "reintroduction" / "tensors.safetensors").write_bytes(b"truncated")
     again = run_pipeline(SMALL, run_dir, progress=False)
-    assert again["reused_stages"] == ["directions", "steering_sweep", "window_projection", "patching"]
+    assert again["reused_stages"] == [
+        "directions",
+        "steering_sweep",
+        "window_projection",
+        "patching",
+        "direction_patching",
+    ]
     after = {
         p.name: os.stat(p / "manifest.json").st_mtime_ns for p in run_dir.iterdir() if (p / "manifest.json").exists()
     }
@@ -115,6 +124,7 @@ def test_extraction_sites_stage_runs_when_asked_and_is_summarised_and_drawn(tmp_
         "reintroduction",
         "window_projection",
         "patching",
+        "direction_patching",
     }
     assert "Where the persona direction is read" not in write_report(tmp_path / "old").read_text()
 
@@ -148,6 +158,7 @@ _SUMMARY_KEYS = [
     "gate_window",
     "gate_layers",
     "patching_by_layer",
+    "direction_patching_by_layer",
     "cos_persona_refusal_by_layer",
     "seconds",
     "seed",

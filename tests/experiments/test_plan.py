@@ -132,7 +132,14 @@ def organism():
 def test_the_plan_counts_what_the_run_executes(organism, tmp_path, monkeypatch):
     plan = plan_run(CFG, organism, probe=False)
     stages = {s["stage"]: s for s in plan["stages"]}
-    assert list(stages) == ["directions", "steering_sweep", "reintroduction", "window_projection", "patching"]
+    assert list(stages) == [
+        "directions",
+        "steering_sweep",
+        "reintroduction",
+        "window_projection",
+        "patching",
+        "direction_patching",
+    ]
     counter = _Counter(organism)
     records = _Records(counter, monkeypatch)
     log = logging.getLogger("persona_gate.experiments.pipeline")

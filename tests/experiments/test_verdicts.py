@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from persona_gate.experiments.pipeline import DEMO, RunConfig, run_pipeline
+from persona_gate.experiments.summary import format_run_summary
 from persona_gate.experiments.verdicts import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -152,16 +153,75 @@ def test_gate_window_from_synthetic_evidence():
     w = windows({(1, 3): 25, (3, 5): 10, (0, 2): 1}, random_k=0, n=n)
     b = back({1: 0, 2: 0, 3: 0, 4: 2, 5: 24}, n, n, 0)
     rows = [
-        {"layer": 5, "position": "-1", "restoration": 0.4, "low": 0.1, "high": 0.7, "n": 8},
-        {"layer": 2, "position": "[system]", "restoration": 0.1, "low": -0.2, "high": 0.4, "n": 8},
+        {"layer": 5, "position": "-1", "restoration": 0.4, "low": 0.1, "high": 0.7, "n": 8, "gate": False},
+        {"layer": 2, "position": "[system]", "restoration": 0.1, "low": -0.2, "high": 0.4, "n": 8, "gate": False},
     ]
     g = gate_window(b, w, rows)
-    assert (g["start"], g["end"]) == (1, 3) and g["evidence"]["from"] == "projection"
-    assert [r["layer"] for r in g["evidence"]["reintroduction_layers_restoring"]] == [5]
-    assert [c["layer"] for c in g["evidence"]["patching_layers_clear_of_zero"]] == [5]
-    assert g["evidence"]["reintroduction_within_or_after"] is True and g["evidence"]["patching_within"] == []
+    # Only [1, 3] clears: [3, 5] beats random but restores 10/32 < half the gap; width 3 of 6 layers is
+    # not narrower than half the model, so nothing is localised.
+    assert [(r["start"], r["end"]) for r in g["evidence"]["projection"]["clearing"]] == [(1, 3)]
+    assert g["localised"] is False and g["start"] is None and g["evidence"]["placed_by"] is None
+    assert g["evidence"]["projection"]["union"] == {"start": 1, "end": 3}
+    assert g.statement.startswith("gate: not localised (the narrowest clearing persona-projection windows are 3 layers")
+    assert [r["layer"] for r in g["evidence"]["reintroduction"]["layers_restoring"]] == [5]
+    assert [c["layer"] for c in g["evidence"]["patching"]["layers_clear_of_zero"]] == [5]
     none = gate_window(back({1: 0, 5: 0}, n, n, 0), windows({(1, 3): 0}, random_k=0, n=n), [])
-    assert none["start"] is None and none["evidence"]["from"] is None
+    assert none["start"] is None and none["evidence"]["projection"]["clearing"] == []
+    assert none.statement.startswith("gate: not localised (no persona-projection window clears its random control")
+
+
+def _layered(persona_k: dict[tuple[int, int], int], n: int = 24, n_layers: int = 8, random_k: int = 0, **kw):
+    return windows(persona_k, random_k=random_k, n=n, n_layers=n_layers, **kw)
+
+
+def test_the_window_rule_takes_the_narrowest_width_and_the_union_connected_to_the_best():
+    n, b = 24, back({1: 0}, 24, 24, 0)
+    # Width 1 clears at 2, 3 and 6; width 2 clears too, and the whole model: the narrowest width wins,
+    # and of its windows those connected to the best (3, with more refusal) form the gate.
+    w = _layered({(2, 2): 20, (3, 3): 24, (6, 6): 18, (2, 3): 24, (0, 7): 24, (5, 5): 3}, n=n)
+    g = gate_window(b, w, [])
+    assert g.localised and (g.start, g.end) == (2, 3) and g["evidence"]["projection"]["narrowest_width"] == 1
+    assert g["evidence"]["projection"]["gate_persona"] == round((20 + 24) / 2 / n, 4)
+    # Two layers apart is not connected: the best single layer alone.
+    g = gate_window(b, _layered({(1, 1): 24, (4, 4): 20}, n=n), [])
+    assert (g.start, g.end) == (1, 1) and g.statement.startswith("gate: layer 1 (95% CI start >= ")
+    # Only windows as wide as half the model clear: not localised, with the numbers.
+    g = gate_window(b, _layered({(0, 3): 24, (4, 7): 24, (2, 2): 2}, n=n), [])
+    assert not g.localised and g.start is None and g.end is None and g.low_start is None
+    assert g["evidence"]["projection"]["narrowest_width"] == 4 and "not localised" in g.statement
+    # A window that beats random by far less than half the safe - compliant gap does not clear.
+    g = gate_window(b, _layered({(2, 2): 10}, n=n), [])
+    assert g["evidence"]["projection"]["clearing"] == [] and g["evidence"]["projection"]["needed"] == 0.5
+    # Random controls that restore as much as the persona: nothing clears.
+    g = gate_window(b, _layered({(2, 2): 24, (3, 3): 24}, n=n, random_k=24), [])
+    assert not g.localised and g["evidence"]["projection"]["clearing"] == []
+
+
+def test_the_bootstrap_interval_widens_on_a_noisy_edge():
+    b = back({1: 0}, 24, 24, 0)
+    sure = gate_window(b, _layered({(3, 3): 24, (4, 4): 24}), [])
+    assert (sure.low_start, sure.start, sure.end, sure.high_end) == (3, 3, 4, 4)
+    assert sure["evidence"]["projection"]["bootstrap"] == {"resamples": 200, "seed": 0, "localised": 200}
+    # Layer 5 restores 14/24 (just over half): resampled prompts often drop or keep it.
+    edge = gate_window(b, _layered({(3, 3): 24, (4, 4): 24, (5, 5): 14}), [])
+    assert (edge.start, edge.end) == (3, 5) and edge.low_start == 3 and edge.high_end == 5
+    again = gate_window(b, _layered({(3, 3): 24, (4, 4): 24, (5, 5): 14}), [], seed=1)
+    assert again.to_dict()["evidence"]["projection"]["bootstrap"]["seed"] == 1
+    assert gate_window(b, _layered({(3, 3): 24, (4, 4): 24, (5, 5): 14}), []) == edge  # seeded: the same answer
+
+
+def test_the_gate_window_record_round_trips_and_reads_a_legacy_summary():
+    from persona_gate.experiments.verdicts import GateWindow
+
+    g = gate_window(back({1: 0, 6: 24}, 24, 24, 0), _layered({(3, 3): 24, (4, 4): 24}), [])
+    d = g.to_dict()
+    assert list(d) == ["start", "end", "low_start", "high_end", "localised", "statement", "evidence"]
+    assert GateWindow.from_dict(d) == g and GateWindow.from_json(g.to_json()) == g
+    assert [label for label, _ in d["evidence"]["lines"]][0] == "persona projection, windows clearing random"
+    legacy = {"start": 1, "end": 17, "evidence": {"from": "patching", "projection_windows_beating_random": []}}
+    old = GateWindow.from_dict(legacy)
+    assert old.to_dict() == legacy and not old.localised and (old.start, old.end) == (1, 17)
+    assert old.statement.startswith("gate: layers 1-17 (from patching); recorded before the localisation rule")
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +243,17 @@ def test_gate_window_and_verdicts_on_the_organism(demo_run):
         LabelledResult.load(out / s) for s in ("steering_sweep", "reintroduction", "window_projection", "patching")
     )
     assert json.loads(json.dumps(verdicts(sweep_r, back_r, win_r, 6).to_dict())) == v
-    assert json.loads(json.dumps(gate_window(back_r, win_r, gate_layers(patch_r)).to_dict())) == g
-    # The organism's persona gates refusal by construction: all three findings hold, and the gate
-    # window is the best persona window, which beats the random control.
+    direction_r = LabelledResult.load(out / "direction_patching")
+    recomputed = gate_window(back_r, win_r, gate_layers(patch_r), gate_layers(direction_r))
+    assert json.loads(json.dumps(recomputed.to_dict())) == g
+    # The organism's persona gates refusal by construction: all three findings hold. Its gate is read
+    # from layer 2 on (README, "The three findings on the organism"): the gate window is placed there
+    # by persona projection over single layers, with an interval, and adding refusal back works at 5.
     assert [v[k]["verdict"] for k in ("steering", "reintroduction", "projection")] == [HOLDS] * 3
-    best = max(summary["window_refusal"].items(), key=lambda kv: kv[1]["persona"])[0]
-    assert f"{g['start']}-{g['end']}" == best and g["evidence"]["from"] == "projection"
-    assert 5 in [r["layer"] for r in g["evidence"]["reintroduction_layers_restoring"]]
+    assert g["localised"] and g["evidence"]["placed_by"] == "persona projection"
+    assert g["low_start"] <= g["start"] == 2 <= g["end"] <= g["high_end"] and g["end"] - g["start"] + 1 < 3
+    assert 5 in [r["layer"] for r in g["evidence"]["reintroduction"]["layers_restoring"]]
+    assert g["statement"] in format_run_summary(summary, out)
     assert all(not math.isnan(x) for x in (v["projection"]["effect"], v["projection"]["low"]))
 
 

@@ -6,8 +6,10 @@ under test-artifacts/ for a person to look at.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -41,9 +43,18 @@ def run_dir(tmp_path_factory):
 def test_report_is_self_contained_and_holds_every_figure(run_dir):
     html = write_report(run_dir).read_text()
     assert "<script src=" not in html  # plotly.js inlined: works offline
-    assert html.count('class="plotly-graph-div"') == 4
-    for text in ("Refusal, safe persona + harmful (baseline)", "Gate layers", "Activation patching"):
-        assert text in html
+    assert html.count('class="plotly-graph-div"') == 5
+    summary = json.loads((run_dir / "summary.json").read_text())
+    statement = summary["gate_window"]["statement"]
+    for text in (
+        "Refusal, safe persona + harmful (baseline)",
+        "Residual patching, layers restoring",
+        "Activation patching",
+        "Directional patching",
+        statement[0].upper() + statement[1:],  # the gate in one line, each method's evidence under it
+        *(label for label, _ in summary["gate_window"]["evidence"]["lines"]),
+    ):
+        assert html_escape(text) in html, text
     from importlib.metadata import version  # the footer records what reproduces the run
 
     assert (
@@ -59,7 +70,7 @@ def test_report_in_missing_stage_is_named(run_dir, tmp_path):
     shutil.rmtree(partial / "window_projection")
     html = write_report(partial).read_text()
     assert "Stage <code>window_projection</code> has not finished" in html
-    assert html.count('class="plotly-graph-div"') == 3
+    assert html.count('class="plotly-graph-div"') == 4
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
