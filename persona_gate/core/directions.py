@@ -454,9 +454,9 @@ class DirectionSet:
                 neg_mean=t.get("neg_mean"),
                 provenance=m["provenance"],
             )
-        except PersonaGateError:
+        except ArtefactError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (PersonaGateError, KeyError, TypeError, ValueError, AttributeError) as e:  # a damaged field
             raise ArtefactError(f"{path} lacks or mangles {e} in its manifest; save the directions again.") from None
         strings = ("name", "positive", "negative", "position")
         if not all(isinstance(fields[k], str) for k in strings) or not isinstance(fields["provenance"], dict):
@@ -469,9 +469,9 @@ class DirectionSet:
             )
         try:
             ds = cls(**fields)
-        except PersonaGateError:
+        except ArtefactError:
             raise
-        except (TypeError, ValueError) as e:
+        except (PersonaGateError, TypeError, ValueError) as e:
             raise ArtefactError(
                 f"{path} does not form a valid direction set ({e}); save the directions again."
             ) from None

@@ -84,10 +84,12 @@ def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtefactError(f"{mpath} is corrupt ({e}); save the artefact again.") from None
-    if not isinstance(manifest, dict) or "kind" not in manifest or "schema_version" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str) or "schema_version" not in manifest:
         raise ArtefactError(f"{mpath} lacks 'kind' or 'schema_version'; it was not written by persona_gate.")
     if manifest["kind"] != kind:
-        raise ArtefactError(f"{path} holds a {manifest['kind']!r}, not a {kind!r}; load it with the matching class.")
+        raise ArtefactError(
+            f"{path} holds a {manifest['kind']!r}, not a {kind!r}; load it with the matching class (or, if the folder was damaged, save it again)."
+        )
     version = manifest["schema_version"]
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise SchemaVersionError(
@@ -116,6 +118,10 @@ def load_artefact(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str
             "with them, e.g. edited by hand); recompute the result and save it again."
         )
     expected = manifest.get("tensors", {})
+    if not isinstance(expected, dict) or not all(isinstance(m, dict) and "shape" in m for m in expected.values()):
+        raise ArtefactError(
+            f"{path / MANIFEST} has a damaged 'tensors' table; the folder is inconsistent, save it again."
+        )
     for key, meta in expected.items():
         if key not in tensors or list(tensors[key].shape) != meta["shape"]:
             raise ArtefactError(

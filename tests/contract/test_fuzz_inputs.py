@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import string
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,11 @@ from hypothesis import strategies as st
 from persona_gate.errors import ArtefactError, ConfigError, ConversationError, DatasetError, PersonaGateError
 from persona_gate.experiments.pipeline import RunConfig
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("PERSONA_GATE_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 # ---- JSON-ish values of every type --------------------------------------------------------------
 
@@ -280,9 +286,9 @@ def _mutate_manifest(path: Path, drop: list[str], set_key: str | None, value) ->
     m.pop("checksum", None)  # a hand edit: without the checksum the loader must check every field itself
     keys = sorted(m)
     for i in drop:
-        m.pop(keys[hash(i) % len(keys)], None)
+        m.pop(keys[zlib.crc32(i.encode()) % len(keys)], None)
     if set_key is not None:
-        m[keys[hash(set_key) % len(keys)]] = value
+        m[keys[zlib.crc32(set_key.encode()) % len(keys)]] = value
     path.write_text(json.dumps(m))
 
 
