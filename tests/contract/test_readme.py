@@ -217,7 +217,7 @@ def _execute(tmp: Path) -> list[Step]:
                         last_stdout[argv[1]] = out
                     elif argv[0] in ("python", "python3"):
                         proc = subprocess.run(
-                            [sys.executable, *argv[1:]], cwd=tmp, capture_output=True, text=True, timeout=900
+                            [sys.executable, *argv[1:]], cwd=tmp, capture_output=True, text=True, timeout=1800
                         )
                         rc, out, err = proc.returncode, proc.stdout, proc.stderr
                     elif argv[0] in LAUNCHERS:
@@ -226,7 +226,7 @@ def _execute(tmp: Path) -> list[Step]:
                             cwd=tmp,
                             capture_output=True,
                             text=True,
-                            timeout=900,
+                            timeout=1800,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
                         )
                         rc, out, err = proc.returncode, proc.stdout, proc.stderr
