@@ -209,7 +209,8 @@ def _windows_cost(ctx: Context) -> tuple[int, Cost, bool]:
 # ---------------------------------------------------------------- patching and extraction sites
 
 
-def _patch(ctx: Context) -> LabelledResult:
+def _patching(ctx: Context, stage: str, **options: Any) -> LabelledResult:
+    """The patching map of the run's pairs at every role's slots, checkpointed under ``cells/<stage>``."""
     from .patching import activation_patching
 
     source, target = ctx.patch_pairs()
@@ -220,26 +221,18 @@ def _patch(ctx: Context) -> LabelledResult:
         ctx.scorer.token_ids,
         positions="roles",
         progress=ctx.progress,
-        checkpoint=ctx.cells("patching"),
+        checkpoint=ctx.cells(stage),
+        **options,
     )
+
+
+def _patch(ctx: Context) -> LabelledResult:
+    return _patching(ctx, "patching")
 
 
 def _direction_patch(ctx: Context) -> LabelledResult:
     """Patching only the persona-direction component (the layers the directions were fitted at)."""
-    from .patching import activation_patching
-
-    source, target = ctx.patch_pairs()
-    return activation_patching(
-        ctx.model,
-        source,
-        target,
-        ctx.scorer.token_ids,
-        layers=ctx.cfg.layers,
-        positions="roles",
-        direction=ctx.persona,
-        progress=ctx.progress,
-        checkpoint=ctx.cells("direction_patching"),
-    )
+    return _patching(ctx, "direction_patching", layers=ctx.cfg.layers, direction=ctx.persona)
 
 
 def _patch_cost(ctx: Context, layers: list[int] | None = None) -> tuple[int, Cost, bool]:
