@@ -292,6 +292,7 @@ def test_a_plan_without_weights_equals_the_loaded_plan(tiny_models, tiny_model_d
         "reintroduction",
         "window_projection",
         "patching",
+        "direction_patching",
         "extraction_sites",
     ]
     for mine, theirs in zip(planned["stages"], loaded["stages"], strict=True):
