@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..prompts.positions import SPELLINGS
 from .common import (
     add_directions,
     add_dtype_and_device,
@@ -134,13 +135,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_monitor_command(sub) -> None:
     m = sub.add_parser(
-        "monitor", help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged"
+        "monitor",
+        help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged",
+        description="Monitor persona drift over a conversation: the persona and refusal projections of every "
+        "turn, flagged where the persona projection crosses a threshold calibrated on held-out chats (or read "
+        "from --calibration). Saves the result, the calibration and an HTML timeline.",
     )
     add_model_args(m)
     m.add_argument("conversation", help='JSONL file, one {"role", "content"} message per line')
     add_directions(m)
     m.add_argument("--calibration", default=None, help="a saved calibration folder (default: calibrate and save one)")
-    m.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
+    m.add_argument(
+        "--layers", type=layers, default=None, help="comma-separated layers, 0-based, -1 the last (default: all)"
+    )
     m.add_argument(
         "--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)"
     )
@@ -167,7 +174,13 @@ def add_monitor_command(sub) -> None:
 
 
 def add_redteam_command(sub) -> None:
-    t = sub.add_parser("redteam", help="red-team refusal: direct bypass phrasings vs persona manipulation")
+    t = sub.add_parser(
+        "redteam",
+        help="red-team refusal: direct bypass phrasings vs persona manipulation",
+        description="Red-team refusal: harmful requests with no attack, with direct bypass phrasings and with "
+        "persona manipulation, scored by refusal rate and by their projection on the persona direction (with "
+        "the AUROC that projection gets at telling the attacks apart). Saves the scores and an HTML figure.",
+    )
     add_model_args(t)
     add_directions(t, "persona directions: a `directions --out` folder or a saved set (default: fit them)")
     t.add_argument(
@@ -186,24 +199,34 @@ def add_redteam_command(sub) -> None:
     t.add_argument(
         "--position",
         default="mean:attack",
-        help="where the projection is read: mean:attack (default), last, mean:user ...",
+        help=f"where the projection is read: mean:attack (the attack's text; default), {SPELLINGS}",
     )
     t.add_argument(
         "--no-generate", action="store_true", help="label by the greedy first token instead of generated replies"
     )
-    t.add_argument("--max-new-tokens", type=int, default=24)
+    t.add_argument(
+        "--max-new-tokens", type=int, default=24, help="reply tokens generated to label each reply (default 24)"
+    )
     add_work_args(t, "runs/redteam", batch_size=32)
     t.set_defaults(func=_cmd_redteam)
 
 
 def add_compare_command(sub) -> None:
-    c = sub.add_parser("compare", help="compare two checkpoints: persona/refusal direction drift and refusal change")
+    c = sub.add_parser(
+        "compare",
+        help="compare two checkpoints: persona/refusal direction drift and refusal change",
+        description="Compare two checkpoints of one model (a model and its fine-tune, say) on the same prompts: "
+        "how far the persona and refusal directions moved at each layer, and how refusal changed. Saves the "
+        "comparison and an HTML report.",
+    )
     c.add_argument(
         "--model-a", default="organism", help="reference checkpoint (default: organism): a name, folder or .gguf"
     )
     c.add_argument("--model-b", required=True, help="checkpoint to compare, e.g. a fine-tuned copy of A")
     add_dtype_and_device(c)
-    c.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
+    c.add_argument(
+        "--layers", type=layers, default=None, help="comma-separated layers, 0-based, -1 the last (default: all)"
+    )
     c.add_argument("--n", type=int, default=48, help="requests per group for fitting directions (default 48)")
     c.add_argument(
         "--n-eval", type=int, default=32, help="held-out prompts per group for shifts and refusal (default 32)"

@@ -135,8 +135,10 @@ def windows(text: str) -> list[tuple[int, int]]:
 
 
 def add_dtype_and_device(p: argparse.ArgumentParser, dtype: str | None = "float32") -> None:
-    p.add_argument("--dtype", default=dtype, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    """``--dtype`` (``None``: the config decides, float32 unless it says otherwise) and ``--device``."""
+    default = "float32 (default)" if dtype is not None else "float32 (default, unless the config says otherwise)"
+    p.add_argument("--dtype", default=dtype, help=f"{default}, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -175,8 +177,15 @@ def add_work_args(
 ) -> None:
     """The trailing flags of a command that works: ``[--batch-size] --seed --out --no-progress``."""
     if batch_size is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help=f"prompts per forward pass, a positive integer (default {batch_size}); lower it if memory runs out",
+        )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the prompt sampling and splits, any integer (default 0)"
+    )
     add_out(p, out, out_help)
     add_no_progress(p)
 

@@ -119,7 +119,13 @@ def _cmd_guard(args: argparse.Namespace) -> int:
 
 
 def add_screen_command(sub) -> None:
-    s = sub.add_parser("screen", help="screen fine-tuning data: which examples push the persona toward compliance")
+    s = sub.add_parser(
+        "screen",
+        help="screen fine-tuning data: which examples push the persona toward compliance",
+        description="Screen fine-tuning data before training: score every chat example by how far its reply "
+        "moves the persona direction toward the compliant persona, list the highest and give the dataset's "
+        "score. --validate checks the score on organism fine-tunes (minutes). Re-running resumes.",
+    )
     add_model_args(s)
     s.add_argument(
         "data",
@@ -145,7 +151,14 @@ def add_screen_command(sub) -> None:
 
 
 def add_guard_command(sub) -> None:
-    g = sub.add_parser("guard", help="guard the gate: cap the persona projection, graded against persona attacks")
+    g = sub.add_parser(
+        "guard",
+        help="guard the gate: cap the persona projection, graded against persona attacks",
+        description="Guard the gate at inference: cap the persona projection inside layer windows at "
+        "percentiles of safe-persona projections, grade each setting on persona attacks, harmless "
+        "over-refusal and KL, and recommend one. Saves the grid, an HTML figure and summary.json; "
+        "re-running resumes by cell.",
+    )
     add_model_args(g)
     add_directions(g)
     g.add_argument(
@@ -179,7 +192,12 @@ def add_guard_command(sub) -> None:
     )
     g.add_argument("--n", type=int, default=32, help="held-out requests per attack and per persona (default 32)")
     g.add_argument("--no-verify", action="store_true", help="skip re-measuring the recommendation on generated replies")
-    g.add_argument("--max-new-tokens", type=int, default=24)
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=24,
+        help="reply tokens generated to verify the recommendation (default 24)",
+    )
     add_work_args(
         g, "runs/guard", batch_size=32, out_help="output folder (default runs/guard; re-running resumes by cell)"
     )

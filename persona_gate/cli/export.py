@@ -112,7 +112,13 @@ def _add_directions(p: argparse.ArgumentParser, with_set: bool = False) -> None:
 def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type) -> None:
     """Mount ``model``, ``control-vector`` and ``directions`` under ``persona-gate export``."""
     sub = parser.add_subparsers(dest="export_command", required=True)
-    m = sub.add_parser("model", help="bake an ablation or steering into a plain Hugging Face folder")
+    m = sub.add_parser(
+        "model",
+        help="bake an ablation or steering into a plain Hugging Face folder",
+        description="Bake an ablation (--ablate: the direction projected out of the weights) or a steering "
+        "(--steer: the direction added as a bias) into a plain Hugging Face folder that loads with "
+        "transformers alone; what was edited is recorded in persona_gate_export.json.",
+    )
     add_model_args(m)
     _add_directions(m)
     m.add_argument(
@@ -140,7 +146,12 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     )
     m.add_argument("--out", required=True, type=Path, help="the folder to write")
     m.set_defaults(func=_cmd_model)
-    c = sub.add_parser("control-vector", help="a direction set as a llama.cpp control-vector GGUF")
+    c = sub.add_parser(
+        "control-vector",
+        help="a direction set as a llama.cpp control-vector GGUF",
+        description="Write a direction set as a llama.cpp control-vector GGUF (for --control-vector), scaled "
+        "by --alpha; llama.cpp's direction.k is persona_gate's resid_pre at layer k+1.",
+    )
     _add_directions(c, with_set=True)
     c.add_argument(
         "--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)"
@@ -150,7 +161,12 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     c.add_argument("--model-hint", default=None, help="llama.cpp's model hint (default: the directions' model)")
     c.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
     c.set_defaults(func=_cmd_control_vector)
-    d = sub.add_parser("directions", help="a direction set as one safetensors file and a JSON sidecar")
+    d = sub.add_parser(
+        "directions",
+        help="a direction set as one safetensors file and a JSON sidecar",
+        description="Write a direction set as one plain safetensors file (one vector per layer) and a JSON "
+        "sidecar saying what each tensor is, for tools other than persona_gate.",
+    )
     _add_directions(d, with_set=True)
     d.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     d.set_defaults(func=_cmd_directions)
