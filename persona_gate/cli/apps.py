@@ -21,6 +21,8 @@ from .common import (
     add_dtype_and_device,
     add_model_args,
     add_work_args,
+    check_layers,
+    check_out,
     claim,
     fit_and_save,
     layers,
@@ -63,18 +65,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from ..monitoring.summary import format_monitor
     from ..plots import fig_monitor_timeline, save_html
 
-    # Bad input fails before minutes of fitting and calibrating.
+    # Bad input fails before minutes of fitting and calibrating, and before the folder is made.
     conversation = as_conversation(args.conversation)
     given = _calibration_settings(args)
-    out = claim(args.out, "monitor", "monitor")
+    check_out(args.out, "monitor")
     model = load_model(args)
-    if args.directions is not None:
-        persona, refusal = load_monitor_directions(args.directions, model)
-    else:
-        persona, refusal = fit_and_save(model, args, out, "persona", "refusal")
-    if args.calibration is not None:
-        cal = MonitorCalibration.load(args.calibration)
-    else:
+    check_layers(model, *(args.layers or ()), args.flag_layer)
+    given_dirs = load_monitor_directions(args.directions, model) if args.directions is not None else None
+    cal = MonitorCalibration.load(args.calibration) if args.calibration is not None else None
+    out = claim(args.out, "monitor", "monitor")
+    persona, refusal = given_dirs or fit_and_save(model, args, out, "persona", "refusal")
+    if cal is None:
         cal = calibrate(model, persona, **passed(args, "layers", "flag_layer", "seed"), **given)
         cal.save(out / "calibration")
     result = monitor(model, conversation, persona, refusal, layers=args.layers, calibration=cal)
@@ -94,11 +95,12 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     from ..redteam.harness import load_persona_directions, read_requests, red_team
 
     requests = read_requests(args.requests) if args.requests is not None else None  # bad input fails before any work
-    out = claim(args.out, "redteam", "redteam")
+    check_out(args.out, "redteam")
     model = load_model(args)
-    if args.directions is not None:
-        persona = load_persona_directions(args.directions, model)
-    else:
+    check_layers(model, args.layer)
+    persona = load_persona_directions(args.directions, model) if args.directions is not None else None
+    out = claim(args.out, "redteam", "redteam")  # every input checked: now the folder
+    if persona is None:
         (persona,) = fit_and_save(model, args, out, "persona")
     rt = red_team(
         model,
@@ -121,9 +123,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..compare.summary import format_comparison, refusal_change
     from ..plots.compare_report import write_comparison_report
 
-    out = claim(args.out, "comparison", "compare")
+    check_out(args.out, "comparison")  # the folder is made once the comparison (which checks its inputs) is done
     flags = passed(args, "layers", "n_eval", "seed", "batch_size", "dtype", "device")
     result = compare_checkpoints(args.model_a, args.model_b, n_per_group=args.n, **flags)
+    out = claim(args.out, "comparison", "compare")
     print(format_comparison(result))
     change = refusal_change(result)["safe/harmful"]
     print(f"\nrefusal of safe-persona harmful requests changed by {change:+.2f} (B - A)")

@@ -54,14 +54,14 @@ def _cmd_model(args: argparse.Namespace) -> int:
     from ..core.interventions import Ablate, Steer
     from ..errors import ConfigError
     from ..export import export_model
-    from ..io import claim_folder
+    from ..io import check_claimable
 
     if (args.ablate is None) == (args.steer is None):
         raise ConfigError("pass exactly one of --ablate persona|refusal or --steer persona|refusal.")
     if args.steer is not None and (args.alpha is None or not args.layers):
         raise ConfigError("--steer needs --alpha and --layers (e.g. --alpha 4 --layers 2).")
     existed = args.out.exists()
-    claim_folder(args.out, "export", written_by="persona-gate export model")  # a bad --out fails before the model loads
+    check_claimable(args.out, "export")  # a bad --out fails before the model loads; export_model makes it, checks done
     try:
         model = load_model(args)
         direction = _chosen(args, model)

@@ -28,6 +28,8 @@ from .common import (
     add_no_progress,
     add_out,
     add_work_args,
+    check_layers,
+    check_out,
     claim,
     layers,
     load_model,
@@ -41,13 +43,11 @@ def _cmd_directions(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.out is not None:
-        claim(args.out, "directions", "directions")
+        check_out(args.out, "directions")  # a bad --out fails before the model loads
     model = load_model(args)
-    if args.layers is not None:  # before any fitting; the empty --out folder goes again (common.tidy_out_on_failure)
-        from ..sites import check_layer
-
-        for layer in args.layers:
-            check_layer(layer, int(model.cfg.n_layers))
+    check_layers(model, *(args.layers or ()))
+    if args.out is not None:  # every input checked: now the folder
+        claim(args.out, "directions", "directions")
     flags = passed(args, "layers", "kind", "refusal_position", "persona_position", "batch_size", "seed")
     pr = fit_persona_and_refusal(model, n_per_group=args.n, **flags)
     print(format_summary(pr))
