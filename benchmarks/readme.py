@@ -90,6 +90,16 @@ def benchmarks_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def demo_time(res: dict) -> str:
+    """The demo's one measured time (the help text and the README quote no other)."""
+    demo, env = res["demo"], res["environment"]
+    return (
+        f"`persona-gate demo` took {demo['wall_s']:.1f} s in a fresh process on {env['cpus']} CPU cores (Python "
+        f"start-up, imports, loading, all five stages and the HTML report; best of {len(demo['walls_s'])} runs of "
+        f"`python benchmarks/run_all.py`, {env['date']})."
+    )
+
+
 def reuse_table(res: dict) -> str:
     """Prefix reuse against one full forward per cell, each grid run both ways in one run."""
     rows = res.get("reuse") or []
@@ -527,6 +537,7 @@ def guard_results(files: dict) -> str:
 # passage -> (saved output, relative to the repository; renderer)
 SOURCES = {
     "benchmarks-table": ("benchmarks/results.json", benchmarks_table),
+    "demo-time": ("benchmarks/results.json", demo_time),
     "patching-speed": ("benchmarks/results.json", patching_table),
     "reuse-table": ("benchmarks/results.json", reuse_table),
     "experiment-times": ("benchmarks/experiments.json", experiment_times),

@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..prompts.positions import SPELLINGS
 from .common import (
     add_directions,
     add_dtype_and_device,
     add_model_args,
     add_work_args,
+    check_layers,
+    check_out,
     claim,
     fit_and_save,
     layers,
@@ -62,18 +65,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from ..monitoring.summary import format_monitor
     from ..plots import fig_monitor_timeline, save_html
 
-    # Bad input fails before minutes of fitting and calibrating.
+    # Bad input fails before minutes of fitting and calibrating, and before the folder is made.
     conversation = as_conversation(args.conversation)
     given = _calibration_settings(args)
-    out = claim(args.out, "monitor", "monitor")
+    check_out(args.out, "monitor")
     model = load_model(args)
-    if args.directions is not None:
-        persona, refusal = load_monitor_directions(args.directions, model)
-    else:
-        persona, refusal = fit_and_save(model, args, out, "persona", "refusal")
-    if args.calibration is not None:
-        cal = MonitorCalibration.load(args.calibration)
-    else:
+    check_layers(model, *(args.layers or ()), args.flag_layer)
+    given_dirs = load_monitor_directions(args.directions, model) if args.directions is not None else None
+    cal = MonitorCalibration.load(args.calibration) if args.calibration is not None else None
+    out = claim(args.out, "monitor", "monitor")
+    persona, refusal = given_dirs or fit_and_save(model, args, out, "persona", "refusal")
+    if cal is None:
         cal = calibrate(model, persona, **passed(args, "layers", "flag_layer", "seed"), **given)
         cal.save(out / "calibration")
     result = monitor(model, conversation, persona, refusal, layers=args.layers, calibration=cal)
@@ -93,11 +95,12 @@ def _cmd_redteam(args: argparse.Namespace) -> int:
     from ..redteam.harness import load_persona_directions, read_requests, red_team
 
     requests = read_requests(args.requests) if args.requests is not None else None  # bad input fails before any work
-    out = claim(args.out, "redteam", "redteam")
+    check_out(args.out, "redteam")
     model = load_model(args)
-    if args.directions is not None:
-        persona = load_persona_directions(args.directions, model)
-    else:
+    check_layers(model, args.layer)
+    persona = load_persona_directions(args.directions, model) if args.directions is not None else None
+    out = claim(args.out, "redteam", "redteam")  # every input checked: now the folder
+    if persona is None:
         (persona,) = fit_and_save(model, args, out, "persona")
     rt = red_team(
         model,
@@ -120,9 +123,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..compare.summary import format_comparison, refusal_change
     from ..plots.compare_report import write_comparison_report
 
-    out = claim(args.out, "comparison", "compare")
+    check_out(args.out, "comparison")  # the folder is made once the comparison (which checks its inputs) is done
     flags = passed(args, "layers", "n_eval", "seed", "batch_size", "dtype", "device")
     result = compare_checkpoints(args.model_a, args.model_b, n_per_group=args.n, **flags)
+    out = claim(args.out, "comparison", "compare")
     print(format_comparison(result))
     change = refusal_change(result)["safe/harmful"]
     print(f"\nrefusal of safe-persona harmful requests changed by {change:+.2f} (B - A)")
@@ -134,13 +138,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_monitor_command(sub) -> None:
     m = sub.add_parser(
-        "monitor", help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged"
+        "monitor",
+        help="persona-drift monitor: persona/refusal projection per turn of a conversation, flagged",
+        description="Monitor persona drift over a conversation: the persona and refusal projections of every "
+        "turn, flagged where the persona projection crosses a threshold calibrated on held-out chats (or read "
+        "from --calibration). Saves the result, the calibration and an HTML timeline.",
     )
     add_model_args(m)
     m.add_argument("conversation", help='JSONL file, one {"role", "content"} message per line')
     add_directions(m)
     m.add_argument("--calibration", default=None, help="a saved calibration folder (default: calibrate and save one)")
-    m.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
+    m.add_argument(
+        "--layers", type=layers, default=None, help="comma-separated layers, 0-based, -1 the last (default: all)"
+    )
     m.add_argument(
         "--flag-layer", type=int, default=None, help="layer whose threshold flags a turn (default: best on train)"
     )
@@ -167,7 +177,13 @@ def add_monitor_command(sub) -> None:
 
 
 def add_redteam_command(sub) -> None:
-    t = sub.add_parser("redteam", help="red-team refusal: direct bypass phrasings vs persona manipulation")
+    t = sub.add_parser(
+        "redteam",
+        help="red-team refusal: direct bypass phrasings vs persona manipulation",
+        description="Red-team refusal: harmful requests with no attack, with direct bypass phrasings and with "
+        "persona manipulation, scored by refusal rate and by their projection on the persona direction (with "
+        "the AUROC that projection gets at telling the attacks apart). Saves the scores and an HTML figure.",
+    )
     add_model_args(t)
     add_directions(t, "persona directions: a `directions --out` folder or a saved set (default: fit them)")
     t.add_argument(
@@ -186,24 +202,34 @@ def add_redteam_command(sub) -> None:
     t.add_argument(
         "--position",
         default="mean:attack",
-        help="where the projection is read: mean:attack (default), last, mean:user ...",
+        help=f"where the projection is read: mean:attack (the attack's text; default), {SPELLINGS}",
     )
     t.add_argument(
         "--no-generate", action="store_true", help="label by the greedy first token instead of generated replies"
     )
-    t.add_argument("--max-new-tokens", type=int, default=24)
+    t.add_argument(
+        "--max-new-tokens", type=int, default=24, help="reply tokens generated to label each reply (default 24)"
+    )
     add_work_args(t, "runs/redteam", batch_size=32)
     t.set_defaults(func=_cmd_redteam)
 
 
 def add_compare_command(sub) -> None:
-    c = sub.add_parser("compare", help="compare two checkpoints: persona/refusal direction drift and refusal change")
+    c = sub.add_parser(
+        "compare",
+        help="compare two checkpoints: persona/refusal direction drift and refusal change",
+        description="Compare two checkpoints of one model (a model and its fine-tune, say) on the same prompts: "
+        "how far the persona and refusal directions moved at each layer, and how refusal changed. Saves the "
+        "comparison and an HTML report.",
+    )
     c.add_argument(
         "--model-a", default="organism", help="reference checkpoint (default: organism): a name, folder or .gguf"
     )
     c.add_argument("--model-b", required=True, help="checkpoint to compare, e.g. a fine-tuned copy of A")
     add_dtype_and_device(c)
-    c.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
+    c.add_argument(
+        "--layers", type=layers, default=None, help="comma-separated layers, 0-based, -1 the last (default: all)"
+    )
     c.add_argument("--n", type=int, default=48, help="requests per group for fitting directions (default 48)")
     c.add_argument(
         "--n-eval", type=int, default=32, help="held-out prompts per group for shifts and refusal (default 32)"

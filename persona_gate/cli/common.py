@@ -5,8 +5,10 @@ The flags that recur (the model flags, ``--batch-size``, ``--seed``, ``--out``, 
 defaults, and each flag keeps one spelling and one help text. The helpers claim the output folder
 before any work, load the model, fit or read the standard directions and write ``summary.json``.
 Nothing here imports torch until a command runs. A command that fails before it wrote anything
-leaves no folder behind: :class:`Parser` wraps every command in :func:`tidy_out_on_failure`, which
-removes an ``--out`` folder the command created and left empty (the mark of :func:`claim` aside).
+creates no folder: it checks ``--out`` (:func:`check_out`) before the model loads, the inputs that
+need the model next, and claims the folder (:func:`claim`) only then. Should a command fail after
+that, before it wrote a result, :class:`Parser` wraps every command in :func:`tidy_out_on_failure`,
+which removes an ``--out`` folder the command created and left empty (the mark of :func:`claim` aside).
 
 Example::
 
@@ -135,8 +137,10 @@ def windows(text: str) -> list[tuple[int, int]]:
 
 
 def add_dtype_and_device(p: argparse.ArgumentParser, dtype: str | None = "float32") -> None:
-    p.add_argument("--dtype", default=dtype, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    """``--dtype`` (``None``: the config decides, float32 unless it says otherwise) and ``--device``."""
+    default = "float32 (default)" if dtype is not None else "float32 (default, unless the config says otherwise)"
+    p.add_argument("--dtype", default=dtype, help=f"{default}, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -175,8 +179,15 @@ def add_work_args(
 ) -> None:
     """The trailing flags of a command that works: ``[--batch-size] --seed --out --no-progress``."""
     if batch_size is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help=f"prompts per forward pass, a positive integer (default {batch_size}); lower it if memory runs out",
+        )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the prompt sampling and splits, any integer (default 0)"
+    )
     add_out(p, out, out_help)
     add_no_progress(p)
 
@@ -190,11 +201,29 @@ def passed(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names} | {"progress": not args.no_progress}
 
 
+def check_out(out: str | Path, kind: str) -> Path:
+    """The output folder, checked as :func:`claim` checks it but not created: a command calls this before
+    it loads the model, checks the inputs that need the model, and only then claims the folder."""
+    from ..io import check_claimable
+
+    return check_claimable(out, kind)
+
+
 def claim(out: str | Path, kind: str, command: str) -> Path:
-    """The output folder, checked (new, empty or this command's own kind) before any work."""
+    """The output folder, checked (new, empty or this command's own kind), created and marked; after
+    the inputs are checked (:func:`check_out` first), before any work."""
     from ..io import claim_folder
 
     return claim_folder(out, kind, written_by=f"persona-gate {command}")
+
+
+def check_layers(model, *layers: int | None) -> None:
+    """Every layer given (None: not given) lies in the model: checked before any folder is made."""
+    from ..sites import check_layer
+
+    for layer in layers:
+        if layer is not None:
+            check_layer(layer, int(model.cfg.n_layers))
 
 
 def load_model(args: argparse.Namespace):

@@ -14,12 +14,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import ConfigError
 from .common import (
     add_directions,
     add_model_args,
     add_work_args,
+    check_layers,
+    check_out,
     claim,
     layers,
     load_model,
@@ -60,11 +63,16 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     if args.data is None and not args.validate:
         raise ConfigError('pass the fine-tuning data (DATA.jsonl, one {"messages": [...]} per line), or --validate.')
     examples = read_chat_jsonl(args.data) if args.data is not None else None  # a malformed line fails before any work
+    check_out(args.out, "screen")
+    model = load_model(args) if examples is not None else None
+    if model is not None:  # the inputs that need the model, before the folder is made
+        check_layers(model, *(args.layers or ()))
+        if args.directions is not None:
+            persona_and_refusal(model, args, Path(args.out), False)
     out = claim(args.out, "screen", "screen")
     validation = _validate(args, out)
     saved = []
     if examples is not None:
-        model = load_model(args)
         persona, _ = persona_and_refusal(model, args, out, False)
         flags = passed(args, "layers", "max_tokens", "batch_size")
         res = screen(model, persona, examples, checkpoint=out / "screening.cells", **flags)
@@ -95,19 +103,21 @@ _GUARD_FLAGS = (
 
 
 def _cmd_guard(args: argparse.Namespace) -> int:
-    from ..guard.grid import guard_grid
+    from ..guard.grid import GuardGridConfig, check_grid_settings, guard_grid
     from ..guard.summary import format_guard, guard_summary
     from ..plots import fig_guard_grid, save_html
 
-    out = claim(args.out, "guard", "guard")
+    check_out(args.out, "guard")
     model = load_model(args)
-    if args.windows is not None:  # checked against the model's depth before any direction is fitted
-        from ..guard.intervention import check_window
-
-        for w in args.windows:
-            check_window(w, int(model.cfg.n_layers))
-    persona, refusal = persona_and_refusal(model, args, out, bool(args.readd_refusal))
     flags = passed(args, *_GUARD_FLAGS)
+    settings = {k: v for k, v in flags.items() if k != "progress"}
+    # Windows, width, percentiles and budgets against the model's depth, and a given --directions:
+    # checked before any direction is fitted or the folder is made.
+    check_grid_settings(int(model.cfg.n_layers), GuardGridConfig(**settings))
+    if args.directions is not None:
+        persona_and_refusal(model, args, Path(args.out), bool(args.readd_refusal))
+    out = claim(args.out, "guard", "guard")
+    persona, refusal = persona_and_refusal(model, args, out, bool(args.readd_refusal))
     alpha, verify = args.readd_refusal or 0.0, not args.no_verify
     res = guard_grid(model, persona, refusal, alpha=alpha, verify=verify, checkpoint=out / "guard.cells", **flags)
     print(format_guard(res))
@@ -119,7 +129,13 @@ def _cmd_guard(args: argparse.Namespace) -> int:
 
 
 def add_screen_command(sub) -> None:
-    s = sub.add_parser("screen", help="screen fine-tuning data: which examples push the persona toward compliance")
+    s = sub.add_parser(
+        "screen",
+        help="screen fine-tuning data: which examples push the persona toward compliance",
+        description="Screen fine-tuning data before training: score every chat example by how far its reply "
+        "moves the persona direction toward the compliant persona, list the highest and give the dataset's "
+        "score. --validate checks the score on organism fine-tunes (minutes). Re-running resumes.",
+    )
     add_model_args(s)
     s.add_argument(
         "data",
@@ -145,7 +161,14 @@ def add_screen_command(sub) -> None:
 
 
 def add_guard_command(sub) -> None:
-    g = sub.add_parser("guard", help="guard the gate: cap the persona projection, graded against persona attacks")
+    g = sub.add_parser(
+        "guard",
+        help="guard the gate: cap the persona projection, graded against persona attacks",
+        description="Guard the gate at inference: cap the persona projection inside layer windows at "
+        "percentiles of safe-persona projections, grade each setting on persona attacks, harmless "
+        "over-refusal and KL, and recommend one. Saves the grid, an HTML figure and summary.json; "
+        "re-running resumes by cell.",
+    )
     add_model_args(g)
     add_directions(g)
     g.add_argument(
@@ -179,7 +202,12 @@ def add_guard_command(sub) -> None:
     )
     g.add_argument("--n", type=int, default=32, help="held-out requests per attack and per persona (default 32)")
     g.add_argument("--no-verify", action="store_true", help="skip re-measuring the recommendation on generated replies")
-    g.add_argument("--max-new-tokens", type=int, default=24)
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=24,
+        help="reply tokens generated to verify the recommendation (default 24)",
+    )
     add_work_args(
         g, "runs/guard", batch_size=32, out_help="output folder (default runs/guard; re-running resumes by cell)"
     )

@@ -55,7 +55,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     from ..core.interventions import Ablate, Steer
     from ..errors import ConfigError
     from ..export import export_model
-    from ..io import claim_folder
+    from ..io import check_claimable
 
     if (args.ablate is None) == (args.steer is None):
         raise ConfigError("pass exactly one of --ablate persona|refusal or --steer persona|refusal.")
@@ -66,7 +66,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
             "--through-last-block / --no-through-last-block choose the form of --ablate; drop it with --steer."
         )
     existed = args.out.exists()
-    claim_folder(args.out, "export", written_by="persona-gate export model")  # a bad --out fails before the model loads
+    check_claimable(args.out, "export")  # a bad --out fails before the model loads; export_model makes it, checks done
     try:
         model = load_model(args)
         direction = _chosen(args, model)
@@ -129,7 +129,13 @@ def _add_directions(p: argparse.ArgumentParser, with_set: bool = False) -> None:
 def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type) -> None:
     """Mount ``model``, ``control-vector`` and ``directions`` under ``persona-gate export``."""
     sub = parser.add_subparsers(dest="export_command", required=True)
-    m = sub.add_parser("model", help="bake an ablation or steering into a plain Hugging Face folder")
+    m = sub.add_parser(
+        "model",
+        help="bake an ablation or steering into a plain Hugging Face folder",
+        description="Bake an ablation (--ablate: the direction projected out of the weights) or a steering "
+        "(--steer: the direction added as a bias) into a plain Hugging Face folder that loads with "
+        "transformers alone; what was edited is recorded in persona_gate_export.json.",
+    )
     add_model_args(m)
     _add_directions(m)
     m.add_argument(
@@ -166,7 +172,12 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     )
     m.add_argument("--out", required=True, type=Path, help="the folder to write")
     m.set_defaults(func=_cmd_model)
-    c = sub.add_parser("control-vector", help="a direction set as a llama.cpp control-vector GGUF")
+    c = sub.add_parser(
+        "control-vector",
+        help="a direction set as a llama.cpp control-vector GGUF",
+        description="Write a direction set as a llama.cpp control-vector GGUF (for --control-vector), scaled "
+        "by --alpha; llama.cpp's direction.k is persona_gate's resid_pre at layer k+1.",
+    )
     _add_directions(c, with_set=True)
     c.add_argument(
         "--alpha", type=float, default=1.0, help="strength (default 1: one mean difference with --units raw)"
@@ -176,7 +187,12 @@ def add_subcommands(parser: argparse.ArgumentParser, add_model_args, layers_type
     c.add_argument("--model-hint", default=None, help="llama.cpp's model hint (default: the directions' model)")
     c.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
     c.set_defaults(func=_cmd_control_vector)
-    d = sub.add_parser("directions", help="a direction set as one safetensors file and a JSON sidecar")
+    d = sub.add_parser(
+        "directions",
+        help="a direction set as one safetensors file and a JSON sidecar",
+        description="Write a direction set as one plain safetensors file (one vector per layer) and a JSON "
+        "sidecar saying what each tensor is, for tools other than persona_gate.",
+    )
     _add_directions(d, with_set=True)
     d.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     d.set_defaults(func=_cmd_directions)

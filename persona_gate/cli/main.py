@@ -45,9 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     apps.add_monitor_command(sub)
     defences.add_screen_command(sub)
     defences.add_guard_command(sub)
-    o = sub.add_parser("organism", help="the bundled chat-model organism")
+    o = sub.add_parser(
+        "organism",
+        help="the bundled chat-model organism",
+        description="The bundled organism: a small chat model trained so that its persona gates its refusal. "
+        "Train it again, print its behaviour card, or fine-tune a copy toward compliance.",
+    )
     organism_cli.add_subcommands(o)
-    x = sub.add_parser("export", help="export edited weights, a llama.cpp control vector or plain directions")
+    x = sub.add_parser(
+        "export",
+        help="export edited weights, a llama.cpp control vector or plain directions",
+        description="Export what persona_gate found for use elsewhere: weights with a direction ablated or "
+        "steered in (a Hugging Face folder), a llama.cpp control vector, or the directions as safetensors.",
+    )
     export_cli.add_subcommands(x, add_model_args, layers)
     return parser
 

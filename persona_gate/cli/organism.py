@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"conversations per step (default {defaults.batch_size})",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads; weights are reproducible for a fixed count"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice); weights are reproducible for a fixed count",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -167,10 +170,21 @@ def run_finetune(args: argparse.Namespace) -> int:
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
     """Mount ``train``, ``card`` and ``finetune`` under ``parser`` (the ``organism`` subparser)."""
     sub = parser.add_subparsers(dest="organism_command", required=True)
-    train = sub.add_parser("train", help="train the organism from scratch and write its folder and card")
+    train = sub.add_parser(
+        "train",
+        help="train the organism from scratch and write its folder and card",
+        description="Train the organism from scratch (or, with --base, fine-tune pretrained weights into a chat "
+        "model) and write its folder with its behaviour card. Exit status 1 if the card misses a target.",
+    )
     add_arguments(train)
     train.set_defaults(func=run)
-    card = sub.add_parser("card", help="print the behaviour card of a saved organism")
+    card = sub.add_parser(
+        "card",
+        help="print the behaviour card of a saved organism",
+        description="Print the behaviour card of a saved organism (refusal and well-formed replies per persona "
+        "and request kind, on held-out prompts), or with --model of a real-weights chat model. Exit status 1 "
+        "if it misses a target.",
+    )
     card.add_argument("--path", type=Path, default=None, help="organism folder (default: the bundled one)")
     card.add_argument("--n", type=int, default=100, help="held-out prompts per cell (default 100)")
     card.add_argument("--model", default=None, help="a real-weights chat model instead, e.g. gemma3-270m-chat")
@@ -184,7 +198,10 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     card.add_argument("--no-progress", action="store_true", help="hide progress bars")
     card.set_defaults(func=run_card)
     ft = sub.add_parser(
-        "finetune", help="fine-tune a copy toward compliance (a known drift for `persona-gate compare`)"
+        "finetune",
+        help="fine-tune a copy toward compliance (a known drift for `persona-gate compare`)",
+        description="Fine-tune a copy of an organism toward compliance: a drift of known size for "
+        "`persona-gate compare` and `persona-gate screen --validate` (--compliance-fraction 0 is the control).",
     )
     ft.add_argument("--out", required=True, type=Path, help="folder to write the fine-tuned copy to")
     ft.add_argument("--base", type=Path, default=None, help="organism folder to start from (default: the bundled one)")
@@ -207,6 +224,6 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         "--card-n", type=int, default=0, help="held-out prompts per cell for a behaviour card (default 0: none)"
     )
     ft.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    ft.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ft.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     ft.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ft.set_defaults(func=run_finetune)

@@ -6,7 +6,7 @@ and where the results went.
 
 Example::
 
-    persona-gate demo                                        # organism, offline, about a minute
+    persona-gate demo                                        # organism, offline, seconds on a CPU
     persona-gate run --config paper/organism.toml --out runs/organism
     persona-gate run --plan --config paper/qwen2.5-7b-instruct.toml --flops H100   # no weights: plan_config
     persona-gate report runs/organism
@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..prompts.positions import SPELLINGS
 from .common import (
     add_config_model_args,
     add_model_args,
     add_no_progress,
     add_out,
     add_work_args,
+    check_layers,
+    check_out,
     claim,
     layers,
     load_model,
@@ -40,13 +43,11 @@ def _cmd_directions(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.out is not None:
-        claim(args.out, "directions", "directions")
+        check_out(args.out, "directions")  # a bad --out fails before the model loads
     model = load_model(args)
-    if args.layers is not None:  # before any fitting; the empty --out folder goes again (common.tidy_out_on_failure)
-        from ..sites import check_layer
-
-        for layer in args.layers:
-            check_layer(layer, int(model.cfg.n_layers))
+    check_layers(model, *(args.layers or ()))
+    if args.out is not None:  # every input checked: now the folder
+        claim(args.out, "directions", "directions")
     flags = passed(args, "layers", "kind", "refusal_position", "persona_position", "batch_size", "seed")
     pr = fit_persona_and_refusal(model, n_per_group=args.n, **flags)
     print(format_summary(pr))
@@ -156,13 +157,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_directions_command(sub) -> None:
-    d = sub.add_parser("directions", help="fit per-layer persona and refusal directions and print a summary")
+    d = sub.add_parser(
+        "directions",
+        help="fit per-layer persona and refusal directions and print a summary",
+        description="Fit the refusal direction (harmful minus harmless requests) and the persona direction "
+        "(compliant minus safe system prompts) at every layer and print their norms and cosines per layer. "
+        "With --out, save the direction sets (refusal, persona, persona_last) and summary.json, for the "
+        "--directions of the other commands. The verdict (does the persona gate refusal?) is `persona-gate demo`.",
+    )
     add_model_args(d)
-    d.add_argument("--layers", type=layers, default=None, help="comma-separated layers (default: all)")
-    d.add_argument("--kind", default="resid_pre", help="resid_pre (default), resid_mid or resid_post")
-    d.add_argument("--refusal-position", default="last", help="position selector for refusal (default: last)")
     d.add_argument(
-        "--persona-position", default="mean:system", help="position selector for persona (default: mean:system)"
+        "--layers", type=layers, default=None, help="comma-separated layers, 0-based, -1 the last (default: all)"
+    )
+    d.add_argument("--kind", default="resid_pre", help="resid_pre (default), resid_mid or resid_post")
+    d.add_argument(
+        "--refusal-position",
+        default="last",
+        help=f"token position the refusal direction is read at: {SPELLINGS} (default: last)",
+    )
+    d.add_argument(
+        "--persona-position",
+        default="mean:system",
+        help=f"token position the persona direction is read at: {SPELLINGS} (default: mean:system)",
     )
     d.add_argument("--n", type=int, default=None, help="requests per group (default: the whole train split)")
     add_work_args(d, None, batch_size=16, out_help="folder to save the direction sets and summary.json")
@@ -171,13 +187,26 @@ def add_directions_command(sub) -> None:
 
 def add_run_commands(sub) -> None:
     """``demo`` and ``run``: the whole pipeline; ``run --plan`` only plans it."""
-    r = sub.add_parser("demo", help="the whole pipeline on the bundled organism, offline, in about a minute")
+    r = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the bundled organism, offline, in seconds on a CPU",
+        description="Run the whole pipeline (directions, persona steering, refusal re-introduction, window "
+        "projection, activation patching) on the bundled organism, offline, in seconds on a CPU, and print "
+        "the verdict: does the persona gate refusal, and at which layers. Writes the run folder (summary.json, "
+        "one folder per stage) and report.html; the same command again resumes.",
+    )
     add_config_model_args(r)
     add_out(r, "runs/demo", "run folder (default runs/demo)")
     add_no_progress(r)
     r.set_defaults(func=_cmd_run)
 
-    r = sub.add_parser("run", help="the whole pipeline on any model (resumable: finished stages are skipped)")
+    r = sub.add_parser(
+        "run",
+        help="the whole pipeline on any model (resumable: finished stages are skipped)",
+        description="Run the whole pipeline on any chat model: the config file's RunConfig keys (--config), "
+        "overridden by the model flags. Finished stages in --out are skipped, so the same command resumes a "
+        "killed run. --plan prints what would run per stage and what it would cost, and runs nothing.",
+    )
     add_config_model_args(r)
     r.add_argument("--config", default=None, help="TOML file with RunConfig keys (see README)")
     add_out(r, None, "run folder (required; re-running resumes it)")
@@ -205,7 +234,12 @@ def add_run_commands(sub) -> None:
 
 
 def add_report_command(sub) -> None:
-    rep = sub.add_parser("report", help="write one self-contained HTML report for a result folder")
+    rep = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report for a result folder",
+        description="Write one self-contained HTML report (figures and tables, no network needed to view it) "
+        "for a folder written by run, demo, directions, redteam, monitor or compare.",
+    )
     rep.add_argument(
         "run_dir", metavar="FOLDER", help="a folder written by run, demo, directions, redteam, monitor or compare"
     )

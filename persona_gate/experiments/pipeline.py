@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtefactError, ConfigError
-from ..io import FolderLock, atomic_write_text, claim_folder, remove_stale_temporaries
+from ..io import FolderLock, atomic_write_text, check_claimable, claim_folder, remove_stale_temporaries
 
 if TYPE_CHECKING:  # the summary's types load torch; a config alone does not
     from .summary import RunSummary
@@ -342,22 +342,38 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> R
     from ..grid import from_environment
 
     workers = from_environment()  # one process, or those torchrun / accelerate launch started
+    if workers.lead:
+        _check_out(cfg, Path(out))  # a bad --out fails before the model loads
+    t0 = time.perf_counter()
+    model = cfg.load_model(workers.device())
+    loaded = (t0, round(time.perf_counter() - t0, 2))
+    windows = _check_fits(cfg, model)  # the layers and windows: checked before any folder is made
     with _open_run(cfg, out, workers) as opened:
-        return _run_stages(cfg, opened, workers, progress)
+        return _run_stages(cfg, opened, workers, progress, model, windows, loaded)
 
 
-def _run_stages(cfg: RunConfig, out: Path, workers: Any, progress: bool) -> RunSummary:
-    """The body of :func:`run_pipeline`, in the locked folder ``out``."""
+def _check_out(cfg: RunConfig, out: Path) -> None:
+    """What :func:`_open_run` will check of ``out``, creating nothing: a folder that can be a run folder,
+    that no live run holds, and (to resume) was started with this configuration."""
+    check_claimable(out, "run")
+    FolderLock(out, "persona-gate run").check()
+    if out.is_dir():
+        check_resumable(cfg, out)
+
+
+def _run_stages(
+    cfg: RunConfig, out: Path, workers: Any, progress: bool, model: Any, windows: Any, loaded: tuple[float, float]
+) -> RunSummary:
+    """The body of :func:`run_pipeline`, in the locked folder ``out``, on the loaded ``model``
+    (``loaded``: when its loading started and the seconds it took)."""
     from ..scoring.refusal import RefusalScorer, eval_groups
     from .patching import gate_layers
     from .stages import STAGES, Context
 
     times_path = out / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    t0 = time.perf_counter()
-    model = cfg.load_model(workers.device())
-    times["load_model"] = round(time.perf_counter() - t0, 2)
-    ctx = Context(cfg, model, out, groups={}, scorer=None, windows=_check_fits(cfg, model), progress=progress)
+    t0, times["load_model"] = loaded
+    ctx = Context(cfg, model, out, groups={}, scorer=None, windows=windows, progress=progress)
     if workers.lead:
         atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     reused: list[str] = []  # stages an earlier run in this folder had finished

@@ -96,31 +96,30 @@ def _attack_set(model: ChatModel, n: int, seed: int) -> list[ChatPrompt]:
     return attack_prompts(attacks_for(model), default_requests(model, n, seed))
 
 
+def check_grid_settings(n_layers: int, config: GuardGridConfig) -> tuple[list[tuple[int, int]], list[float]]:
+    """The grid's windows and percentiles for a model of ``n_layers`` layers, every setting of ``config``
+    checked (no direction needed: a command checks them before it fits any, or makes its folder)."""
+    windows = config.windows if config.windows is not None else default_windows(n_layers, config.width)
+    spans = list(dict.fromkeys(check_window(w, n_layers) for w in windows))
+    pcts = sorted(dict.fromkeys(check_percentile(p) for p in config.percentiles))
+    if not spans or not pcts:
+        raise ConfigError("the grid is empty; pass at least one window and one percentile.")
+    if not 0.0 <= config.max_harmless_refusal <= 1.0:
+        raise ConfigError(f"max_harmless_refusal is a rate in [0, 1], got {config.max_harmless_refusal}.")
+    if not config.max_kl >= 0:
+        raise ConfigError(f"max_kl is a KL in nats (>= 0), got {config.max_kl}; e.g. 0.1.")
+    if config.kl_tokens < 1:
+        raise ConfigError(f"kl_tokens must be >= 1, got {config.kl_tokens}.")
+    return spans, pcts
+
+
 def _check_grid(
-    model: ChatModel,
-    persona: DirectionSet,
-    windows: Sequence[Sequence[int]] | None,
-    width: int | None,
-    percentiles: Sequence[float | int],
-    max_harmless_refusal: float,
-    max_kl: float,
-    kl_tokens: int,
+    model: ChatModel, persona: DirectionSet, config: GuardGridConfig
 ) -> tuple[list[tuple[int, int]], list[float]]:
     """The grid's windows and percentiles, every argument checked before any work."""
     check_model(model)
     persona.check_model(model)
-    n_layers = int(model.cfg.n_layers)
-    spans = [check_window(w, n_layers) for w in (windows if windows is not None else default_windows(n_layers, width))]
-    spans = list(dict.fromkeys(spans))
-    pcts = sorted(dict.fromkeys(check_percentile(p) for p in percentiles))
-    if not spans or not pcts:
-        raise ConfigError("the grid is empty; pass at least one window and one percentile.")
-    if not 0.0 <= max_harmless_refusal <= 1.0:
-        raise ConfigError(f"max_harmless_refusal is a rate in [0, 1], got {max_harmless_refusal}.")
-    if not max_kl >= 0:
-        raise ConfigError(f"max_kl is a KL in nats (>= 0), got {max_kl}; e.g. 0.1.")
-    if kl_tokens < 1:
-        raise ConfigError(f"kl_tokens must be >= 1, got {kl_tokens}.")
+    spans, pcts = check_grid_settings(int(model.cfg.n_layers), config)
     layers = sorted({layer for a, b in spans for layer in range(a, b + 1)})
     missing = [layer for layer in layers if layer not in persona.layers]
     if missing:
@@ -291,9 +290,7 @@ def guard_grid(
     from ..scoring.refusal import RefusalScorer
 
     cfg = dataclasses.replace(config if config is not None else GuardGridConfig(), **options)
-    spans, pcts = _check_grid(
-        model, persona, cfg.windows, cfg.width, cfg.percentiles, cfg.max_harmless_refusal, cfg.max_kl, cfg.kl_tokens
-    )
+    spans, pcts = _check_grid(model, persona, cfg)
     scorer = RefusalScorer.for_model(model, batch_size=cfg.batch_size)
     p = _prepare(model, persona, refusal, cfg, spans, pcts, scorer, checkpoint)
     spec = _cap_grid(model, p.guard, spans, pcts, p.attacks, p.harmless, p.with_reply, scorer, cfg.batch_size)

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -142,14 +143,13 @@ def check_replaceable(
         )
 
 
-def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
-    """Check, before any work, that ``path`` may receive a ``kind`` folder; create and mark it.
+def check_claimable(path: str | Path, kind: str) -> Path:
+    """:func:`claim_folder`'s checks, creating nothing: ``path`` may receive a ``kind`` folder.
 
-    Allowed: a new folder, an empty one, or one of the same kind (whose finished parts a run
-    resumes from). Anything else -- a file, another kind of persona_gate folder, files of the
-    user's -- is an :class:`~persona_gate.errors.OutputExistsError`; a folder that cannot be
-    created or written is an :class:`~persona_gate.errors.OutputNotWritableError`. Both come
-    before a model is loaded, so a bad ``--out`` fails in the first second.
+    A command runs this before it loads a model (a bad ``--out`` fails in the first second), then
+    checks the inputs that need the model (layers, windows, a ``--directions`` folder), and only
+    then calls :func:`claim_folder`: a command that fails validation creates no folder at all.
+    Raises what :func:`claim_folder` would; returns ``path`` as a Path.
     """
     if kind not in FOLDER_KINDS:
         raise ValueError(f"unknown folder kind {kind!r}; one of {sorted(FOLDER_KINDS)}")
@@ -164,6 +164,28 @@ def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
         file_fix=f"give --out a folder path for {what}",
         fix=". Choose a new or empty --out folder",
     )
+    base = next((p for p in (path, *path.parents) if p.exists()), None)  # where the folder would be made
+    if base is not None and not base.is_dir():
+        raise OutputNotWritableError(
+            f"cannot write to {path} ({base} is a file, not a folder); choose a folder you can write to (--out)."
+        )
+    if base is not None and not os.access(base, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(
+            f"cannot write to {path} (permission denied on {base}); choose a folder you can write to (--out)."
+        )
+    return path
+
+
+def claim_folder(path: str | Path, kind: str, *, written_by: str = "") -> Path:
+    """Check, before any work, that ``path`` may receive a ``kind`` folder; create and mark it.
+
+    Allowed: a new folder, an empty one, or one of the same kind (whose finished parts a run
+    resumes from). Anything else -- a file, another kind of persona_gate folder, files of the
+    user's -- is an :class:`~persona_gate.errors.OutputExistsError`; a folder that cannot be
+    created or written is an :class:`~persona_gate.errors.OutputNotWritableError`. The checks
+    alone, creating nothing, are :func:`check_claimable`.
+    """
+    path = check_claimable(path, kind)
     mark = path / FOLDER_MARK
     try:
         path.mkdir(parents=True, exist_ok=True)

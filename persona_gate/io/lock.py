@@ -120,13 +120,16 @@ class FolderLock:
             os.fsync(f.fileno())
         return True
 
-    def _refuse_or_clear(self, owner: dict[str, Any]) -> None:
-        """Raise for a live owner (or one on another host, which cannot be checked); set a dead one's lock aside."""
-        if not owner:  # unreadable: give a writer without hard links a moment to fill it
-            time.sleep(0.2)
-            owner = _read_lock(self.path)
-            if owner is None:
-                return
+    def check(self) -> None:
+        """Raise :class:`~persona_gate.errors.FolderLockedError` now if a live process holds the folder;
+        takes nothing and changes nothing (a stale lock is left for :meth:`acquire` to take over).
+        A command checks this before it loads a model, and acquires the lock after its inputs are checked."""
+        owner = _read_lock(self.path)
+        if owner:
+            self._refuse_live(owner)
+
+    def _refuse_live(self, owner: dict[str, Any]) -> None:
+        """Raise for a live owner, or one on another host (which cannot be checked)."""
         here = owner.get("host") == HOST
         if owner and (not here or process_alive(owner.get("pid"), owner.get("started"))):
             where = "" if here else f"; if that process is no longer running, delete {self.path}"
@@ -134,6 +137,15 @@ class FolderLock:
                 f"{self.folder} is in use by another {self.what} ({_describe_owner(owner)}); wait for it to "
                 f"finish, or use another --out folder{where}."
             )
+
+    def _refuse_or_clear(self, owner: dict[str, Any]) -> None:
+        """Raise for a live owner (or one on another host, which cannot be checked); set a dead one's lock aside."""
+        if not owner:  # unreadable: give a writer without hard links a moment to fill it
+            time.sleep(0.2)
+            owner = _read_lock(self.path)
+            if owner is None:
+                return
+        self._refuse_live(owner)
         aside = self.folder / f"{LOCK}.old-{atomic._writer_tag()}"
         try:
             os.rename(self.path, aside)

@@ -238,11 +238,23 @@ def _reachable_or_cached(repo: str, revision: str | None) -> tuple[str, str | No
     if local is not None:
         log.info("the hub cannot be reached (%s); loading %s from the local cache", problem, repo)
         return local, None
+    close = difflib.get_close_matches(repo, _cached_repos(), n=1, cutoff=0.8)
+    typo = f"did you mean {close[0]!r}, which is cached?" if close else "check the name for a typo."
     raise ModelNotFoundError(
-        f"cannot reach the Hugging Face hub ({problem}) and {repo!r} is not in the local cache. To work offline, pass a "
-        f"local folder (save_pretrained), a .gguf file or a bundled name ({', '.join(map(repr, BUNDLED_NAMES))}); or download "
-        f"the model where there is network access (huggingface-cli download {repo}) and copy the cache here."
+        f"cannot reach the Hugging Face hub ({problem}) and {repo!r} is not in the local cache; {typo} To work offline, "
+        f"pass a local folder (save_pretrained), a .gguf file or a bundled name ({', '.join(map(repr, BUNDLED_NAMES))}); "
+        f"or download the model where there is network access (hf download {repo}) and copy the cache here."
     )
+
+
+def _cached_repos() -> list[str]:
+    """The model repositories in the local Hugging Face cache (none when it cannot be read)."""
+    from huggingface_hub import constants, scan_cache_dir
+
+    try:  # the cache folder as configured now (HF_HUB_CACHE / HF_HOME)
+        return sorted(r.repo_id for r in scan_cache_dir(constants.HF_HUB_CACHE).repos if r.repo_type == "model")
+    except Exception:  # no cache folder yet (CacheNotFound), or one that cannot be read
+        return []
 
 
 def chat_adapter_dir(name: str) -> Path:
@@ -561,8 +573,9 @@ def _boot(
         if source == "hub":
             raise ModelNotFoundError(
                 f"could not load {str(name_or_path)!r} from the Hugging Face hub ({e.__class__.__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). Check the name and your network/"
-                "HF_TOKEN, or download it and pass the local folder."
+                f"{str(e).splitlines()[0] if str(e) else ''}). Check the name for a typo (org/name, as on "
+                "huggingface.co), and for a gated model your HF_TOKEN; or download it (hf download NAME) and "
+                "pass the local folder."
             ) from e
         raise ModelNotFoundError(f"could not load {where}: {e}") from e
     except SafetensorError as e:

@@ -30,6 +30,8 @@ from ..errors import PositionError
 from .chat import RenderedPrompt
 
 SPANS: tuple[str, ...] = ("system", "user", "post_instruction", "prompt", "response")
+# Every spelling parse_position accepts, in words: for its errors and the CLI's help texts.
+SPELLINGS = f"last, post_instruction[-k] (k >= 1) or mean:SPAN with SPAN one of {', '.join(SPANS)}"
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,7 @@ def parse_position(spec: str | Position) -> Position:
     m = _POST.match(s)
     if m:
         return Position("post_instruction", offset=int(m.group(1)))
-    raise PositionError(
-        f"cannot parse position {spec!r}; write last, post_instruction[-k] or mean:SPAN "
-        f"(SPAN one of {', '.join(SPANS)})."
-    )
+    raise PositionError(f"cannot parse position {spec!r}; write {SPELLINGS}.")
 
 
 def weights(position: Position, rp: RenderedPrompt) -> dict[int, float]:

@@ -79,7 +79,8 @@ def test_unreachable_hub_fails_at_once_and_says_how_to_work_offline(capsys, monk
     _one_line_error(
         capsys,
         ["directions", "--model", "someorg/some-chat-model", "--n", "4"],
-        r"cannot reach the Hugging Face hub \(127\.0\.0\.1:9: .*not in the local cache\. To work offline.*'organism'",
+        r"cannot reach the Hugging Face hub \(127\.0\.0\.1:9: .*not in the local cache; (check the name for a typo"
+        r"|did you mean .*, which is cached\?)\. To work offline.*'organism'.*\(hf download someorg/some-chat-model\)",
     )
 
 

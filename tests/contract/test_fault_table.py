@@ -95,11 +95,11 @@ def rows(tmp_path_factory):
     assert not (tmp / "never").exists()
     row("a misspelt config key", argv, rc, err, "nothing is written")
 
-    # A layer the model lacks: refused, and no empty --out folder is left behind.
+    # A layer the model lacks: refused (checked once the model is loaded) before the --out folder is made.
     argv = ["directions", "--layers", "1,99", "--out", str(tmp / "dirs"), "--no-progress"]
     rc, err = _cli(argv)
     assert not (tmp / "dirs").exists()
-    row("a layer the model lacks", argv, rc, err, "nothing is written (no empty --out folder)")
+    row("a layer the model lacks", argv, rc, err, "nothing is written (the --out folder is never made)")
 
     # Truncated saved directions (a disk error, say): named, with the fix, before any work.
     model = pg.load_chat_model("organism")

@@ -444,6 +444,14 @@ def test_any_command_line_exits_0_or_2_with_one_line_and_leaves_no_folder(cli_en
     monkeypatch.chdir(cli_env)  # a default --out (runs/...) lands in the scratch folder
     out = cli_env / f"out-{uuid.uuid4().hex[:8]}" / "nested"
     argv = _argv(data.draw, cli_env, out)
+    made = []
+    mkdir = os.mkdir
+
+    def spy(path, *a, **k):  # every folder made, also one removed again before the command returns
+        made.append(os.path.abspath(os.fspath(path)))
+        return mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", spy)
     before = sorted(p.name for p in cli_env.iterdir())
     try:
         code = main(argv)
@@ -458,3 +466,5 @@ def test_any_command_line_exits_0_or_2_with_one_line_and_leaves_no_folder(cli_en
     if code != 0:  # nothing is left behind by a command that did not finish
         assert not out.parent.exists(), (argv, err)
         assert sorted(p.name for p in cli_env.iterdir()) == before, (argv, err)
+    if code == 2:  # ... and a command whose input was bad never made a folder at all
+        assert not [p for p in made if p.startswith(str(cli_env))], (argv, err, made)

@@ -169,14 +169,29 @@ def test_the_run_folder_lock_goes_with_the_run(tmp_path, monkeypatch):
             run_pipeline(CFG, out, progress=False)
 
 
-def test_a_run_takes_over_a_dead_runs_lock(tmp_path, caplog):
+def test_a_run_takes_over_a_dead_runs_lock(tmp_path, caplog, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "run"
     io.claim_folder(out, "run")
-    (out / io.LOCK).write_text(json.dumps({"pid": dead.pid, "host": io.HOST, "since": "last night"}))
+    stale = json.dumps({"pid": dead.pid, "host": io.HOST, "since": "last night"})
+    (out / io.LOCK).write_text(stale)
     (out / "config.json").write_text(json.dumps({**CFG.__dict__, "alphas": [0.0, 2.0]}))
-    with pytest.raises(ConfigError), caplog.at_level("WARNING", logger="persona_gate.io"):
+    monkeypatch.setattr(pipeline.RunConfig, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    with pytest.raises(ConfigError, match="different configuration"):  # refused before the model loads ...
+        run_pipeline(CFG, out, progress=False)
+    assert (out / io.LOCK).read_text() == stale  # ... and before the folder's lock is touched
+    (out / "config.json").unlink()
+    monkeypatch.undo()
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):  # where the stages would start: the folder is claimed and locked by then
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_run_stages", stop)
+    with pytest.raises(Stop), caplog.at_level("WARNING", logger="persona_gate.io"):
         run_pipeline(CFG, out, progress=False)
     assert f"taking over the lock of a persona-gate run that is no longer running (pid {dead.pid}" in caplog.text
     assert not (out / io.LOCK).exists()

@@ -74,6 +74,56 @@ def test_hub_name_without_network_names_the_fix(monkeypatch):
         load_chat_model("persona-gate-tests/no-such-model", device="cpu")
 
 
+def test_an_uncached_hub_name_offline_says_typo_and_hf_download(monkeypatch):
+    import persona_gate.models.loading as loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "_cached_snapshot", lambda repo, revision: None)
+    monkeypatch.setattr(loading, "_cached_repos", lambda: ["google/gemma-3-270m-it", "Qwen/Qwen2.5-7B-Instruct"])
+    with pytest.raises(ModelNotFoundError) as e:
+        load_chat_model("google/gemma-3-270m-itt", device="cpu")
+    text = str(e.value)
+    assert "did you mean 'google/gemma-3-270m-it', which is cached?" in text, text
+    assert "(hf download google/gemma-3-270m-itt)" in text and "huggingface-cli" not in text, text
+    assert len(text.splitlines()) == 1  # the CLI prints the first line only
+    monkeypatch.setattr(loading, "_cached_repos", lambda: [])
+    with pytest.raises(ModelNotFoundError, match=r"not in the local cache; check the name for a typo\. To work"):
+        load_chat_model("someorg/some-chat-model", device="cpu")
+
+
+def test_a_hub_name_the_hub_does_not_know_says_typo_and_hf_download(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    import persona_gate.models.loading as loading
+
+    def not_found(*a, **k):
+        raise OSError("someorg/no-such-model is not a local folder and is not a valid model identifier")
+
+    monkeypatch.setattr(loading, "_reachable_or_cached", lambda repo, revision: (repo, revision))
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", not_found)
+    with pytest.raises(ModelNotFoundError) as e:
+        load_chat_model("someorg/no-such-model", device="cpu")
+    text = str(e.value)
+    assert "not a valid model identifier" in text and "Check the name for a typo" in text, text
+    assert "hf download NAME" in text and "huggingface-cli" not in text, text
+
+
+def test_cached_repos_lists_the_hub_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from persona_gate.models.loading import _cached_repos
+
+    snapshot = tmp_path / "models--someorg--tiny-chat" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--someorg--tiny-chat" / "refs").mkdir()
+    (tmp_path / "models--someorg--tiny-chat" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert _cached_repos() == ["someorg/tiny-chat"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "absent"))
+    assert _cached_repos() == []
+
+
 def test_device_and_device_map_are_exclusive(tiny_model_dirs):
     with pytest.raises(ValueError, match="either device or device_map"):
         load_chat_model(tiny_model_dirs["qwen2"], device="cpu", device_map="auto")
